@@ -1,0 +1,130 @@
+"""Command line: ``auditrun MANIFEST`` runs an audit; subcommands do the rest.
+
+Exit codes: 0 ok, 1 an audit gate failed, 2 usage / manifest / input error.
+stdout carries only results (the run directory as the last line, JSON for check-data/evaluate);
+progress goes to stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from engine.errors import AuditrunError
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ banner off stderr
+
+
+def _silence_tensorflow() -> None:
+    """Retracing warnings and absl banners drown the progress lines users need."""
+    import logging
+
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
+    try:
+        import absl.logging
+
+        absl.logging.set_verbosity(absl.logging.ERROR)
+    except ImportError:
+        pass
+
+
+class _Echo:
+    def __init__(self, quiet: bool):
+        self.quiet = quiet
+        self.t0 = time.perf_counter()
+
+    def __call__(self, msg: str) -> None:
+        if not self.quiet:
+            click.echo(f"[{time.perf_counter() - self.t0:7.1f}s] {msg}", err=True)
+
+
+def _fail(exc: AuditrunError) -> None:
+    click.echo(f"auditrun: error: {exc}", err=True)
+    sys.exit(exc.exit_code)
+
+
+class AuditGroup(click.Group):
+    """``auditrun MANIFEST`` (no subcommand name) runs the ``run`` command."""
+
+    def parse_args(self, ctx, args):
+        if args and args[0] not in self.commands and not args[0].startswith("-"):
+            args = ["run", *args]
+        return super().parse_args(ctx, args)
+
+    def format_usage(self, ctx, formatter):
+        formatter.write_usage("auditrun", "MANIFEST [OPTIONS]  |  auditrun COMMAND [ARGS]...")
+
+
+@click.group(cls=AuditGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="auditrun", prog_name="auditrun")
+def main():
+    """Audit brain-tumour MRI classifiers from a TOML experiment manifest.
+
+    \b
+    auditrun experiments/baseline.toml        train, evaluate, explain, report
+    auditrun check-data experiments/x.toml    data-integrity audit only (JSON on stdout)
+    auditrun render reports/exp/RUN_ID        re-render report.html / report.pdf
+    auditrun synth-data data/synth            write a synthetic phantom dataset
+
+    Exit codes: 0 ok, 1 an audit gate failed, 2 usage or input error.
+    Set AUDITRUN_DATA_ROOT to point every manifest's data.root elsewhere.
+    """
+
+
+@main.command("run")
+@click.argument("manifest", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--output-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Output root (default: the manifest's experiment.output_dir, usually reports/).")
+@click.option("--run-id", help="Name of the run folder (default: UTC timestamp, e.g. 20261126T020000Z).")
+@click.option("--resume", "resume", type=click.Path(file_okay=False, exists=True, path_type=Path),
+              help="Continue an interrupted run directory; finished backbones are not retrained.")
+@click.option("--junit", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write the gate results as JUnit XML to this file.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress on stderr.")
+def run_cmd(manifest: Path, output_dir, run_id, resume, junit, quiet):
+    """Run the audit described by MANIFEST; print the run directory last."""
+    from engine import manifest as manifest_mod
+    from engine.pipeline import run_audit
+
+    echo = _Echo(quiet)
+    _silence_tensorflow()
+    try:
+        m = manifest_mod.load(manifest)
+        run_dir = run_audit(m, output_dir=output_dir, run_id=run_id, echo=echo, resume=resume)
+    except AuditrunError as exc:
+        _fail(exc)
+    click.echo(str(run_dir))
+
+
+@main.command("synth-data")
+@click.argument("out", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--per-class", default=40, show_default=True, help="Images per class (train + test).")
+@click.option("--size", default=64, show_default=True, help="Image side in pixels.")
+@click.option("--seed", default=0, show_default=True, help="Random seed.")
+@click.option("--test-fraction", default=0.25, show_default=True, help="Share of each class written to Testing/.")
+def synth_data_cmd(out: Path, per_class: int, size: int, seed: int, test_fraction: float):
+    """Write a synthetic Kaggle-layout dataset of brain-like phantoms to OUT.
+
+    glioma, meningioma and pituitary images carry a tumour of their own typical shape and place
+    and a YOLO box file (<image>.txt); no_tumor images have none.
+    """
+    from engine.synth import write_dataset
+
+    if per_class < 2 or size < 32:
+        raise click.BadParameter("need --per-class >= 2 and --size >= 32")
+    counts = write_dataset(out, per_class=per_class, size=size, seed=seed, test_fraction=test_fraction)
+    click.echo(json.dumps(counts), err=True)
+    click.echo(str(out))
+
+
+def entrypoint():  # pragma: no cover - console script shim
+    main()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,223 @@
+"""Image discovery, class aliasing, seeded splits and a decode-once image cache.
+
+The test split is read only by the final evaluation; validation is carved from training with a
+stratified, seeded (and, when integrity groups are given, group-preserving) split.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+
+from engine.errors import InputError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    path: Path  # absolute
+    split: str  # "train" | "test" (validation is carved from "train" later)
+    label: str  # canonical class name
+
+
+@dataclass
+class Dataset:
+    root: Path
+    layout: str
+    class_names: list[str]
+    train: list[ImageRecord]
+    val: list[ImageRecord]
+    test: list[ImageRecord]
+    skipped: list[dict] = field(default_factory=list)  # {"path", "reason"}
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        out = {}
+        for split in ("train", "val", "test"):
+            c = Counter(r.label for r in getattr(self, split))
+            out[split] = {k: int(c.get(k, 0)) for k in self.class_names}
+        return out
+
+    def labels(self, split: str) -> np.ndarray:
+        index = {c: i for i, c in enumerate(self.class_names)}
+        return np.array([index[r.label] for r in getattr(self, split)], dtype=np.int64)
+
+
+def _image_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _class_dirs(folder: Path, aliases: dict[str, str], where: str) -> dict[str, list[Path]]:
+    """Map each class sub-folder of ``folder`` to its canonical class via ``aliases``."""
+    found: dict[str, list[Path]] = {}
+    unknown = []
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        canonical = aliases.get(sub.name.lower())
+        if canonical is None:
+            unknown.append(sub.name)
+            continue
+        found.setdefault(canonical, []).extend(_image_files(sub))
+    if unknown:
+        raise InputError(
+            f"{where}: class folder(s) {', '.join(map(repr, unknown))} match no class; "
+            f"known folder names: {', '.join(sorted(aliases))}. Add them under [data.aliases]."
+        )
+    return found
+
+
+def detect_layout(root: Path, train_dir: str, test_dir: str) -> str:
+    if (root / train_dir).is_dir() and (root / test_dir).is_dir():
+        return "kaggle"
+    return "imagefolder"
+
+
+def discover(root: Path, *, layout: str, train_dir: str, test_dir: str, classes: Sequence[str],
+             aliases: dict[str, str], test_fraction: float, seed: int) -> tuple[str, list[ImageRecord]]:
+    """Find every image and its canonical class. Returns (layout, records with split train/test)."""
+    if layout == "auto":
+        layout = detect_layout(root, train_dir, test_dir)
+    records: list[ImageRecord] = []
+    if layout == "kaggle":
+        for split, sub in (("train", train_dir), ("test", test_dir)):
+            folder = root / sub
+            if not folder.is_dir():
+                raise InputError(f"data root {str(root)!r} has no '{sub}' folder (layout = \"kaggle\"; "
+                                 f"set data.train_dir / data.test_dir or layout = \"imagefolder\")")
+            for label, files in _class_dirs(folder, aliases, str(folder)).items():
+                records += [ImageRecord(p.resolve(), split, label) for p in files]
+    else:
+        by_class = _class_dirs(root, aliases, str(root))
+        from sklearn.model_selection import train_test_split
+
+        paths = [p for c in sorted(by_class) for p in by_class[c]]
+        labels = [c for c in sorted(by_class) for _ in by_class[c]]
+        if len(paths) < 4:
+            raise InputError(f"data root {str(root)!r} holds only {len(paths)} images")
+        tr, te, ytr, yte = train_test_split(paths, labels, test_size=test_fraction, random_state=seed,
+                                            stratify=labels)
+        records = [ImageRecord(p.resolve(), "train", y) for p, y in zip(tr, ytr)]
+        records += [ImageRecord(p.resolve(), "test", y) for p, y in zip(te, yte)]
+    missing = [c for c in classes if not any(r.label == c and r.split == "train" for r in records)]
+    if missing:
+        raise InputError(f"data root {str(root)!r}: no training images for class(es) {', '.join(missing)}")
+    records.sort(key=lambda r: (r.split, r.label, str(r.path)))
+    return layout, records
+
+
+def split_validation(train: Sequence[ImageRecord], fraction: float, seed: int,
+                     groups: dict[Path, int] | None = None) -> tuple[list[ImageRecord], list[ImageRecord]]:
+    """Stratified, seeded train/validation split; images of one group never straddle it.
+
+    With ``groups`` (near-duplicate group id per path) StratifiedGroupKFold keeps each group on
+    one side, so no image trains while its copy validates.
+    """
+    from sklearn.model_selection import StratifiedGroupKFold, train_test_split
+
+    labels = [r.label for r in train]
+    idx = np.arange(len(train))
+    if groups:
+        n_splits = max(2, round(1.0 / fraction))
+        g = np.array([groups.get(r.path, -1 - i) for i, r in enumerate(train)])
+        splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+        tr_idx, va_idx = next(splitter.split(idx, labels, g))
+    else:
+        tr_idx, va_idx = train_test_split(idx, test_size=fraction, random_state=seed, stratify=labels)
+    tr = [ImageRecord(train[i].path, "train", train[i].label) for i in sorted(tr_idx)]
+    va = [ImageRecord(train[i].path, "val", train[i].label) for i in sorted(va_idx)]
+    return tr, va
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoding
+
+
+def decode_image(path: Path, size: int) -> np.ndarray:
+    """Read any image (any mode, any size) as (size, size, 3) uint8 RGB.
+
+    Raises InputError naming the file when it cannot be decoded.
+    """
+    from PIL import Image, ImageOps
+
+    try:
+        with Image.open(path) as im:
+            im = ImageOps.exif_transpose(im)
+            if im.mode in ("I;16", "I", "F"):
+                arr = np.asarray(im, dtype=np.float32)
+                lo, hi = float(arr.min()), float(arr.max())
+                arr = (255 * (arr - lo) / (hi - lo or 1)).astype(np.uint8)
+                im = Image.fromarray(arr)
+            im = im.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
+            return np.asarray(im, dtype=np.uint8)
+    except Exception as exc:  # noqa: BLE001 - PIL raises many types for broken files
+        raise InputError(f"cannot decode image {str(path)!r}: {exc}") from None
+
+
+def _cache_key(paths: Sequence[Path], size: int) -> str:
+    h = hashlib.sha256(f"v1|{size}".encode())
+    for p in paths:
+        st = p.stat()
+        h.update(f"{p}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:24]
+
+
+class ImageCache:
+    """Decode each image once per (file, size): in memory for the run, on disk across runs.
+
+    Backbones with the same input size share arrays; epochs never re-decode.
+    """
+
+    def __init__(self, cache_dir: Path | None = None, progress: Callable[[str], None] | None = None):
+        self.cache_dir = cache_dir
+        self._mem: dict[tuple[str, int], np.ndarray] = {}
+        self._progress = progress or (lambda msg: None)
+
+    def load(self, records: Sequence[ImageRecord], size: int, name: str = "") -> np.ndarray:
+        """Returns (n, size, size, 3) uint8 for ``records``, in order."""
+        paths = [r.path for r in records]
+        key = _cache_key(paths, size)
+        if (key, size) in self._mem:
+            return self._mem[(key, size)]
+        arr = None
+        file = self.cache_dir / f"images-{key}.npy" if self.cache_dir else None
+        if file is not None and file.is_file():
+            try:
+                arr = np.load(file, mmap_mode=None, allow_pickle=False)
+                if arr.shape != (len(paths), size, size, 3):
+                    arr = None
+            except (OSError, ValueError):
+                arr = None
+        if arr is None:
+            arr = np.empty((len(paths), size, size, 3), dtype=np.uint8)
+            for i, p in enumerate(paths):
+                arr[i] = decode_image(p, size)
+            self._progress(f"decoded {len(paths)} {name} images at {size}px")
+            if file is not None:
+                file.parent.mkdir(parents=True, exist_ok=True)
+                tmp = file.with_suffix(f".tmp{os.getpid()}.npy")
+                np.save(tmp, arr)
+                os.replace(tmp, file)
+        self._mem[(key, size)] = arr
+        return arr
+
+
+def readable(records: Iterable[ImageRecord]) -> tuple[list[ImageRecord], list[dict]]:
+    """Split records into decodable ones and a skipped list with reasons (cheap header check)."""
+    from PIL import Image
+
+    ok, skipped = [], []
+    for r in records:
+        try:
+            if r.path.stat().st_size == 0:
+                raise ValueError("zero-byte file")
+            with Image.open(r.path) as im:
+                im.load()
+            ok.append(r)
+        except Exception as exc:  # noqa: BLE001
+            skipped.append({"path": str(r.path), "reason": str(exc) or type(exc).__name__})
+    return ok, skipped

@@ -1,0 +1,385 @@
+"""Experiment manifest (TOML) -> typed, validated configuration.
+
+Every section is a dataclass; validation walks the dataclass fields, so an unknown key, a wrong
+type or a value outside its allowed set is reported with its full key path (``training.epochs``)
+before any training starts. Relative paths resolve against the manifest's folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from engine.errors import InputError
+
+#: Environment variable that overrides ``data.root`` (useful on CI or a cluster where the data
+#: lives elsewhere than the manifest says).
+DATA_ROOT_ENV = "AUDITRUN_DATA_ROOT"
+
+CANONICAL_CLASSES = ("glioma", "meningioma", "no_tumor", "pituitary")
+
+#: Folder names seen in public releases of the brain-tumour MRI data, mapped to canonical names.
+DEFAULT_ALIASES: dict[str, str] = {
+    "glioma": "glioma",
+    "glioma_tumor": "glioma",
+    "glioma_tumour": "glioma",
+    "meningioma": "meningioma",
+    "meningioma_tumor": "meningioma",
+    "meningioma_tumour": "meningioma",
+    "no_tumor": "no_tumor",
+    "notumor": "no_tumor",
+    "no_tumour": "no_tumor",
+    "no": "no_tumor",
+    "healthy": "no_tumor",
+    "normal": "no_tumor",
+    "pituitary": "pituitary",
+    "pituitary_tumor": "pituitary",
+    "pituitary_tumour": "pituitary",
+}
+
+
+@dataclass
+class ExperimentConfig:
+    name: str = "experiment"
+    description: str = ""
+    seed: int = 42
+    output_dir: Path = Path("reports")
+    #: "if-unchanged" reuses the last run's models when manifest, data and code are unchanged.
+    reuse: Literal["never", "if-unchanged"] = "never"
+    #: Keep the last N run directories per experiment (0 keeps all); history is always kept.
+    keep_last: int = 0
+
+
+@dataclass
+class DataConfig:
+    root: Path | None = None
+    layout: Literal["auto", "kaggle", "imagefolder"] = "auto"
+    train_dir: str = "Training"
+    test_dir: str = "Testing"
+    classes: list[str] = field(default_factory=lambda: list(CANONICAL_CLASSES))
+    #: Extra folder-name -> class mappings, merged over DEFAULT_ALIASES.
+    aliases: dict[str, str] = field(default_factory=dict)
+    validation_fraction: float = 0.15
+    #: imagefolder layout only: fraction of images held out as the test split.
+    test_fraction: float = 0.2
+    #: Cache decoded, resized images on disk under <output_dir>/.cache between runs.
+    cache: bool = True
+
+
+@dataclass
+class AugmentationConfig:
+    enabled: bool = False
+    flip: bool = True
+    rotation: float = 0.03  # fraction of a full turn (keras RandomRotation factor)
+    shift: float = 0.05
+    zoom: float = 0.1
+    brightness: float = 0.1
+    contrast: float = 0.1
+
+
+@dataclass
+class FineTuneConfig:
+    #: Number of backbone layers (counted from the top) to unfreeze; 0 or "all" style via -1.
+    layers: int = 20
+    learning_rate: float = 1e-4
+    epochs: int = 3
+
+
+@dataclass
+class TrainingConfig:
+    epochs: int = 10
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    class_weights: Literal["balanced", "none"] = "balanced"
+    early_stopping_patience: int = 3
+    head_units: int = 128
+    dropout: float = 0.5
+    augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
+    #: When set, the backbone that scored best on validation is also fine-tuned (as in the study).
+    fine_tune_best: FineTuneConfig | None = None
+
+
+@dataclass
+class BackboneConfig:
+    name: str = ""
+    #: A local .keras backbone file (feature extractor without classifier). Overrides keras.applications.
+    file: Path | None = None
+    weights: Literal["imagenet", "none"] = "imagenet"
+    #: What to do when ImageNet weights cannot be downloaded: "error" or train from "random" init.
+    weights_fallback: Literal["error", "random"] = "error"
+    input_size: int = 224
+    #: Input scaling for a file backbone: "none" (model takes 0..255), "tf" (-1..1), "torch", "caffe", "unit" (0..1).
+    preprocessing: Literal["auto", "none", "tf", "torch", "caffe", "unit"] = "auto"
+    fine_tune: FineTuneConfig | None = None
+    #: Grad-CAM target layer; default: the backbone's last 4-D feature map.
+    gradcam_layer: str | None = None
+    #: Train the backbone too in the head stage (implied when weights are random).
+    train_backbone: bool = False
+
+
+@dataclass
+class IntegrityConfig:
+    enabled: bool = True
+    #: Perceptual-hash Hamming distance at or below which two images count as near duplicates.
+    near_threshold: int = 4
+    hash_size: int = 8
+    fail_on_unreadable: bool = False
+    #: Keep near-duplicate groups on one side of the train/validation split.
+    group_validation_split: bool = True
+
+
+@dataclass
+class GradcamConfig:
+    enabled: bool = True
+    images_per_class: int = 2
+    layer: str | None = None
+    #: Cap on test tumour images scored for the pointing game (seeded sample beyond it).
+    max_pointing_images: int = 200
+
+
+@dataclass
+class EvaluationConfig:
+    ece_bins: int = 15
+    temperature_scaling: bool = True
+    bootstrap_resamples: int = 1000
+    confidence: float = 0.95
+    tta_flip: bool = False
+
+
+@dataclass
+class ReportConfig:
+    formats: list[Literal["html", "pdf"]] = field(default_factory=lambda: ["html", "pdf"])
+    title: str = ""
+    author: str = "auditrun"
+    trend_window: int = 10
+
+
+@dataclass
+class GatesConfig:
+    min_accuracy: float | None = None
+    min_macro_f1: float | None = None
+    min_recall: dict[str, float] = field(default_factory=dict)
+    max_macro_f1_drop: float | None = None
+    max_leakage_fraction: float | None = None
+    warn_only: list[str] = field(default_factory=list)
+    applies_to: Literal["best", "all"] = "best"
+
+
+@dataclass
+class Manifest:
+    experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    backbones: list[BackboneConfig] = field(default_factory=list)
+    integrity: IntegrityConfig = field(default_factory=IntegrityConfig)
+    gradcam: GradcamConfig = field(default_factory=GradcamConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
+    gates: GatesConfig = field(default_factory=GatesConfig)
+    #: Where the manifest was read from (not a TOML key).
+    path: Path | None = None
+    text: str = ""
+
+
+# --------------------------------------------------------------------------------------------
+# Generic dataclass validation
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp) if a is not type(None))
+    if origin is list:
+        return f"list of {_type_name(typing.get_args(tp)[0])}"
+    if origin is dict:
+        return "table"
+    if dataclasses.is_dataclass(tp):
+        return "table"
+    return {Path: "path string", bool: "true/false", int: "integer", float: "number", str: "string"}.get(
+        tp, getattr(tp, "__name__", str(tp))
+    )
+
+
+def _convert(value: Any, tp: Any, key: str, base: Path) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        errors = []
+        for arg in args:
+            try:
+                return _convert(value, arg, key, base)
+            except InputError as exc:
+                errors.append(exc)
+        raise errors[0]
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed:
+            raise InputError(
+                f"manifest key '{key}': {value!r} is not allowed; use one of {', '.join(map(repr, allowed))}"
+            )
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise InputError(f"manifest key '{key}' must be a {_type_name(tp)}, got {value!r}")
+        (item_tp,) = typing.get_args(tp)
+        return [_convert(v, item_tp, f"{key}[{i}]", base) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise InputError(f"manifest key '{key}' must be a table, got {value!r}")
+        _, val_tp = typing.get_args(tp)
+        return {str(k): _convert(v, val_tp, f"{key}.{k}", base) for k, v in value.items()}
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise InputError(f"manifest key '{key}' must be a table, got {value!r}")
+        return _build(tp, value, key, base)
+    if tp is Path:
+        if not isinstance(value, str) or not value:
+            raise InputError(f"manifest key '{key}' must be a path string, got {value!r}")
+        p = Path(os.path.expanduser(value))
+        return p if p.is_absolute() else (base / p)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise InputError(f"manifest key '{key}' must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise InputError(f"manifest key '{key}' must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise InputError(f"manifest key '{key}' must be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise InputError(f"manifest key '{key}' must be a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported manifest type {tp!r} for {key}")  # programming error
+
+
+def _build(cls: type, table: dict, prefix: str, base: Path):
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls) if f.name not in ("path", "text")]
+    kwargs = {}
+    for key, value in table.items():
+        full = f"{prefix}.{key}" if prefix else key
+        if key not in names:
+            raise InputError(
+                f"unknown manifest key '{full}'; allowed keys{' in [' + prefix + ']' if prefix else ''}: "
+                + ", ".join(names)
+            )
+        kwargs[key] = _convert(value, hints[key], full, base)
+    return cls(**kwargs)
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def _check_ranges(m: Manifest) -> None:
+    def need(cond: bool, key: str, what: str) -> None:
+        if not cond:
+            raise InputError(f"manifest key '{key}' {what}")
+
+    need(0.0 < m.data.validation_fraction < 0.9, "data.validation_fraction", "must be between 0 and 0.9")
+    need(0.0 < m.data.test_fraction < 0.9, "data.test_fraction", "must be between 0 and 0.9")
+    need(m.training.epochs >= 1, "training.epochs", "must be at least 1")
+    need(m.training.batch_size >= 1, "training.batch_size", "must be at least 1")
+    need(m.training.learning_rate > 0, "training.learning_rate", "must be positive")
+    need(0.0 <= m.training.dropout < 1.0, "training.dropout", "must be in [0, 1)")
+    need(m.training.early_stopping_patience >= 0, "training.early_stopping_patience", "must be >= 0")
+    need(m.integrity.near_threshold >= 0, "integrity.near_threshold", "must be >= 0")
+    need(m.evaluation.bootstrap_resamples >= 0, "evaluation.bootstrap_resamples", "must be >= 0")
+    need(m.gradcam.images_per_class >= 0, "gradcam.images_per_class", "must be >= 0")
+    need(m.experiment.keep_last >= 0, "experiment.keep_last", "must be >= 0")
+    need(bool(m.experiment.name.strip()) and "/" not in m.experiment.name, "experiment.name",
+         "must be a non-empty name without '/'")
+    need(len(m.data.classes) >= 2, "data.classes", "must list at least two classes")
+    need(len(set(m.data.classes)) == len(m.data.classes), "data.classes", "must not repeat a class")
+    for alias, target in m.data.aliases.items():
+        need(target in m.data.classes, f"data.aliases.{alias}",
+             f"maps to {target!r}, which is not in data.classes {m.data.classes}")
+    for cls in m.gates.min_recall:
+        need(cls in m.data.classes, f"gates.min_recall.{cls}", f"is not a class; classes: {m.data.classes}")
+    need(bool(m.backbones), "backbones", "must list at least one [[backbones]] entry with a name")
+    seen = set()
+    for i, b in enumerate(m.backbones):
+        key = f"backbones[{i}]"
+        need(bool(b.name), f"{key}.name", "is required")
+        need(b.name not in seen, f"{key}.name", f"repeats {b.name!r}; backbone names must be unique")
+        seen.add(b.name)
+        need(b.input_size >= 32, f"{key}.input_size", "must be at least 32")
+        if b.file is not None:
+            need(b.file.is_file(), f"{key}.file", f"points to {str(b.file)!r}, which does not exist")
+        else:
+            from engine.backbones import REGISTRY  # late import: keeps manifest free of TensorFlow
+
+            need(b.name in REGISTRY, f"{key}.name",
+                 f"{b.name!r} is not a known backbone; use one of {', '.join(sorted(REGISTRY))}, "
+                 "or give any name with file = a local .keras backbone")
+            spec = REGISTRY[b.name]
+            need(b.input_size >= spec.min_size, f"{key}.input_size",
+                 f"must be at least {spec.min_size} for {b.name}")
+            need(b.preprocessing == "auto", f"{key}.preprocessing",
+                 f"is fixed by keras.applications for {b.name} ({spec.preprocessing}); remove the key")
+
+
+def resolve_data_root(m: Manifest) -> Path:
+    """The data root: ``$AUDITRUN_DATA_ROOT`` wins over ``data.root``; it must exist."""
+    env = os.environ.get(DATA_ROOT_ENV)
+    root = Path(env) if env else m.data.root
+    if root is None:
+        raise InputError(
+            f"manifest key 'data.root' is required (or set {DATA_ROOT_ENV}); it names the dataset folder"
+        )
+    if not root.is_dir():
+        source = f"environment variable {DATA_ROOT_ENV}" if env else "manifest key 'data.root'"
+        raise InputError(
+            f"{source} points to {str(root)!r}, which does not exist. Provide the dataset: put it there, "
+            f"set {DATA_ROOT_ENV}=/path/to/dataset, or download it with "
+            "`python -m engine.fetch` (needs internet and kagglehub; see README)."
+        )
+    return root
+
+
+def loads(text: str, *, base: Path, path: Path | None = None, check_data: bool = True) -> Manifest:
+    """Parse and validate manifest text. Raises InputError naming the offending key."""
+    where = str(path) if path else "manifest"
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise InputError(f"{where} is not valid TOML: {exc}") from None
+    m = _build(Manifest, raw, "", base)
+    m.path, m.text = path, text
+    _check_ranges(m)
+    if check_data:
+        m.data.root = resolve_data_root(m)
+    return m
+
+
+def load(path: Path | str, *, check_data: bool = True) -> Manifest:
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"manifest file {str(path)!r} does not exist")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read manifest {str(path)!r}: {exc}") from None
+    try:
+        return loads(text, base=path.resolve().parent, path=path, check_data=check_data)
+    except InputError as exc:
+        raise InputError(f"{path}: {exc}") from None
+
+
+def class_aliases(m: Manifest) -> dict[str, str]:
+    """Folder name (lower-cased) -> canonical class, restricted to the manifest's classes."""
+    mapping = {k: v for k, v in DEFAULT_ALIASES.items() if v in m.data.classes}
+    mapping.update({c.lower(): c for c in m.data.classes})
+    mapping.update({k.lower(): v for k, v in m.data.aliases.items()})
+    return mapping

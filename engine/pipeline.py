@@ -1,0 +1,408 @@
+"""One audit run: manifest -> data -> integrity -> train -> evaluate -> explain -> report -> history.
+
+``run_audit`` owns the run directory and the order of stages; each stage lives in its own module.
+results.json is rewritten (atomically) after every backbone, so a killed run leaves a readable,
+resumable record of what finished.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from engine import data as data_mod
+from engine.atomic import save_keras_model, write_text
+from engine.errors import InputError
+from engine.manifest import Manifest, class_aliases
+from engine.results import BackboneResult, WeightsInfo, read_results, write_results
+
+Echo = Callable[[str], None]
+
+
+def _quiet(_msg: str) -> None:
+    pass
+
+
+def slug(name: str) -> str:
+    """A backbone label as a file stem."""
+    s = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name).strip("._")
+    return s or "backbone"
+
+
+def new_run_id(now: datetime | None = None) -> str:
+    now = now or datetime.now(timezone.utc)
+    return now.strftime("%Y%m%dT%H%M%SZ")
+
+
+@dataclass
+class RunContext:
+    manifest: Manifest
+    run_dir: Path
+    output_root: Path
+    echo: Echo
+    now: Callable[[], datetime]
+    results: dict = field(default_factory=dict)
+    dataset: data_mod.Dataset | None = None
+    cache: data_mod.ImageCache | None = None
+    leaked_test: set[Path] = field(default_factory=set)
+    # per backbone name: arrays the later stages (explain, calibration, comparisons) need
+    outputs: dict[str, dict] = field(default_factory=dict)
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.dataset.class_names
+
+    def save(self) -> None:
+        write_results(self.run_dir, self.results)
+
+
+class Timer:
+    """Prints one line per finished step with its wall time."""
+
+    def __init__(self, echo: Echo, label: str, sink: dict | None = None, key: str | None = None):
+        self.echo, self.label, self.sink, self.key = echo, label, sink, key
+
+    def __enter__(self):
+        self.t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        self.elapsed = time.perf_counter() - self.t0
+        if self.sink is not None and self.key:
+            self.sink[self.key] = round(self.elapsed, 2)
+        if exc_type is None:
+            self.echo(f"done: {self.label} ({self.elapsed:.1f}s)")
+        return False
+
+
+# --------------------------------------------------------------------------------------------- data
+
+
+def prepare_data(ctx: RunContext) -> None:
+    m = ctx.manifest
+    root = m.data.root
+    with Timer(ctx.echo, "data discovery", ctx.results["timings"], "data_s"):
+        layout, records = data_mod.discover(
+            root, layout=m.data.layout, train_dir=m.data.train_dir, test_dir=m.data.test_dir,
+            classes=m.data.classes, aliases=class_aliases(m), test_fraction=m.data.test_fraction,
+            seed=m.experiment.seed)
+    groups = None
+    skipped: list[dict] = []
+    if m.integrity.enabled:
+        from engine import integrity
+
+        with Timer(ctx.echo, "integrity audit", ctx.results["timings"], "integrity_s"):
+            report = integrity.audit(records, m.integrity, root=root, cache_dir=ctx.output_root / ".cache",
+                                     progress=ctx.echo)
+        ctx.results["integrity"] = report.to_dict()
+        ctx.leaked_test = set(report.leaked_test_paths)
+        bad = set(report.unreadable_paths)
+        skipped = [dict(u) for u in ctx.results["integrity"].get("unreadable", [])]
+        records = [r for r in records if r.path not in bad]
+        if m.integrity.group_validation_split:
+            groups = integrity.duplicate_groups(records, report)
+        ctx.echo(integrity.summary_text(report))
+    else:
+        records, skipped = data_mod.readable(records)
+    for s in skipped:
+        ctx.echo(f"warning: skipped unreadable image {s['path']}: {s['reason']}")
+    train = [r for r in records if r.split == "train"]
+    test = [r for r in records if r.split == "test"]
+    if not test:
+        raise InputError(f"data root {str(root)!r}: the test split is empty")
+    train, val = data_mod.split_validation(train, m.data.validation_fraction, m.experiment.seed, groups)
+    ctx.dataset = data_mod.Dataset(root, layout, list(m.data.classes), train, val, test, skipped)
+    ctx.results["data"] = {
+        "root": str(root), "layout": layout, "class_names": list(m.data.classes),
+        "counts": ctx.dataset.counts(), "validation_fraction": m.data.validation_fraction,
+        "validation_grouped_by_duplicates": bool(groups), "skipped": skipped,
+    }
+    ctx.cache = data_mod.ImageCache(ctx.output_root / ".cache" if m.data.cache else None, progress=ctx.echo)
+    counts = ctx.dataset.counts()
+    ctx.echo("data: " + ", ".join(f"{s} {sum(c.values())}" for s, c in counts.items()) + f" images ({layout} layout)")
+
+
+# --------------------------------------------------------------------------------------------- backbones
+
+
+def _relpath(path: Path, root: Path) -> str:
+    try:
+        return str(path.relative_to(root))
+    except ValueError:
+        return str(path)
+
+
+def write_predictions(path: Path, records, y_true: np.ndarray, probs: np.ndarray, class_names, root: Path) -> None:
+    import pandas as pd
+
+    df = pd.DataFrame({
+        "path": [_relpath(r.path, root) for r in records],
+        "true_class": [class_names[i] for i in y_true],
+        "predicted_class": [class_names[i] for i in probs.argmax(1)],
+    })
+    for i, c in enumerate(class_names):
+        df[f"prob_{c}"] = np.round(probs[:, i], 6)
+    write_text(path, df.to_csv(index=False))
+
+
+def _evaluate_and_store(ctx: RunContext, res: BackboneResult, model, size: int) -> None:
+    """Validation metrics (for selection), then the single test evaluation, predictions, model file."""
+    from engine.metrics import classification_metrics
+    from engine.train import predict
+
+    ds, m = ctx.dataset, ctx.manifest
+    tta = m.evaluation.tta_flip
+    t0 = time.perf_counter()
+    x_va = ctx.cache.load(ds.val, size, "validation")
+    p_va = predict(model, x_va, tta_flip=tta)
+    val = classification_metrics(ds.labels("val"), p_va, ds.class_names)
+    res.validation = {"accuracy": round(val.accuracy, 6), "macro_f1": round(val.macro_f1, 6)}
+    x_te = ctx.cache.load(ds.test, size, "test")
+    p_te = predict(model, x_te, tta_flip=tta)
+    y_te = ds.labels("test")
+    res.test = classification_metrics(y_te, p_te, ds.class_names).to_dict()
+    if ctx.leaked_test is not None and "integrity" in ctx.results:
+        keep = np.array([r.path not in ctx.leaked_test for r in ds.test])
+        lf = classification_metrics(y_te[keep], p_te[keep], ds.class_names).to_dict() if keep.any() else None
+        if lf is not None:
+            lf["fraction_of_test"] = round(float(keep.mean()), 6)
+        res.extra["leakage_free"] = lf
+    pred_file = f"predictions/{slug(res.name)}.csv"
+    write_predictions(ctx.run_dir / pred_file, ds.test, y_te, p_te, ds.class_names, ds.root)
+    model_file = f"models/{slug(res.name)}.keras"
+    save_keras_model(model, ctx.run_dir / model_file)
+    res.artifacts = {"model": model_file, "predictions": pred_file}
+    res.timings["evaluate_s"] = round(time.perf_counter() - t0, 2)
+    ctx.outputs[res.name] = {"val_probs": p_va, "test_probs": p_te, "size": size}
+    ctx.echo(f"  {res.display_name}: validation macro-F1 {val.macro_f1:.3f}; test accuracy "
+             f"{res.test['accuracy']:.3f}, macro-F1 {res.test['macro_f1']:.3f}")
+
+
+def _count_params(model) -> dict:
+    import keras
+
+    trainable = int(sum(np.prod(w.shape) for w in model.trainable_weights))
+    total = int(model.count_params())
+    return {"total": total, "trainable": trainable}
+
+
+def train_backbone(ctx: RunContext, cfg, fine_tune_cfg=None) -> list[BackboneResult]:
+    """Train, evaluate and save one backbone (and its fine-tuned twin when asked).
+
+    Returns the result entries; a failure is recorded in the entry, never raised.
+    """
+    import keras
+
+    from engine import backbones as bb
+    from engine import train as tr
+
+    m, ds = ctx.manifest, ctx.dataset
+    seed = m.experiment.seed
+    res = BackboneResult(name=cfg.name, display_name=cfg.name,
+                         architecture=cfg.name if cfg.file is None else "file",
+                         source="file" if cfg.file is not None else "keras.applications",
+                         file=str(cfg.file) if cfg.file is not None else None, input_size=cfg.input_size)
+    out = [res]
+    t_start = time.perf_counter()
+    try:
+        keras.utils.set_random_seed(seed)
+        ctx.echo(f"backbone {cfg.name}: loading ({cfg.input_size}px)")
+        loaded = bb.load_backbone(cfg)
+        res.weights = WeightsInfo(loaded.weights_requested, loaded.weights_used, loaded.note)
+        res.preprocessing = loaded.preprocessing
+        if loaded.random_init and cfg.weights != "none":
+            ctx.echo(f"warning: {cfg.name}: {loaded.note}")
+        model = bb.build_classifier(loaded.model, loaded.preprocessing, cfg.input_size, len(ds.class_names),
+                                    m.training.head_units, m.training.dropout, seed)
+        x_tr = ctx.cache.load(ds.train, cfg.input_size, "training")
+        x_va = ctx.cache.load(ds.val, cfg.input_size, "validation")
+        y_tr, y_va = ds.labels("train"), ds.labels("val")
+        history = tr.train_head(model, x_tr, y_tr, x_va, y_va, cfg=m.training, seed=seed,
+                                train_backbone=loaded.random_init or cfg.train_backbone, label=cfg.name,
+                                echo=ctx.echo)
+        res.history = list(history.history)
+        res.stages = [s.to_dict() for s in history.stages]
+        res.parameters = _count_params(model)
+        res.timings["train_s"] = round(history.time_s, 2)
+        _evaluate_and_store(ctx, res, model, cfg.input_size)
+        res.timings["total_s"] = round(time.perf_counter() - t_start, 2)
+        ft = fine_tune_cfg or cfg.fine_tune
+        if ft is not None:
+            out.append(fine_tune_entry(ctx, cfg, res, model, ft))
+    except InputError as exc:
+        _fail(ctx, res, str(exc))
+    except Exception as exc:  # noqa: BLE001 - one broken backbone must not sink the others
+        _fail(ctx, res, f"{type(exc).__name__}: {exc}")
+    return out
+
+
+def fine_tune_entry(ctx: RunContext, cfg, frozen: BackboneResult, model, ft) -> BackboneResult:
+    from engine import train as tr
+
+    m, ds = ctx.manifest, ctx.dataset
+    name = f"{frozen.name}_ft"
+    res = BackboneResult(name=name, display_name=f"{frozen.display_name} (fine-tuned)",
+                         architecture=frozen.architecture, source=frozen.source, file=frozen.file,
+                         input_size=frozen.input_size, weights=frozen.weights, preprocessing=frozen.preprocessing,
+                         fine_tuned_from=frozen.name)
+    t0 = time.perf_counter()
+    try:
+        x_tr = ctx.cache.load(ds.train, cfg.input_size, "training")
+        x_va = ctx.cache.load(ds.val, cfg.input_size, "validation")
+        result = tr.TrainResult(history=[dict(h) for h in frozen.history])
+        result = tr.fine_tune(model, x_tr, ds.labels("train"), x_va, ds.labels("val"), cfg=m.training, ft=ft,
+                              seed=m.experiment.seed, label=res.name, echo=ctx.echo, result=result)
+        res.history = result.history
+        res.stages = list(frozen.stages) + [result.stages[-1].to_dict()]
+        res.parameters = _count_params(model)
+        res.timings["train_s"] = round(frozen.timings.get("train_s", 0) + result.stages[-1].time_s, 2)
+        _evaluate_and_store(ctx, res, model, cfg.input_size)
+        res.timings["total_s"] = round(time.perf_counter() - t0 + frozen.timings.get("total_s", 0), 2)
+    except Exception as exc:  # noqa: BLE001
+        _fail(ctx, res, f"{type(exc).__name__}: {exc}")
+    return res
+
+
+def fine_tune_saved(ctx: RunContext, cfg, frozen_entry: dict, ft) -> BackboneResult:
+    """Fine-tune a frozen entry's saved model (the study's "fine-tune the best" step)."""
+    import keras
+
+    from engine.backbones import ensure_registered
+
+    ensure_registered()
+    frozen = BackboneResult.from_dict(frozen_entry)
+    try:
+        keras.utils.set_random_seed(ctx.manifest.experiment.seed)
+        model = keras.saving.load_model(ctx.run_dir / frozen_entry["artifacts"]["model"], compile=False)
+    except Exception as exc:  # noqa: BLE001
+        res = BackboneResult(name=f"{frozen.name}_ft", display_name=f"{frozen.display_name} (fine-tuned)",
+                             architecture=frozen.architecture, source=frozen.source, file=frozen.file,
+                             input_size=frozen.input_size, fine_tuned_from=frozen.name)
+        _fail(ctx, res, f"cannot reload {frozen.name}: {exc}")
+        return res
+    return fine_tune_entry(ctx, cfg, frozen, model, ft)
+
+
+def _fail(ctx: RunContext, res: BackboneResult, message: str) -> None:
+    res.status, res.error = "failed", message
+    res.test = None
+    ctx.echo(f"error: backbone {res.name} failed: {message}")
+
+
+def select_best(entries: list[dict]) -> dict | None:
+    ok = [e for e in entries if e.get("status") == "ok" and e.get("validation")]
+    if not ok:
+        return None
+    best = max(ok, key=lambda e: (e["validation"]["macro_f1"], e["validation"]["accuracy"]))
+    return {"name": best["name"], "selected_by": "validation macro_f1"}
+
+
+# --------------------------------------------------------------------------------------------- run
+
+
+def prepare_run_dir(m: Manifest, output_dir: Path | None, run_id: str | None, now: datetime) -> tuple[Path, Path]:
+    root = Path(output_dir) if output_dir else m.experiment.output_dir
+    run_id = run_id or new_run_id(now)
+    if not run_id or "/" in run_id or run_id.startswith("."):
+        raise InputError(f"--run-id {run_id!r} is not a valid folder name")
+    run_dir = root / m.experiment.name / run_id
+    if run_dir.exists():
+        raise InputError(f"run directory {str(run_dir)!r} already exists; choose another --run-id "
+                         "(or --resume it)")
+    return root, run_dir
+
+
+def run_audit(m: Manifest, *, output_dir: Path | None = None, run_id: str | None = None,
+              echo: Echo | None = None, now: Callable[[], datetime] | None = None,
+              resume: Path | None = None) -> Path:
+    """Run every stage; returns the run directory. Raises InputError for bad input."""
+    from engine.provenance import environment
+
+    echo = echo or _quiet
+    now = now or (lambda: datetime.now(timezone.utc))
+    started = now()
+    t_run = time.perf_counter()
+    if resume is not None:
+        run_dir = Path(resume)
+        previous = read_results(run_dir)
+        output_root = run_dir.parent.parent
+    else:
+        output_root, run_dir = prepare_run_dir(m, output_dir, run_id, started)
+        previous = None
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_text(run_dir / "manifest.toml", m.text)
+    results = {
+        "schema_version": 1,
+        "experiment": {"name": m.experiment.name, "description": m.experiment.description,
+                       "seed": m.experiment.seed, "manifest_file": "manifest.toml",
+                       "manifest_sha256": hashlib.sha256(m.text.encode()).hexdigest()},
+        "run": {"id": run_dir.name, "started_at": started.isoformat(timespec="seconds"), "finished_at": None,
+                "status": "running", "wall_time_s": None},
+        "environment": environment(),
+        "backbones": [],
+        "best_backbone": None,
+        "timings": {},
+    }
+    ctx = RunContext(m, run_dir, output_root, echo, now, results)
+    ctx.save()
+    echo(f"run directory: {run_dir}")
+    prepare_data(ctx)
+    ctx.save()
+
+    done = {e["name"]: e for e in (previous or {}).get("backbones", []) if e.get("status") == "ok"}
+    for cfg in m.backbones:
+        names = [cfg.name] + ([f"{cfg.name}_ft"] if cfg.fine_tune else [])
+        if all(n in done and (run_dir / done[n]["artifacts"]["model"]).is_file() for n in names):
+            echo(f"backbone {cfg.name}: finished in the interrupted run; not retrained")
+            for n in names:
+                results["backbones"].append(done[n])
+                restore_outputs(ctx, done[n])
+            continue
+        with Timer(echo, f"backbone {cfg.name}"):
+            entries = train_backbone(ctx, cfg)
+        results["backbones"] += [e.to_dict() for e in entries]
+        ctx.save()
+
+    ft_best = m.training.fine_tune_best
+    if ft_best is not None:
+        frozen = [e for e in results["backbones"] if not e.get("fine_tuned_from")]
+        best = select_best(frozen)
+        if best is not None and not any(e.get("fine_tuned_from") == best["name"] for e in results["backbones"]):
+            cfg = next(c for c in m.backbones if c.name == best["name"])
+            frozen_entry = next(e for e in frozen if e["name"] == best["name"])
+            echo(f"fine-tuning the best backbone on validation: {cfg.name}")
+            with Timer(echo, f"fine-tune {cfg.name}"):
+                entry = fine_tune_saved(ctx, cfg, frozen_entry, ft_best)
+            results["backbones"].append(entry.to_dict())
+            ctx.save()
+
+    results["best_backbone"] = select_best(results["backbones"])
+    run_post_stages(ctx)
+    ok = [e for e in results["backbones"] if e["status"] == "ok"]
+    results["run"]["status"] = "ok" if len(ok) == len(results["backbones"]) else ("partial" if ok else "failed")
+    results["run"]["finished_at"] = now().isoformat(timespec="seconds")
+    results["run"]["wall_time_s"] = round(time.perf_counter() - t_run, 1)
+    results["timings"]["total_s"] = results["run"]["wall_time_s"]
+    ctx.save()
+    return run_dir
+
+
+def restore_outputs(ctx: RunContext, entry: dict) -> None:
+    """Rebuild in-memory probabilities for a backbone finished by an earlier, interrupted run."""
+    import pandas as pd
+
+    df = pd.read_csv(ctx.run_dir / entry["artifacts"]["predictions"])
+    probs = df[[f"prob_{c}" for c in ctx.class_names]].to_numpy()
+    ctx.outputs[entry["name"]] = {"val_probs": None, "test_probs": probs, "size": entry["input_size"][0]}
+
+
+def run_post_stages(ctx: RunContext) -> None:
+    """Stages that need every backbone's outputs: explain, calibration, comparisons."""
+    return None

@@ -1,0 +1,125 @@
+"""Synthetic brain-like MRI phantoms with planted tumours and YOLO box files.
+
+Each image is a grey head phantom (skull ring, textured brain ellipse, ventricles, noise). The
+tumour classes differ the way the real ones do on axial/coronal slices:
+
+* glioma     - irregular, ring-enhancing mass inside a hemisphere (bright rim, dark core)
+* meningioma - homogeneous bright round mass attached to the skull, at the brain's edge
+* pituitary  - small bright mass in the midline below the brain centre (sella region)
+* no_tumor   - no mass
+
+Every tumour image gets ``<image>.txt`` beside it in the YOLO convention
+``class x_center y_center width height`` (normalised to 0..1), so Grad-CAM can be scored with
+the pointing game.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from engine.atomic import write_bytes, write_text
+
+CLASSES = ("glioma", "meningioma", "no_tumor", "pituitary")
+KAGGLE_FOLDERS = {"glioma": "glioma_tumor", "meningioma": "meningioma_tumor",
+                  "no_tumor": "no_tumor", "pituitary": "pituitary_tumor"}
+
+
+@dataclass(frozen=True)
+class Box:
+    x_center: float
+    y_center: float
+    width: float
+    height: float
+
+    def yolo(self, class_id: int) -> str:
+        return f"{class_id} {self.x_center:.6f} {self.y_center:.6f} {self.width:.6f} {self.height:.6f}\n"
+
+
+def _smooth_noise(rng: np.random.Generator, size: int, scale: int) -> np.ndarray:
+    coarse = rng.normal(size=(max(2, size // scale), max(2, size // scale)))
+    reps = int(np.ceil(size / coarse.shape[0]))
+    up = np.kron(coarse, np.ones((reps, reps)))[:size, :size]
+    return up
+
+
+def phantom(label: str, size: int, rng: np.random.Generator) -> tuple[np.ndarray, Box | None]:
+    """One (size, size) uint8 phantom of class ``label`` and its tumour box (None for no_tumor)."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / (size - 1)
+    cy, cx = 0.5 + rng.uniform(-0.03, 0.03), 0.5 + rng.uniform(-0.03, 0.03)
+    ry, rx = rng.uniform(0.40, 0.45), rng.uniform(0.33, 0.38)
+    r = np.sqrt(((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2)
+    img = np.zeros((size, size), np.float32)
+    img[(r > 0.90) & (r <= 1.0)] = 0.85  # skull
+    brain = r <= 0.88
+    texture = 0.35 + 0.06 * _smooth_noise(rng, size, 4) + 0.04 * _smooth_noise(rng, size, 12)
+    img[brain] = texture[brain]
+    # ventricles: two dark ellipses near the centre
+    for side in (-1, 1):
+        v = ((yy - cy + 0.02) / 0.09) ** 2 + ((xx - cx - side * 0.05) / 0.03) ** 2
+        img[(v <= 1) & brain] = 0.12
+
+    box = None
+    if label != "no_tumor":
+        if label == "glioma":
+            side = rng.choice([-1, 1])
+            ty, tx = cy + rng.uniform(-0.22, 0.05), cx + side * rng.uniform(0.12, 0.2)
+            rad = rng.uniform(0.09, 0.13)
+        elif label == "meningioma":
+            ang = rng.uniform(-np.pi * 0.9, -np.pi * 0.1)  # upper convexity
+            rad = rng.uniform(0.07, 0.10)
+            ty, tx = cy + (ry - rad) * 0.92 * np.sin(ang), cx + (rx - rad) * 0.92 * np.cos(ang)
+        else:  # pituitary
+            ty, tx = cy + rng.uniform(0.16, 0.22), cx + rng.uniform(-0.02, 0.02)
+            rad = rng.uniform(0.045, 0.06)
+        # irregular outline for gliomas, round otherwise
+        theta = np.arctan2(yy - ty, xx - tx)
+        wobble = 1.0 + (0.25 * np.sin(3 * theta + rng.uniform(0, 6)) if label == "glioma" else 0.0)
+        d = np.sqrt((yy - ty) ** 2 + (xx - tx) ** 2) / (rad * wobble)
+        mass = d <= 1.0
+        if label == "glioma":
+            img[mass] = 0.95  # enhancing rim
+            img[d <= 0.6] = 0.18 + 0.05 * rng.random()  # necrotic core
+        elif label == "meningioma":
+            img[mass] = 0.90 + 0.02 * _smooth_noise(rng, size, 6)[mass]
+        else:
+            img[mass] = 1.0
+        ys, xs = np.nonzero(mass)
+        y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+        box = Box((x0 + x1) / 2 / size, (y0 + y1) / 2 / size, (x1 - x0) / size, (y1 - y0) / size)
+    img += rng.normal(0, 0.03, img.shape).astype(np.float32)
+    return (np.clip(img, 0, 1) * 255).astype(np.uint8), box
+
+
+def write_dataset(out: Path, *, per_class: int, size: int = 64, seed: int = 0,
+                  test_fraction: float = 0.25, kaggle_names: bool = True) -> dict[str, dict[str, int]]:
+    """Write ``out/Training/<class>/`` and ``out/Testing/<class>/`` PNG phantoms with box files.
+
+    ``per_class`` images per class are split into training and testing by ``test_fraction``.
+    Returns counts {split: {class: n}}.
+    """
+    from io import BytesIO
+
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    counts: dict[str, dict[str, int]] = {"Training": {}, "Testing": {}}
+    n_test = max(1, round(per_class * test_fraction))
+    for class_id, label in enumerate(CLASSES):
+        folder_name = KAGGLE_FOLDERS[label] if kaggle_names else label
+        for i in range(per_class):
+            split = "Testing" if i < n_test else "Training"
+            img, box = phantom(label, size, rng)
+            folder = out / split / folder_name
+            folder.mkdir(parents=True, exist_ok=True)
+            # grey scans stored as 3-channel files, like the real data
+            buf = BytesIO()
+            Image.fromarray(img).convert("RGB").save(buf, format="PNG")
+            path = folder / f"{label} ({i + 1}).png"
+            write_bytes(path, buf.getvalue())
+            if box is not None:
+                write_text(path.with_suffix(".txt"), box.yolo(class_id))
+            counts[split][label] = counts[split].get(label, 0) + 1
+    return counts

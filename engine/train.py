@@ -1,0 +1,245 @@
+"""Transfer learning in two stages, validation-only model selection.
+
+Stage "head": the backbone is frozen and only the head trains. When nothing random touches the
+input (no augmentation), backbone features are computed once and the head trains on them, which
+is tens of times cheaper on a CPU. A randomly initialised backbone (ImageNet weights unavailable
+and ``weights_fallback = "random"``) trains end to end instead: frozen random features are noise.
+
+Stage "fine_tune": the top N backbone layers are unfrozen at a lower learning rate, with
+BatchNormalization kept in inference mode.
+
+Both stages stop early on validation loss and restore the best epoch's weights. The test split
+never enters this module.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+
+@dataclass
+class StageResult:
+    name: str
+    epochs_run: int
+    best_epoch: int
+    stopped_early: bool
+    time_s: float
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "epochs_run": self.epochs_run, "best_epoch": self.best_epoch,
+                "stopped_early": self.stopped_early, "time_s": round(self.time_s, 2)}
+
+
+@dataclass
+class TrainResult:
+    history: list[dict] = field(default_factory=list)
+    stages: list[StageResult] = field(default_factory=list)
+
+    @property
+    def time_s(self) -> float:
+        return sum(s.time_s for s in self.stages)
+
+
+def class_weights(y: np.ndarray, n_classes: int, mode: str) -> dict[int, float] | None:
+    """'balanced' weights as sklearn.utils.class_weight.compute_class_weight; None for 'none'."""
+    if mode == "none":
+        return None
+    from sklearn.utils.class_weight import compute_class_weight
+
+    present = np.unique(y)
+    w = compute_class_weight("balanced", classes=present, y=y)
+    out = {int(c): 1.0 for c in range(n_classes)}
+    out.update({int(c): float(v) for c, v in zip(present, w)})
+    return out
+
+
+def augmentation_layers(cfg, seed: int):
+    """Keras random layers for MRI-appropriate augmentation (geometry and intensity), seeded."""
+    import keras
+
+    layers = []
+    if cfg.flip:
+        layers.append(keras.layers.RandomFlip("horizontal", seed=seed))
+    if cfg.rotation:
+        layers.append(keras.layers.RandomRotation(cfg.rotation, fill_mode="constant", seed=seed + 1))
+    if cfg.shift:
+        layers.append(keras.layers.RandomTranslation(cfg.shift, cfg.shift, fill_mode="constant", seed=seed + 2))
+    if cfg.zoom:
+        layers.append(keras.layers.RandomZoom(cfg.zoom, fill_mode="constant", seed=seed + 3))
+    if cfg.brightness:
+        layers.append(keras.layers.RandomBrightness(cfg.brightness, value_range=(0, 255), seed=seed + 4))
+    if cfg.contrast:
+        layers.append(keras.layers.RandomContrast(cfg.contrast, value_range=(0, 255), seed=seed + 5))
+    return keras.Sequential(layers, name="augment") if layers else None
+
+
+def _dataset(x: np.ndarray, y: np.ndarray, batch: int, *, shuffle: bool, seed: int, augment=None):
+    import tensorflow as tf
+
+    ds = tf.data.Dataset.from_tensor_slices((x, y))
+    if shuffle:
+        ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch)
+    if augment is not None:
+        ds = ds.map(lambda a, b: (augment(tf.cast(a, "float32"), training=True), b),
+                    num_parallel_calls=tf.data.AUTOTUNE)
+    else:
+        ds = ds.map(lambda a, b: (tf.cast(a, "float32"), b))
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+class _BestWeights:
+    """Early stopping on val_loss that always restores the best epoch (keras' own restores only
+    when it actually stops early in some versions)."""
+
+    def __new__(cls, patience: int):
+        import keras
+
+        class BestWeights(keras.callbacks.Callback):
+            def __init__(self):
+                super().__init__()
+                self.best, self.best_epoch, self.weights, self.wait, self.stopped = math.inf, 0, None, 0, False
+
+            def on_epoch_end(self, epoch, logs=None):
+                loss = (logs or {}).get("val_loss", math.inf)
+                if loss < self.best - 1e-6:
+                    self.best, self.best_epoch, self.wait = loss, epoch + 1, 0
+                    self.weights = self.model.get_weights()
+                else:
+                    self.wait += 1
+                    if patience and self.wait >= patience:
+                        self.stopped = True
+                        self.model.stop_training = True
+
+            def on_train_end(self, logs=None):
+                if self.weights is not None:
+                    self.model.set_weights(self.weights)
+
+        return BestWeights()
+
+
+class _Progress:
+    """Per-epoch progress on stderr (a live bar on a terminal, one line per epoch otherwise)."""
+
+    def __new__(cls, label: str, epochs: int, steps: int, echo: Callable[[str], None] | None):
+        import keras
+
+        tty = sys.stderr.isatty()
+
+        class Progress(keras.callbacks.Callback):
+            def on_epoch_begin(self, epoch, logs=None):
+                self.t0, self.epoch = time.perf_counter(), epoch + 1
+
+            def on_train_batch_end(self, batch, logs=None):
+                if echo and tty:
+                    done = int(20 * (batch + 1) / max(1, steps))
+                    sys.stderr.write(f"\r  {label} epoch {self.epoch}/{epochs} [{'#' * done}{'.' * (20 - done)}]")
+                    sys.stderr.flush()
+
+            def on_epoch_end(self, epoch, logs=None):
+                if echo:
+                    logs = logs or {}
+                    if tty:
+                        sys.stderr.write("\r")
+                    echo(f"  {label} epoch {epoch + 1}/{epochs}: loss {logs.get('loss', float('nan')):.3f} "
+                         f"acc {logs.get('accuracy', float('nan')):.3f} val_loss {logs.get('val_loss', float('nan')):.3f} "
+                         f"val_acc {logs.get('val_accuracy', float('nan')):.3f} ({time.perf_counter() - self.t0:.1f}s)")
+
+        return Progress()
+
+
+def _fit(model, train_ds, val_ds, *, epochs, patience, class_weight, stage, label, steps, echo, history):
+    best = _BestWeights(patience)
+    t0 = time.perf_counter()
+    h = model.fit(train_ds, validation_data=val_ds, epochs=epochs, class_weight=class_weight, verbose=0, shuffle=False,
+                  callbacks=[best, _Progress(f"{label} [{stage}]", epochs, steps, echo)])
+    elapsed = time.perf_counter() - t0
+    n = len(h.history.get("loss", []))
+    for i in range(n):
+        history.append({"stage": stage, "epoch": i + 1,
+                        **{k: float(h.history[k][i]) for k in ("loss", "accuracy", "val_loss", "val_accuracy")
+                           if k in h.history}})
+    return StageResult(stage, n, best.best_epoch or n, best.stopped, elapsed)
+
+
+def _compile(model, lr: float):
+    import keras
+
+    model.compile(optimizer=keras.optimizers.Adam(lr), loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+
+
+def train_head(model, x_tr, y_tr, x_va, y_va, *, cfg, seed: int, train_backbone: bool, label: str,
+               echo=None) -> TrainResult:
+    """Stage 1. ``cfg`` is the manifest's TrainingConfig. Mutates and returns weights in ``model``."""
+    import keras
+
+    result = TrainResult()
+    n_classes = model.output_shape[-1]
+    cw = class_weights(y_tr, n_classes, cfg.class_weights)
+    backbone = model.get_layer("backbone")
+    backbone.trainable = bool(train_backbone)
+    aug = augmentation_layers(cfg.augmentation, seed) if cfg.augmentation.enabled else None
+    steps = math.ceil(len(x_tr) / cfg.batch_size)
+    if not train_backbone and aug is None:
+        # Frozen backbone, deterministic input: compute features once, train the head on them.
+        feat_model = keras.Model(model.inputs, model.get_layer("gap").output)
+        t0 = time.perf_counter()
+        f_tr = feat_model.predict(x_tr.astype("float32"), batch_size=cfg.batch_size, verbose=0)
+        f_va = feat_model.predict(x_va.astype("float32"), batch_size=cfg.batch_size, verbose=0)
+        if echo:
+            echo(f"  {label}: backbone features for {len(x_tr) + len(x_va)} images in {time.perf_counter() - t0:.1f}s")
+        inp = keras.Input(f_tr.shape[1:])
+        x = model.get_layer("head_dense")(inp)
+        x = model.get_layer("head_dropout")(x)
+        x = model.get_layer("logits")(x)
+        head = keras.Model(inp, model.get_layer("probabilities")(x))
+        _compile(head, cfg.learning_rate)
+        train_ds = _dataset(f_tr, y_tr, cfg.batch_size, shuffle=True, seed=seed)
+        val_ds = _dataset(f_va, y_va, cfg.batch_size, shuffle=False, seed=seed)
+        stage = _fit(head, train_ds, val_ds, epochs=cfg.epochs, patience=cfg.early_stopping_patience,
+                     class_weight=cw, stage="head", label=label, steps=steps, echo=echo, history=result.history)
+        stage.time_s = time.perf_counter() - t0  # feature extraction is part of the stage's cost
+    else:
+        _compile(model, cfg.learning_rate)
+        train_ds = _dataset(x_tr, y_tr, cfg.batch_size, shuffle=True, seed=seed, augment=aug)
+        val_ds = _dataset(x_va, y_va, cfg.batch_size, shuffle=False, seed=seed)
+        stage = _fit(model, train_ds, val_ds, epochs=cfg.epochs, patience=cfg.early_stopping_patience,
+                     class_weight=cw, stage="head", label=label, steps=steps, echo=echo, history=result.history)
+    result.stages.append(stage)
+    return result
+
+
+def fine_tune(model, x_tr, y_tr, x_va, y_va, *, cfg, ft, seed: int, label: str, echo=None,
+              result: TrainResult | None = None) -> TrainResult:
+    """Stage 2: unfreeze the top ``ft.layers`` backbone layers (BatchNorm stays frozen)."""
+    from engine.backbones import set_backbone_trainable
+
+    result = result or TrainResult()
+    n = set_backbone_trainable(model, ft.layers)
+    if echo:
+        echo(f"  {label}: fine-tuning {n} backbone layers at lr {ft.learning_rate:g}")
+    cw = class_weights(y_tr, model.output_shape[-1], cfg.class_weights)
+    aug = augmentation_layers(cfg.augmentation, seed) if cfg.augmentation.enabled else None
+    _compile(model, ft.learning_rate)
+    train_ds = _dataset(x_tr, y_tr, cfg.batch_size, shuffle=True, seed=seed + 7, augment=aug)
+    val_ds = _dataset(x_va, y_va, cfg.batch_size, shuffle=False, seed=seed)
+    stage = _fit(model, train_ds, val_ds, epochs=ft.epochs, patience=cfg.early_stopping_patience,
+                 class_weight=cw, stage="fine_tune", label=label, steps=math.ceil(len(x_tr) / cfg.batch_size),
+                 echo=echo, history=result.history)
+    result.stages.append(stage)
+    return result
+
+
+def predict(model, x: np.ndarray, batch_size: int = 64, tta_flip: bool = False) -> np.ndarray:
+    """(n, H, W, 3) uint8/float 0..255 -> (n, k) probabilities; optional horizontal-flip TTA."""
+    p = model.predict(x.astype("float32"), batch_size=batch_size, verbose=0)
+    if tta_flip:
+        p = (p + model.predict(x[:, :, ::-1].astype("float32"), batch_size=batch_size, verbose=0)) / 2
+    return p
