@@ -1,0 +1,210 @@
+"""Seeded percentile-bootstrap confidence intervals for classification metrics.
+
+A resample draws n test images with replacement; the CI is the (alpha/2, 1 - alpha/2) percentile of
+the metric over resamples (Efron's percentile bootstrap). All index arrays come from one
+``numpy.random.default_rng(seed)`` drawn in a fixed order, so a seed reproduces the interval exactly.
+
+``bootstrap_summary`` does not call sklearn once per resample: it builds every resample's confusion
+matrix with a single ``np.bincount`` and reads accuracy, recall and F1 off it. The values equal
+``sklearn.metrics.accuracy_score``, ``recall_score(average=None)`` and
+``f1_score(average="macro", zero_division=0)`` per resample (tests/test_uncertainty.py checks this).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+
+import numpy as np
+from sklearn.metrics import accuracy_score, f1_score, recall_score
+
+DEFAULT_RESAMPLES = 1000
+# Upper bound on resample indices held at once (int64: 32 MB); the chunking is fixed, so the
+# random stream and therefore the CI do not depend on memory.
+_MAX_INDICES_PER_CHUNK = 4_000_000
+
+
+def _check_pair(y_true, y_pred) -> tuple[np.ndarray, np.ndarray]:
+    yt = np.asarray(y_true)
+    yp = np.asarray(y_pred)
+    if yt.ndim != 1 or yp.shape != yt.shape:
+        raise ValueError(f"y_true and y_pred must be 1-D of equal length, got {yt.shape} and {yp.shape}")
+    if yt.size == 0:
+        raise ValueError("no samples: cannot bootstrap an empty set")
+    return yt, yp
+
+
+def _check_resampling(n_resamples: int, confidence: float) -> None:
+    if int(n_resamples) != n_resamples or n_resamples < 1:
+        raise ValueError(f"n_resamples must be a positive integer, got {n_resamples!r}")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must lie in (0, 1), got {confidence!r}")
+
+
+def _resample_indices(n: int, n_resamples: int, rng: np.random.Generator) -> Iterator[np.ndarray]:
+    """Yield (b, n) int arrays of bootstrap indices, b rows at a time, n_resamples rows in total."""
+    rows = max(1, _MAX_INDICES_PER_CHUNK // n)
+    done = 0
+    while done < n_resamples:
+        b = min(rows, n_resamples - done)
+        yield rng.integers(0, n, size=(b, n))
+        done += b
+
+
+def _percentile_ci(stats: np.ndarray, confidence: float) -> tuple[float | None, float | None]:
+    """Percentile interval ignoring NaN resamples; (None, None) when every resample is NaN."""
+    finite = stats[~np.isnan(stats)]
+    if finite.size == 0:
+        return None, None
+    alpha = 1.0 - confidence
+    lo, hi = np.percentile(finite, [100 * alpha / 2, 100 * (1 - alpha / 2)])
+    return float(lo), float(hi)
+
+
+def bootstrap_ci(
+    y_true,
+    y_pred,
+    metric_fn: Callable[[np.ndarray, np.ndarray], float],
+    n_resamples: int = DEFAULT_RESAMPLES,
+    confidence: float = 0.95,
+    seed: int | np.random.Generator = 0,
+) -> tuple[float | None, float | None]:
+    """Percentile-bootstrap CI of any metric_fn(y_true, y_pred) -> float.
+
+    Args:
+        y_true, y_pred: (n,) arrays (labels of any dtype metric_fn accepts).
+        metric_fn: e.g. ``sklearn.metrics.accuracy_score``; NaN results are skipped.
+        n_resamples: bootstrap resamples (>= 1000 for reported intervals).
+        confidence: central coverage, 0.95 -> 2.5th and 97.5th percentiles.
+        seed: int seed or Generator for ``numpy.random.default_rng``.
+
+    Returns:
+        (low, high); (None, None) if metric_fn returned NaN on every resample.
+        Calls metric_fn n_resamples times; for accuracy / recall / macro-F1 use the vectorised
+        ``bootstrap_summary``, which draws the identical resamples for the same seed.
+    """
+    yt, yp = _check_pair(y_true, y_pred)
+    _check_resampling(n_resamples, confidence)
+    rng = np.random.default_rng(seed)
+    stats = []
+    for chunk in _resample_indices(len(yt), int(n_resamples), rng):
+        for idx in chunk:
+            stats.append(float(metric_fn(yt[idx], yp[idx])))
+    return _percentile_ci(np.asarray(stats, dtype=np.float64), confidence)
+
+
+def resampled_confusion_matrices(
+    y_true, y_pred, n_classes: int, n_resamples: int = DEFAULT_RESAMPLES, seed: int | np.random.Generator = 0
+) -> np.ndarray:
+    """(n_resamples, k, k) confusion matrices, rows = true class, cols = predicted, one per resample.
+
+    y_true, y_pred: (n,) int class indices in 0..n_classes-1. Same resamples as ``bootstrap_ci``
+    with the same seed. Each matrix equals ``sklearn.metrics.confusion_matrix(y_true[idx],
+    y_pred[idx], labels=range(k))``.
+    """
+    yt, yp = _check_pair(y_true, y_pred)
+    k = int(n_classes)
+    for name, arr in (("y_true", yt), ("y_pred", yp)):
+        if not np.issubdtype(arr.dtype, np.integer) or arr.min() < 0 or arr.max() >= k:
+            raise ValueError(f"{name} must hold integer class indices in 0..{k - 1}")
+    codes = yt.astype(np.int64) * k + yp.astype(np.int64)
+    rng = np.random.default_rng(seed)
+    out = []
+    for chunk in _resample_indices(len(codes), int(n_resamples), rng):
+        b = chunk.shape[0]
+        # Offset each resample's codes into its own block of k*k cells: one bincount for all of them.
+        flat = codes[chunk] + (np.arange(b, dtype=np.int64) * k * k)[:, None]
+        out.append(np.bincount(flat.ravel(), minlength=b * k * k).reshape(b, k, k))
+    return np.concatenate(out, axis=0)
+
+
+def metrics_from_confusion(cm: np.ndarray) -> dict[str, np.ndarray]:
+    """Accuracy, per-class recall and macro-F1 from (..., k, k) confusion matrices.
+
+    Returns arrays over the leading axes: "accuracy" (...,), "recall" (..., k) with NaN where a class
+    has no true samples, "macro_f1" (...,). Macro-F1 follows ``f1_score(average="macro",
+    zero_division=0)`` with sklearn's default labels: the mean over classes present in y_true or
+    y_pred of the sample; a class present in only one of them scores 0.
+    """
+    cm = np.asarray(cm, dtype=np.float64)
+    tp = np.diagonal(cm, axis1=-2, axis2=-1)
+    support = cm.sum(axis=-1)  # true counts per class
+    predicted = cm.sum(axis=-2)
+    n = cm.sum(axis=(-2, -1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        accuracy = tp.sum(axis=-1) / n
+        recall = np.where(support > 0, tp / support, np.nan)
+        denom = support + predicted  # = 2tp + fp + fn
+        f1 = np.where(denom > 0, 2 * tp / denom, 0.0)
+        present = denom > 0
+        macro_f1 = (f1 * present).sum(axis=-1) / present.sum(axis=-1)
+    return {"accuracy": accuracy, "recall": recall, "macro_f1": macro_f1}
+
+
+def _interval(value, stats: np.ndarray, confidence: float) -> dict:
+    lo, hi = _percentile_ci(stats, confidence)
+    return {"value": None if value is None else float(value), "ci_low": lo, "ci_high": hi}
+
+
+def bootstrap_summary(
+    y_true,
+    y_pred,
+    class_names: Sequence[str],
+    n_resamples: int = DEFAULT_RESAMPLES,
+    seed: int | np.random.Generator = 0,
+    confidence: float = 0.95,
+) -> dict:
+    """Point estimates and percentile-bootstrap CIs for accuracy, macro-F1 and per-class recall.
+
+    Args:
+        y_true, y_pred: (n,) int class indices into class_names.
+        class_names: the k canonical class names (index order).
+        n_resamples, seed, confidence: as in ``bootstrap_ci``.
+
+    Returns (JSON-ready)::
+
+        {"method": "percentile bootstrap", "n_resamples": int, "confidence": float, "seed": int|None,
+         "n_images": int,
+         "accuracy": {"value": f, "ci_low": f, "ci_high": f},
+         "macro_f1": {"value": f, "ci_low": f, "ci_high": f},
+         "per_class_recall": {cls: {"value": f|None, "ci_low": f|None, "ci_high": f|None,
+                                    "support": int, "n_resamples_defined": int}}}
+
+    Point values come from sklearn on the full sample. A class absent from a resample has undefined
+    recall there and is skipped (``n_resamples_defined`` counts the rest); a class absent from the
+    whole sample gets None throughout.
+    """
+    names = list(class_names)
+    k = len(names)
+    if k < 2:
+        raise ValueError(f"need at least 2 class names, got {names!r}")
+    yt, yp = _check_pair(y_true, y_pred)
+    _check_resampling(n_resamples, confidence)
+    cms = resampled_confusion_matrices(yt, yp, k, n_resamples, seed)
+    boot = metrics_from_confusion(cms)
+
+    labels = list(range(k))
+    point_recall = recall_score(yt, yp, labels=labels, average=None, zero_division=np.nan)
+    support = np.bincount(yt, minlength=k)
+    per_class = {}
+    for c, name in enumerate(names):
+        if support[c] == 0:
+            per_class[name] = {"value": None, "ci_low": None, "ci_high": None, "support": 0,
+                               "n_resamples_defined": 0}
+            continue
+        entry = _interval(point_recall[c], boot["recall"][:, c], confidence)
+        entry["support"] = int(support[c])
+        entry["n_resamples_defined"] = int(np.count_nonzero(~np.isnan(boot["recall"][:, c])))
+        per_class[name] = entry
+
+    return {
+        "method": "percentile bootstrap",
+        "n_resamples": int(n_resamples),
+        "confidence": float(confidence),
+        "seed": int(seed) if isinstance(seed, (int, np.integer)) else None,
+        "n_images": int(len(yt)),
+        "accuracy": _interval(accuracy_score(yt, yp), boot["accuracy"], confidence),
+        "macro_f1": _interval(
+            f1_score(yt, yp, average="macro", zero_division=0), boot["macro_f1"], confidence
+        ),
+        "per_class_recall": per_class,
+    }

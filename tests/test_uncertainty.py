@@ -1,0 +1,121 @@
+"""Seeded percentile bootstrap (engine.uncertainty)."""
+
+import time
+
+import numpy as np
+import pytest
+from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, recall_score
+
+from engine.uncertainty import (
+    bootstrap_ci,
+    bootstrap_summary,
+    metrics_from_confusion,
+    resampled_confusion_matrices,
+)
+
+CLASSES = ["glioma", "meningioma", "no_tumor", "pituitary"]
+
+
+def _predictions(n, accuracy, seed, k=4):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, k, size=n)
+    wrong = rng.uniform(size=n) > accuracy
+    y_pred = np.where(wrong, (y + rng.integers(1, k, size=n)) % k, y)
+    return y, y_pred
+
+
+def test_fast_metrics_match_sklearn_per_resample():
+    # Class 3 has 2 true images in 30, so it is absent from ~13 % of resamples; class 2 is only
+    # ever predicted, never true -- exercises sklearn's macro-F1 label set and NaN recall.
+    y = np.array([0] * 14 + [1] * 14 + [3] * 2)
+    y_pred = y.copy()
+    y_pred[[0, 1, 15, 16, 29]] = [1, 2, 0, 2, 0]
+    n_res, seed = 60, 7
+    cms = resampled_confusion_matrices(y, y_pred, 4, n_res, seed)
+    fast = metrics_from_confusion(cms)
+    idx_all = np.random.default_rng(seed).integers(0, len(y), size=(n_res, len(y)))  # same draws
+    saw_absent = False
+    for r, idx in enumerate(idx_all):
+        yt, yp = y[idx], y_pred[idx]
+        assert np.array_equal(cms[r], confusion_matrix(yt, yp, labels=range(4)))
+        assert fast["accuracy"][r] == pytest.approx(accuracy_score(yt, yp))
+        assert fast["macro_f1"][r] == pytest.approx(f1_score(yt, yp, average="macro", zero_division=0))
+        rec = recall_score(yt, yp, labels=range(4), average=None, zero_division=np.nan)
+        np.testing.assert_allclose(fast["recall"][r], rec, equal_nan=True)
+        saw_absent |= bool(np.isnan(fast["recall"][r, 3]))
+    assert saw_absent
+
+
+def test_summary_accuracy_ci_equals_generic_bootstrap_with_same_seed():
+    y, y_pred = _predictions(150, 0.8, seed=1)
+    s = bootstrap_summary(y, y_pred, CLASSES, n_resamples=400, seed=3)
+    lo, hi = bootstrap_ci(y, y_pred, accuracy_score, n_resamples=400, seed=3)
+    assert (s["accuracy"]["ci_low"], s["accuracy"]["ci_high"]) == pytest.approx((lo, hi))
+    lo_f1, hi_f1 = bootstrap_ci(
+        y, y_pred, lambda a, b: f1_score(a, b, average="macro", zero_division=0), n_resamples=100, seed=3
+    )
+    s100 = bootstrap_summary(y, y_pred, CLASSES, n_resamples=100, seed=3)
+    assert (s100["macro_f1"]["ci_low"], s100["macro_f1"]["ci_high"]) == pytest.approx((lo_f1, hi_f1))
+
+
+def test_same_seed_identical_different_seed_differs():
+    y, y_pred = _predictions(400, 0.8, seed=2)
+    a = bootstrap_summary(y, y_pred, CLASSES, n_resamples=1000, seed=11)
+    b = bootstrap_summary(y, y_pred, CLASSES, n_resamples=1000, seed=11)
+    c = bootstrap_summary(y, y_pred, CLASSES, n_resamples=1000, seed=12)
+    assert a == b
+    assert a["accuracy"]["value"] == c["accuracy"]["value"]  # point estimate does not depend on seed
+    assert (a["accuracy"]["ci_low"], a["accuracy"]["ci_high"], a["macro_f1"]["ci_low"]) != (
+        c["accuracy"]["ci_low"], c["accuracy"]["ci_high"], c["macro_f1"]["ci_low"])
+
+
+def test_ci_contains_point_and_narrows_with_n():
+    y, y_pred = _predictions(100, 0.75, seed=4)
+    small = bootstrap_summary(y, y_pred, CLASSES, n_resamples=1000, seed=0)
+    # Same empirical distribution, 16x the images: interval width should shrink about 4x.
+    big = bootstrap_summary(np.tile(y, 16), np.tile(y_pred, 16), CLASSES, n_resamples=1000, seed=0)
+    for s in (small, big):
+        for m in ("accuracy", "macro_f1"):
+            assert s[m]["ci_low"] <= s[m]["value"] <= s[m]["ci_high"]
+        for cls in CLASSES:
+            r = s["per_class_recall"][cls]
+            assert r["ci_low"] <= r["value"] <= r["ci_high"]
+    assert small["accuracy"]["value"] == pytest.approx(big["accuracy"]["value"])
+    w_small = small["accuracy"]["ci_high"] - small["accuracy"]["ci_low"]
+    w_big = big["accuracy"]["ci_high"] - big["accuracy"]["ci_low"]
+    assert 2.5 < w_small / w_big < 6.0
+    # A 95 % interval around 0.75 accuracy on 100 images is about +/- 0.085 (normal approx.).
+    assert 0.12 < w_small < 0.22
+
+
+def test_summary_shape_and_absent_class():
+    y = np.array([0, 0, 1, 1, 1, 0, 1, 0])
+    y_pred = np.array([0, 1, 1, 1, 0, 0, 1, 2])
+    s = bootstrap_summary(y, y_pred, CLASSES, n_resamples=1000, seed=0)
+    assert s["n_resamples"] == 1000 and s["n_images"] == 8 and s["confidence"] == 0.95 and s["seed"] == 0
+    assert s["accuracy"]["value"] == pytest.approx(5 / 8)
+    assert set(s["per_class_recall"]) == set(CLASSES)
+    assert s["per_class_recall"]["no_tumor"] == {
+        "value": None, "ci_low": None, "ci_high": None, "support": 0, "n_resamples_defined": 0}
+    assert s["per_class_recall"]["glioma"]["support"] == 4
+    assert s["per_class_recall"]["glioma"]["n_resamples_defined"] <= 1000
+    import json
+
+    json.dumps(s, allow_nan=False)
+
+
+def test_1000_resamples_of_400_images_is_fast():
+    y, y_pred = _predictions(400, 0.8, seed=5)
+    bootstrap_summary(y, y_pred, CLASSES, n_resamples=50, seed=0)  # warm imports
+    t0 = time.perf_counter()
+    bootstrap_summary(y, y_pred, CLASSES, n_resamples=1000, seed=0)
+    assert time.perf_counter() - t0 < 1.0
+
+
+def test_bad_input_raises():
+    with pytest.raises(ValueError, match="equal length"):
+        bootstrap_summary(np.array([0, 1]), np.array([0]), CLASSES)
+    with pytest.raises(ValueError, match="class indices"):
+        bootstrap_summary(np.array([0, 4]), np.array([0, 1]), CLASSES)
+    with pytest.raises(ValueError, match="n_resamples"):
+        bootstrap_ci(np.array([0, 1]), np.array([0, 1]), accuracy_score, n_resamples=0)
