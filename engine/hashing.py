@@ -1,0 +1,348 @@
+"""Per-image fingerprints for the integrity audit, an on-disk cache for them, and a
+vectorised Hamming search over perceptual hashes.
+
+Three fingerprints per file:
+  * ``file_sha256``  - sha256 of the bytes: byte-identical copies.
+  * ``pixel_sha256`` - sha256 of the decoded pixels (canonical mode, size in the key): a
+    re-saved file with the same pixels (other container, other compression) is exact too.
+  * ``phash``        - ``imagehash.phash`` (DCT perceptual hash, ``hash_size**2`` bits) packed
+    into uint64 words: resized / re-encoded copies sit at a small Hamming distance.
+
+No TensorFlow here; PIL + numpy + imagehash only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import threading
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+import imagehash
+import numpy as np
+import PIL
+from PIL import Image, ImageFile, UnidentifiedImageError
+
+from engine.atomic import write_text
+
+log = logging.getLogger(__name__)
+
+#: Bump when the fingerprint definition changes: old cache files are then ignored.
+FINGERPRINT_VERSION = 1
+PHASH_ALGORITHM = "imagehash.phash"
+
+# Modes whose pixels survive a lossless trip through RGB(A): hashed after that conversion so an
+# L image re-saved as RGB (same grey levels) is still pixel-identical.
+_RGB_COMPATIBLE = {"1", "L", "P", "RGB", "LA", "PA", "RGBA", "RGBX"}
+
+
+class UnreadableImage(Exception):
+    """The file cannot be decoded as an image; ``reason`` is the user-facing explanation."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class ImageFingerprint:
+    """Everything the audit needs from one decoded file (so a cached file is never decoded)."""
+
+    file_sha256: str
+    file_bytes: int
+    pixel_sha256: str
+    phash_hex: str  # packed phash bits, big-endian, zero-padded to whole uint64 words
+    width: int
+    height: int
+    mode: str
+    format: str
+
+    def phash_words(self) -> np.ndarray:
+        return np.frombuffer(bytes.fromhex(self.phash_hex), dtype=">u8").astype(np.uint64)
+
+
+def n_words(hash_size: int) -> int:
+    """uint64 words needed for a ``hash_size x hash_size`` bit hash."""
+    return -(-(hash_size * hash_size) // 64)
+
+
+def pack_bits(bits: np.ndarray) -> str:
+    """Boolean hash -> hex of its bits packed big-endian and padded to whole uint64 words."""
+    raw = np.packbits(np.asarray(bits, dtype=bool).ravel()).tobytes()
+    return (raw + b"\0" * ((-len(raw)) % 8)).hex()
+
+
+def _gray8(img: Image.Image) -> Image.Image:
+    """8-bit greyscale for the perceptual hash. High-bit-depth images (16-bit MRI PNG, float)
+    are min-max scaled: PIL's plain convert("L") would clip them to a white frame."""
+    if img.mode in _RGB_COMPATIBLE or img.mode in {"CMYK", "YCbCr", "LAB", "HSV"}:
+        return img.convert("L")
+    arr = np.asarray(img, dtype=np.float64)
+    lo, hi = float(arr.min()), float(arr.max())
+    scaled = np.zeros_like(arr) if hi <= lo else (arr - lo) * (255.0 / (hi - lo))
+    return Image.fromarray(np.round(scaled).astype(np.uint8), mode="L")
+
+
+def _pixel_sha256(img: Image.Image) -> str:
+    if img.mode in _RGB_COMPATIBLE:
+        has_alpha = img.mode in {"LA", "PA", "RGBA"} or "transparency" in img.info
+        canon = img.convert("RGBA" if has_alpha else "RGB")
+    else:
+        canon = img  # 16-bit / float / CMYK: hash as stored, the mode is part of the key
+    h = hashlib.sha256(f"{canon.mode}:{canon.width}x{canon.height}:".encode())
+    h.update(canon.tobytes())
+    return h.hexdigest()
+
+
+def file_sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def fingerprint_bytes(data: bytes, hash_size: int, *, sha256: str | None = None) -> ImageFingerprint:
+    """Decode ``data`` and fingerprint it. Raises ``UnreadableImage`` with a reason on any failure
+    (zero bytes, unknown format, truncated or corrupt data)."""
+    if not data:
+        raise UnreadableImage("zero-byte file")
+    sha = sha256 or file_sha256(data)
+    if ImageFile.LOAD_TRUNCATED_IMAGES:
+        # Someone flipped PIL's global switch: truncated files would decode half-grey and pass.
+        raise RuntimeError("PIL.ImageFile.LOAD_TRUNCATED_IMAGES is True; the audit needs it False")
+
+
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            fmt = img.format or "unknown"
+            width, height = img.size
+            # Checked here, not via warnings.catch_warnings: that is not thread-safe.
+            if Image.MAX_IMAGE_PIXELS and width * height > Image.MAX_IMAGE_PIXELS:
+                raise UnreadableImage(
+                    f"{width}x{height} pixels exceeds PIL's decompression-bomb limit "
+                    f"({Image.MAX_IMAGE_PIXELS} pixels)"
+                )
+            img.load()
+            mode = img.mode
+            pixel_sha = _pixel_sha256(img)
+            phash = imagehash.phash(_gray8(img), hash_size=hash_size)
+    except UnreadableImage:
+        raise
+    except UnidentifiedImageError:
+        raise UnreadableImage("not a recognised image format") from None
+    except Image.DecompressionBombError as exc:
+        raise UnreadableImage(f"refused as a decompression bomb: {exc}") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        # PIL reports truncation as OSError("image file is truncated ...") and broken
+        # headers as SyntaxError/ValueError depending on the plugin.
+        raise UnreadableImage(f"truncated or corrupt image data: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - plugins leak struct.error/IndexError on garbage
+        raise UnreadableImage(f"corrupt image data ({type(exc).__name__}: {exc})") from None
+    return ImageFingerprint(
+        file_sha256=sha,
+        file_bytes=len(data),
+        pixel_sha256=pixel_sha,
+        phash_hex=pack_bits(phash.hash),
+        width=width,
+        height=height,
+        mode=mode,
+        format=fmt,
+    )
+
+
+# --------------------------------------------------------------------------------------- cache
+
+
+def _environment_key(hash_size: int) -> str:
+    # phash depends on PIL's resampling and imagehash's DCT: a library upgrade invalidates it.
+    return (
+        f"v{FINGERPRINT_VERSION}|hash_size={hash_size}|pillow={PIL.__version__}"
+        f"|imagehash={imagehash.__version__}"
+    )
+
+
+class FingerprintCache:
+    """Fingerprints on disk keyed by file sha256, so nightly re-runs read bytes but never decode.
+
+    One JSON file per hash size. Unreadable files are cached too (their reason), since the same
+    bytes fail the same way. The file is only trusted when its environment key matches.
+    """
+
+    def __init__(self, cache_dir: Path | None, hash_size: int):
+        self.path = None if cache_dir is None else Path(cache_dir) / f"integrity-fingerprints-hs{hash_size}.json"
+        self.key = _environment_key(hash_size)
+        self.entries: dict[str, dict] = {}
+        self.hits = 0
+        self.misses = 0
+        self._dirty = False
+        self._lock = threading.Lock()  # fingerprint_files calls get/put from worker threads
+        if self.path is not None and self.path.exists():
+            try:
+                blob = json.loads(self.path.read_text(encoding="utf-8"))
+                if blob.get("key") == self.key and isinstance(blob.get("entries"), dict):
+                    self.entries = blob["entries"]
+                else:
+                    log.info("integrity cache %s is from another version; rebuilding", self.path)
+            except (OSError, ValueError) as exc:
+                log.warning("integrity cache %s unreadable (%s); rebuilding", self.path, exc)
+
+    def get(self, sha: str) -> ImageFingerprint | UnreadableImage | None:
+        with self._lock:
+            entry = self.entries.get(sha)
+            if entry is None:
+                self.misses += 1
+                return None
+            self.hits += 1
+        try:
+            if "unreadable" in entry:
+                return UnreadableImage(str(entry["unreadable"]))
+            return ImageFingerprint(**entry)
+        except TypeError:  # a hand-edited or foreign entry: recompute rather than trust it
+            return None
+
+    def put(self, sha: str, value: ImageFingerprint | UnreadableImage) -> None:
+        entry = {"unreadable": value.reason} if isinstance(value, UnreadableImage) else asdict(value)
+        with self._lock:
+            self.entries[sha] = entry
+            self._dirty = True
+
+    def save(self) -> None:
+        if self.path is None or not self._dirty:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        text = json.dumps({"key": self.key, "entries": self.entries}, sort_keys=True)
+        write_text(self.path, text)  # tmp file + os.replace: a killed run leaves the old cache
+        self._dirty = False
+
+
+def fingerprint_files(
+    paths: Iterable[Path],
+    hash_size: int,
+    *,
+    cache: FingerprintCache | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    workers: int | None = None,
+) -> list[ImageFingerprint | UnreadableImage]:
+    """Fingerprint every path, in order. A file that cannot be read at all (permissions, vanished)
+    becomes ``UnreadableImage`` like a corrupt one. PIL decoding and hashlib release the GIL, so
+    a small thread pool uses the cores without pickling images between processes."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    paths = list(paths)
+    total = len(paths)
+
+    def one(path: Path) -> ImageFingerprint | UnreadableImage:
+        try:
+            data = Path(path).read_bytes()
+        except OSError as exc:
+            return UnreadableImage(f"cannot read file: {exc.strerror or exc}")
+        if not data:
+            return UnreadableImage("zero-byte file")
+        sha = file_sha256(data)
+        if cache is not None:
+            cached = cache.get(sha)
+            if cached is not None:
+                return cached
+        try:
+            result: ImageFingerprint | UnreadableImage = fingerprint_bytes(data, hash_size, sha256=sha)
+        except UnreadableImage as exc:
+            result = exc
+        if cache is not None:
+            cache.put(sha, result)
+        return result
+
+    n_workers = workers if workers is not None else min(4, os.cpu_count() or 1)
+    out: list[ImageFingerprint | UnreadableImage] = []
+    if n_workers <= 1:
+        for k, p in enumerate(paths, 1):
+            out.append(one(p))
+            if progress is not None:
+                progress(k, total)
+        return out
+    with ThreadPoolExecutor(max_workers=n_workers) as pool:
+        for k, result in enumerate(pool.map(one, paths), 1):
+            out.append(result)
+            if progress is not None:
+                progress(k, total)
+    return out
+
+
+# ------------------------------------------------------------------------------ Hamming search
+
+
+def _popcount_u64(x: np.ndarray) -> np.ndarray:
+    if hasattr(np, "bitwise_count"):  # numpy >= 2.0
+        return np.bitwise_count(x)
+    table = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
+    return table[x.view(np.uint8)].reshape(*x.shape, 8).sum(axis=-1, dtype=np.uint8)
+
+
+def hamming_pairs(
+    a: np.ndarray,
+    b: np.ndarray | None = None,
+    *,
+    max_distance: int,
+    max_block_elements: int = 1 << 22,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """All pairs of packed bit hashes within ``max_distance`` bits.
+
+    Parameters
+    ----------
+    a : (n, w) uint64 array, one hash of ``w`` words per row.
+    b : (m, w) uint64 array, or None to compare ``a`` with itself (pairs ``i < j`` only).
+    max_distance : largest Hamming distance (number of differing bits) to report, >= 0.
+    max_block_elements : XOR block size cap (rows x m x w), bounding memory to ~8 bytes each.
+
+    Returns
+    -------
+    (i, j, d) : int64 row indices into ``a`` and ``b`` (or ``a``) and the uint16 distances,
+    sorted by ``i`` then ``j``.
+
+    Equivalent to ``scipy.spatial.distance.cdist(bits_a, bits_b, "hamming") * n_bits <= max_distance``
+    on unpacked bits, in O(n*m*w) word operations instead of O(n*m*bits) and without the n x m
+    float matrix: XOR then popcount, ``block`` rows at a time.
+    """
+    a = np.ascontiguousarray(a, dtype=np.uint64)
+    if a.ndim == 1:
+        a = a[:, None]
+    self_join = b is None
+    b = a if self_join else np.ascontiguousarray(b, dtype=np.uint64)
+    if b.ndim == 1:
+        b = b[:, None]
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f"hash widths differ: {a.shape[1]} vs {b.shape[1]} words")
+    if max_distance < 0:
+        raise ValueError("max_distance must be >= 0")
+    n, w = a.shape
+    m = b.shape[0]
+    block = max(1, max_block_elements // max(1, m * w))
+    found_i, found_j, found_d = [], [], []
+    for start in range(0, n, block):
+        stop = min(n, start + block)
+        # Self-join: row r only needs columns > r, so skip the columns left of this block.
+        col0 = start + 1 if self_join else 0
+        if col0 >= m:
+            break
+        xor = a[start:stop, None, :] ^ b[None, col0:, :]
+        dist = _popcount_u64(xor).sum(axis=-1, dtype=np.uint16)
+        if self_join:
+            # Column c (absolute col0 + c) pairs with row r only if it is right of r.
+            rows = np.arange(start, stop)[:, None]
+            cols = np.arange(col0, m)[None, :]
+            hit = (dist <= max_distance) & (cols > rows)
+        else:
+            hit = dist <= max_distance
+        r, c = np.nonzero(hit)
+        found_i.append(r + start)
+        found_j.append(c + col0)
+        found_d.append(dist[r, c])
+    if not found_i:
+        empty = np.empty(0, dtype=np.int64)
+        return empty, empty.copy(), np.empty(0, dtype=np.uint16)
+    return (
+        np.concatenate(found_i).astype(np.int64),
+        np.concatenate(found_j).astype(np.int64),
+        np.concatenate(found_d).astype(np.uint16),
+    )
