@@ -1,0 +1,305 @@
+"""Regression gates: Deepchecks-style conditions that turn measured values into PASS / WARN / FAIL.
+
+The manifest's ``[gates]`` section becomes :class:`GatesConfig`. :func:`evaluate_gates` reads a
+run's results dict (and the previous history record, for the drop gate) and returns one
+:class:`GateResult` per gate and target; serialisers (dict for results.json, JUnit XML for CI, lines
+for stderr) are separate functions so the result keeps its machine value apart from its display.
+
+Gate names, usable in ``warn_only`` either exactly or by family (the part before the dot):
+
+=======================  ==========================================================  ===========
+name                     measured value                                              target
+=======================  ==========================================================  ===========
+min_accuracy             test accuracy                                               backbone
+min_macro_f1             test macro-F1                                               backbone
+min_recall.<class>       test recall of <class> (e.g. min_recall.glioma)             backbone
+max_macro_f1_drop        previous run's test macro-F1 minus this run's               backbone
+max_leakage_fraction     test images with a twin in training / test images           run
+=======================  ==========================================================  ===========
+
+A gate whose value cannot be measured (a failed backbone, no best backbone, no integrity block)
+FAILs, also when it is warn-only: a threshold may be advisory, an audit that did not measure is
+broken. The only exception is the baseline of ``max_macro_f1_drop``: with no previous run (or no
+previous result for that backbone) there is nothing to drop from, and the gate PASSes saying so.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from typing import Literal, Sequence
+
+from engine.errors import InputError
+from engine.history import leakage_counts, record_metric
+
+GATE_FAMILIES = ("min_accuracy", "min_macro_f1", "min_recall", "max_macro_f1_drop", "max_leakage_fraction")
+STATUSES = ("PASS", "WARN", "FAIL")
+
+#: Metrics from sklearn are exact ratios, but thresholds typed in TOML are decimal: 0.9 must pass 0.9.
+_EPS = 1e-9
+
+
+@dataclass
+class GatesConfig:
+    """``[gates]`` of the manifest. Every threshold is optional; an unset gate is not evaluated.
+
+    min_accuracy, min_macro_f1: lowest acceptable test value, 0..1.
+    min_recall: class -> lowest acceptable test recall, 0..1 (set it for the tumour classes: a missed
+        tumour called no_tumor is the costly error).
+    max_macro_f1_drop: largest acceptable fall of test macro-F1 against the previous comparable run.
+    max_leakage_fraction: largest acceptable fraction of test images with an exact or near twin in
+        training (integrity.cross_split_near / number of test images).
+    warn_only: gate names or families that only WARN when violated (e.g. ["max_macro_f1_drop",
+        "min_recall.meningioma"]).
+    applies_to: "best" gates the backbone chosen on validation; "all" gates every listed backbone,
+        and a failed one FAILs every per-backbone gate.
+    """
+
+    min_accuracy: float | None = None
+    min_macro_f1: float | None = None
+    min_recall: dict[str, float] = field(default_factory=dict)
+    max_macro_f1_drop: float | None = None
+    max_leakage_fraction: float | None = None
+    warn_only: list[str] = field(default_factory=list)
+    applies_to: Literal["best", "all"] = "best"
+
+    def __post_init__(self) -> None:
+        def unit(key: str, value: float | None) -> None:
+            if value is not None and not (0.0 <= value <= 1.0):  # NaN fails the comparison too
+                raise InputError(f"manifest key 'gates.{key}' must be between 0 and 1, got {value!r}")
+
+        unit("min_accuracy", self.min_accuracy)
+        unit("min_macro_f1", self.min_macro_f1)
+        unit("max_macro_f1_drop", self.max_macro_f1_drop)
+        unit("max_leakage_fraction", self.max_leakage_fraction)
+        for cls, value in self.min_recall.items():
+            unit(f"min_recall.{cls}", value)
+        for i, name in enumerate(self.warn_only):
+            family, _, cls = name.partition(".")
+            if family not in GATE_FAMILIES or (cls and family != "min_recall"):
+                raise InputError(
+                    f"manifest key 'gates.warn_only[{i}]': {name!r} is not a gate; use one of "
+                    + ", ".join(GATE_FAMILIES) + " or min_recall.<class>"
+                )
+        if self.applies_to not in ("best", "all"):
+            raise InputError(f"manifest key 'gates.applies_to': {self.applies_to!r} is not allowed; "
+                             "use 'best' or 'all'")
+
+    def is_warn_only(self, name: str) -> bool:
+        return name in self.warn_only or name.partition(".")[0] in self.warn_only
+
+    @property
+    def any(self) -> bool:
+        """True when at least one gate is configured."""
+        return any(v is not None for v in (self.min_accuracy, self.min_macro_f1, self.max_macro_f1_drop,
+                                           self.max_leakage_fraction)) or bool(self.min_recall)
+
+
+@dataclass(frozen=True)
+class GateResult:
+    """One evaluated condition.
+
+    ``value`` is None when it could not be measured: then the gate FAILs, except max_macro_f1_drop
+    without a baseline, which PASSes with a message saying there was nothing to compare.
+    """
+
+    name: str
+    backbone: str | None  # None for run-level gates (leakage)
+    status: Literal["PASS", "WARN", "FAIL"]
+    value: float | None
+    threshold: float
+    message: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.name}[{self.backbone}]" if self.backbone else self.name
+
+
+# ------------------------------------------------------------------------------------------------
+# Evaluation
+
+
+def _num(value) -> float | None:
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(value) else value
+
+
+def _targets(results: dict, config: GatesConfig) -> list[tuple[str | None, dict | None, str]]:
+    """(backbone name, backbone entry or None, why it is unmeasurable or "") per gated backbone."""
+    entries = {b.get("name"): b for b in results.get("backbones") or []}
+    if config.applies_to == "all":
+        if not entries:
+            return [(None, None, "the run has no backbones")]
+        return [(name, b, "" if b.get("status") == "ok" else
+                 f"backbone failed: {b.get('error') or 'no error recorded'}") for name, b in entries.items()]
+    best = (results.get("best_backbone") or {}).get("name")
+    if not best:
+        return [(None, None, "no best backbone was selected (did every backbone fail?)")]
+    entry = entries.get(best)
+    if entry is None:
+        return [(best, None, f"best backbone {best!r} is not among the run's backbones")]
+    if entry.get("status") != "ok":
+        return [(best, entry, f"backbone failed: {entry.get('error') or 'no error recorded'}")]
+    return [(best, entry, "")]
+
+
+def evaluate_gates(results: dict, config: GatesConfig, previous: dict | None) -> list[GateResult]:
+    """Evaluate every configured gate on ``results`` (results.json dict, schema version 1).
+
+    ``previous``: the previous comparable history record (engine.history.previous_record), or None
+    on the first run. Returns results in a stable order: per target backbone, accuracy, macro-F1,
+    recall per class (manifest order), drop; then the run-level leakage gate.
+    """
+    out: list[GateResult] = []
+
+    def judge(name: str, backbone: str | None, value: float | None, threshold: float, ok: bool,
+              message: str) -> None:
+        if value is None:
+            status = "FAIL"
+        elif ok:
+            status = "PASS"
+        else:
+            status = "WARN" if config.is_warn_only(name) else "FAIL"
+        if status == "WARN":
+            message += " (warn only)"
+        out.append(GateResult(name, backbone, status, value, float(threshold), message))
+
+    for backbone, entry, why in _targets(results, config):
+        test = {} if why else ((entry or {}).get("test") or {})
+        who = backbone or "best backbone"
+
+        def minimum(name: str, what: str, value, threshold: float) -> None:
+            value = _num(value)
+            if value is None:
+                msg = f"{who} {what} is missing ({why or 'not in results'}); minimum {threshold:.3f}"
+            elif value + _EPS >= threshold:
+                msg = f"{who} {what} {value:.3f} meets the minimum {threshold:.3f}"
+            else:
+                msg = f"{who} {what} {value:.3f} is below the minimum {threshold:.3f}"
+            judge(name, backbone, value, threshold, value is not None and value + _EPS >= threshold, msg)
+
+        if config.min_accuracy is not None:
+            minimum("min_accuracy", "test accuracy", test.get("accuracy"), config.min_accuracy)
+        if config.min_macro_f1 is not None:
+            minimum("min_macro_f1", "test macro-F1", test.get("macro_f1"), config.min_macro_f1)
+        for cls, threshold in config.min_recall.items():
+            recall = ((test.get("per_class") or {}).get(cls) or {}).get("recall")
+            minimum(f"min_recall.{cls}", f"test recall of {cls}", recall, threshold)
+        if config.max_macro_f1_drop is not None:
+            limit = config.max_macro_f1_drop
+            now = _num(test.get("macro_f1"))
+            before = record_metric(previous, backbone, "macro_f1") if previous and backbone else None
+            if now is None:
+                judge("max_macro_f1_drop", backbone, None, limit, False,
+                      f"{who} test macro-F1 is missing ({why or 'not in results'}); allowed drop {limit:.3f}")
+            elif before is None:
+                reason = "no previous run" if previous is None else \
+                    f"no previous result for {who} in run {previous.get('run_id')}"
+                out.append(GateResult("max_macro_f1_drop", backbone, "PASS", None, float(limit),
+                                      f"{who}: {reason}; nothing to compare (macro-F1 now {now:.3f})"))
+            else:
+                drop = before - now
+                verb = f"fell by {drop:.3f}" if drop > 0 else f"did not fall (change {-drop:+.3f})"
+                judge("max_macro_f1_drop", backbone, drop, limit, drop <= limit + _EPS,
+                      f"{who} test macro-F1 {verb}: {before:.3f} in run {previous.get('run_id')} -> "
+                      f"{now:.3f} now; allowed drop {limit:.3f}")
+
+    if config.max_leakage_fraction is not None:
+        limit = config.max_leakage_fraction
+        counts = leakage_counts(results)
+        if counts is None:
+            judge("max_leakage_fraction", None, None, limit, False,
+                  "leakage fraction is unknown (no integrity block with cross_split_near, or no test images); "
+                  f"allowed at most {limit:.1%}")
+        else:
+            near, n_test = counts
+            fraction = near / n_test
+            relation = "within" if fraction <= limit + _EPS else "above"
+            judge("max_leakage_fraction", None, fraction, limit, fraction <= limit + _EPS,
+                  f"{fraction:.1%} of test images ({near} of {n_test}) have an exact or near twin in training; "
+                  f"{relation} the allowed {limit:.1%}")
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# Serialisers
+
+
+def overall_status(gates: Sequence[GateResult]) -> str:
+    """"FAIL" if any gate failed, else "WARN" if any warned, else "PASS"; "NONE" with no gates."""
+    if not gates:
+        return "NONE"
+    statuses = {g.status for g in gates}
+    return "FAIL" if "FAIL" in statuses else "WARN" if "WARN" in statuses else "PASS"
+
+
+def gates_to_dict(gates: Sequence[GateResult]) -> dict:
+    """The ``gates`` block for results.json: ``{"summary": {PASS, WARN, FAIL, status}, "gates": [...]}``."""
+    summary = {s: sum(g.status == s for g in gates) for s in STATUSES}
+    summary["status"] = overall_status(gates)
+    return {"summary": summary, "gates": [dataclasses.asdict(g) for g in gates]}
+
+
+def gates_from_dict(block: dict) -> list[GateResult]:
+    """Inverse of :func:`gates_to_dict` (for ``auditrun render`` from a stored results.json)."""
+    return [GateResult(**g) for g in (block or {}).get("gates", [])]
+
+
+def gates_to_junit(gates: Sequence[GateResult], suite_name: str) -> str:
+    """JUnit XML with one ``<testcase>`` per gate, for CI test-result views.
+
+    FAIL -> ``<failure>``. WARN -> ``<skipped message="WARN: ...">``: JUnit has no warning state, and
+    of the states it has, "skipped" is the one that never fails a build yet is counted and shown
+    apart from passes by Jenkins, GitLab, Azure DevOps and the GitHub JUnit report actions (a pass
+    with only ``<system-out>`` hides the warning behind a click). Every testcase carries its message
+    in ``<system-out>`` too, so value and threshold are readable for passes as well.
+    """
+    n_fail = sum(g.status == "FAIL" for g in gates)
+    n_warn = sum(g.status == "WARN" for g in gates)
+    counts = {"tests": str(len(gates)), "failures": str(n_fail), "errors": "0", "skipped": str(n_warn)}
+    root = ET.Element("testsuites", {"name": "auditrun gates", **counts})
+    suite = ET.SubElement(root, "testsuite", {"name": suite_name, **counts, "time": "0"})
+    for g in gates:
+        case = ET.SubElement(suite, "testcase", {"classname": f"auditrun.gates.{suite_name}",
+                                                 "name": g.label, "time": "0"})
+        if g.status == "FAIL":
+            failure = ET.SubElement(case, "failure", {"message": g.message, "type": "GateFailed"})
+            failure.text = _detail(g)
+        elif g.status == "WARN":
+            ET.SubElement(case, "skipped", {"message": f"WARN: {g.message}"})
+        out = ET.SubElement(case, "system-out")
+        out.text = _detail(g)
+    ET.indent(root)
+    return ET.tostring(root, encoding="unicode", xml_declaration=True) + "\n"
+
+
+def _detail(g: GateResult) -> str:
+    value = "n/a" if g.value is None else f"{g.value:.6g}"
+    return f"{g.status} {g.label}: {g.message}\nvalue={value} threshold={g.threshold:.6g}"
+
+
+def gates_summary_lines(gates: Sequence[GateResult], include_pass: bool = True) -> list[str]:
+    """Lines for stderr: a count line, then FAIL, WARN (and PASS) gates, worst first."""
+    if not gates:
+        return ["gates: none configured"]
+    summary = gates_to_dict(gates)["summary"]
+    lines = [f"gates: {summary['status']} ({summary['FAIL']} failed, {summary['WARN']} warned, "
+             f"{summary['PASS']} passed)"]
+    for status in ("FAIL", "WARN", "PASS"):
+        if status == "PASS" and not include_pass:
+            break
+        lines += [f"  {status} {g.label}: {g.message}" for g in gates if g.status == status]
+    return lines
+
+
+__all__ = [
+    "GATE_FAMILIES", "GateResult", "GatesConfig", "evaluate_gates", "gates_from_dict", "gates_summary_lines",
+    "gates_to_dict", "gates_to_junit", "overall_status",
+]

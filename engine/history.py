@@ -1,0 +1,490 @@
+"""Run history per experiment: one JSON line per finished run, a ``latest`` pointer, and trends.
+
+Layout under ``<output_root>/<experiment>/``::
+
+    history.jsonl   one record per finished run, oldest first (never pruned)
+    latest          the run id of the newest finished run, one line of text
+    <run-id>/       run directories (see engine.retention for pruning)
+
+Appending uses ``O_APPEND`` and one ``write()`` of the whole line followed by ``fsync``, rather than
+rewriting the file through a temporary copy: records already written are never touched again, so no
+crash, full disk or lost race can take earlier nights with it, and the cost stays one line per run.
+The price is that a crash mid-write can leave a torn last line; :func:`read_history` skips an
+undecodable line with a warning, and :func:`append_record` starts a new line when the file does not
+end in one, so a torn fragment can never swallow the next record. Writers are serialised by the
+experiment lock (engine.lock); ``latest`` is small and is replaced atomically (tmp + ``os.replace``),
+because a text file survives copies and archives where a symlink does not.
+
+This module is pure Python (json, hashlib, pandas for tables): no TensorFlow.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from engine.atomic import write_text as _write_text
+
+log = logging.getLogger(__name__)
+
+HISTORY_FILE = "history.jsonl"
+LATEST_FILE = "latest"
+RECORD_SCHEMA_VERSION = 1
+
+#: Run statuses whose record carries metrics worth comparing against.
+COMPARABLE_STATUSES = ("ok", "partial")
+
+
+# ------------------------------------------------------------------------------------------------
+# Fingerprints and records
+
+
+def dataset_fingerprint(files: Iterable[tuple[str, int, int | str]]) -> str:
+    """SHA-256 over the dataset's file list, independent of listing order and of the data root.
+
+    ``files``: ``(relpath, size_bytes, mtime_ns or content sha)`` per image, relpath relative to the
+    data root. Backslashes are normalised to ``/`` so one dataset fingerprints alike on every OS.
+    Using mtime is cheap but conservative (a plain copy changes it, so a copied dataset counts as
+    changed); pass a content hash instead where the data is re-synced nightly.
+    """
+    entries = sorted((str(rel).replace("\\", "/"), int(size), stamp) for rel, size, stamp in files)
+    digest = hashlib.sha256()
+    for entry in entries:
+        # One JSON array per line: no separator inside a file name can make two lists collide.
+        digest.update(json.dumps(entry, ensure_ascii=False).encode("utf-8") + b"\n")
+    return digest.hexdigest()
+
+
+def leakage_counts(results: dict) -> tuple[int, int] | None:
+    """(test images with an exact or near twin in training, test images), or None when unknown.
+
+    ``integrity.cross_split_near`` counts exact copies too (issue 4); the test split size comes from
+    ``data.counts.test``. None when the integrity block or the counts are absent or there is no test
+    image.
+    """
+    integrity = results.get("integrity")
+    if not isinstance(integrity, dict) or integrity.get("cross_split_near") is None:
+        return None
+    near = integrity["cross_split_near"]
+    near = len(near) if isinstance(near, (list, tuple)) else int(near)
+    n_test = sum((((results.get("data") or {}).get("counts") or {}).get("test") or {}).values())
+    return (near, int(n_test)) if n_test else None
+
+
+def leakage_fraction(results: dict) -> float | None:
+    """Fraction of test images with an exact or near twin in training (see leakage_counts)."""
+    counts = leakage_counts(results)
+    return None if counts is None else counts[0] / counts[1]
+
+
+def _headline(block: dict | None, class_names: Sequence[str]) -> dict | None:
+    if not isinstance(block, dict) or block.get("macro_f1") is None:
+        return None
+    per_class = block.get("per_class") or {}
+    return {
+        "n_images": block.get("n_images"),
+        "accuracy": block.get("accuracy"),
+        "macro_f1": block.get("macro_f1"),
+        "recall": {c: (per_class.get(c) or {}).get("recall") for c in class_names},
+    }
+
+
+def record_from_results(results: dict) -> dict:
+    """The history record of one run, built from its ``results.json`` dict (schema version 1).
+
+    Keeps only what trends and gates compare: identity and inputs of the run (manifest hash, dataset
+    fingerprint from ``data.fingerprint``, code version), its status, the per-backbone headline
+    metrics on the test split and their leakage-free twins (None where absent), the leakage fraction
+    and, when the results already carry a ``gates`` block, the PASS/WARN/FAIL counts.
+    """
+    run = results.get("run") or {}
+    if not run.get("id"):
+        raise ValueError("results has no run.id; cannot record it in the history")
+    env = results.get("environment") or {}
+    data = results.get("data") or {}
+    class_names = list(data.get("class_names") or [])
+    best = results.get("best_backbone") or {}
+    backbones = {}
+    for b in results.get("backbones") or []:
+        backbones[b["name"]] = {
+            "display_name": b.get("display_name", b["name"]),
+            "status": b.get("status"),
+            "validation_macro_f1": (b.get("validation") or {}).get("macro_f1"),
+            "test": _headline(b.get("test"), class_names) if b.get("status") == "ok" else None,
+            "leakage_free": _headline(b.get("leakage_free"), class_names) if b.get("status") == "ok" else None,
+        }
+    gates = results.get("gates")
+    gate_counts = (gates or {}).get("summary") if isinstance(gates, dict) else None
+    return {
+        "schema_version": RECORD_SCHEMA_VERSION,
+        "run_id": run["id"],
+        "experiment": (results.get("experiment") or {}).get("name"),
+        "started_at": run.get("started_at"),
+        "finished_at": run.get("finished_at"),
+        "status": run.get("status"),
+        "manifest_sha256": (results.get("experiment") or {}).get("manifest_sha256"),
+        "dataset_fingerprint": data.get("fingerprint"),
+        "code_version": {"auditrun": env.get("auditrun"), "git_commit": env.get("git_commit")},
+        "class_names": class_names,
+        "best_backbone": best.get("name"),
+        "leakage_fraction": leakage_fraction(results),
+        "backbones": backbones,
+        "gates": gate_counts,
+    }
+
+
+def record_metric(record: dict | None, backbone: str, metric: str, split: str = "test") -> float | None:
+    """``metric`` ("accuracy" | "macro_f1") of ``backbone`` on ``split`` ("test" | "leakage_free")."""
+    if not record:
+        return None
+    block = ((record.get("backbones") or {}).get(backbone) or {}).get(split)
+    value = (block or {}).get(metric)
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
+
+
+# ------------------------------------------------------------------------------------------------
+# Files
+
+
+def _history_path(experiment_dir: Path) -> Path:
+    return Path(experiment_dir) / HISTORY_FILE
+
+
+def append_record(experiment_dir: Path, record: dict) -> Path:
+    """Append ``record`` as one JSON line to ``<experiment_dir>/history.jsonl`` and fsync it.
+
+    The caller holds the experiment lock. Returns the history file path.
+    """
+    if not record.get("run_id"):
+        raise ValueError("history record needs a run_id")
+    experiment_dir = Path(experiment_dir)
+    experiment_dir.mkdir(parents=True, exist_ok=True)
+    path = _history_path(experiment_dir)
+    line = json.dumps(record, ensure_ascii=False, sort_keys=True, allow_nan=False).encode("utf-8") + b"\n"
+    created = not path.exists()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        size = os.fstat(fd).st_size
+        if size:
+            with open(path, "rb") as fh:
+                fh.seek(size - 1)
+                if fh.read(1) != b"\n":
+                    # A previous writer died mid-line: isolate its fragment on a line of its own.
+                    line = b"\n" + line
+        view = memoryview(line)
+        while view:  # os.write may write less than asked (signals, quotas)
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    if created:
+        _fsync_dir(experiment_dir)
+    return path
+
+
+def read_history(experiment_dir: Path) -> list[dict]:
+    """Records of ``<experiment_dir>/history.jsonl``, oldest first; [] when there is none.
+
+    A line that does not decode (a torn write after a crash) is skipped with a warning. When a run
+    id appears twice (a resumed run recorded again) its last record wins, at its last position.
+    """
+    path = _history_path(Path(experiment_dir))
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return []
+    by_id: dict[str, dict] = {}
+    for lineno, line in enumerate(raw.split(b"\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            run_id = record["run_id"]
+        except (ValueError, KeyError, TypeError):
+            log.warning("%s line %d is not a complete history record (torn write?); skipped", path, lineno)
+            continue
+        by_id.pop(run_id, None)  # re-insert so a re-recorded run takes its newest position
+        by_id[run_id] = record
+    return list(by_id.values())
+
+
+def write_latest(experiment_dir: Path, run_id: str) -> Path:
+    """Point ``<experiment_dir>/latest`` at ``run_id`` (replaced atomically)."""
+    if not run_id or "/" in run_id or "\\" in run_id or run_id in (".", ".."):
+        raise ValueError(f"invalid run id {run_id!r}")
+    path = Path(experiment_dir) / LATEST_FILE
+    _write_text(path, run_id + "\n")
+    return path
+
+
+def read_latest(experiment_dir: Path) -> str | None:
+    """The run id in ``<experiment_dir>/latest``, or None when there is no pointer yet."""
+    try:
+        text = (Path(experiment_dir) / LATEST_FILE).read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        return None
+    return text or None
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # some platforms cannot open directories; durability there is best effort
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+# ------------------------------------------------------------------------------------------------
+# Queries
+
+
+def previous_record(records: Sequence[dict], current_run_id: str | None = None) -> dict | None:
+    """The newest record before ``current_run_id`` that has metrics to compare against.
+
+    Records after the current one (if it is in the list) are ignored; wholly failed runs are
+    skipped, so one broken night does not hide a regression from the gates the night after.
+    """
+    ids = [r.get("run_id") for r in records]
+    end = ids.index(current_run_id) if current_run_id in ids else len(records)
+    for record in reversed(records[:end]):
+        if record.get("status") in COMPARABLE_STATUSES:
+            return record
+    return None
+
+
+def inputs_key(record: dict) -> tuple:
+    """What must match for ``reuse = "if-unchanged"``: manifest hash, data fingerprint, code version."""
+    code = record.get("code_version") or {}
+    return (record.get("manifest_sha256"), record.get("dataset_fingerprint"),
+            code.get("auditrun"), code.get("git_commit"))
+
+
+def find_reusable(records: Sequence[dict], current: dict) -> dict | None:
+    """The newest fully successful record whose inputs equal ``current``'s, or None.
+
+    ``current`` needs only ``manifest_sha256``, ``dataset_fingerprint`` and ``code_version``. A
+    missing manifest hash or fingerprint never matches (unknown inputs are not "unchanged").
+    """
+    key = inputs_key(current)
+    if key[0] is None or key[1] is None:
+        return None
+    for record in reversed(records):
+        if record.get("status") == "ok" and inputs_key(record) == key:
+            return record
+    return None
+
+
+# ------------------------------------------------------------------------------------------------
+# Tables
+
+
+def _rows(records: Sequence[dict]) -> tuple[list[dict], list[str]]:
+    classes: list[str] = []
+    for r in records:
+        for c in r.get("class_names") or []:
+            if c not in classes:
+                classes.append(c)
+    rows = []
+    for r in records:
+        gates = r.get("gates") or {}
+        gate_text = " ".join(f"{gates[k]} {k}" for k in ("FAIL", "WARN", "PASS") if gates.get(k)) or ""
+        backbones = r.get("backbones") or {}
+        for name, b in (backbones.items() if backbones else [(None, {})]):
+            test = b.get("test") or {}
+            free = b.get("leakage_free") or {}
+            row = {
+                "run_id": r.get("run_id"),
+                "finished_at": r.get("finished_at"),
+                "status": r.get("status"),
+                "backbone": name,
+                "best": name is not None and name == r.get("best_backbone"),
+                "backbone_status": b.get("status"),
+                "accuracy": test.get("accuracy"),
+                "macro_f1": test.get("macro_f1"),
+                "lf_accuracy": free.get("accuracy"),
+                "lf_macro_f1": free.get("macro_f1"),
+            }
+            for c in classes:
+                row[f"recall_{c}"] = (test.get("recall") or {}).get(c)
+            row["leakage_fraction"] = r.get("leakage_fraction")
+            row["manifest_sha256"] = (r.get("manifest_sha256") or "")[:12] or None
+            row["dataset_fingerprint"] = (r.get("dataset_fingerprint") or "")[:12] or None
+            row["gates"] = gate_text or None
+            rows.append(row)
+    return rows, classes
+
+
+def history_table(records: Sequence[dict], fmt: str = "table") -> str:
+    """Render history records: ``"table"`` (fixed-width text), ``"csv"`` or ``"json"``.
+
+    table and csv have one row per (run, backbone) with headline metrics, their leakage-free twins
+    (``lf_``), per-class test recall, and short input hashes; csv keeps full precision. json is the
+    records themselves, unflattened, so nothing is lost for scripts.
+    """
+    if fmt == "json":
+        return json.dumps(list(records), indent=2, ensure_ascii=False, sort_keys=True) + "\n"
+    if fmt not in ("table", "csv"):
+        raise ValueError(f"unknown history format {fmt!r}; use table, csv or json")
+    import pandas as pd  # lazy: reading/appending history must not pay for pandas
+
+    rows, classes = _rows(records)
+    columns = ["run_id", "finished_at", "status", "backbone", "best", "backbone_status", "accuracy",
+               "macro_f1", "lf_accuracy", "lf_macro_f1", *[f"recall_{c}" for c in classes],
+               "leakage_fraction", "manifest_sha256", "dataset_fingerprint", "gates"]
+    frame = pd.DataFrame(rows, columns=columns)
+    if fmt == "csv":
+        buffer = io.StringIO()
+        frame.to_csv(buffer, index=False, lineterminator="\n")
+        return buffer.getvalue()
+    if frame.empty:
+        return "no runs recorded yet\n"
+    frame = frame.drop(columns=["manifest_sha256", "dataset_fingerprint"])
+    frame["best"] = frame["best"].map({True: "best", False: ""})
+    for column in ("backbone", "backbone_status", "status", "finished_at", "gates"):
+        frame[column] = frame[column].astype(object).where(frame[column].notna(), "-")
+    text = frame.to_string(index=False, na_rep="-", float_format=lambda v: f"{v:.3f}")
+    return text + "\n"
+
+
+# ------------------------------------------------------------------------------------------------
+# Trend
+
+
+def _moved(label: str, before: float, after: float, digits: int) -> str:
+    a, b = round(before, digits), round(after, digits)
+    if a == b:
+        return f"{label} unchanged at {after:.{digits}f}."
+    verb = "rose" if b > a else "fell"
+    return f"{label} {verb} from {before:.{digits}f} to {after:.{digits}f}."
+
+
+def trend(records: Sequence[dict], current_run_id: str, last_n: int = 10, digits: int = 2) -> dict:
+    """Compare the current run with the previous comparable run and with the last ``last_n`` runs.
+
+    ``records`` must include the current run (pass ``read_history(d) + [record]`` before appending).
+    Returns::
+
+        {"current_run_id", "previous_run_id" (None on the first run),
+         "runs": [{"run_id", "finished_at"}] (the last N up to and including the current run),
+         "backbones": {name: {"current": {metric: v}, "previous": {metric: v} | None,
+                              "delta": {metric: current - previous | None},
+                              "series": [macro_f1 per run in "runs", None where absent/failed],
+                              "leakage_free_series": [...]}},
+         "inputs_changed": {"manifest": bool, "data": bool, "code": bool} | None,
+         "sentences": [plain-language lines, e.g. "ResNet50 macro-F1 fell from 0.91 to 0.86."]}
+
+    metrics: accuracy, macro_f1, leakage_free_accuracy, leakage_free_macro_f1. Sentences compare at
+    ``digits`` decimals, so a change invisible at that precision reads "unchanged".
+    """
+    ids = [r.get("run_id") for r in records]
+    if current_run_id not in ids:
+        raise ValueError(f"run {current_run_id!r} is not among the history records given to trend()")
+    if last_n < 1:
+        raise ValueError("last_n must be at least 1")
+    index = ids.index(current_run_id)
+    current = records[index]
+    previous = previous_record(records, current_run_id)
+    window = list(records[max(0, index - last_n + 1): index + 1])
+
+    def metrics(record: dict | None, name: str) -> dict | None:
+        if record is None or name not in (record.get("backbones") or {}):
+            return None
+        return {
+            "accuracy": record_metric(record, name, "accuracy"),
+            "macro_f1": record_metric(record, name, "macro_f1"),
+            "leakage_free_accuracy": record_metric(record, name, "accuracy", "leakage_free"),
+            "leakage_free_macro_f1": record_metric(record, name, "macro_f1", "leakage_free"),
+        }
+
+    names = list(current.get("backbones") or {})
+    for name in (previous or {}).get("backbones") or {}:
+        if name not in names:
+            names.append(name)
+
+    sentences: list[str] = []
+    if previous is None:
+        sentences.append("This is the first recorded run of this experiment; there is nothing to compare with.")
+    backbones = {}
+    for name in names:
+        cur, prev = metrics(current, name), metrics(previous, name)
+        delta = {
+            k: (cur[k] - prev[k]) if cur and prev and cur[k] is not None and prev[k] is not None else None
+            for k in ("accuracy", "macro_f1", "leakage_free_accuracy", "leakage_free_macro_f1")
+        }
+        backbones[name] = {
+            "display_name": ((current.get("backbones") or {}).get(name) or
+                             ((previous or {}).get("backbones") or {}).get(name) or {}).get("display_name", name),
+            "current": cur,
+            "previous": prev,
+            "delta": delta,
+            "series": [record_metric(r, name, "macro_f1") for r in window],
+            "leakage_free_series": [record_metric(r, name, "macro_f1", "leakage_free") for r in window],
+        }
+        if previous is None:
+            continue
+        now_f1 = cur["macro_f1"] if cur else None
+        was_f1 = prev["macro_f1"] if prev else None
+        if cur is None:
+            sentences.append(f"{name} was not part of this run (previous macro-F1 "
+                             f"{_fmt(was_f1, digits)}).")
+        elif now_f1 is None:
+            status = (current["backbones"][name] or {}).get("status")
+            why = "failed" if status == "failed" else "has no test metrics"
+            sentences.append(f"{name} {why} in this run; its previous macro-F1 was {_fmt(was_f1, digits)}.")
+        elif was_f1 is None:
+            sentences.append(f"{name} has no previous result to compare with; macro-F1 is {now_f1:.{digits}f}.")
+        else:
+            sentences.append(_moved(f"{name} macro-F1", was_f1, now_f1, digits))
+            lf_now, lf_was = cur["leakage_free_macro_f1"], prev["leakage_free_macro_f1"]
+            if lf_now is not None and lf_was is not None:
+                sentences.append(_moved(f"{name} leakage-free macro-F1", lf_was, lf_now, digits))
+
+    changed = None
+    if previous is not None:
+        changed = {
+            "manifest": current.get("manifest_sha256") != previous.get("manifest_sha256"),
+            "data": current.get("dataset_fingerprint") != previous.get("dataset_fingerprint"),
+            "code": (current.get("code_version") or {}) != (previous.get("code_version") or {}),
+        }
+        what = [w for w, flag in (("the manifest", changed["manifest"]), ("the data", changed["data"]),
+                                  ("the code", changed["code"])) if flag]
+        if what:
+            sentences.append("Since the previous run " + _join(what) + (" has" if len(what) == 1 else " have")
+                             + " changed.")
+        else:
+            sentences.append("The manifest, data and code are the same as in the previous run.")
+
+    return {
+        "current_run_id": current_run_id,
+        "previous_run_id": previous.get("run_id") if previous else None,
+        "runs": [{"run_id": r.get("run_id"), "finished_at": r.get("finished_at")} for r in window],
+        "backbones": backbones,
+        "inputs_changed": changed,
+        "sentences": sentences,
+    }
+
+
+def _fmt(value: float | None, digits: int) -> str:
+    return "unknown" if value is None else f"{value:.{digits}f}"
+
+
+def _join(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+__all__ = [
+    "HISTORY_FILE", "LATEST_FILE", "append_record", "dataset_fingerprint", "find_reusable", "history_table",
+    "inputs_key", "leakage_counts", "leakage_fraction", "previous_record", "read_history", "read_latest",
+    "record_from_results", "record_metric", "trend", "write_latest",
+]

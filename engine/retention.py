@@ -1,0 +1,96 @@
+"""Retention of old run directories: keep the newest N runs of an experiment, never the history.
+
+A run directory is a direct, non-hidden, non-symlink subfolder of the experiment directory that
+holds ``results.json`` or ``manifest.toml`` (every run copies its manifest first), so a folder a
+user put there, the history file, the lock and the ``latest`` pointer are never candidates. Runs
+are ordered by ``run.started_at`` from results.json, else by the manifest copy's mtime (a run killed
+before writing results), ties broken by name.
+
+Deletion first renames the run to a hidden ``.trash-<name>`` folder, then removes it: a crash
+mid-delete leaves no half run that looks whole to ``auditrun history`` or ``--resume``; leftover
+trash from such a crash is removed on the next prune. Call it while holding the experiment lock.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from datetime import datetime
+from pathlib import Path
+
+from engine.history import read_latest
+
+log = logging.getLogger(__name__)
+
+_TRASH_PREFIX = ".trash-"
+
+
+def run_directories(experiment_dir: Path) -> list[Path]:
+    """Run directories of the experiment, oldest first (see module docstring for the rules)."""
+    experiment_dir = Path(experiment_dir)
+    if not experiment_dir.is_dir():
+        return []
+    runs = [p for p in experiment_dir.iterdir()
+            if not p.name.startswith(".") and p.is_dir() and not p.is_symlink()
+            and ((p / "results.json").is_file() or (p / "manifest.toml").is_file())]
+    return sorted(runs, key=lambda p: (_started(p), p.name))
+
+
+def _started(run_dir: Path) -> float:
+    try:
+        stamp = json.loads((run_dir / "results.json").read_text(encoding="utf-8"))["run"]["started_at"]
+        return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        pass
+    for name in ("manifest.toml", "."):
+        try:
+            return (run_dir / name).stat().st_mtime
+        except OSError:
+            continue
+    return 0.0
+
+
+def prune_runs(experiment_dir: Path, keep_last: int, protect: set[str] | frozenset[str] = frozenset()) -> list[Path]:
+    """Delete the oldest run directories beyond the newest ``keep_last``; return what was deleted.
+
+    ``keep_last=0`` keeps everything. Never deleted: the run named in ``latest``, run names in
+    ``protect`` (the current run, a run whose models a reused run points at), and anything that is
+    not a run directory (history.jsonl, latest, .lock). The newest N runs are kept whatever they are;
+    protected runs older than those are kept in addition.
+    """
+    if keep_last < 0:
+        raise ValueError(f"keep_last must be >= 0, got {keep_last}")
+    experiment_dir = Path(experiment_dir)
+    _empty_trash(experiment_dir)
+    if keep_last == 0:
+        return []
+    keep = set(protect)
+    latest = read_latest(experiment_dir)
+    if latest:
+        keep.add(latest)
+    runs = run_directories(experiment_dir)
+    doomed = [p for p in runs[:max(0, len(runs) - keep_last)] if p.name not in keep]
+    deleted = []
+    for run_dir in doomed:
+        trash = run_dir.with_name(_TRASH_PREFIX + run_dir.name)
+        try:
+            run_dir.rename(trash)
+            shutil.rmtree(trash)
+        except OSError as exc:
+            log.warning("could not delete old run %s: %s", run_dir, exc)
+            continue
+        log.info("retention: deleted run %s (keep_last=%d)", run_dir.name, keep_last)
+        deleted.append(run_dir)
+    return deleted
+
+
+def _empty_trash(experiment_dir: Path) -> None:
+    if not experiment_dir.is_dir():
+        return
+    for p in experiment_dir.iterdir():
+        if p.name.startswith(_TRASH_PREFIX) and p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+
+
+__all__ = ["prune_runs", "run_directories"]

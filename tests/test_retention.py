@@ -1,0 +1,94 @@
+"""Retention: keep the newest N runs, never history, latest, protected runs or foreign folders."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from engine.history import append_record, write_latest
+from engine.retention import prune_runs, run_directories
+
+
+def make_run(exp, name, day, results=True):
+    run = exp / name
+    (run / "models").mkdir(parents=True)
+    (run / "manifest.toml").write_text("[experiment]\n")
+    (run / "models" / "a.keras").write_bytes(b"x" * 10)
+    if results:
+        (run / "results.json").write_text(json.dumps({"run": {"id": name,
+                                                              "started_at": f"2025-01-{day:02d}T02:00:00Z"}}))
+    else:  # killed before results.json: ordered by the manifest copy's mtime
+        stamp = 1735696800 + day * 86400  # 2025-01-01T02:00Z + day days
+        os.utime(run / "manifest.toml", (stamp, stamp))
+    return run
+
+
+@pytest.fixture
+def exp(tmp_path):
+    exp = tmp_path / "baseline"
+    # Names sort the other way round from start times: ordering must follow the time.
+    for i, day in enumerate([5, 4, 3, 2, 1]):
+        make_run(exp, f"run-{chr(ord('a') + i)}", day)  # run-a newest ... run-e oldest
+    append_record(exp, {"run_id": "run-a", "status": "ok"})
+    write_latest(exp, "run-a")
+    (exp / ".lock").write_text("{}")
+    (exp / "notes").mkdir()  # a folder the user put there: not a run
+    return exp
+
+
+def names(paths):
+    return sorted(p.name for p in paths)
+
+
+def test_keeps_newest_n_and_never_history_latest_or_foreign(exp):
+    deleted = prune_runs(exp, keep_last=2, protect=set())
+    assert names(deleted) == ["run-c", "run-d", "run-e"]
+    assert names(run_directories(exp)) == ["run-a", "run-b"]
+    for kept in ("history.jsonl", "latest", ".lock", "notes"):
+        assert (exp / kept).exists()
+    assert not [p for p in exp.iterdir() if p.name.startswith(".trash-")]
+
+
+def test_keep_last_zero_keeps_everything(exp):
+    assert prune_runs(exp, keep_last=0, protect=set()) == []
+    assert len(run_directories(exp)) == 5
+
+
+def test_protected_and_latest_runs_survive_beyond_n(exp):
+    write_latest(exp, "run-e")  # latest pointing at the oldest (e.g. a reused run)
+    deleted = prune_runs(exp, keep_last=1, protect={"run-c"})
+    assert names(deleted) == ["run-b", "run-d"]
+    assert names(run_directories(exp)) == ["run-a", "run-c", "run-e"]
+
+
+def test_run_without_results_is_ordered_by_manifest_time(tmp_path):
+    exp = tmp_path / "exp"
+    make_run(exp, "zz-old-killed", day=1, results=False)
+    make_run(exp, "aa-new", day=9)
+    assert [p.name for p in run_directories(exp)] == ["zz-old-killed", "aa-new"]
+    assert names(prune_runs(exp, keep_last=1, protect=set())) == ["zz-old-killed"]
+
+
+def test_symlinked_run_is_not_followed(tmp_path):
+    exp = tmp_path / "exp"
+    target = make_run(tmp_path / "elsewhere", "precious", day=1)
+    exp.mkdir()
+    (exp / "link").symlink_to(target, target_is_directory=True)
+    make_run(exp, "run-new", day=2)
+    assert [p.name for p in run_directories(exp)] == ["run-new"]
+    assert prune_runs(exp, keep_last=1, protect=set()) == []
+    assert (exp / "link").is_symlink() and (target / "models" / "a.keras").exists()
+
+
+def test_leftover_trash_is_removed_and_negative_n_rejected(exp):
+    (exp / ".trash-run-x" / "models").mkdir(parents=True)
+    prune_runs(exp, keep_last=0, protect=set())
+    assert not (exp / ".trash-run-x").exists()
+    with pytest.raises(ValueError):
+        prune_runs(exp, keep_last=-1, protect=set())
+
+
+def test_missing_experiment_dir_is_a_no_op(tmp_path):
+    assert prune_runs(tmp_path / "none", keep_last=3, protect=set()) == []
