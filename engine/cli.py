@@ -122,6 +122,21 @@ def synth_data_cmd(out: Path, per_class: int, size: int, seed: int, test_fractio
     click.echo(str(out))
 
 
+@main.command("fetch-data")
+@click.argument("dest", type=click.Path(file_okay=False, path_type=Path))
+def fetch_data_cmd(dest: Path):
+    """Download the public Sartaj brain-tumour MRI dataset to DEST (needs internet + kagglehub).
+
+    Then point a manifest at it with data.root = "DEST" or AUDITRUN_DATA_ROOT=DEST.
+    """
+    from engine.fetch import fetch
+
+    try:
+        click.echo(str(fetch(dest)))
+    except AuditrunError as exc:
+        _fail(exc)
+
+
 def entrypoint():  # pragma: no cover - console script shim
     main()
 

@@ -49,11 +49,23 @@ class ExperimentConfig:
     name: str = "experiment"
     description: str = ""
     seed: int = 42
+    #: Default "reports" is relative to the working directory; a value given in the manifest is
+    #: relative to the manifest.
     output_dir: Path = Path("reports")
     #: "if-unchanged" reuses the last run's models when manifest, data and code are unchanged.
     reuse: Literal["never", "if-unchanged"] = "never"
     #: Keep the last N run directories per experiment (0 keeps all); history is always kept.
     keep_last: int = 0
+
+
+@dataclass
+class SyntheticConfig:
+    """Generate a phantom dataset at data.root when it is absent (smoke tests, demos)."""
+
+    per_class: int = 60
+    size: int = 64
+    seed: int = 0
+    test_fraction: float = 0.25
 
 
 @dataclass
@@ -70,6 +82,7 @@ class DataConfig:
     test_fraction: float = 0.2
     #: Cache decoded, resized images on disk under <output_dir>/.cache between runs.
     cache: bool = True
+    synthetic: SyntheticConfig | None = None
 
 
 @dataclass
@@ -126,9 +139,10 @@ class BackboneConfig:
 @dataclass
 class IntegrityConfig:
     enabled: bool = True
-    #: Perceptual-hash Hamming distance at or below which two images count as near duplicates.
-    near_threshold: int = 4
-    hash_size: int = 8
+    #: Perceptual-hash Hamming distance at or below which two images count as near duplicates
+    #: (bits of a hash_size x hash_size pHash; see engine.integrity.IntegrityConfig for why 12 of 256).
+    near_threshold: int = 12
+    hash_size: int = 16
     fail_on_unreadable: bool = False
     #: Keep near-duplicate groups on one side of the train/validation split.
     group_validation_split: bool = True
@@ -294,7 +308,7 @@ def _check_ranges(m: Manifest) -> None:
     need(m.training.learning_rate > 0, "training.learning_rate", "must be positive")
     need(0.0 <= m.training.dropout < 1.0, "training.dropout", "must be in [0, 1)")
     need(m.training.early_stopping_patience >= 0, "training.early_stopping_patience", "must be >= 0")
-    need(m.integrity.near_threshold >= 0, "integrity.near_threshold", "must be >= 0")
+    integrity_options(m.integrity)  # raises InputError naming integrity.* keys
     need(m.evaluation.bootstrap_resamples >= 0, "evaluation.bootstrap_resamples", "must be >= 0")
     need(m.gradcam.images_per_class >= 0, "gradcam.images_per_class", "must be >= 0")
     need(m.experiment.keep_last >= 0, "experiment.keep_last", "must be >= 0")
@@ -330,6 +344,14 @@ def _check_ranges(m: Manifest) -> None:
                  f"is fixed by keras.applications for {b.name} ({spec.preprocessing}); remove the key")
 
 
+def integrity_options(cfg: IntegrityConfig):
+    """The integrity stage's own (validated) options from the manifest section."""
+    from engine.integrity import IntegrityConfig as Options
+
+    return Options(enabled=cfg.enabled, near_threshold=cfg.near_threshold, hash_size=cfg.hash_size,
+                   fail_on_unreadable=cfg.fail_on_unreadable)
+
+
 def resolve_data_root(m: Manifest) -> Path:
     """The data root: ``$AUDITRUN_DATA_ROOT`` wins over ``data.root``; it must exist."""
     env = os.environ.get(DATA_ROOT_ENV)
@@ -338,12 +360,17 @@ def resolve_data_root(m: Manifest) -> Path:
         raise InputError(
             f"manifest key 'data.root' is required (or set {DATA_ROOT_ENV}); it names the dataset folder"
         )
+    if not root.is_dir() and m.data.synthetic is not None and not env:
+        from engine.synth import write_dataset
+
+        syn = m.data.synthetic
+        write_dataset(root, per_class=syn.per_class, size=syn.size, seed=syn.seed, test_fraction=syn.test_fraction)
     if not root.is_dir():
         source = f"environment variable {DATA_ROOT_ENV}" if env else "manifest key 'data.root'"
         raise InputError(
             f"{source} points to {str(root)!r}, which does not exist. Provide the dataset: put it there, "
             f"set {DATA_ROOT_ENV}=/path/to/dataset, or download it with "
-            "`python -m engine.fetch` (needs internet and kagglehub; see README)."
+            "`auditrun fetch-data DEST` (needs internet and kagglehub; see README)."
         )
     return root
 

@@ -20,7 +20,7 @@ import numpy as np
 from engine import data as data_mod
 from engine.atomic import save_keras_model, write_text
 from engine.errors import InputError
-from engine.manifest import Manifest, class_aliases
+from engine.manifest import Manifest, class_aliases, integrity_options
 from engine.results import BackboneResult, WeightsInfo, read_results, write_results
 
 Echo = Callable[[str], None]
@@ -99,9 +99,9 @@ def prepare_data(ctx: RunContext) -> None:
         from engine import integrity
 
         with Timer(ctx.echo, "integrity audit", ctx.results["timings"], "integrity_s"):
-            report = integrity.audit(records, m.integrity, root=root, cache_dir=ctx.output_root / ".cache",
-                                     progress=ctx.echo)
-        ctx.results["integrity"] = report.to_dict()
+            report = integrity.audit(records, integrity_options(m.integrity), cache_dir=ctx.output_root / ".cache",
+                                     class_names=m.data.classes)
+        ctx.results["integrity"] = report.to_dict(root=root)
         ctx.leaked_test = set(report.leaked_test_paths)
         bad = set(report.unreadable_paths)
         skipped = [dict(u) for u in ctx.results["integrity"].get("unreadable", [])]

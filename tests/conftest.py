@@ -1,0 +1,33 @@
+"""Shared fixtures: synthetic data the project generates itself, and the optional real assets."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+LITE0 = SHARED / "weights" / "efficientnet_lite0_imagenet.keras"
+SARTAJ = SHARED / "datasets" / "sartaj-brain-tumor-mri"
+
+needs_lite0 = pytest.mark.skipif(not LITE0.is_file(), reason=f"offline Lite0 backbone not found at {LITE0}")
+needs_sartaj = pytest.mark.skipif(not SARTAJ.is_dir(), reason=f"Sartaj MRI dataset not found at {SARTAJ}")
+
+
+@pytest.fixture(scope="session")
+def synth_root(tmp_path_factory) -> Path:
+    """A small Kaggle-layout phantom dataset (60 per class, 64 px), written once per session."""
+    from engine.synth import write_dataset
+
+    root = tmp_path_factory.mktemp("synth") / "data"
+    write_dataset(root, per_class=60, size=64, seed=3)
+    return root
+
+
+def write_manifest(path: Path, body: str) -> Path:
+    path.write_text(body, encoding="utf-8")
+    return path
