@@ -15,7 +15,7 @@ from pathlib import Path
 
 import click
 
-from engine.errors import AuditrunError
+from engine.errors import AuditrunError, InputError
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ banner off stderr
 
@@ -91,14 +91,102 @@ def run_cmd(manifest: Path, output_dir, run_id, resume, junit, quiet):
     from engine import manifest as manifest_mod
     from engine.pipeline import run_audit
 
+    from engine import gates as gates_mod
+    from engine.atomic import write_text
+
     echo = _Echo(quiet)
     _silence_tensorflow()
     try:
         m = manifest_mod.load(manifest)
-        run_dir = run_audit(m, output_dir=output_dir, run_id=run_id, echo=echo, resume=resume)
+        outcome = run_audit(m, output_dir=output_dir, run_id=run_id, echo=echo, resume=resume)
     except AuditrunError as exc:
         _fail(exc)
-    click.echo(str(run_dir))
+    if junit is not None:
+        write_text(junit, gates_mod.gates_to_junit(outcome.gates, m.experiment.name))
+    for line in gates_mod.gates_summary_lines(outcome.gates, include_pass=not quiet):
+        click.echo(line, err=True)
+    click.echo(str(outcome.run_dir))
+    if outcome.gate_failed:
+        click.echo("auditrun: audit gate FAILED; the run directory is complete", err=True)
+        sys.exit(1)
+
+
+@main.command("check-data")
+@click.argument("manifest", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--output-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Where the fingerprint cache lives (default: the manifest's experiment.output_dir).")
+@click.option("--quiet", "-q", is_flag=True, help="No summary on stderr.")
+def check_data_cmd(manifest: Path, output_dir, quiet):
+    """Audit the data of MANIFEST only: duplicates, leakage, label conflicts, unreadable files.
+
+    Prints {"integrity": {...}} as JSON on stdout and a short summary on stderr. No model is
+    trained or loaded.
+    """
+    from engine import data as data_mod
+    from engine import integrity
+    from engine import manifest as manifest_mod
+    from engine.atomic import dumps_json
+
+    try:
+        m = manifest_mod.load(manifest)
+        _, records = data_mod.discover(
+            m.data.root, layout=m.data.layout, train_dir=m.data.train_dir, test_dir=m.data.test_dir,
+            classes=m.data.classes, aliases=manifest_mod.class_aliases(m), test_fraction=m.data.test_fraction,
+            seed=m.experiment.seed)
+        root = Path(output_dir) if output_dir else m.experiment.output_dir
+        report = integrity.audit(records, manifest_mod.integrity_options(m.integrity), cache_dir=root / ".cache",
+                                 class_names=m.data.classes)
+    except AuditrunError as exc:
+        _fail(exc)
+    if not quiet:
+        click.echo(integrity.summary_text(report), err=True)
+    click.echo(dumps_json({"integrity": report.to_dict(root=m.data.root)}), nl=False)
+
+
+@main.command("history")
+@click.argument("experiment_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
+def history_cmd(experiment_dir: Path, fmt: str):
+    """Print the run history of EXPERIMENT_DIR (e.g. reports/baseline): one row per run and backbone."""
+    from engine import history
+
+    path = experiment_dir / "history.jsonl"
+    if not path.is_file():
+        _fail(InputError(f"{str(path)!r} does not exist: no finished run of this experiment yet"))
+    click.echo(history.history_table(history.read_history(experiment_dir), fmt), nl=False)
+
+
+@main.command("render")
+@click.argument("run_dir", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.option("--format", "formats", type=click.Choice(["html", "pdf"]), multiple=True,
+              help="Formats to write (default: the run manifest's report.formats, else both).")
+def render_cmd(run_dir: Path, formats):
+    """Re-render report.html / report.pdf of RUN_DIR from its results.json and stored figures.
+
+    Needs no model and no TensorFlow: any copied run directory can be re-rendered.
+    """
+    from engine.report import render_report
+    from engine.results import read_results
+
+    try:
+        read_results(run_dir)
+        if not formats:
+            formats = _manifest_formats(run_dir)
+        written = render_report(run_dir, tuple(formats))
+    except AuditrunError as exc:
+        _fail(exc)
+    for path in written.values():
+        click.echo(str(path))
+
+
+def _manifest_formats(run_dir: Path) -> tuple[str, ...]:
+    import tomllib
+
+    try:
+        raw = tomllib.loads((run_dir / "manifest.toml").read_text(encoding="utf-8"))
+        return tuple(raw.get("report", {}).get("formats", ("html", "pdf"))) or ("html", "pdf")
+    except (OSError, tomllib.TOMLDecodeError):
+        return ("html", "pdf")
 
 
 @main.command("synth-data")

@@ -94,6 +94,9 @@ class AugmentationConfig:
     zoom: float = 0.1
     brightness: float = 0.1
     contrast: float = 0.1
+    #: Also augment while only the head trains on a frozen backbone. Off by default: without
+    #: augmentation, frozen features are computed once instead of once per epoch.
+    augment_head: bool = False
 
 
 @dataclass
@@ -174,15 +177,7 @@ class ReportConfig:
     trend_window: int = 10
 
 
-@dataclass
-class GatesConfig:
-    min_accuracy: float | None = None
-    min_macro_f1: float | None = None
-    min_recall: dict[str, float] = field(default_factory=dict)
-    max_macro_f1_drop: float | None = None
-    max_leakage_fraction: float | None = None
-    warn_only: list[str] = field(default_factory=list)
-    applies_to: Literal["best", "all"] = "best"
+from engine.gates import GatesConfig  # noqa: E402 - the gates stage owns its section
 
 
 @dataclass

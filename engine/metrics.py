@@ -48,6 +48,7 @@ class ClassificationMetrics:
             "balanced_accuracy": _r(self.balanced_accuracy),
             "macro_f1": _r(self.macro_f1),
             "weighted_f1": _r(self.weighted_f1),
+            "classes_in_macro": [c for c, n in zip(k, self.support) if n > 0],
             "per_class": per_class,
             "macro_avg": {"precision": _r(self.precision.mean()), "recall": _r(self.recall.mean()),
                           "f1": _r(self.f1.mean())},
@@ -63,7 +64,8 @@ def classification_metrics(y_true: np.ndarray, probs: np.ndarray, class_names: S
     """Metrics of predictions ``argmax(probs)`` against ``y_true``.
 
     y_true: (n,) int class indices into ``class_names``; probs: (n, k) class probabilities.
-    Classes absent from ``y_true`` get recall 0 and ROC-AUC None (undefined), never NaN.
+    Classes absent from ``y_true`` get recall 0 and ROC-AUC None (undefined), never NaN, and are
+    left out of macro-F1 (``classes_in_macro`` lists those averaged).
     """
     from sklearn.metrics import (accuracy_score, balanced_accuracy_score, confusion_matrix, f1_score,
                                  precision_recall_fscore_support, roc_auc_score)
@@ -87,7 +89,10 @@ def classification_metrics(y_true: np.ndarray, probs: np.ndarray, class_names: S
         n_images=int(len(y_true)),
         accuracy=float(accuracy_score(y_true, y_pred)) if len(y_true) else float("nan"),
         balanced_accuracy=float(balanced_accuracy_score(y_true, y_pred)) if len(present) else float("nan"),
-        macro_f1=float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
+        # macro over the classes present in y_true: a subset with no no_tumor images (the
+        # leakage-free Sartaj test) must not average in a meaningless F1 of 0 for that class
+        macro_f1=float(f1_score(y_true, y_pred, labels=[i for i in labels if s[i] > 0] or labels,
+                                average="macro", zero_division=0)),
         weighted_f1=float(f1_score(y_true, y_pred, labels=labels, average="weighted", zero_division=0)),
         precision=p, recall=r, f1=f, support=s,
         confusion=confusion_matrix(y_true, y_pred, labels=labels),

@@ -119,8 +119,12 @@ def prepare_data(ctx: RunContext) -> None:
         raise InputError(f"data root {str(root)!r}: the test split is empty")
     train, val = data_mod.split_validation(train, m.data.validation_fraction, m.experiment.seed, groups)
     ctx.dataset = data_mod.Dataset(root, layout, list(m.data.classes), train, val, test, skipped)
+    from engine.history import dataset_fingerprint
+
+    fingerprint = dataset_fingerprint((_relpath(r.path, root), r.path.stat().st_size, r.path.stat().st_mtime_ns)
+                                      for r in records)
     ctx.results["data"] = {
-        "root": str(root), "layout": layout, "class_names": list(m.data.classes),
+        "root": str(root), "layout": layout, "class_names": list(m.data.classes), "fingerprint": fingerprint,
         "counts": ctx.dataset.counts(), "validation_fraction": m.data.validation_fraction,
         "validation_grouped_by_duplicates": bool(groups), "skipped": skipped,
     }
@@ -176,6 +180,9 @@ def _evaluate_and_store(ctx: RunContext, res: BackboneResult, model, size: int) 
         res.extra["leakage_free"] = lf
     pred_file = f"predictions/{slug(res.name)}.csv"
     write_predictions(ctx.run_dir / pred_file, ds.test, y_te, p_te, ds.class_names, ds.root)
+    # validation predictions let later stages (temperature scaling) run on a resumed/reused run
+    write_predictions(ctx.run_dir / f"predictions/{slug(res.name)}.validation.csv", ds.val, ds.labels("val"), p_va,
+                      ds.class_names, ds.root)
     model_file = f"models/{slug(res.name)}.keras"
     save_keras_model(model, ctx.run_dir / model_file)
     res.artifacts = {"model": model_file, "predictions": pred_file}
@@ -307,63 +314,86 @@ def select_best(entries: list[dict]) -> dict | None:
 # --------------------------------------------------------------------------------------------- run
 
 
-def prepare_run_dir(m: Manifest, output_dir: Path | None, run_id: str | None, now: datetime) -> tuple[Path, Path]:
-    root = Path(output_dir) if output_dir else m.experiment.output_dir
-    run_id = run_id or new_run_id(now)
-    if not run_id or "/" in run_id or run_id.startswith("."):
-        raise InputError(f"--run-id {run_id!r} is not a valid folder name")
-    run_dir = root / m.experiment.name / run_id
-    if run_dir.exists():
-        raise InputError(f"run directory {str(run_dir)!r} already exists; choose another --run-id "
-                         "(or --resume it)")
-    return root, run_dir
+@dataclass
+class RunOutcome:
+    run_dir: Path
+    status: str
+    gates: list = field(default_factory=list)
+
+    @property
+    def gate_failed(self) -> bool:
+        return any(g.status == "FAIL" for g in self.gates)
 
 
 def run_audit(m: Manifest, *, output_dir: Path | None = None, run_id: str | None = None,
               echo: Echo | None = None, now: Callable[[], datetime] | None = None,
-              resume: Path | None = None) -> Path:
-    """Run every stage; returns the run directory. Raises InputError for bad input."""
-    from engine.provenance import environment
+              resume: Path | None = None) -> RunOutcome:
+    """Run every stage under the experiment's lock. Raises InputError for bad input."""
+    from engine.lock import experiment_lock
 
     echo = echo or _quiet
     now = now or (lambda: datetime.now(timezone.utc))
+    if resume is not None:
+        exp_dir = Path(resume).resolve().parent
+    else:
+        exp_dir = (Path(output_dir) if output_dir else m.experiment.output_dir) / m.experiment.name
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    with experiment_lock(exp_dir, experiment=m.experiment.name):
+        return _run_locked(m, exp_dir, run_id, echo, now, resume)
+
+
+def _run_locked(m: Manifest, exp_dir: Path, run_id, echo: Echo, now, resume) -> RunOutcome:
+    from engine.provenance import environment
+
     started = now()
     t_run = time.perf_counter()
+    manifest_sha = hashlib.sha256(m.text.encode()).hexdigest()
+    previous = None
     if resume is not None:
         run_dir = Path(resume)
         previous = read_results(run_dir)
-        output_root = run_dir.parent.parent
+        if previous["experiment"].get("manifest_sha256") != manifest_sha:
+            raise InputError(f"--resume {str(run_dir)!r}: that run used a different manifest; resume it with the "
+                             f"manifest copy in {str(run_dir / 'manifest.toml')!r}")
+        started = datetime.fromisoformat(previous["run"]["started_at"])
     else:
-        output_root, run_dir = prepare_run_dir(m, output_dir, run_id, started)
-        previous = None
+        run_id = run_id or new_run_id(started)
+        if not run_id or "/" in run_id or run_id.startswith("."):
+            raise InputError(f"--run-id {run_id!r} is not a valid folder name")
+        run_dir = exp_dir / run_id
+        if run_dir.exists():
+            raise InputError(f"run directory {str(run_dir)!r} already exists; choose another --run-id "
+                             "(or --resume it)")
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text(run_dir / "manifest.toml", m.text)
     results = {
         "schema_version": 1,
         "experiment": {"name": m.experiment.name, "description": m.experiment.description,
-                       "seed": m.experiment.seed, "manifest_file": "manifest.toml",
-                       "manifest_sha256": hashlib.sha256(m.text.encode()).hexdigest()},
+                       "seed": m.experiment.seed, "manifest_file": "manifest.toml", "manifest_sha256": manifest_sha},
         "run": {"id": run_dir.name, "started_at": started.isoformat(timespec="seconds"), "finished_at": None,
-                "status": "running", "wall_time_s": None},
+                "status": "running", "wall_time_s": None, "resumed": resume is not None, "reused_from": None},
         "environment": environment(),
         "backbones": [],
         "best_backbone": None,
         "timings": {},
     }
-    ctx = RunContext(m, run_dir, output_root, echo, now, results)
+    ctx = RunContext(m, run_dir, exp_dir.parent, echo, now, results)
     ctx.save()
     echo(f"run directory: {run_dir}")
     prepare_data(ctx)
     ctx.save()
 
     done = {e["name"]: e for e in (previous or {}).get("backbones", []) if e.get("status") == "ok"}
+    source_dir = run_dir
+    if not done and m.experiment.reuse == "if-unchanged":
+        done, source_dir = _reusable_entries(ctx, exp_dir, manifest_sha)
     for cfg in m.backbones:
         names = [cfg.name] + ([f"{cfg.name}_ft"] if cfg.fine_tune else [])
-        if all(n in done and (run_dir / done[n]["artifacts"]["model"]).is_file() for n in names):
-            echo(f"backbone {cfg.name}: finished in the interrupted run; not retrained")
+        if all(n in done and (source_dir / done[n]["artifacts"]["model"]).is_file() for n in names):
+            verb = "finished in the interrupted run" if source_dir == run_dir else f"reused from run {source_dir.name}"
+            echo(f"backbone {cfg.name}: {verb}; not retrained")
             for n in names:
-                results["backbones"].append(done[n])
-                restore_outputs(ctx, done[n])
+                _adopt(ctx, done[n], source_dir)
             continue
         with Timer(echo, f"backbone {cfg.name}"):
             entries = train_backbone(ctx, cfg)
@@ -375,12 +405,16 @@ def run_audit(m: Manifest, *, output_dir: Path | None = None, run_id: str | None
         frozen = [e for e in results["backbones"] if not e.get("fine_tuned_from")]
         best = select_best(frozen)
         if best is not None and not any(e.get("fine_tuned_from") == best["name"] for e in results["backbones"]):
-            cfg = next(c for c in m.backbones if c.name == best["name"])
-            frozen_entry = next(e for e in frozen if e["name"] == best["name"])
-            echo(f"fine-tuning the best backbone on validation: {cfg.name}")
-            with Timer(echo, f"fine-tune {cfg.name}"):
-                entry = fine_tune_saved(ctx, cfg, frozen_entry, ft_best)
-            results["backbones"].append(entry.to_dict())
+            twin = f"{best['name']}_ft"
+            if twin in done and (source_dir / done[twin]["artifacts"]["model"]).is_file():
+                _adopt(ctx, done[twin], source_dir)
+            else:
+                cfg = next(c for c in m.backbones if c.name == best["name"])
+                frozen_entry = next(e for e in frozen if e["name"] == best["name"])
+                echo(f"fine-tuning the best backbone on validation: {cfg.name}")
+                with Timer(echo, f"fine-tune {cfg.name}"):
+                    entry = fine_tune_saved(ctx, cfg, frozen_entry, ft_best)
+                results["backbones"].append(entry.to_dict())
             ctx.save()
 
     results["best_backbone"] = select_best(results["backbones"])
@@ -390,19 +424,150 @@ def run_audit(m: Manifest, *, output_dir: Path | None = None, run_id: str | None
     results["run"]["finished_at"] = now().isoformat(timespec="seconds")
     results["run"]["wall_time_s"] = round(time.perf_counter() - t_run, 1)
     results["timings"]["total_s"] = results["run"]["wall_time_s"]
+    gates = finish_run(ctx, exp_dir)
+    return RunOutcome(run_dir, results["run"]["status"], gates)
+
+
+def _reusable_entries(ctx: RunContext, exp_dir: Path, manifest_sha: str) -> tuple[dict, Path]:
+    """Finished entries of the newest run with the same manifest, data and code (reuse = "if-unchanged")."""
+    from engine.history import find_reusable, read_history
+
+    env = ctx.results["environment"]
+    current = {"manifest_sha256": manifest_sha, "dataset_fingerprint": ctx.results["data"]["fingerprint"],
+               "code_version": {"auditrun": env.get("auditrun"), "git_commit": env.get("git_commit")}}
+    record = find_reusable(read_history(exp_dir), current)
+    if record is None or not (exp_dir / record["run_id"] / "results.json").is_file():
+        ctx.echo("reuse: no earlier run with unchanged manifest, data and code; training")
+        return {}, ctx.run_dir
+    source = exp_dir / record["run_id"]
+    ctx.results["run"]["reused_from"] = record["run_id"]
+    ctx.echo(f"reuse: manifest, data and code unchanged since run {record['run_id']}; reusing its models")
+    entries = read_results(source).get("backbones", [])
+    return {e["name"]: e for e in entries if e.get("status") == "ok"}, source
+
+
+def _adopt(ctx: RunContext, entry: dict, source_dir: Path) -> None:
+    """Take a finished entry (and its files) from an interrupted or reused run."""
+    if source_dir != ctx.run_dir:
+        for rel in list(entry["artifacts"].values()) + [
+                entry["artifacts"]["predictions"].replace(".csv", ".validation.csv")]:
+            if (source_dir / rel).is_file():
+                (ctx.run_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(source_dir / rel, ctx.run_dir / rel)
+    entry = {k: v for k, v in entry.items() if k not in ("gradcam", "calibration", "uncertainty")}
+    ctx.results["backbones"].append(entry)
+    restore_outputs(ctx, entry)
+
+
+def finish_run(ctx: RunContext, exp_dir: Path) -> list:
+    """Gates against the previous run, trend, report, then history, latest pointer and retention."""
+    from engine import gates as gates_mod
+    from engine import history
+    from engine.retention import prune_runs
+
+    m, results = ctx.manifest, ctx.results
+    run_id = results["run"]["id"]
+    records = [r for r in history.read_history(exp_dir) if r.get("run_id") != run_id]
+    gates = gates_mod.evaluate_gates(results, m.gates, history.previous_record(records, run_id))
+    results["gates"] = gates_mod.gates_to_dict(gates)
+    record = history.record_from_results(results)
+    results["trend"] = history.trend(records + [record], run_id, last_n=m.report.trend_window)
     ctx.save()
-    return run_dir
+    render_stage(ctx)
+    history.append_record(exp_dir, history.record_from_results(results))
+    history.write_latest(exp_dir, run_id)
+    protect = {run_id} | ({results["run"]["reused_from"]} if results["run"].get("reused_from") else set())
+    for pruned in prune_runs(exp_dir, m.experiment.keep_last, protect):
+        ctx.echo(f"retention: removed old run {pruned.name} (keep_last = {m.experiment.keep_last})")
+    return gates
+
+
+def render_stage(ctx: RunContext) -> None:
+    formats = list(ctx.manifest.report.formats)
+    if not formats:
+        return
+    from engine.report import render_report
+
+    with Timer(ctx.echo, "report", ctx.results["timings"], "report_s"):
+        written = render_report(ctx.run_dir, formats)
+    for fmt, path in written.items():
+        ctx.echo(f"report: {path}")
 
 
 def restore_outputs(ctx: RunContext, entry: dict) -> None:
-    """Rebuild in-memory probabilities for a backbone finished by an earlier, interrupted run."""
+    """Rebuild in-memory probabilities for a backbone finished by an earlier run."""
     import pandas as pd
 
-    df = pd.read_csv(ctx.run_dir / entry["artifacts"]["predictions"])
-    probs = df[[f"prob_{c}" for c in ctx.class_names]].to_numpy()
-    ctx.outputs[entry["name"]] = {"val_probs": None, "test_probs": probs, "size": entry["input_size"][0]}
+    cols = [f"prob_{c}" for c in ctx.class_names]
+    test_csv = ctx.run_dir / entry["artifacts"]["predictions"]
+    val_csv = test_csv.with_name(test_csv.stem + ".validation.csv")
+    ctx.outputs[entry["name"]] = {
+        "val_probs": pd.read_csv(val_csv)[cols].to_numpy() if val_csv.is_file() else None,
+        "test_probs": pd.read_csv(test_csv)[cols].to_numpy(),
+        "size": entry["input_size"][0],
+    }
 
 
 def run_post_stages(ctx: RunContext) -> None:
-    """Stages that need every backbone's outputs: explain, calibration, comparisons."""
-    return None
+    """Stages that need every backbone's outputs: calibration, uncertainty, comparisons, Grad-CAM."""
+    from engine.calibration import calibrate
+    from engine.compare import pairwise_mcnemar
+    from engine.uncertainty import bootstrap_summary
+
+    m, ds, results = ctx.manifest, ctx.dataset, ctx.results
+    ev = m.evaluation
+    y_val, y_te = ds.labels("val"), ds.labels("test")
+    keep = np.array([r.path not in ctx.leaked_test for r in ds.test]) if "integrity" in results else None
+    ok = [e for e in results["backbones"] if e["status"] == "ok" and e["name"] in ctx.outputs]
+    with Timer(ctx.echo, "calibration and confidence intervals", results["timings"], "statistics_s"):
+        for entry in ok:
+            out = ctx.outputs[entry["name"]]
+            if ev.temperature_scaling and out["val_probs"] is not None:
+                entry["calibration"] = calibrate(y_val, out["val_probs"], y_te, out["test_probs"],
+                                                 ev.ece_bins).to_dict()
+            if ev.bootstrap_resamples:
+                pred = out["test_probs"].argmax(1)
+                unc = {"test": bootstrap_summary(y_te, pred, ds.class_names, ev.bootstrap_resamples,
+                                                 seed=m.experiment.seed, confidence=ev.confidence)}
+                if keep is not None and keep.any():
+                    unc["leakage_free"] = bootstrap_summary(y_te[keep], pred[keep], ds.class_names,
+                                                            ev.bootstrap_resamples, seed=m.experiment.seed,
+                                                            confidence=ev.confidence)
+                entry["uncertainty"] = unc
+        if len(ok) >= 2:
+            correct = {e["name"]: ctx.outputs[e["name"]]["test_probs"].argmax(1) == y_te for e in ok}
+            results["comparisons"] = [r.to_dict() for r in pairwise_mcnemar(correct)]
+            if keep is not None and keep.sum() > 0:
+                results["comparisons_leakage_free"] = [
+                    r.to_dict() for r in pairwise_mcnemar({k: v[keep] for k, v in correct.items()})]
+    ctx.save()
+    if m.gradcam.enabled and ok:
+        explain_stage(ctx, ok)
+
+
+def explain_stage(ctx: RunContext, entries: list[dict]) -> None:
+    """Grad-CAM galleries and the pointing game, per backbone, from the saved models."""
+    import keras
+
+    from engine.backbones import ensure_registered
+    from engine.gallery import explain_backbone
+
+    ensure_registered()
+    m, ds = ctx.manifest, ctx.dataset
+    layers = {c.name: c.gradcam_layer for c in m.backbones}
+    for entry in entries:
+        with Timer(ctx.echo, f"Grad-CAM {entry['name']}"):
+            try:
+                model = keras.saving.load_model(ctx.run_dir / entry["artifacts"]["model"], compile=False)
+                size = entry["input_size"][0]
+                out = ctx.outputs[entry["name"]]
+                layer = m.gradcam.layer or layers.get(entry.get("fine_tuned_from") or entry["name"])
+                entry["gradcam"] = explain_backbone(
+                    model, ctx.cache.load(ds.test, size, "test"), ds.labels("test"), out["test_probs"],
+                    [r.path for r in ds.test], ds.class_names, ctx.run_dir, m.gradcam.images_per_class,
+                    m.experiment.seed, layer=layer, data_root=ds.root, stem=slug(entry["name"]),
+                    max_pointing=m.gradcam.max_pointing_images)
+            except InputError as exc:
+                entry["gradcam"] = {"error": str(exc)}
+                ctx.echo(f"error: Grad-CAM for {entry['name']}: {exc}")
+        ctx.save()

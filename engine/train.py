@@ -185,7 +185,8 @@ def train_head(model, x_tr, y_tr, x_va, y_va, *, cfg, seed: int, train_backbone:
     cw = class_weights(y_tr, n_classes, cfg.class_weights)
     backbone = model.get_layer("backbone")
     backbone.trainable = bool(train_backbone)
-    aug = augmentation_layers(cfg.augmentation, seed) if cfg.augmentation.enabled else None
+    augment = cfg.augmentation.enabled and (train_backbone or cfg.augmentation.augment_head)
+    aug = augmentation_layers(cfg.augmentation, seed) if augment else None
     steps = math.ceil(len(x_tr) / cfg.batch_size)
     if not train_backbone and aug is None:
         # Frozen backbone, deterministic input: compute features once, train the head on them.

@@ -38,3 +38,14 @@ def test_missing_class_gives_none_auc_not_nan():
 def test_shape_mismatch_is_an_error():
     with pytest.raises(ValueError, match="shape"):
         classification_metrics(np.array([0, 1]), np.ones((3, 2)) / 2, ["a", "b"])
+
+
+def test_macro_f1_ignores_classes_absent_from_the_subset():
+    # the leakage-free Sartaj test split has no no_tumor image: its F1 is undefined, not 0
+    y = np.array([0, 0, 1, 1])
+    pred = np.array([0, 2, 1, 1])
+    probs = np.eye(3)[pred]
+    m = classification_metrics(y, probs, ["a", "b", "c"]).to_dict()
+    f1_a, f1_b = 2 * 1 * 0.5 / 1.5, 1.0
+    assert m["macro_f1"] == pytest.approx((f1_a + f1_b) / 2)
+    assert m["classes_in_macro"] == ["a", "b"]
