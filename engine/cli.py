@@ -143,6 +143,31 @@ def check_data_cmd(manifest: Path, output_dir, quiet):
     click.echo(dumps_json({"integrity": report.to_dict(root=m.data.root)}), nl=False)
 
 
+@main.command("evaluate")
+@click.argument("run_dir", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.option("--data", "data", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Labelled folder: one sub-folder per class (run's class aliases apply), any image size.")
+@click.option("--backbone", help="Evaluate only this backbone of the run (default: every finished one).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress on stderr.")
+def evaluate_cmd(run_dir: Path, data: Path, backbone, quiet):
+    """External validation: run RUN_DIR's saved models on another labelled folder.
+
+    Prints {"backbones": [{name, accuracy, balanced_accuracy, macro_f1, per_class,
+    confusion_matrix, n_images[, pointing_game]}]} as JSON on stdout and stores it under
+    RUN_DIR/external/, so `auditrun render RUN_DIR` adds an "External validation" section.
+    """
+    from engine.atomic import dumps_json
+    from engine.external import evaluate_external
+
+    _silence_tensorflow()
+    try:
+        report = evaluate_external(run_dir, data, backbone, echo=_Echo(quiet))
+    except AuditrunError as exc:
+        _fail(exc)
+    click.echo(dumps_json({"backbones": report["backbones"], "data": report["data"], "counts": report["counts"]}),
+               nl=False)
+
+
 @main.command("history")
 @click.argument("experiment_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)

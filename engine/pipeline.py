@@ -102,6 +102,9 @@ def prepare_data(ctx: RunContext) -> None:
             report = integrity.audit(records, integrity_options(m.integrity), cache_dir=ctx.output_root / ".cache",
                                      class_names=m.data.classes)
         ctx.results["integrity"] = report.to_dict(root=root)
+        from engine.report.thumbnails import add_pair_thumbnails
+
+        add_pair_thumbnails(ctx.results, ctx.run_dir, data_root=root)
         ctx.leaked_test = set(report.leaked_test_paths)
         bad = set(report.unreadable_paths)
         skipped = [dict(u) for u in ctx.results["integrity"].get("unreadable", [])]
@@ -564,9 +567,9 @@ def explain_stage(ctx: RunContext, entries: list[dict]) -> None:
                 layer = m.gradcam.layer or layers.get(entry.get("fine_tuned_from") or entry["name"])
                 entry["gradcam"] = explain_backbone(
                     model, ctx.cache.load(ds.test, size, "test"), ds.labels("test"), out["test_probs"],
-                    [r.path for r in ds.test], ds.class_names, ctx.run_dir, m.gradcam.images_per_class,
-                    m.experiment.seed, layer=layer, data_root=ds.root, stem=slug(entry["name"]),
-                    max_pointing=m.gradcam.max_pointing_images)
+                    [str(r.path) for r in ds.test], ds.class_names, ctx.run_dir / "gradcam" / slug(entry["name"]),
+                    m.gradcam.images_per_class, m.experiment.seed, layer=layer, data_root=ds.root,
+                    run_dir=ctx.run_dir, pointing_max_images=m.gradcam.max_pointing_images)
             except InputError as exc:
                 entry["gradcam"] = {"error": str(exc)}
                 ctx.echo(f"error: Grad-CAM for {entry['name']}: {exc}")

@@ -1,0 +1,116 @@
+"""External validation: a run's saved models on another labelled folder (``auditrun evaluate``).
+
+The folder holds one sub-folder per class (same aliases as the run's manifest), images of any
+size. Where YOLO box files (``<image>.txt``: ``class x_center y_center width height``, normalised)
+lie beside tumour images, each backbone also gets the Grad-CAM pointing game on them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from engine.atomic import write_json
+from engine.errors import InputError
+from engine.results import read_results, write_results
+
+
+def discover_folder(folder: Path, class_names: list[str], aliases: dict[str, str]) -> tuple[list[Path], np.ndarray]:
+    """(paths, labels) for a folder-per-class tree; unknown class folders are an error naming them."""
+    from engine.data import _class_dirs
+
+    if not folder.is_dir():
+        raise InputError(f"--data {str(folder)!r} is not a folder")
+    by_class = _class_dirs(folder, aliases, str(folder))
+    paths, labels = [], []
+    for i, c in enumerate(class_names):
+        for p in by_class.get(c, []):
+            paths.append(p)
+            labels.append(i)
+    if not paths:
+        raise InputError(f"--data {str(folder)!r} holds no images in class folders ({', '.join(class_names)})")
+    return paths, np.array(labels, dtype=np.int64)
+
+
+def _aliases_from_run(run_dir: Path, class_names: list[str]) -> dict[str, str]:
+    import tomllib
+
+    from engine.manifest import DEFAULT_ALIASES
+
+    mapping = {k: v for k, v in DEFAULT_ALIASES.items() if v in class_names}
+    mapping.update({c.lower(): c for c in class_names})
+    try:
+        raw = tomllib.loads((run_dir / "manifest.toml").read_text(encoding="utf-8"))
+        mapping.update({k.lower(): v for k, v in raw.get("data", {}).get("aliases", {}).items()})
+    except (OSError, tomllib.TOMLDecodeError):
+        pass
+    return mapping
+
+
+def evaluate_external(run_dir: Path, data: Path, backbone: str | None = None, *,
+                      echo: Callable[[str], None] | None = None, seed: int | None = None,
+                      max_pointing: int = 200) -> dict:
+    """Score the run's models on ``data``; store and return ``{"data", "backbones": [...]}``."""
+    import keras
+
+    from engine.backbones import ensure_registered
+    from engine.data import decode_image
+    from engine.gradcam import gradcam_heatmaps, heatmap_stats, pointing_game, read_yolo_boxes
+    from engine.metrics import classification_metrics
+
+    echo = echo or (lambda _m: None)
+    run_dir, data = Path(run_dir), Path(data)
+    results = read_results(run_dir)
+    class_names = results["data"]["class_names"]
+    seed = results["experiment"]["seed"] if seed is None else seed
+    entries = [e for e in results["backbones"] if e.get("status") == "ok"]
+    if backbone is not None:
+        entries = [e for e in entries if e["name"] == backbone]
+        if not entries:
+            names = [e["name"] for e in results["backbones"] if e.get("status") == "ok"]
+            raise InputError(f"--backbone {backbone!r} is not a finished backbone of this run; use one of {names}")
+    paths, y = discover_folder(data, class_names, _aliases_from_run(run_dir, class_names))
+    boxes = [read_yolo_boxes(p) for p in paths]
+    no_tumor = class_names.index("no_tumor") if "no_tumor" in class_names else -1
+    boxed = [i for i, b in enumerate(boxes) if b and y[i] != no_tumor]
+    if len(boxed) > max_pointing:
+        boxed = sorted(np.random.default_rng(seed).choice(boxed, max_pointing, replace=False).tolist())
+    ensure_registered()
+    decoded: dict[int, np.ndarray] = {}
+    out = []
+    for e in entries:
+        t0 = time.perf_counter()
+        model_path = run_dir / e["artifacts"]["model"]
+        if not model_path.is_file():
+            raise InputError(f"model file {str(model_path)!r} is missing; external validation needs the run's models")
+        model = keras.saving.load_model(model_path, compile=False)
+        size = e["input_size"][0]
+        if size not in decoded:
+            decoded[size] = np.stack([decode_image(p, size) for p in paths])
+        x = decoded[size]
+        probs = model.predict(x.astype("float32"), batch_size=32, verbose=0)
+        m = classification_metrics(y, probs, class_names).to_dict()
+        block = {"name": e["name"], "display_name": e.get("display_name", e["name"]),
+                 "accuracy": m["accuracy"], "balanced_accuracy": m["balanced_accuracy"], "macro_f1": m["macro_f1"],
+                 "per_class": m["per_class"], "confusion_matrix": m["confusion_matrix"], "n_images": m["n_images"]}
+        if boxed:
+            idx = np.array(boxed)
+            maps = gradcam_heatmaps(model, x[idx].astype("float32"), y[idx])
+            block["pointing_game"] = pointing_game([heatmap_stats(h, boxes[i]) for h, i in zip(maps, idx)])
+        out.append(block)
+        echo(f"{e['name']}: accuracy {m['accuracy']:.3f}, balanced accuracy {m['balanced_accuracy']:.3f}, "
+             f"macro-F1 {m['macro_f1']:.3f} on {m['n_images']} images ({time.perf_counter() - t0:.1f}s)")
+    counts = {c: int((y == i).sum()) for i, c in enumerate(class_names)}
+    report = {"data": str(data.resolve()), "evaluated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+              "counts": counts, "n_boxed_images": len(boxed), "backbones": out}
+    key = hashlib.sha256(str(data.resolve()).encode()).hexdigest()[:8]
+    write_json(run_dir / "external" / f"{data.name or 'data'}-{key}.json", report)
+    # results.json keeps one entry per external folder, so `auditrun render` can show them
+    results["external"] = [x for x in results.get("external", []) if x.get("data") != report["data"]] + [report]
+    write_results(run_dir, results)
+    return report

@@ -1,0 +1,187 @@
+"""Render a run directory's ``results.json`` into ``report.html`` and ``report.pdf``.
+
+One Jinja template source (``templates/report.html.j2``, autoescape on) serves both formats: the
+HTML is self-contained (CSS inline, images as ``data:`` URIs) and WeasyPrint prints that same HTML
+to a tagged PDF/UA-1 file with the print rules of the stylesheet (running header, page numbers,
+page breaks). Inputs are only ``results.json``, the manifest copy and image files already in the
+run directory: no model and no TensorFlow, so ``auditrun render RUN_DIR`` works on a copied run
+whose models were deleted.
+
+Usage::
+
+    from engine.report import render_report
+    paths = render_report(run_dir)                   # {"html": .../report.html, "pdf": .../report.pdf}
+    render_report(run_dir, formats=("html",), now=datetime(2025, 1, 1, tzinfo=timezone.utc))
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import tomllib
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Iterable
+
+import jinja2
+from markupsafe import Markup
+
+from engine.atomic import write_bytes, write_text
+from engine.errors import InputError
+from engine.report import figures
+from engine.report.model import Report, TrendView, build_report
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("html", "pdf")
+TEMPLATE = "report.html.j2"
+#: templates/ at the repository root, beside the engine package.
+TEMPLATES_DIR = Path(__file__).resolve().parents[2] / "templates"
+_MIME = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".svg": "image/svg+xml",
+         ".gif": "image/gif", ".webp": "image/webp"}
+
+__all__ = ["FORMATS", "build_report", "load_results", "make_environment", "prepare_report", "render_html",
+           "render_pdf", "render_report"]
+
+
+def load_results(run_dir: Path) -> dict:
+    """Read ``run_dir/results.json``; a clear InputError names the file when it is missing or broken."""
+    path = Path(run_dir) / "results.json"
+    try:
+        results = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"{path}: no results.json in the run directory; is {run_dir} a run directory?") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(results, dict) or not isinstance(results.get("backbones"), list):
+        raise InputError(f"{path}: not an auditrun results file (no 'backbones' list)")
+    version = results.get("schema_version")
+    if version not in (None, 1):
+        raise InputError(f"{path}: schema_version {version!r} is not supported by this renderer (expects 1)")
+    return results
+
+
+def _manifest(run_dir: Path, results: dict) -> tuple[str | None, dict]:
+    """The manifest copy's text (for provenance) and its ``[report]`` table (title, author)."""
+    name = (results.get("experiment") or {}).get("manifest_file") or "manifest.toml"
+    path = Path(run_dir) / name
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (FileNotFoundError, UnicodeDecodeError):
+        log.warning("%s: manifest copy missing or unreadable; the report's provenance will say so", path)
+        return None, {}
+    try:
+        section = tomllib.loads(text).get("report") or {}
+    except tomllib.TOMLDecodeError:
+        section = {}
+    return text, section if isinstance(section, dict) else {}
+
+
+@dataclass(frozen=True)
+class _Embedder:
+    """Jinja filter: a run-directory-relative image path -> ``data:`` URI (the HTML travels alone)."""
+
+    run_dir: Path
+
+    def __call__(self, rel: str) -> str:
+        path = (self.run_dir / rel).resolve()
+        if self.run_dir.resolve() not in path.parents:
+            raise InputError(f"image path {rel!r} in results.json points outside the run directory")
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise InputError(f"{path}: image named in results.json is missing from the run directory") from None
+        mime = _MIME.get(path.suffix.lower(), "application/octet-stream")
+        return Markup(f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}")
+
+
+def make_environment(run_dir: Path, templates_dir: Path | None = None) -> jinja2.Environment:
+    """The Jinja environment: autoescape ON for every template, undefined names are errors."""
+    directory = Path(templates_dir or TEMPLATES_DIR)
+    if not (directory / TEMPLATE).is_file():
+        raise InputError(f"report template {directory / TEMPLATE} not found")
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(directory)),
+        autoescape=True,  # every template, whatever its extension: results carry user-supplied text
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+    env.filters["data_uri"] = _Embedder(Path(run_dir))
+    return env
+
+
+def _attach_figures(report: Report, results: dict, run_dir: Path) -> None:
+    class_names = report.class_names
+    by_name = {b["name"]: b for b in results["backbones"]}
+    for section in report.backbones:
+        backbone = by_name[section.name]
+        section.curves = figures.training_curves(backbone, run_dir)
+        section.confusion = figures.confusion_matrix_counts(backbone, class_names, run_dir)
+        section.confusion_normalised = figures.confusion_matrix_normalised(backbone, class_names, run_dir)
+        section.reliability = figures.reliability_diagram(backbone, run_dir)
+    if isinstance(report.trend, TrendView):
+        display = {b["name"]: b.get("display_name") or b["name"] for b in results["backbones"]}
+        report.trend.figure = figures.trend_plot(report.trend.series, display, run_dir)
+
+
+def prepare_report(run_dir: Path, *, now: datetime | None = None) -> Report:
+    """Load ``run_dir/results.json`` and the manifest copy, build the typed report and draw its
+    figures under ``run_dir/figures/`` (the step before any output format)."""
+    run_dir = Path(run_dir)
+    results = load_results(run_dir)
+    manifest_text, report_options = _manifest(run_dir, results)
+    title, author = report_options.get("title"), report_options.get("author")
+    report = build_report(results, manifest_text=manifest_text, now=now,
+                          title=title if isinstance(title, str) and title else None,
+                          author=author if isinstance(author, str) and author else None)
+    _attach_figures(report, results, run_dir)
+    return report
+
+
+def render_html(report: Report, run_dir: Path, templates_dir: Path | None = None) -> str:
+    """The report's HTML text (images embedded from ``run_dir``)."""
+    env = make_environment(run_dir, templates_dir)
+    return env.get_template(TEMPLATE).render(report=report)
+
+
+def render_pdf(html: str, run_dir: Path) -> bytes:
+    """Tagged PDF/UA-1 bytes of the report HTML, printed by WeasyPrint with the print CSS."""
+    import weasyprint  # lazy: only PDF output needs pango
+
+    # Only data: URIs may be fetched: the report must never reach the network or the file system.
+    fetcher = weasyprint.URLFetcher(allowed_protocols={"data"})
+    document = weasyprint.HTML(string=html, base_url=str(run_dir), url_fetcher=fetcher)
+    # pdf/ua-1 turns on tagging (structure tree, alt text, language) and PDF 1.7.
+    return document.write_pdf(pdf_variant="pdf/ua-1", custom_metadata=False)
+
+
+def render_report(run_dir: Path, formats: Iterable[str] = FORMATS, *, now: datetime | None = None,
+                  templates_dir: Path | None = None) -> dict[str, Path]:
+    """Render ``report.html`` and/or ``report.pdf`` into ``run_dir`` from its ``results.json``.
+
+    Args:
+        run_dir: a run directory (results.json, manifest.toml, gradcam/ and figures images).
+        formats: any of "html", "pdf".
+        now: the "generated at" clock (tests pass a fixed one); default: the current UTC time.
+        templates_dir: override of the template folder (default: the repository's ``templates/``).
+
+    Returns {format: path written}. Figures are (re)drawn under ``run_dir/figures/`` from the
+    numbers in results.json; every file is written atomically (tmp file + os.replace).
+    """
+    run_dir = Path(run_dir)
+    formats = tuple(formats)
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown:
+        raise InputError(f"report formats {unknown} are not supported; use {list(FORMATS)}")
+    report = prepare_report(run_dir, now=now)
+    html = render_html(report, run_dir, templates_dir)
+    written: dict[str, Path] = {}
+    if "html" in formats:
+        written["html"] = write_text(run_dir / "report.html", html)
+    if "pdf" in formats:
+        written["pdf"] = write_bytes(run_dir / "report.pdf", render_pdf(html, run_dir))
+    return written

@@ -1,0 +1,1023 @@
+"""The report as one typed object, built from ``results.json`` (Model Card Toolkit style).
+
+``build_report`` turns the run's results dict into dataclasses that hold machine values
+(``Metric.value``) apart from their display (``Metric.text``), so the template only lays things
+out and tests can check the numbers without parsing HTML. Nothing here imports TensorFlow or
+reads a model: ``auditrun render`` must work on a run directory whose models were deleted.
+
+Optional blocks written by later stages (integrity, leakage_free, calibration, uncertainty,
+gradcam, comparisons, gates, trend, external) become ``None`` / empty when absent; the template
+skips their sections.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Sequence
+
+from engine.history import leakage_counts
+from engine.report.figures import FigureRecord
+
+#: Above this share of leaked test images the report prints a plain-language warning (issue 4).
+LEAKAGE_WARNING_FRACTION = 0.05
+#: The class whose prediction for a tumour image is the costly error (a missed tumour).
+NO_TUMOUR_CLASS = "no_tumor"
+#: At most this many file names are listed in the provenance / integrity tables (the rest counted).
+MAX_LISTED = 20
+
+
+# ------------------------------------------------------------------------------------------------
+# Small value types
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A number with an optional confidence interval; ``text`` is its display form."""
+
+    value: float | None
+    low: float | None = None
+    high: float | None = None
+    digits: int = 3
+
+    @property
+    def known(self) -> bool:
+        return self.value is not None
+
+    @property
+    def text(self) -> str:
+        return "n/a" if self.value is None else f"{self.value:.{self.digits}f}"
+
+    @property
+    def ci_text(self) -> str:
+        if self.low is None or self.high is None:
+            return ""
+        return f"{self.low:.{self.digits}f}–{self.high:.{self.digits}f}"
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """An image stored in the run directory (``path`` relative to it) with its alt text."""
+
+    path: str
+    alt: str
+    label: str = ""
+
+
+def _num(value: Any) -> float | None:
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(number) else number
+
+
+def _metric(value: Any, digits: int = 3) -> Metric:
+    return Metric(_num(value), digits=digits)
+
+
+def _interval(block: dict | None, digits: int = 3) -> Metric | None:
+    """``{"value","low","high"}`` or engine.uncertainty's ``{"value","ci_low","ci_high"}``."""
+    if not isinstance(block, dict):
+        return None
+    low = block.get("ci_low", block.get("low"))
+    high = block.get("ci_high", block.get("high"))
+    return Metric(_num(block.get("value")), _num(low), _num(high), digits)
+
+
+def format_duration(seconds: Any) -> str:
+    """45 s, 2 min 05 s, 1 h 02 min; "n/a" when unknown."""
+    s = _num(seconds)
+    if s is None:
+        return "n/a"
+    if s < 60:
+        return f"{s:.0f} s" if s >= 10 else f"{s:.1f} s"
+    minutes, sec = divmod(int(round(s)), 60)
+    if minutes < 60:
+        return f"{minutes} min {sec:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
+
+
+def _count(value: Any) -> int | None:
+    """Integrity counts arrive as numbers or as the list of offending items."""
+    if value is None:
+        return None
+    if isinstance(value, (list, tuple, dict)):
+        return len(value)
+    number = _num(value)
+    return None if number is None else int(number)
+
+
+def _percent(fraction: float | None) -> str:
+    return "n/a" if fraction is None else f"{fraction * 100:.1f} %"
+
+
+# ------------------------------------------------------------------------------------------------
+# Report sections
+
+
+@dataclass(frozen=True)
+class SummaryRow:
+    name: str
+    display_name: str
+    status: str
+    error: str | None
+    best: bool
+    best_label: str
+    validation_macro_f1: Metric
+    accuracy: Metric
+    accuracy_lf: Metric | None
+    macro_f1: Metric
+    macro_f1_lf: Metric | None
+    per_class_f1: list[Metric]
+    weights: str
+    input_size: str
+    training_time: str
+    baseline_note: str | None
+
+
+@dataclass(frozen=True)
+class PerClassRow:
+    cls: str
+    precision: Metric
+    recall: Metric
+    f1: Metric
+    support: int | None
+    recall_ci: Metric | None = None
+    lf_precision: Metric | None = None
+    lf_recall: Metric | None = None
+    lf_f1: Metric | None = None
+    lf_support: int | None = None
+
+
+@dataclass(frozen=True)
+class HeadlineRow:
+    """One headline metric with its leakage-free twin and bootstrap intervals when measured."""
+
+    label: str
+    test: Metric
+    leakage_free: Metric | None
+
+
+@dataclass(frozen=True)
+class GradcamItem:
+    true_class: str
+    predicted_class: str
+    probability: Metric
+    correct: bool
+    description: str
+    images: list[ImageRef]
+
+
+@dataclass(frozen=True)
+class GradcamGallery:
+    layer: str
+    images_per_class: int | None
+    pointing_game: str | None
+    pointing_rate: Metric | None
+    items: list[GradcamItem]
+
+
+@dataclass(frozen=True)
+class CalibrationView:
+    n_bins: int | None
+    temperature: Metric
+    ece_before: Metric
+    ece_after: Metric
+    sentence: str
+
+
+@dataclass
+class BackboneSection:
+    name: str
+    display_name: str
+    anchor: str
+    facts: list[tuple[str, str]]
+    headline: list[HeadlineRow]
+    per_class: list[PerClassRow]
+    has_leakage_free: bool
+    n_test: int | None
+    n_leakage_free: int | None
+    roc_auc: str | None
+    curves: FigureRecord | None = None
+    confusion: FigureRecord | None = None
+    confusion_normalised: FigureRecord | None = None
+    reliability: FigureRecord | None = None
+    calibration: CalibrationView | None = None
+    gradcam: GradcamGallery | None = None
+    uncertainty_note: str | None = None
+
+
+@dataclass(frozen=True)
+class DuplicatePair:
+    distance: int | None
+    train: ImageRef | None
+    test: ImageRef | None
+    train_path: str
+    test_path: str
+    how: str
+
+
+@dataclass(frozen=True)
+class IntegrityView:
+    rows: list[tuple[str, str]]
+    leaked: int | None
+    n_test: int | None
+    fraction: float | None
+    warning: str | None
+    leakage_free_counts: list[tuple[str, int | None, int | None]]  # class, test images, leakage-free left
+    conflicts: list[str]
+    conflicts_more: int
+    unreadable: list[str]
+    unreadable_more: int
+    pairs: list[DuplicatePair]
+
+
+@dataclass(frozen=True)
+class MissRow:
+    """Tumour images the model called no_tumor, from the confusion matrix."""
+
+    display_name: str
+    per_class: list[tuple[str, int, int]]  # tumour class, called no_tumor, images of that class
+    missed: int
+    total: int
+    rate: Metric
+    lf_rate: Metric | None
+    sentence: str
+
+
+@dataclass(frozen=True)
+class EthicsView:
+    no_tumour_class_present: bool
+    tumour_classes: list[str]
+    rows: list[MissRow]
+
+
+@dataclass(frozen=True)
+class ComparisonRow:
+    a: str
+    b: str
+    n10: int | None
+    n01: int | None
+    p_value: str
+    p_value_holm: str | None
+    sentence: str
+
+
+@dataclass(frozen=True)
+class GateRow:
+    name: str
+    backbone: str
+    status: str
+    value: str
+    threshold: str
+    message: str
+
+
+@dataclass(frozen=True)
+class GatesView:
+    status: str
+    counts: str
+    rows: list[GateRow]
+
+
+@dataclass(frozen=True)
+class TrendDelta:
+    backbone: str
+    metric: str
+    previous: Metric
+    current: Metric
+    delta: str
+
+
+@dataclass
+class TrendView:
+    previous_run_id: str | None
+    sentences: list[str]
+    deltas: list[TrendDelta]
+    series: dict[str, list[tuple[str, float | None]]]
+    figure: FigureRecord | None = None
+
+
+@dataclass(frozen=True)
+class ExternalRow:
+    display_name: str
+    n_images: int | None
+    accuracy: Metric
+    balanced_accuracy: Metric
+    macro_f1: Metric
+    pointing_game: str | None
+    recall_text: str
+
+
+@dataclass(frozen=True)
+class ExternalView:
+    data: str
+    rows: list[ExternalRow]
+
+
+@dataclass(frozen=True)
+class Provenance:
+    manifest_file: str
+    manifest_text: str | None
+    manifest_sha256: str | None
+    seed: Any
+    run_rows: list[tuple[str, str]]
+    environment_rows: list[tuple[str, str]]
+    packages: list[tuple[str, str]]
+    splits: list[str]
+    class_names: list[str]
+    counts: list[tuple[str, list[int], int]]  # split, per-class counts, total
+    count_totals: list[int]
+    data_rows: list[tuple[str, str]]
+    skipped: list[str]
+    skipped_more: int
+    timing_rows: list[tuple[str, str]]
+
+
+@dataclass
+class Report:
+    title: str
+    author: str
+    language: str
+    experiment: str
+    description: str
+    run_id: str
+    run_status: str
+    generated_at: str
+    generated_iso: str
+    class_names: list[str]
+    best_sentence: str | None
+    warnings: list[str]
+    summary: list[SummaryRow]
+    failed: list[SummaryRow]
+    backbones: list[BackboneSection]
+    integrity: IntegrityView | None
+    comparisons: list[ComparisonRow]
+    gates: GatesView | None
+    trend: TrendView | None
+    external: list[ExternalView]
+    ethics: EthicsView
+    provenance: Provenance
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------------------------------
+# Builders
+
+
+def _display(backbone: dict) -> str:
+    return backbone.get("display_name") or backbone.get("name") or "unnamed backbone"
+
+
+def _anchor(name: str) -> str:
+    return "bb-" + "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in name)
+
+
+def _weights_text(backbone: dict) -> str:
+    weights = backbone.get("weights") or {}
+    used = weights.get("used")
+    requested = weights.get("requested")
+    if used == "imagenet":
+        text = "ImageNet"
+    elif used == "random":
+        text = "random initialisation"
+        if requested == "imagenet":
+            text += " (ImageNet requested but unavailable)"
+    elif used == "file":
+        text = "from file " + (backbone.get("file") or "").rsplit("/", 1)[-1]
+    else:
+        text = used or "not recorded"
+    return text
+
+
+def _input_size(backbone: dict) -> str:
+    size = backbone.get("input_size")
+    if isinstance(size, (list, tuple)) and len(size) == 2:
+        return f"{size[0]}×{size[1]}"
+    if isinstance(size, int):
+        return f"{size}×{size}"
+    return "n/a"
+
+
+def _training_seconds(backbone: dict) -> float | None:
+    timings = backbone.get("timings") or {}
+    if _num(timings.get("train_s")) is not None:
+        return _num(timings["train_s"])
+    stages = backbone.get("stages") or []
+    times = [_num(s.get("time_s")) for s in stages]
+    return sum(t for t in times if t is not None) if stages else None
+
+
+def best_label(selected_by: str | None) -> str:
+    """'best (validation macro-F1)': the words that mark the best row, never colour alone."""
+    basis = (selected_by or "validation macro_f1").replace("macro_f1", "macro-F1").replace("_", " ")
+    return f"best ({basis})"
+
+
+def _summary_row(backbone: dict, class_names: Sequence[str], best_name: str | None, label: str,
+                 by_name: dict[str, dict]) -> SummaryRow:
+    ok = backbone.get("status") == "ok"
+    test = (backbone.get("test") or {}) if ok else {}
+    free = backbone.get("leakage_free") if ok else None
+    per_class = test.get("per_class") or {}
+    baseline_note = None
+    parent = by_name.get(backbone.get("fine_tuned_from") or "")
+    if ok and parent and parent.get("status") == "ok":
+        mine, theirs = _num(test.get("macro_f1")), _num((parent.get("test") or {}).get("macro_f1"))
+        if mine is not None and theirs is not None:
+            diff = mine - theirs
+            word = "gain" if diff > 0 else "loss" if diff < 0 else "no change"
+            baseline_note = (f"{word} of {abs(diff):.3f} test macro-F1 against the frozen baseline {_display(parent)}"
+                             if diff else f"same test macro-F1 as the frozen baseline {_display(parent)}")
+    return SummaryRow(
+        name=backbone["name"],
+        display_name=_display(backbone),
+        status=backbone.get("status") or "unknown",
+        error=backbone.get("error"),
+        best=backbone["name"] == best_name,
+        best_label=label,
+        validation_macro_f1=_metric((backbone.get("validation") or {}).get("macro_f1")),
+        accuracy=_metric(test.get("accuracy")),
+        accuracy_lf=_metric(free.get("accuracy")) if free else None,
+        macro_f1=_metric(test.get("macro_f1")),
+        macro_f1_lf=_metric(free.get("macro_f1")) if free else None,
+        per_class_f1=[_metric((per_class.get(c) or {}).get("f1")) for c in class_names],
+        weights=_weights_text(backbone),
+        input_size=_input_size(backbone),
+        training_time=format_duration(_training_seconds(backbone)) if ok else "n/a",
+        baseline_note=baseline_note,
+    )
+
+
+def _uncertainty_blocks(backbone: dict) -> tuple[dict | None, dict | None]:
+    """(test, leakage_free) bootstrap blocks, whether nested under test/leakage_free or not."""
+    block = backbone.get("uncertainty")
+    if not isinstance(block, dict):
+        return None, None
+    if "accuracy" in block or "macro_f1" in block:
+        return block, None
+    return block.get("test"), block.get("leakage_free")
+
+
+def _recall_intervals(block: dict | None) -> dict:
+    if not block:
+        return {}
+    return block.get("per_class_recall") or block.get("recall") or {}
+
+
+def _headline_rows(backbone: dict) -> list[HeadlineRow]:
+    test = backbone.get("test") or {}
+    free = backbone.get("leakage_free")
+    u_test, u_free = _uncertainty_blocks(backbone)
+    rows = []
+    for key, label in (("accuracy", "Accuracy"), ("balanced_accuracy", "Balanced accuracy"),
+                       ("macro_f1", "Macro-F1"), ("weighted_f1", "Weighted F1")):
+        if test.get(key) is None:
+            continue
+        t = _interval((u_test or {}).get(key)) or _metric(test.get(key))
+        if t.value is None:
+            t = _metric(test.get(key))
+        lf = None
+        if free:
+            lf = _interval((u_free or {}).get(key)) or _metric(free.get(key))
+            if lf.value is None:
+                lf = _metric(free.get(key))
+        rows.append(HeadlineRow(label, t, lf))
+    return rows
+
+
+def _per_class_rows(backbone: dict, class_names: Sequence[str]) -> list[PerClassRow]:
+    test = backbone.get("test") or {}
+    free = backbone.get("leakage_free") or {}
+    per_class = test.get("per_class") or {}
+    free_pc = free.get("per_class") or {}
+    u_test, _ = _uncertainty_blocks(backbone)
+    recall_ci = _recall_intervals(u_test)
+    rows = []
+    for cls in class_names:
+        pc = per_class.get(cls) or {}
+        fpc = free_pc.get(cls)
+        rows.append(PerClassRow(
+            cls=cls,
+            precision=_metric(pc.get("precision")),
+            recall=_metric(pc.get("recall")),
+            f1=_metric(pc.get("f1")),
+            support=_count(pc.get("support")),
+            recall_ci=_interval(recall_ci.get(cls)),
+            lf_precision=_metric(fpc.get("precision")) if fpc is not None else None,
+            lf_recall=_metric(fpc.get("recall")) if fpc is not None else None,
+            lf_f1=_metric(fpc.get("f1")) if fpc is not None else None,
+            lf_support=_count(fpc.get("support")) if fpc is not None else None,
+        ))
+    return rows
+
+
+def _facts(backbone: dict) -> list[tuple[str, str]]:
+    weights = backbone.get("weights") or {}
+    params = backbone.get("parameters") or {}
+    facts = [
+        ("Architecture", str(backbone.get("architecture") or "n/a")
+         + (f" (file {backbone['file']})" if backbone.get("file") else "")),
+        ("Weights", _weights_text(backbone) + (f" — {weights['note']}" if weights.get("note") else "")),
+        ("Input size", _input_size(backbone)),
+        ("Preprocessing", str(backbone.get("preprocessing") or "n/a")),
+    ]
+    if params:
+        total, trainable = params.get("total"), params.get("trainable")
+        facts.append(("Parameters", f"{total:,} total, {trainable:,} trainable"
+                      if isinstance(total, int) and isinstance(trainable, int) else "n/a"))
+    if backbone.get("fine_tuned_from"):
+        facts.append(("Fine-tuned from", str(backbone["fine_tuned_from"])))
+    for stage in backbone.get("stages") or []:
+        text = (f"{stage.get('epochs_run', 'n/a')} epochs run, best epoch {stage.get('best_epoch', 'n/a')}"
+                + (", stopped early" if stage.get("stopped_early") else "")
+                + f", {format_duration(stage.get('time_s'))}")
+        facts.append((f"Stage {stage.get('name', '?')}", text))
+    validation = backbone.get("validation") or {}
+    if validation:
+        facts.append(("Validation", f"accuracy {_metric(validation.get('accuracy')).text}, macro-F1 "
+                                    f"{_metric(validation.get('macro_f1')).text}"))
+    timings = backbone.get("timings") or {}
+    if timings:
+        facts.append(("Time", f"training {format_duration(timings.get('train_s'))}, evaluation "
+                              f"{format_duration(timings.get('evaluate_s'))}, total {format_duration(timings.get('total_s'))}"))
+    return facts
+
+
+def _roc_text(test: dict, class_names: Sequence[str]) -> str | None:
+    roc = test.get("roc_auc") or {}
+    if not roc:
+        return None
+    parts = [f"macro {_metric(roc.get('macro')).text}"]
+    per_class = roc.get("per_class") or {}
+    parts += [f"{c} {_metric(per_class.get(c)).text}" for c in class_names if c in per_class]
+    return "One-vs-rest ROC-AUC: " + ", ".join(parts) + "."
+
+
+def _calibration_view(backbone: dict) -> CalibrationView | None:
+    cal = backbone.get("calibration")
+    if not isinstance(cal, dict):
+        return None
+    before, after, t = _metric(cal.get("ece_before")), _metric(cal.get("ece_after")), _metric(cal.get("temperature"), 2)
+    sentence = (f"Expected calibration error ({cal.get('n_bins', 'n/a')} bins) on the test split: {before.text} "
+                f"before and {after.text} after temperature scaling with T = {t.text}, fitted on the validation split.")
+    if cal.get("temperature_at_bound"):
+        sentence += " The fitted temperature sits at the edge of its search range; treat it with care."
+    return CalibrationView(cal.get("n_bins"), t, before, after, sentence)
+
+
+def _gradcam_gallery(backbone: dict) -> GradcamGallery | None:
+    block = backbone.get("gradcam")
+    if not isinstance(block, dict):
+        return None
+    name = _display(backbone)
+    items = []
+    for item in block.get("items") or []:
+        true, pred = item.get("true_class", "?"), item.get("predicted_class", "?")
+        prob = _metric(item.get("probability"), 2)
+        correct = bool(item.get("correct", true == pred))
+        verdict = "correct" if correct else "misclassified"
+        facts = []
+        peak = item.get("peak")
+        if isinstance(peak, (list, tuple)) and len(peak) == 2 and None not in peak:
+            facts.append(f"heatmap peak at {float(peak[0]) * 100:.0f} % from the top and "
+                         f"{float(peak[1]) * 100:.0f} % from the left")
+        else:
+            facts.append("the heatmap is empty (no positive evidence)")
+        if item.get("peak_in_box") is True:
+            facts.append("inside the tumour box")
+        elif item.get("peak_in_box") is False:
+            facts.append("outside the tumour box")
+        area = _num(item.get("top20_area_fraction"))
+        if area is not None:
+            facts.append(f"the top 20 % of the heatmap covers {area * 100:.0f} % of the image")
+        what = f"{true} image predicted {pred} with probability {prob.text} ({verdict})"
+        description = what[0].upper() + what[1:] + "; " + ", ".join(facts) + "."
+        files = item.get("files") or {}
+        images = []
+        for key, label, alt in (
+            ("original", "original", f"Test image of true class {true} ({item.get('image', 'unnamed')})."),
+            ("heatmap", "heatmap", f"Grad-CAM heatmap of {name} for a {what}: " + ", ".join(facts) + "."),
+            ("overlay", "overlay", f"Grad-CAM overlay with contour lines of {name} on the {true} image: "
+                                   + ", ".join(facts) + "."),
+        ):
+            if files.get(key):
+                images.append(ImageRef(str(files[key]), alt, label))
+        items.append(GradcamItem(true, pred, prob, correct, description, images))
+    pg = block.get("pointing_game") or {}
+    pointing, rate = None, None
+    if pg.get("total"):
+        rate = _metric(pg.get("rate"), 2)
+        pointing = (f"Pointing game: the heatmap peak fell inside the tumour box on {pg.get('hits')} of "
+                    f"{pg.get('total')} tumour images (hit rate {rate.text}"
+                    + (f"; a random peak would hit {_num(pg['chance_rate']):.2f}" if _num(pg.get("chance_rate")) is not None else "")
+                    + ").")
+    elif pg:
+        pointing = "Pointing game: no test image in the gallery had a tumour box, so no hit rate was measured."
+    return GradcamGallery(str(block.get("layer") or "n/a"), block.get("images_per_class"), pointing, rate, items)
+
+
+def _section(backbone: dict, class_names: Sequence[str]) -> BackboneSection:
+    test = backbone.get("test") or {}
+    free = backbone.get("leakage_free")
+    u_test, _ = _uncertainty_blocks(backbone)
+    note = None
+    if u_test:
+        n = (backbone.get("uncertainty") or {}).get("n_resamples") or u_test.get("n_resamples")
+        conf = u_test.get("confidence") or (backbone.get("uncertainty") or {}).get("confidence") or 0.95
+        note = (f"Intervals are {conf * 100:.0f} % percentile-bootstrap confidence intervals"
+                + (f" over {n:,} resamples" if isinstance(n, int) else "") + " of the test images.")
+    return BackboneSection(
+        name=backbone["name"],
+        display_name=_display(backbone),
+        anchor=_anchor(backbone["name"]),
+        facts=_facts(backbone),
+        headline=_headline_rows(backbone),
+        per_class=_per_class_rows(backbone, class_names),
+        has_leakage_free=bool(free),
+        n_test=_count(test.get("n_images")),
+        n_leakage_free=_count(free.get("n_images")) if free else None,
+        roc_auc=_roc_text(test, class_names),
+        calibration=_calibration_view(backbone),
+        gradcam=_gradcam_gallery(backbone),
+        uncertainty_note=note,
+    )
+
+
+def _listed(items: Any, render) -> tuple[list[str], int]:
+    items = list(items) if isinstance(items, (list, tuple)) else []
+    return [render(x) for x in items[:MAX_LISTED]], max(0, len(items) - MAX_LISTED)
+
+
+def _conflict_text(group: Any) -> str:
+    if isinstance(group, dict):
+        classes = group.get("classes")
+        files = group.get("files") or group.get("paths")
+        parts = []
+        if classes:
+            parts.append("classes " + ", ".join(map(str, classes)))
+        if files:
+            parts.append("files " + ", ".join(str(f.get("path", f)) if isinstance(f, dict) else str(f) for f in files))
+        return "; ".join(parts) or str(group)
+    if isinstance(group, (list, tuple)):
+        return ", ".join(map(str, group))
+    return str(group)
+
+
+def _unreadable_text(entry: Any) -> str:
+    if isinstance(entry, dict):
+        return f"{entry.get('path', '?')}: {entry.get('reason', 'unreadable')}"
+    return str(entry)
+
+
+def leakage_warning(leaked: int | None, n_test: int | None) -> str | None:
+    """The plain-language warning when more than 5 % of the test split has a twin in training."""
+    if not leaked or not n_test:
+        return None
+    fraction = leaked / n_test
+    if fraction <= LEAKAGE_WARNING_FRACTION:
+        return None
+    return (f"Warning: {leaked} of {n_test} test images ({_percent(fraction)}) are copies or near-copies of "
+            f"training images. Test metrics on this split partly measure memory, not generalisation; read the "
+            f"leakage-free figures beside them.")
+
+
+def _integrity_view(results: dict, class_names: Sequence[str]) -> IntegrityView | None:
+    integrity = results.get("integrity")
+    if not isinstance(integrity, dict):
+        return None
+    counts = leakage_counts(results)
+    leaked, n_test = counts if counts else (_count(integrity.get("cross_split_near")), None)
+    fraction = leaked / n_test if leaked is not None and n_test else None
+    rows = [
+        ("Test images byte- or pixel-identical to a training image", integrity.get("cross_split_exact")),
+        ("Test images with a near duplicate in training (exact copies included)", integrity.get("cross_split_near")),
+        ("Share of the test split with a twin in training", None),
+        ("Label conflicts (the same image under two classes)", integrity.get("label_conflicts")),
+        ("Unreadable or non-image files (skipped)", integrity.get("unreadable")),
+    ]
+    for key, value in sorted((integrity.get("counts") or {}).items()):
+        if not isinstance(value, (dict, list)):  # engine.integrity nests counts per split: shown in provenance
+            rows.append((str(key).replace("_", " ").capitalize(), value))
+    for split, within in (integrity.get("within_split") or {}).items():
+        if isinstance(within, dict):
+            rows.append((f"Exact-duplicate groups within {split}", within.get("exact_groups")))
+            rows.append((f"Near-duplicate groups within {split}", within.get("near_groups")))
+    if integrity.get("near_threshold") is not None:
+        rows.append(("Near-duplicate threshold (perceptual-hash distance at most)", integrity["near_threshold"]))
+    shown = []
+    for label, value in rows:
+        if label.startswith("Share"):
+            shown.append((label, _percent(fraction) if fraction is not None else "n/a"))
+        elif value is not None:
+            shown.append((label, str(_count(value))))
+    test_counts = ((results.get("data") or {}).get("counts") or {}).get("test") or {}
+    lf_counts = integrity.get("leakage_free_test_counts") or {}
+    lf_rows = [(c, _count(test_counts.get(c)), _count(lf_counts.get(c))) for c in class_names] if lf_counts else []
+    conflicts, conflicts_more = _listed(integrity.get("label_conflicts"), _conflict_text)
+    unreadable, unreadable_more = _listed(integrity.get("unreadable"), _unreadable_text)
+    pairs = []
+    for pair in integrity.get("example_pairs") or []:
+        files = pair.get("files") or {}
+        distance = pair.get("distance")
+        if pair.get("byte_identical"):
+            how = "byte-identical copy"
+        elif pair.get("exact"):
+            how = "pixel-identical copy"
+        elif distance is not None:
+            how = f"near duplicate at perceptual-hash distance {distance}"
+        else:
+            how = "near duplicate"
+        train_path, test_path = str(pair.get("train", "?")), str(pair.get("test", "?"))
+        pairs.append(DuplicatePair(
+            distance=_count(distance),
+            train=ImageRef(files["train"], f"Training image {train_path}, the twin of test image {test_path} "
+                                           f"({how}).", "training") if files.get("train") else None,
+            test=ImageRef(files["test"], f"Test image {test_path}, a copy of training image {train_path} "
+                                         f"({how}).", "test") if files.get("test") else None,
+            train_path=train_path, test_path=test_path, how=how,
+        ))
+    return IntegrityView(shown, leaked, n_test, fraction, leakage_warning(leaked, n_test), lf_rows,
+                         conflicts, conflicts_more, unreadable, unreadable_more, pairs)
+
+
+def tumour_miss_counts(cm: Sequence[Sequence[int]], class_names: Sequence[str],
+                       no_tumour: str = NO_TUMOUR_CLASS) -> tuple[list[tuple[str, int, int]], int, int] | None:
+    """Tumour images predicted as ``no_tumour``, from a confusion matrix (rows true, columns predicted).
+
+    Returns ([(tumour class, called no_tumour, images of that class)], missed, tumour images), or
+    None when the class list has no ``no_tumour`` class or the matrix does not match it.
+    """
+    names = list(class_names)
+    if no_tumour not in names or not cm or len(cm) != len(names):
+        return None
+    j = names.index(no_tumour)
+    rows = []
+    for i, cls in enumerate(names):
+        if i == j:
+            continue
+        rows.append((cls, int(cm[i][j]), int(sum(cm[i]))))
+    return rows, sum(r[1] for r in rows), sum(r[2] for r in rows)
+
+
+def _ethics_view(backbones: Sequence[dict], class_names: Sequence[str]) -> EthicsView:
+    present = NO_TUMOUR_CLASS in class_names
+    rows = []
+    for b in backbones:
+        if b.get("status") != "ok":
+            continue
+        counts = tumour_miss_counts((b.get("test") or {}).get("confusion_matrix"), class_names)
+        if counts is None:
+            continue
+        per_class, missed, total = counts
+        rate = Metric(missed / total if total else None)
+        lf_rate = None
+        lf_counts = tumour_miss_counts((b.get("leakage_free") or {}).get("confusion_matrix"), class_names)
+        if lf_counts is not None and lf_counts[2]:
+            lf_rate = Metric(lf_counts[1] / lf_counts[2])
+        sentence = (f"{_display(b)} called {missed} of {total} tumour images in the test split "
+                    f"{NO_TUMOUR_CLASS} ({_percent(rate.value)})"
+                    + (f"; on the leakage-free subset {lf_counts[1]} of {lf_counts[2]} ({_percent(lf_rate.value)})"
+                       if lf_rate else "") + ".")
+        rows.append(MissRow(_display(b), per_class, missed, total, rate, lf_rate, sentence))
+    tumour_classes = [c for c in class_names if c != NO_TUMOUR_CLASS]
+    return EthicsView(present, tumour_classes, rows)
+
+
+def _comparisons(results: dict, display: dict[str, str]) -> list[ComparisonRow]:
+    rows = []
+    for c in results.get("comparisons") or []:
+        p, holm = _num(c.get("p_value")), _num(c.get("p_value_holm"))
+        rows.append(ComparisonRow(
+            a=display.get(c.get("a"), str(c.get("a"))), b=display.get(c.get("b"), str(c.get("b"))),
+            n10=_count(c.get("n10")), n01=_count(c.get("n01")),
+            p_value=format_p(p), p_value_holm=format_p(holm) if holm is not None else None,
+            sentence=str(c.get("sentence") or ""),
+        ))
+    return rows
+
+
+def format_p(p: float | None) -> str:
+    """'< 0.001', '0.003', '1' -- three decimals, never '0.000' (same rule as engine.compare)."""
+    if p is None:
+        return "n/a"
+    if p < 0.001:
+        return "< 0.001"
+    if p >= 0.9995:
+        return "1"
+    return f"{p:.3f}"
+
+
+def _gates(results: dict, display: dict[str, str]) -> GatesView | None:
+    block = results.get("gates")
+    if block is None:
+        return None
+    gates = block.get("gates", []) if isinstance(block, dict) else list(block)
+    rows = [GateRow(
+        name=str(g.get("name")), backbone=display.get(g.get("backbone"), g.get("backbone") or "whole run"),
+        status=str(g.get("status")), value=_metric(g.get("value")).text, threshold=_metric(g.get("threshold")).text,
+        message=str(g.get("message") or ""),
+    ) for g in gates]
+    if not rows:
+        return None
+    counts = {s: sum(r.status == s for r in rows) for s in ("FAIL", "WARN", "PASS")}
+    status = "FAIL" if counts["FAIL"] else "WARN" if counts["WARN"] else "PASS"
+    text = f"{counts['FAIL']} failed, {counts['WARN']} warned, {counts['PASS']} passed"
+    return GatesView(status, text, rows)
+
+
+_TREND_METRICS = (("accuracy", "accuracy"), ("macro_f1", "macro-F1"),
+                  ("leakage_free_accuracy", "leakage-free accuracy"), ("leakage_free_macro_f1", "leakage-free macro-F1"))
+
+
+def _trend(results: dict, display: dict[str, str]) -> TrendView | None:
+    """Accepts engine.history.trend()'s block (``runs`` + ``backbones``) and the flat
+    ``deltas``/``series`` form."""
+    block = results.get("trend")
+    if not isinstance(block, dict):
+        return None
+    deltas: list[TrendDelta] = []
+    series: dict[str, list[tuple[str, float | None]]] = {}
+    if isinstance(block.get("backbones"), dict):
+        run_ids = [str(r.get("run_id")) for r in block.get("runs") or []]
+        for name, b in block["backbones"].items():
+            shown = display.get(name) or b.get("display_name") or name
+            values = b.get("series") or []
+            series[name] = list(zip(run_ids, [_num(v) for v in values]))
+            cur, prev, delta = b.get("current") or {}, b.get("previous") or {}, b.get("delta") or {}
+            for key, label in _TREND_METRICS:
+                if cur.get(key) is None and prev.get(key) is None:
+                    continue
+                deltas.append(_delta(shown, label, prev.get(key), cur.get(key), delta.get(key)))
+    else:
+        for name, metrics in (block.get("deltas") or {}).items():
+            shown = display.get(name, name)
+            for key, label in _TREND_METRICS:
+                m = metrics.get(key)
+                if isinstance(m, dict):
+                    deltas.append(_delta(shown, label, m.get("previous"), m.get("current"), m.get("delta")))
+        for name, points in (block.get("series") or {}).items():
+            series[name] = [(str(p.get("run_id")), _num(p.get("macro_f1"))) for p in points]
+    return TrendView(block.get("previous_run_id"), [str(s) for s in block.get("sentences") or []], deltas, series)
+
+
+def _delta(backbone: str, label: str, previous: Any, current: Any, delta: Any) -> TrendDelta:
+    d = _num(delta)
+    if d is None and _num(previous) is not None and _num(current) is not None:
+        d = _num(current) - _num(previous)
+    return TrendDelta(backbone, label, _metric(previous), _metric(current), "n/a" if d is None else f"{d:+.3f}")
+
+
+def _external(results: dict, display: dict[str, str], class_names: Sequence[str]) -> list[ExternalView]:
+    views = []
+    for entry in results.get("external") or []:
+        rows = []
+        for b in entry.get("backbones") or []:
+            pg = b.get("pointing_game")
+            pointing = None
+            if isinstance(pg, dict) and pg.get("total"):
+                pointing = f"{pg.get('hits')} of {pg.get('total')} ({_metric(pg.get('rate'), 2).text})"
+            elif _num(pg) is not None:
+                pointing = _metric(pg, 2).text
+            per_class = b.get("per_class") or {}
+            recall = ", ".join(f"{c} {_metric((per_class.get(c) or {}).get('recall'), 2).text}"
+                               for c in class_names if c in per_class)
+            rows.append(ExternalRow(display.get(b.get("name"), str(b.get("name"))), _count(b.get("n_images")),
+                                    _metric(b.get("accuracy")), _metric(b.get("balanced_accuracy")),
+                                    _metric(b.get("macro_f1")), pointing, recall or "n/a"))
+        views.append(ExternalView(str(entry.get("data", "external data")), rows))
+    return views
+
+
+def _provenance(results: dict, manifest_text: str | None, class_names: Sequence[str]) -> Provenance:
+    experiment = results.get("experiment") or {}
+    run = results.get("run") or {}
+    env = results.get("environment") or {}
+    data = results.get("data") or {}
+    counts = data.get("counts") or {}
+    splits = [s for s in ("train", "val", "test") if s in counts] + [s for s in counts if s not in ("train", "val", "test")]
+    count_rows = []
+    for split in splits:
+        per = [_count((counts.get(split) or {}).get(c)) or 0 for c in class_names]
+        count_rows.append((split, per, sum(per)))
+    totals = [sum(row[1][i] for row in count_rows) for i in range(len(class_names))]
+    run_rows = [
+        ("Run id", str(run.get("id", "n/a"))),
+        ("Status", str(run.get("status", "n/a"))),
+        ("Started (UTC)", str(run.get("started_at", "n/a"))),
+        ("Finished (UTC)", str(run.get("finished_at", "n/a"))),
+        ("Wall time", format_duration(run.get("wall_time_s"))),
+        ("Seed", str(experiment.get("seed", "n/a"))),
+        ("Results schema version", str(results.get("schema_version", "n/a"))),
+    ]
+    env_rows = [
+        ("auditrun", str(env.get("auditrun") or "n/a")),
+        ("Git commit", str(env.get("git_commit") or "not recorded (not run from a git checkout)")),
+        ("Python", str(env.get("python") or "n/a")),
+        ("Platform", str(env.get("platform") or "n/a")),
+    ]
+    data_rows = [
+        ("Data root", str(data.get("root", "n/a"))),
+        ("Layout", str(data.get("layout", "n/a"))),
+        ("Validation fraction", _metric(data.get("validation_fraction"), 2).text),
+    ]
+    if data.get("fingerprint"):
+        data_rows.append(("Dataset fingerprint (SHA-256)", str(data["fingerprint"])))
+    skipped, skipped_more = _listed(data.get("skipped"), _unreadable_text)
+    timings = results.get("timings") or {}
+    timing_rows = [(label, format_duration(timings.get(key))) for key, label in
+                   (("data_s", "Data discovery and decoding"), ("integrity_s", "Integrity audit"),
+                    ("total_s", "Whole run")) if key in timings]
+    for b in results.get("backbones") or []:
+        t = b.get("timings") or {}
+        if t:
+            timing_rows.append((_display(b), f"training {format_duration(t.get('train_s'))}, evaluation "
+                                             f"{format_duration(t.get('evaluate_s'))}"))
+    return Provenance(
+        manifest_file=str(experiment.get("manifest_file") or "manifest.toml"),
+        manifest_text=manifest_text,
+        manifest_sha256=experiment.get("manifest_sha256"),
+        seed=experiment.get("seed"),
+        run_rows=run_rows,
+        environment_rows=env_rows,
+        packages=sorted((str(k), str(v)) for k, v in (env.get("packages") or {}).items()),
+        splits=splits,
+        class_names=list(class_names),
+        counts=count_rows,
+        count_totals=totals,
+        data_rows=data_rows,
+        skipped=skipped,
+        skipped_more=skipped_more,
+        timing_rows=timing_rows,
+    )
+
+
+def build_report(results: dict, *, manifest_text: str | None = None, now: datetime | None = None,
+                 title: str | None = None, author: str | None = None) -> Report:
+    """The typed report for one run's ``results.json`` dict. Figures are attached by the caller."""
+    if not isinstance(results, dict) or not isinstance(results.get("backbones"), list):
+        raise ValueError("results has no 'backbones' list")
+    now = now or datetime.now(timezone.utc)
+    if now.tzinfo is None:
+        now = now.replace(tzinfo=timezone.utc)
+    experiment = results.get("experiment") or {}
+    run = results.get("run") or {}
+    class_names = list((results.get("data") or {}).get("class_names") or [])
+    backbones = results["backbones"]
+    by_name = {b["name"]: b for b in backbones}
+    display = {b["name"]: _display(b) for b in backbones}
+    best = results.get("best_backbone") or {}
+    best_name = best.get("name") if best.get("name") in by_name else None
+    label = best_label(best.get("selected_by"))
+    rows = [_summary_row(b, class_names, best_name, label, by_name) for b in backbones]
+    failed = [r for r in rows if r.status != "ok"]
+    sections = [_section(b, class_names) for b in backbones if b.get("status") == "ok"]
+    integrity = _integrity_view(results, class_names)
+
+    best_sentence = None
+    if best_name:
+        row = next(r for r in rows if r.name == best_name)
+        best_sentence = (f"The best backbone, chosen by {label[6:-1]}, is {row.display_name}: test accuracy "
+                         f"{row.accuracy.text}, macro-F1 {row.macro_f1.text}"
+                         + (f" (leakage-free: accuracy {row.accuracy_lf.text}, macro-F1 {row.macro_f1_lf.text})"
+                            if row.macro_f1_lf else "") + ".")
+    warnings = []
+    if integrity and integrity.warning:
+        warnings.append(integrity.warning)
+    if failed:
+        warnings.append(f"Backbones that failed and have no results ({len(failed)} of {len(rows)}): "
+                        + ", ".join(r.display_name for r in failed) + ".")
+    gates = _gates(results, display)
+    if gates and gates.status == "FAIL":
+        warnings.append(f"Regression gates failed ({gates.counts}).")
+    trend = _trend(results, display)
+    name = experiment.get("name") or "unnamed experiment"
+    return Report(
+        title=title or f"Audit report: {name}",
+        author=author or "auditrun",
+        language="en",
+        experiment=name,
+        description=str(experiment.get("description") or ""),
+        run_id=str(run.get("id", "n/a")),
+        run_status=str(run.get("status", "n/a")),
+        generated_at=now.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        generated_iso=now.astimezone(timezone.utc).isoformat(timespec="seconds"),
+        class_names=class_names,
+        best_sentence=best_sentence,
+        warnings=warnings,
+        summary=rows,
+        failed=failed,
+        backbones=sections,
+        integrity=integrity,
+        comparisons=_comparisons(results, display),
+        gates=gates,
+        trend=trend,
+        external=_external(results, display, class_names),
+        ethics=_ethics_view(backbones, class_names),
+        provenance=_provenance(results, manifest_text, class_names),
+    )

@@ -1,0 +1,69 @@
+"""Thumbnails of the integrity audit's example duplicate pairs, stored in the run directory.
+
+engine.integrity records example test/train twins as data paths only. The report must render from
+the run directory alone (``auditrun render`` on a copy, without the dataset), so while the data is
+still at hand the pipeline calls :func:`add_pair_thumbnails` to write small PNGs under
+``run_dir/integrity/`` and add their run-relative paths to each pair as ``"files"``, before it
+saves results.json. Pillow only; no TensorFlow.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from pathlib import Path
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from engine.atomic import write_bytes
+
+log = logging.getLogger(__name__)
+
+THUMBNAIL_DIR = "integrity"
+
+
+def _thumbnail_png(source: Path, size: int) -> bytes:
+    with Image.open(source) as image:
+        image = ImageOps.exif_transpose(image).convert("RGB")
+        image.thumbnail((size, size))
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG", optimize=True)
+    return buffer.getvalue()
+
+
+def add_pair_thumbnails(results: dict, run_dir: Path, data_root: Path | None = None, size: int = 192) -> int:
+    """Write ``integrity/pair<i>_{train,test}.png`` for every example pair without ``"files"``.
+
+    Args:
+        results: the run's results dict; ``results["integrity"]["example_pairs"]`` is updated in place
+            (``pair["files"] = {"train": ..., "test": ...}``, paths relative to ``run_dir``).
+        run_dir: the run directory.
+        data_root: folder the pair paths are relative to (default: ``results["data"]["root"]``).
+        size: longest side of a thumbnail in pixels.
+
+    Returns the number of pairs that got thumbnails. A pair whose images cannot be read keeps no
+    ``"files"`` (the report then lists its paths) and is logged, never fatal.
+    """
+    integrity = results.get("integrity")
+    pairs = integrity.get("example_pairs") if isinstance(integrity, dict) else None
+    if not pairs:
+        return 0
+    root = Path(data_root if data_root is not None else (results.get("data") or {}).get("root") or ".")
+    written = 0
+    for index, pair in enumerate(pairs):
+        if pair.get("files"):
+            continue
+        files: dict[str, str] = {}
+        try:
+            for side in ("train", "test"):
+                source = Path(pair[side])
+                source = source if source.is_absolute() else root / source
+                rel = f"{THUMBNAIL_DIR}/pair{index}_{side}.png"
+                write_bytes(Path(run_dir) / rel, _thumbnail_png(source, size))
+                files[side] = rel
+        except (KeyError, OSError, UnidentifiedImageError, ValueError) as exc:
+            log.warning("no thumbnail for duplicate pair %d (%s): %s", index, pair.get(side), exc)
+            continue
+        pair["files"] = files
+        written += 1
+    return written
