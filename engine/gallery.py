@@ -1,0 +1,277 @@
+"""Grad-CAM galleries: which test images to show, their three PNGs, and the results.json block.
+
+``explain_backbone`` is the one entry point the pipeline calls per trained backbone; the pieces
+(``select_gallery``, ``render_gallery_images``) are separate so each can be tested alone.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from engine import gradcam
+from engine.errors import InputError
+
+#: Contour levels drawn on the overlay (fraction of the map's maximum) and their line styles, so
+#: the two are told apart without colour.
+CONTOUR_LEVELS = (0.5, 0.8)
+CONTOUR_STYLES = ("dashed", "solid")
+#: Okabe-Ito orange for the tumour box outline: visible on viridis and on greyscale.
+BOX_COLOUR = "#E69F00"
+#: Default cap on the images scored for the pointing game (a seeded sample beyond it).
+POINTING_MAX_IMAGES = 200
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    try:
+        from engine.atomic import write_bytes
+    except ImportError:  # pragma: no cover - engine.atomic is part of the package
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+        return
+    write_bytes(path, data)
+
+
+def _class_indices(labels, class_names: Sequence[str], what: str) -> np.ndarray:
+    """Labels as int indices into ``class_names`` (accepts names or ints)."""
+    labels = np.asarray(labels)
+    if labels.dtype.kind in "iu":
+        out = labels.astype(np.int64)
+    else:
+        lookup = {name: i for i, name in enumerate(class_names)}
+        try:
+            out = np.array([lookup[str(v)] for v in labels], dtype=np.int64)
+        except KeyError as exc:
+            raise InputError(f"{what}: unknown class {exc.args[0]!r}; classes are {list(class_names)}") from None
+    if out.size and (out.min() < 0 or out.max() >= len(class_names)):
+        raise InputError(f"{what}: class index out of range 0..{len(class_names) - 1}")
+    return out
+
+
+def select_gallery(y_true, y_pred, paths: Sequence[str], class_names: Sequence[str],
+                   n_per_class: int, seed: int) -> list[int]:
+    """Indices of the gallery images: per class, N correct and up to N misclassified.
+
+    Args:
+        y_true, y_pred: (n,) class indices (or class names) of the test images.
+        paths: (n,) image paths; candidates are ordered by path before sampling, so the choice does
+            not depend on the order the images were listed in.
+        n_per_class: N.
+        seed: the experiment seed. Each (class, correct/wrong) group draws from its own
+            ``numpy.random.default_rng([seed, class, group])`` stream, so one class's counts never
+            shift another class's picks.
+
+    Returns:
+        Indices grouped by class (canonical order), correct before misclassified, each group sorted
+        by path. Fewer than N appear where a group has fewer images.
+    """
+    y_true = _class_indices(y_true, class_names, "gallery y_true")
+    y_pred = _class_indices(y_pred, class_names, "gallery y_pred")
+    paths = [str(p) for p in paths]
+    if not len(y_true) == len(y_pred) == len(paths):
+        raise ValueError("y_true, y_pred and paths must have the same length")
+    chosen: list[int] = []
+    for c in range(len(class_names)):
+        for group, ok in enumerate((True, False)):
+            idx = np.flatnonzero((y_true == c) & ((y_pred == c) == ok))
+            idx = sorted(idx.tolist(), key=lambda i: (paths[i], i))
+            if len(idx) > n_per_class:
+                rng = np.random.default_rng([int(seed), c, group])
+                pick = rng.choice(len(idx), size=n_per_class, replace=False)
+                idx = [idx[k] for k in sorted(pick.tolist())]
+            chosen.extend(idx)
+    return chosen
+
+
+def _figure(width_in: float, height_in: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width_in, height_in), dpi=100)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig, path: Path) -> None:
+    buf = io.BytesIO()
+    # No "Software" stamp: the same inputs give the same bytes across matplotlib patch releases.
+    fig.savefig(buf, format="png", metadata={"Software": None})
+    _write_bytes(path, buf.getvalue())
+
+
+def _grey(image: np.ndarray) -> np.ndarray:
+    image = np.asarray(image, dtype=np.float32)
+    if image.ndim == 3:
+        image = image[..., :3] @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    return image
+
+
+def _draw_boxes(ax, boxes, shape) -> None:
+    from matplotlib.patches import Rectangle
+
+    h, w = shape
+    for xc, yc, bw, bh in boxes or []:
+        ax.add_patch(Rectangle(((xc - bw / 2) * w - 0.5, (yc - bh / 2) * h - 0.5), bw * w, bh * h,
+                               fill=False, edgecolor=BOX_COLOUR, linewidth=1.5, linestyle=(0, (4, 2))))
+
+
+def render_gallery_images(image_uint8: np.ndarray, heatmap: np.ndarray, out_dir: Path | str, stem: str,
+                          boxes: Sequence[gradcam.Box] | None = None) -> dict[str, str]:
+    """Write ``<stem>_original.png``, ``<stem>_heatmap.png`` and ``<stem>_overlay.png``.
+
+    original: the model input as shown to the network; heatmap: viridis, 0..1, with a colour bar;
+    overlay: greyscale image under a translucent viridis map with white contours at 0.5 (dashed)
+    and 0.8 (solid) of the maximum, plus the tumour box (dashed orange) and a white "+" on the peak.
+    Files are written atomically. Returns file names relative to ``out_dir`` keyed
+    "original" / "heatmap" / "overlay".
+    """
+    out_dir = Path(out_dir)
+    image = np.asarray(image_uint8)
+    heatmap = np.asarray(heatmap, dtype=np.float32)
+    if image.shape[:2] != heatmap.shape:
+        raise ValueError(f"image {image.shape[:2]} and heatmap {heatmap.shape} sizes differ")
+    names = {kind: f"{stem}_{kind}.png" for kind in ("original", "heatmap", "overlay")}
+    h, w = heatmap.shape
+    side = 2.4
+
+    fig = _figure(side, side)
+    ax = fig.add_axes((0, 0, 1, 1))
+    if image.ndim == 2 or image.shape[-1] == 1:
+        ax.imshow(image.reshape(h, w), cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+    else:
+        ax.imshow(image[..., :3].astype(np.uint8), interpolation="nearest")
+    ax.set_axis_off()
+    _save(fig, out_dir / names["original"])
+
+    fig = _figure(side * 1.3, side)
+    ax = fig.add_axes((0.02, 0.04, 0.72, 0.92))
+    im = ax.imshow(heatmap, cmap="viridis", vmin=0.0, vmax=1.0, interpolation="nearest")
+    ax.set_axis_off()
+    cax = fig.add_axes((0.78, 0.1, 0.05, 0.8))
+    bar = fig.colorbar(im, cax=cax)
+    bar.set_label("Grad-CAM (max = 1)", fontsize=7)
+    bar.ax.tick_params(labelsize=6)
+    _save(fig, out_dir / names["heatmap"])
+
+    fig = _figure(side, side)
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.imshow(_grey(image), cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+    ax.imshow(heatmap, cmap="viridis", vmin=0.0, vmax=1.0, alpha=0.45, interpolation="bilinear")
+    if heatmap.max() > 0 and heatmap.min() < max(CONTOUR_LEVELS):
+        ax.contour(heatmap, levels=list(CONTOUR_LEVELS), colors="white", linewidths=1.0,
+                   linestyles=list(CONTOUR_STYLES))
+    _draw_boxes(ax, boxes, (h, w))
+    if heatmap.max() > 0:
+        r, c = np.unravel_index(int(np.argmax(heatmap)), heatmap.shape)
+        ax.plot([c], [r], marker="+", color="white", markersize=9, markeredgewidth=1.5)
+    ax.set_xlim(-0.5, w - 0.5)
+    ax.set_ylim(h - 0.5, -0.5)
+    ax.set_axis_off()
+    _save(fig, out_dir / names["overlay"])
+    return names
+
+
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-") or "x"
+
+
+def _relpath(path, root) -> str:
+    path = Path(path)
+    if root is not None:
+        try:
+            return path.resolve().relative_to(Path(root).resolve()).as_posix()
+        except ValueError:
+            pass
+    return path.as_posix()
+
+
+def explain_backbone(model, images: np.ndarray, y_true, probs: np.ndarray, paths: Sequence[str],
+                     class_names: Sequence[str], out_dir: Path | str, n_per_class: int, seed: int,
+                     layer: str | None = None, data_root: Path | str | None = None,
+                     run_dir: Path | str | None = None, batch_size: int = 16,
+                     pointing_max_images: int = POINTING_MAX_IMAGES) -> dict:
+    """Grad-CAM gallery and pointing game for one trained backbone; returns its ``gradcam`` block.
+
+    Args:
+        model: the trained classifier (saved-model structure).
+        images: (n, H, W, 3) uint8 test images at the model input size, RGB 0..255.
+        y_true: (n,) true class indices (or names); probs: (n, k) predicted probabilities.
+        paths: (n,) image file paths; YOLO boxes are read from ``<image>.txt`` beside each.
+        out_dir: folder for the PNGs (e.g. ``<run>/gradcam/<backbone name>``).
+        n_per_class, seed: gallery size and the experiment seed (see ``select_gallery``).
+        layer: Grad-CAM target layer (None: automatic).
+        data_root: image paths in the block are relative to it when given.
+        run_dir: file paths in the block are relative to it (default ``out_dir``).
+        pointing_max_images: the pointing game scores every boxed test image, or a seeded sample
+            of this many.
+
+    Gallery maps explain the PREDICTED class (why the model said what it said); pointing-game maps
+    explain the TRUE class, as in Zhang et al. 2016. ``pointing_game`` holds hits / total / rate,
+    ``chance_rate`` (mean box area: a random peak's hit rate), ``explained_class`` = "true" and
+    ``per_class`` {class: {hits, total, rate}} over the classes that have boxes.
+    """
+    out_dir = Path(out_dir)
+    run_dir = Path(run_dir) if run_dir is not None else out_dir
+    images = np.asarray(images)
+    probs = np.asarray(probs, dtype=np.float64)
+    y_true = _class_indices(y_true, class_names, "Grad-CAM y_true")
+    y_pred = probs.argmax(axis=1)
+    paths = [str(p) for p in paths]
+    if not len(images) == len(y_true) == len(probs) == len(paths):
+        raise ValueError("images, y_true, probs and paths must have the same length")
+    target = gradcam.find_target_layer(model, layer)
+
+    gallery = select_gallery(y_true, y_pred, paths, class_names, n_per_class, seed)
+    boxes = [gradcam.read_yolo_boxes(p) for p in paths]
+    boxed = [i for i in range(len(paths)) if boxes[i]]
+    if len(boxed) > pointing_max_images:
+        rng = np.random.default_rng([int(seed), 7])
+        boxed = sorted(rng.choice(boxed, size=pointing_max_images, replace=False).tolist())
+
+    # One Grad-CAM pass over the unique (image, class) pairs both uses need.
+    jobs = sorted({(i, int(y_pred[i])) for i in gallery} | {(i, int(y_true[i])) for i in boxed})
+    keep = {(i, int(y_pred[i])) for i in gallery}
+    heat = gradcam.gradcam_heatmaps(model, images[[i for i, _ in jobs]], [c for _, c in jobs],
+                                    layer=target, batch_size=batch_size) if jobs else []
+    stats = {key: gradcam.heatmap_stats(hm, boxes[key[0]]) for key, hm in zip(jobs, heat)}
+    maps = {key: hm for key, hm in zip(jobs, heat) if key in keep}
+
+    items = []
+    for rank, i in enumerate(gallery):
+        key = (i, int(y_pred[i]))
+        true_name, pred_name = class_names[y_true[i]], class_names[y_pred[i]]
+        correct = bool(y_true[i] == y_pred[i])
+        stem = _safe(f"{rank:03d}_{true_name}_{'correct' if correct else 'as-' + pred_name}")
+        image = images[i]
+        if image.dtype != np.uint8:
+            image = np.clip(np.rint(image), 0, 255).astype(np.uint8)
+        files = render_gallery_images(image, maps[key], out_dir, stem, boxes=boxes[i])
+        s = stats[key]
+        items.append({
+            "image": _relpath(paths[i], data_root),
+            "true_class": true_name,
+            "predicted_class": pred_name,
+            "explained_class": pred_name,
+            "probability": float(probs[i, y_pred[i]]),
+            "correct": correct,
+            "peak": s["peak"],
+            "top20_area_fraction": s["top20_area_fraction"],
+            "peak_in_box": s["peak_in_box"],
+            "files": {kind: _relpath(out_dir / name, run_dir) for kind, name in files.items()},
+        })
+
+    game = gradcam.pointing_game([stats[(i, int(y_true[i]))] for i in boxed])
+    game["explained_class"] = "true"
+    game["per_class"] = {
+        class_names[c]: {k: v for k, v in gradcam.pointing_game(
+            [stats[(i, c)] for i in boxed if y_true[i] == c]).items() if k in ("hits", "total", "rate")}
+        for c in sorted({int(y_true[i]) for i in boxed})
+    }
+    return {"layer": target, "images_per_class": int(n_per_class), "items": items, "pointing_game": game}
