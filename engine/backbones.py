@@ -239,3 +239,20 @@ def set_backbone_trainable(model, top_layers: int | None) -> int:
             layer.trainable = True
             n += 1
     return n
+
+
+def converge_batchnorm(backbone, momentum: float = 0.9) -> int:
+    """Lower BatchNorm momentum for a backbone trained from scratch.
+
+    keras.applications uses 0.99-0.999, tuned for ImageNet's millions of steps; on a few hundred
+    steps the moving statistics barely leave their initial values and inference-mode predictions
+    collapse to one class while training accuracy climbs. Returns the number of layers changed.
+    """
+    import keras
+
+    n = 0
+    for layer in backbone.layers:
+        if isinstance(layer, keras.layers.BatchNormalization) and layer.momentum > momentum:
+            layer.momentum = momentum
+            n += 1
+    return n

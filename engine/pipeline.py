@@ -170,7 +170,10 @@ def _evaluate_and_store(ctx: RunContext, res: BackboneResult, model, size: int) 
     x_va = ctx.cache.load(ds.val, size, "validation")
     p_va = predict(model, x_va, tta_flip=tta)
     val = classification_metrics(ds.labels("val"), p_va, ds.class_names)
-    res.validation = {"accuracy": round(val.accuracy, 6), "macro_f1": round(val.macro_f1, 6)}
+    from sklearn.metrics import log_loss
+
+    res.validation = {"accuracy": round(val.accuracy, 6), "macro_f1": round(val.macro_f1, 6),
+                      "log_loss": round(float(log_loss(ds.labels("val"), p_va, labels=range(len(ds.class_names)))), 6)}
     x_te = ctx.cache.load(ds.test, size, "test")
     p_te = predict(model, x_te, tta_flip=tta)
     y_te = ds.labels("test")
@@ -229,6 +232,8 @@ def train_backbone(ctx: RunContext, cfg, fine_tune_cfg=None) -> list[BackboneRes
         res.preprocessing = loaded.preprocessing
         if loaded.random_init and cfg.weights != "none":
             ctx.echo(f"warning: {cfg.name}: {loaded.note}")
+        if loaded.random_init:
+            bb.converge_batchnorm(loaded.model)
         model = bb.build_classifier(loaded.model, loaded.preprocessing, cfg.input_size, len(ds.class_names),
                                     m.training.head_units, m.training.dropout, seed)
         x_tr = ctx.cache.load(ds.train, cfg.input_size, "training")
@@ -310,7 +315,9 @@ def select_best(entries: list[dict]) -> dict | None:
     ok = [e for e in entries if e.get("status") == "ok" and e.get("validation")]
     if not ok:
         return None
-    best = max(ok, key=lambda e: (e["validation"]["macro_f1"], e["validation"]["accuracy"]))
+    # ties (common when validation is easy) go to the better-calibrated model: lower log loss
+    best = max(ok, key=lambda e: (e["validation"]["macro_f1"], e["validation"]["accuracy"],
+                                  -e["validation"].get("log_loss", 0.0)))
     return {"name": best["name"], "selected_by": "validation macro_f1"}
 
 

@@ -65,15 +65,15 @@ def phantom(label: str, size: int, rng: np.random.Generator) -> tuple[np.ndarray
     if label != "no_tumor":
         if label == "glioma":
             side = rng.choice([-1, 1])
-            ty, tx = cy + rng.uniform(-0.22, 0.05), cx + side * rng.uniform(0.12, 0.2)
-            rad = rng.uniform(0.09, 0.13)
+            ty, tx = cy + rng.uniform(-0.2, 0.05), cx + side * rng.uniform(0.12, 0.17)
+            rad = rng.uniform(0.12, 0.16)
         elif label == "meningioma":
             ang = rng.uniform(-np.pi * 0.9, -np.pi * 0.1)  # upper convexity
-            rad = rng.uniform(0.07, 0.10)
+            rad = rng.uniform(0.10, 0.13)
             ty, tx = cy + (ry - rad) * 0.92 * np.sin(ang), cx + (rx - rad) * 0.92 * np.cos(ang)
         else:  # pituitary
-            ty, tx = cy + rng.uniform(0.16, 0.22), cx + rng.uniform(-0.02, 0.02)
-            rad = rng.uniform(0.045, 0.06)
+            ty, tx = cy + rng.uniform(0.15, 0.2), cx + rng.uniform(-0.02, 0.02)
+            rad = rng.uniform(0.065, 0.08)
         # irregular outline for gliomas, round otherwise
         theta = np.arctan2(yy - ty, xx - tx)
         wobble = 1.0 + (0.25 * np.sin(3 * theta + rng.uniform(0, 6)) if label == "glioma" else 0.0)

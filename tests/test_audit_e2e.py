@@ -70,9 +70,9 @@ name = "broken"
 file = "bad.keras"
 input_size = 64
 [gradcam]
-enabled = false
+images_per_class = 1
 [report]
-formats = []
+formats = ["html", "pdf"]
 """)
     result = CliRunner().invoke(main, [str(manifest), "--output-dir", str(tmp / "out"), "--run-id", "r1", "--quiet"])
     return tmp, result
@@ -130,3 +130,58 @@ def test_keras_file_backbone_lite0(tmp_path):
     x = np.random.default_rng(0).uniform(0, 255, (2, 64, 64, 3)).astype("float32")
     p = model.predict(x, verbose=0)
     assert np.allclose(p.sum(1), 1, atol=1e-5)
+
+
+def test_report_is_accessible_and_complete(smoke_run):
+    from html.parser import HTMLParser
+
+    tmp, _ = smoke_run
+    run = tmp / "out" / "e2e" / "r1"
+    html = (run / "report.html").read_text()
+
+    class Imgs(HTMLParser):
+        alts: list = []
+
+        def handle_starttag(self, tag, attrs):
+            if tag == "img":
+                self.alts.append(dict(attrs).get("alt", ""))
+
+    parser = Imgs()
+    parser.feed(html)
+    assert len(parser.alts) >= 4 and all(a.strip() for a in parser.alts)
+    results = json.loads((run / "results.json").read_text())
+    ok = next(b for b in results["backbones"] if b["status"] == "ok")
+    assert ok["gradcam"]["items"] and ok["gradcam"]["pointing_game"]["total"] > 0
+    for item in ok["gradcam"]["items"]:
+        assert all((run / f).is_file() for f in item["files"].values())
+    assert "Grad-CAM" in html and ok["display_name"] in html
+    assert (run / "report.pdf").read_bytes().startswith(b"%PDF")
+    import shutil
+    import subprocess
+
+    if shutil.which("pdfinfo"):
+        info = subprocess.run(["pdfinfo", str(run / "report.pdf")], capture_output=True, text=True).stdout
+        assert "Tagged:          yes" in info
+    if shutil.which("pdftotext"):
+        text = subprocess.run(["pdftotext", str(run / "report.pdf"), "-"], capture_output=True, text=True).stdout
+        assert "Confusion" in text and "Grad-CAM" in text and ok["display_name"] in text
+
+
+def test_render_reproduces_report_without_models(smoke_run, tmp_path):
+    import shutil
+    import subprocess
+    import sys
+
+    tmp, _ = smoke_run
+    copy = tmp_path / "copied-run"
+    shutil.copytree(tmp / "out" / "e2e" / "r1", copy)
+    shutil.rmtree(copy / "models")
+    (copy / "report.html").unlink()
+    (copy / "report.pdf").unlink()
+    # a fresh interpreter, so we can see that rendering never imports TensorFlow
+    code = ("import sys; from engine.cli import main; sys.argv=['auditrun','render',sys.argv[1]];"
+            "\ntry:\n main()\nexcept SystemExit as e:\n assert not e.code, e.code\n"
+            "assert 'tensorflow' not in sys.modules, 'render imported tensorflow'")
+    proc = subprocess.run([sys.executable, "-c", code, str(copy)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert (copy / "report.html").is_file() and (copy / "report.pdf").is_file()
