@@ -185,3 +185,33 @@ def test_render_reproduces_report_without_models(smoke_run, tmp_path):
     proc = subprocess.run([sys.executable, "-c", code, str(copy)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert (copy / "report.html").is_file() and (copy / "report.pdf").is_file()
+
+
+def test_evaluate_external_folder_with_boxes(smoke_run, tmp_path):
+    """`auditrun evaluate` scores the saved models on another labelled folder, with the pointing game."""
+    from engine.synth import write_dataset
+
+    tmp, _ = smoke_run
+    run = tmp / "out" / "e2e" / "r1"
+    write_dataset(tmp_path / "ext", per_class=8, size=80, seed=99, test_fraction=0.5, kaggle_names=False)
+    folder = tmp_path / "ext" / "Testing"  # glioma/, meningioma/, no_tumor/, pituitary/ + YOLO boxes
+    result = CliRunner().invoke(main, ["evaluate", str(run), "--data", str(folder), "--quiet"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    (b,) = out["backbones"]
+    assert b["n_images"] == 16 and len(b["confusion_matrix"]) == 4
+    assert sum(map(sum, b["confusion_matrix"])) == 16
+    assert {"accuracy", "balanced_accuracy", "macro_f1", "per_class"} <= set(b)
+    assert b["pointing_game"]["total"] == 12  # every tumour image has a box; no_tumor has none
+    stored = json.loads((run / "results.json").read_text())["external"]
+    assert stored[-1]["backbones"][0]["accuracy"] == b["accuracy"]
+    assert CliRunner().invoke(main, ["render", str(run), "--format", "html"]).exit_code == 0
+    assert "External validation" in (run / "report.html").read_text()
+
+
+def test_evaluate_rejects_unknown_backbone(smoke_run, tmp_path):
+    tmp, _ = smoke_run
+    (tmp_path / "glioma").mkdir()
+    result = CliRunner().invoke(main, ["evaluate", str(tmp / "out" / "e2e" / "r1"), "--data", str(tmp_path),
+                                       "--backbone", "nope"])
+    assert result.exit_code == 2 and "nope" in result.output
