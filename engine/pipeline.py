@@ -499,7 +499,7 @@ def render_stage(ctx: RunContext) -> None:
     from engine.report import render_report
 
     with Timer(ctx.echo, "report", ctx.results["timings"], "report_s"):
-        written = render_report(ctx.run_dir, formats)
+        written = render_report(ctx.run_dir, formats, now=ctx.now())  # the run's clock dates the report
     for fmt, path in written.items():
         ctx.echo(f"report: {path}")
 
