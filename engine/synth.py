@@ -72,8 +72,8 @@ def phantom(label: str, size: int, rng: np.random.Generator) -> tuple[np.ndarray
             rad = rng.uniform(0.10, 0.13)
             ty, tx = cy + (ry - rad) * 0.92 * np.sin(ang), cx + (rx - rad) * 0.92 * np.cos(ang)
         else:  # pituitary
-            ty, tx = cy + rng.uniform(0.15, 0.2), cx + rng.uniform(-0.02, 0.02)
-            rad = rng.uniform(0.065, 0.08)
+            ty, tx = cy + rng.uniform(0.13, 0.18), cx + rng.uniform(-0.02, 0.02)
+            rad = rng.uniform(0.085, 0.105)
         # irregular outline for gliomas, round otherwise
         theta = np.arctan2(yy - ty, xx - tx)
         wobble = 1.0 + (0.25 * np.sin(3 * theta + rng.uniform(0, 6)) if label == "glioma" else 0.0)
