@@ -13,6 +13,7 @@ No TensorFlow here; PIL + numpy + imagehash only.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -231,6 +232,27 @@ def fingerprint_files(
     from concurrent.futures import ThreadPoolExecutor
 
     paths = list(paths)
+    total = len(paths)
+    with strict_decoding():
+        return _fingerprint_files(paths, hash_size, cache=cache, progress=progress, workers=workers)
+
+
+@contextlib.contextmanager
+def strict_decoding():
+    """Truncated files must fail to decode during the audit. WeasyPrint sets PIL's global
+    LOAD_TRUNCATED_IMAGES on import, so a report rendered earlier in the same process would
+    otherwise let a broken JPEG pass as a half-grey image."""
+    before = ImageFile.LOAD_TRUNCATED_IMAGES
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    try:
+        yield
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = before
+
+
+def _fingerprint_files(paths: list[Path], hash_size: int, *, cache, progress, workers):
+    from concurrent.futures import ThreadPoolExecutor
+
     total = len(paths)
 
     def one(path: Path) -> ImageFingerprint | UnreadableImage:

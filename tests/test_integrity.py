@@ -263,3 +263,20 @@ def test_real_sartaj_data_has_88_byte_identical_test_copies(request):
     assert block["cross_split_exact_bytes"] == 88
     assert 88 <= block["cross_split_exact"] <= block["cross_split_near"] <= block["n_test"]
     assert block["unreadable"] == []
+
+
+def test_audit_stays_strict_after_weasyprint_import(planted):
+    """WeasyPrint flips PIL's LOAD_TRUNCATED_IMAGES on import; a report rendered earlier in the
+    same process must not let the truncated file pass as readable."""
+    from PIL import ImageFile
+
+    import weasyprint  # noqa: F401
+
+    before = ImageFile.LOAD_TRUNCATED_IMAGES
+    ImageFile.LOAD_TRUNCATED_IMAGES = True
+    try:
+        report = audit(planted["records"], IntegrityConfig())
+        assert Path(planted["truncated"]) in report.unreadable_paths
+        assert ImageFile.LOAD_TRUNCATED_IMAGES is True  # restored for the caller
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = before
