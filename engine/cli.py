@@ -140,7 +140,7 @@ def check_data_cmd(manifest: Path, output_dir, quiet):
         _fail(exc)
     if not quiet:
         click.echo(integrity.summary_text(report), err=True)
-    click.echo(dumps_json({"integrity": report.to_dict(root=m.data.root)}), nl=False)
+    click.echo(dumps_json({"integrity": report.to_dict(root=m.data.root.resolve())}), nl=False)
 
 
 @main.command("evaluate")

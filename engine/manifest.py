@@ -367,7 +367,7 @@ def resolve_data_root(m: Manifest) -> Path:
             f"set {DATA_ROOT_ENV}=/path/to/dataset, or download it with "
             "`auditrun fetch-data DEST` (needs internet and kagglehub; see README)."
         )
-    return root
+    return root.resolve()
 
 
 def loads(text: str, *, base: Path, path: Path | None = None, check_data: bool = True) -> Manifest:

@@ -87,7 +87,7 @@ class Timer:
 
 def prepare_data(ctx: RunContext) -> None:
     m = ctx.manifest
-    root = m.data.root
+    root = m.data.root.resolve()  # records are resolved too; relative paths in results need both
     with Timer(ctx.echo, "data discovery", ctx.results["timings"], "data_s"):
         layout, records = data_mod.discover(
             root, layout=m.data.layout, train_dir=m.data.train_dir, test_dir=m.data.test_dir,
