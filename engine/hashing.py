@@ -229,10 +229,7 @@ def fingerprint_files(
     """Fingerprint every path, in order. A file that cannot be read at all (permissions, vanished)
     becomes ``UnreadableImage`` like a corrupt one. PIL decoding and hashlib release the GIL, so
     a small thread pool uses the cores without pickling images between processes."""
-    from concurrent.futures import ThreadPoolExecutor
-
     paths = list(paths)
-    total = len(paths)
     with strict_decoding():
         return _fingerprint_files(paths, hash_size, cache=cache, progress=progress, workers=workers)
 

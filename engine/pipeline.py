@@ -199,8 +199,6 @@ def _evaluate_and_store(ctx: RunContext, res: BackboneResult, model, size: int) 
 
 
 def _count_params(model) -> dict:
-    import keras
-
     trainable = int(sum(np.prod(w.shape) for w in model.trainable_weights))
     total = int(model.count_params())
     return {"total": total, "trainable": trainable}
