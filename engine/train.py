@@ -87,8 +87,10 @@ def _dataset(x: np.ndarray, y: np.ndarray, batch: int, *, shuffle: bool, seed: i
         ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch)
     if augment is not None:
-        ds = ds.map(lambda a, b: (augment(tf.cast(a, "float32"), training=True), b),
-                    num_parallel_calls=tf.data.AUTOTUNE)
+        # Sequential on purpose: parallel calls draw from the layers' shared random state in
+        # whatever order threads run, so one seed would not give one result. prefetch still
+        # overlaps augmentation with the training step.
+        ds = ds.map(lambda a, b: (augment(tf.cast(a, "float32"), training=True), b))
     else:
         ds = ds.map(lambda a, b: (tf.cast(a, "float32"), b))
     return ds.prefetch(tf.data.AUTOTUNE)
