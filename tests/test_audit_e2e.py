@@ -30,6 +30,17 @@ def tiny_backbone(path: Path, size: int = 64) -> Path:
     return path
 
 
+#: Manifest block for the CNN that ``tiny_backbone`` saves as tiny.keras, trained end to end.
+TINY_BACKBONE_TOML = """
+[[backbones]]
+name = "tiny-cnn"
+file = "tiny.keras"
+preprocessing = "unit"
+input_size = 64
+train_backbone = true
+"""
+
+
 def _backbone_block(tmp: Path) -> str:
     """Lite0 (pretrained, offline file) when present; else a tiny CNN trained from scratch."""
     if LITE0.is_file():
@@ -40,14 +51,7 @@ file = "{LITE0}"
 input_size = 96
 """
     tiny_backbone(tmp / "tiny.keras")
-    return """
-[[backbones]]
-name = "tiny-cnn"
-file = "tiny.keras"
-preprocessing = "unit"
-input_size = 64
-train_backbone = true
-"""
+    return TINY_BACKBONE_TOML
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from engine.cli import main
 
 from conftest import write_manifest
-from test_audit_e2e import tiny_backbone
+from test_audit_e2e import TINY_BACKBONE_TOML, tiny_backbone
 
 
 def _audit(tmp: Path, synth_root: Path, seed: int, run_id: str) -> str:
@@ -25,12 +25,7 @@ epochs = 2
 learning_rate = 0.003
 [training.augmentation]
 enabled = true
-[[backbones]]
-name = "tiny-cnn"
-file = "tiny.keras"
-preprocessing = "unit"
-input_size = 64
-train_backbone = true
+{TINY_BACKBONE_TOML}
 [gradcam]
 enabled = false
 [report]
