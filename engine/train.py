@@ -219,6 +219,25 @@ def train_head(model, x_tr, y_tr, x_va, y_va, *, cfg, seed: int, train_backbone:
     return result
 
 
+def learning_rate_schedule(peak: float, steps_per_epoch: int, epochs: int, schedule: str = "cosine",
+                           warmup_epochs: float = 0.0):
+    """The fine-tuning learning rate: a float (constant) or a keras LearningRateSchedule.
+
+    "cosine" warms up linearly from 0 to ``peak`` over ``warmup_epochs`` and then decays to 0
+    along a cosine by the last step (keras.optimizers.schedules.CosineDecay with warmup).
+    """
+    import keras
+
+    if schedule == "constant":
+        return peak
+    total = max(1, steps_per_epoch * epochs)
+    warm = min(total - 1, int(round(warmup_epochs * steps_per_epoch)))
+    if warm <= 0:
+        return keras.optimizers.schedules.CosineDecay(peak, decay_steps=total)
+    return keras.optimizers.schedules.CosineDecay(0.0, decay_steps=total - warm, warmup_target=peak,
+                                                  warmup_steps=warm)
+
+
 def fine_tune(model, x_tr, y_tr, x_va, y_va, *, cfg, ft, seed: int, label: str, echo=None,
               result: TrainResult | None = None) -> TrainResult:
     """Stage 2: unfreeze the top ``ft.layers`` backbone layers (BatchNorm stays frozen)."""
@@ -227,15 +246,17 @@ def fine_tune(model, x_tr, y_tr, x_va, y_va, *, cfg, ft, seed: int, label: str, 
     result = result or TrainResult()
     n = set_backbone_trainable(model, ft.layers)
     if echo:
-        echo(f"  {label}: fine-tuning {n} backbone layers at lr {ft.learning_rate:g}")
+        how = (f"peak lr {ft.learning_rate:g}, {ft.warmup_epochs:g}-epoch warm-up, cosine decay"
+               if ft.schedule == "cosine" else f"lr {ft.learning_rate:g}")
+        echo(f"  {label}: fine-tuning {n} backbone layers ({how})")
     cw = class_weights(y_tr, model.output_shape[-1], cfg.class_weights)
     aug = augmentation_layers(cfg.augmentation, seed) if cfg.augmentation.enabled else None
-    _compile(model, ft.learning_rate)
+    steps = math.ceil(len(x_tr) / cfg.batch_size)
+    _compile(model, learning_rate_schedule(ft.learning_rate, steps, ft.epochs, ft.schedule, ft.warmup_epochs))
     train_ds = _dataset(x_tr, y_tr, cfg.batch_size, shuffle=True, seed=seed + 7, augment=aug)
     val_ds = _dataset(x_va, y_va, cfg.batch_size, shuffle=False, seed=seed)
     stage = _fit(model, train_ds, val_ds, epochs=ft.epochs, patience=cfg.early_stopping_patience,
-                 class_weight=cw, stage="fine_tune", label=label, steps=math.ceil(len(x_tr) / cfg.batch_size),
-                 echo=echo, history=result.history)
+                 class_weight=cw, stage="fine_tune", label=label, steps=steps, echo=echo, history=result.history)
     result.stages.append(stage)
     return result
 
