@@ -190,6 +190,8 @@ class ImageCache:
                 arr = np.load(file, mmap_mode=None, allow_pickle=False)
                 if arr.shape != (len(paths), size, size, 3):
                     arr = None
+                else:
+                    os.utime(file)  # "last used", which cache retention (prune_cache) goes by
             except (OSError, ValueError):
                 arr = None
         if arr is None:

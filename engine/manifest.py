@@ -82,6 +82,9 @@ class DataConfig:
     test_fraction: float = 0.2
     #: Cache decoded, resized images on disk under <output_dir>/.cache between runs.
     cache: bool = True
+    #: Delete cached image arrays no run has used for this many days (0 keeps them forever).
+    #: A nightly audit would otherwise leave one array per dataset version and input size.
+    cache_max_age_days: int = 30
     synthetic: SyntheticConfig | None = None
 
 
@@ -314,6 +317,7 @@ def _check_ranges(m: Manifest) -> None:
     need(m.evaluation.bootstrap_resamples >= 0, "evaluation.bootstrap_resamples", "must be >= 0")
     need(m.gradcam.images_per_class >= 0, "gradcam.images_per_class", "must be >= 0")
     need(m.experiment.keep_last >= 0, "experiment.keep_last", "must be >= 0")
+    need(m.data.cache_max_age_days >= 0, "data.cache_max_age_days", "must be >= 0")
     need(bool(m.experiment.name.strip()) and "/" not in m.experiment.name, "experiment.name",
          "must be a non-empty name without '/'")
     need(len(m.data.classes) >= 2, "data.classes", "must list at least two classes")

@@ -54,12 +54,21 @@ class RunContext:
     leaked_test: set[Path] = field(default_factory=set)
     # per backbone name: arrays the later stages (explain, calibration, comparisons) need
     outputs: dict[str, dict] = field(default_factory=dict)
+    #: perf_counter() when this process started the run, and seconds an interrupted run had already
+    #: spent; every save records their sum, so a resumed run's wall time counts both parts.
+    clock_start: float | None = None
+    prior_active_s: float = 0.0
+
+    def active_s(self) -> float:
+        return self.prior_active_s + (time.perf_counter() - self.clock_start if self.clock_start else 0.0)
 
     @property
     def class_names(self) -> list[str]:
         return self.dataset.class_names
 
     def save(self) -> None:
+        if "run" in self.results:
+            self.results["run"]["active_s"] = round(self.active_s(), 1)
         write_results(self.run_dir, self.results)
 
 
@@ -385,7 +394,10 @@ def _run_locked(m: Manifest, exp_dir: Path, run_id, echo: Echo, now, resume) -> 
         "best_backbone": None,
         "timings": {},
     }
-    ctx = RunContext(m, run_dir, exp_dir.parent, echo, now, results)
+    ctx = RunContext(m, run_dir, exp_dir.parent, echo, now, results, clock_start=t_run,
+                     prior_active_s=float((previous or {}).get("run", {}).get("active_s") or 0.0))
+    if previous is not None:
+        results["run"]["active_s_before_resume"] = ctx.prior_active_s
     ctx.save()
     echo(f"run directory: {run_dir}")
     prepare_data(ctx)
@@ -430,7 +442,8 @@ def _run_locked(m: Manifest, exp_dir: Path, run_id, echo: Echo, now, resume) -> 
     ok = [e for e in results["backbones"] if e["status"] == "ok"]
     results["run"]["status"] = "ok" if len(ok) == len(results["backbones"]) else ("partial" if ok else "failed")
     results["run"]["finished_at"] = now().isoformat(timespec="seconds")
-    results["run"]["wall_time_s"] = round(time.perf_counter() - t_run, 1)
+    # On --resume: the interrupted part (up to its last save) plus this one.
+    results["run"]["wall_time_s"] = round(ctx.active_s(), 1)
     results["timings"]["total_s"] = results["run"]["wall_time_s"]
     gates = finish_run(ctx, exp_dir)
     return RunOutcome(run_dir, results["run"]["status"], gates)
@@ -471,7 +484,7 @@ def finish_run(ctx: RunContext, exp_dir: Path) -> list:
     """Gates against the previous run, trend, report, then history, latest pointer and retention."""
     from engine import gates as gates_mod
     from engine import history
-    from engine.retention import prune_runs
+    from engine.retention import prune_cache, prune_runs
 
     m, results = ctx.manifest, ctx.results
     run_id = results["run"]["id"]
@@ -487,6 +500,11 @@ def finish_run(ctx: RunContext, exp_dir: Path) -> list:
     protect = {run_id} | ({results["run"]["reused_from"]} if results["run"].get("reused_from") else set())
     for pruned in prune_runs(exp_dir, m.experiment.keep_last, protect):
         ctx.echo(f"retention: removed old run {pruned.name} (keep_last = {m.experiment.keep_last})")
+    if m.data.cache:
+        stale = prune_cache(ctx.output_root / ".cache", m.data.cache_max_age_days)
+        if stale:
+            ctx.echo(f"retention: removed {len(stale)} cached image arrays unused for "
+                     f"{m.data.cache_max_age_days} days")
     return gates
 
 

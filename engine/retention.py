@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import time
 from datetime import datetime
 from pathlib import Path
 
@@ -94,3 +95,27 @@ def _empty_trash(experiment_dir: Path) -> None:
 
 
 __all__ = ["prune_runs", "run_directories"]
+
+
+def prune_cache(cache_dir: Path, max_age_days: int, now: float | None = None) -> list[Path]:
+    """Delete decoded-image arrays (``images-*.npy``, and leftovers of interrupted writes) that no run
+    has used for ``max_age_days``; return what was deleted. 0 keeps everything.
+
+    "Used" is the file's mtime: ``ImageCache`` touches an array whenever a run loads it. Other
+    caches (the integrity fingerprints, one small file per dataset) are left alone.
+    """
+    if max_age_days < 0:
+        raise ValueError(f"max_age_days must be >= 0, got {max_age_days}")
+    cache_dir = Path(cache_dir)
+    if max_age_days == 0 or not cache_dir.is_dir():
+        return []
+    cutoff = (time.time() if now is None else now) - max_age_days * 86400
+    deleted = []
+    for path in sorted(cache_dir.glob("images-*.npy")):
+        try:
+            if path.is_file() and not path.is_symlink() and path.stat().st_mtime < cutoff:
+                path.unlink()
+                deleted.append(path)
+        except OSError as exc:
+            log.warning("could not delete cached images %s: %s", path, exc)
+    return deleted

@@ -410,6 +410,11 @@ def test_resume_takes_over_stale_lock_and_does_not_retrain_finished_backbone(int
     for key, value in before.items():  # the finished entry (history, metrics, timings) is kept as it was
         assert by_name["fast"][key] == value, key
     assert results["run"]["started_at"] == interrupted["killed_results"]["run"]["started_at"]
+    # wall time counts the interrupted part too, not only the resumed one
+    spent_before = interrupted["killed_results"]["run"]["active_s"]
+    assert spent_before >= by_name["fast"]["timings"]["total_s"] * 0.9
+    assert results["run"]["active_s_before_resume"] == spent_before
+    assert results["run"]["wall_time_s"] >= spent_before + by_name["slow"]["timings"]["total_s"] * 0.9
     records = read_history(run_dir.parent)
     assert [r["run_id"] for r in records] == ["r1"] and records[0]["status"] == "ok"
     assert set(records[0]["backbones"]) == {"fast", "slow"}

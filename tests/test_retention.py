@@ -92,3 +92,38 @@ def test_leftover_trash_is_removed_and_negative_n_rejected(exp):
 
 def test_missing_experiment_dir_is_a_no_op(tmp_path):
     assert prune_runs(tmp_path / "none", keep_last=3, protect=set()) == []
+
+
+def test_cache_prune_removes_only_image_arrays_unused_for_max_age(tmp_path):
+    from engine.retention import prune_cache
+
+    cache = tmp_path / ".cache"
+    cache.mkdir()
+    now = 1_800_000_000.0
+    old, fresh = cache / "images-old.npy", cache / "images-fresh.npy"
+    other = cache / "integrity-abc.sqlite"
+    for f, age_days in ((old, 31), (fresh, 29), (other, 400)):
+        f.write_bytes(b"x")
+        os.utime(f, (now - age_days * 86400, now - age_days * 86400))
+    assert prune_cache(cache, 0, now=now) == []  # 0 keeps everything
+    assert prune_cache(cache, 30, now=now) == [old]
+    assert not old.exists() and fresh.exists() and other.exists()
+    assert prune_cache(tmp_path / "missing", 30, now=now) == []
+    with pytest.raises(ValueError):
+        prune_cache(cache, -1)
+
+
+def test_loading_a_cached_array_marks_it_used(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from engine.data import ImageCache, ImageRecord
+
+    img = tmp_path / "a.png"
+    Image.fromarray(np.full((8, 8, 3), 120, np.uint8)).save(img)
+    records = [ImageRecord(path=img, label="glioma", split="train")]
+    ImageCache(tmp_path / "c").load(records, 8)
+    (array,) = (tmp_path / "c").glob("images-*.npy")
+    os.utime(array, (1_000_000_000, 1_000_000_000))
+    ImageCache(tmp_path / "c").load(records, 8)  # a new run: read from disk
+    assert array.stat().st_mtime > 1_000_000_000 + 86400
