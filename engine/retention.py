@@ -94,8 +94,6 @@ def _empty_trash(experiment_dir: Path) -> None:
             shutil.rmtree(p, ignore_errors=True)
 
 
-__all__ = ["prune_runs", "run_directories"]
-
 
 def prune_cache(cache_dir: Path, max_age_days: int, now: float | None = None) -> list[Path]:
     """Delete decoded-image arrays (``images-*.npy``, and leftovers of interrupted writes) that no run
@@ -119,3 +117,6 @@ def prune_cache(cache_dir: Path, max_age_days: int, now: float | None = None) ->
         except OSError as exc:
             log.warning("could not delete cached images %s: %s", path, exc)
     return deleted
+
+
+__all__ = ["prune_cache", "prune_runs", "run_directories"]
