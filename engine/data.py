@@ -172,6 +172,9 @@ class ImageCache:
     Backbones with the same input size share arrays; epochs never re-decode.
     """
 
+    #: Every on-disk array (and an interrupted write's leftover) matches this; retention prunes by it.
+    FILE_GLOB = "images-*.npy"
+
     def __init__(self, cache_dir: Path | None = None, progress: Callable[[str], None] | None = None):
         self.cache_dir = cache_dir
         self._mem: dict[tuple[str, int], np.ndarray] = {}
@@ -184,7 +187,7 @@ class ImageCache:
         if (key, size) in self._mem:
             return self._mem[(key, size)]
         arr = None
-        file = self.cache_dir / f"images-{key}.npy" if self.cache_dir else None
+        file = self.cache_dir / self.FILE_GLOB.replace("*", key) if self.cache_dir else None
         if file is not None and file.is_file():
             try:
                 arr = np.load(file, mmap_mode=None, allow_pickle=False)

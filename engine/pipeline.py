@@ -60,7 +60,7 @@ class RunContext:
     prior_active_s: float = 0.0
 
     def active_s(self) -> float:
-        return self.prior_active_s + (time.perf_counter() - self.clock_start if self.clock_start else 0.0)
+        return self.prior_active_s + (time.perf_counter() - self.clock_start if self.clock_start is not None else 0.0)
 
     @property
     def class_names(self) -> list[str]:

@@ -109,7 +109,9 @@ def prune_cache(cache_dir: Path, max_age_days: int, now: float | None = None) ->
         return []
     cutoff = (time.time() if now is None else now) - max_age_days * 86400
     deleted = []
-    for path in sorted(cache_dir.glob("images-*.npy")):
+    from engine.data import ImageCache
+
+    for path in sorted(cache_dir.glob(ImageCache.FILE_GLOB)):
         try:
             if path.is_file() and not path.is_symlink() and path.stat().st_mtime < cutoff:
                 path.unlink()
