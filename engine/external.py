@@ -100,7 +100,9 @@ def evaluate_external(run_dir: Path, data: Path, backbone: str | None = None, *,
                  "per_class": m["per_class"], "confusion_matrix": m["confusion_matrix"], "n_images": m["n_images"]}
         if boxed:
             idx = np.array(boxed)
-            maps = gradcam_heatmaps(model, x[idx].astype("float32"), y[idx])
+            # the layer the run's own Grad-CAM used (a manifest may name one), else the automatic one
+            layer = (e.get("gradcam") or {}).get("layer")
+            maps = gradcam_heatmaps(model, x[idx].astype("float32"), y[idx], layer=layer)
             block["pointing_game"] = pointing_game([heatmap_stats(h, boxes[i]) for h, i in zip(maps, idx)])
         out.append(block)
         echo(f"{e['name']}: accuracy {m['accuracy']:.3f}, balanced accuracy {m['balanced_accuracy']:.3f}, "

@@ -230,10 +230,7 @@ def explain_backbone(model, images: np.ndarray, y_true, probs: np.ndarray, paths
 
     gallery = select_gallery(y_true, y_pred, paths, class_names, n_per_class, seed)
     boxes = [gradcam.read_yolo_boxes(p) for p in paths]
-    boxed = [i for i in range(len(paths)) if boxes[i]]
-    if len(boxed) > pointing_max_images:
-        rng = np.random.default_rng([int(seed), 7])
-        boxed = sorted(rng.choice(boxed, size=pointing_max_images, replace=False).tolist())
+    boxed = _boxed_sample(boxes, seed, pointing_max_images)
 
     # One Grad-CAM pass over the unique (image, class) pairs both uses need.
     jobs = sorted({(i, int(y_pred[i])) for i in gallery} | {(i, int(y_true[i])) for i in boxed})
@@ -267,11 +264,51 @@ def explain_backbone(model, images: np.ndarray, y_true, probs: np.ndarray, paths
             "files": {kind: _relpath(out_dir / name, run_dir) for kind, name in files.items()},
         })
 
-    game = gradcam.pointing_game([stats[(i, int(y_true[i]))] for i in boxed])
+    game = _game({i: stats[(i, int(y_true[i]))] for i in boxed}, y_true, class_names)
+    return {"layer": target, "images_per_class": int(n_per_class), "items": items, "pointing_game": game}
+
+
+def _boxed_sample(boxes: Sequence[list], seed: int, max_images: int) -> list[int]:
+    """Indices of the images with a box; a seeded sample of ``max_images`` when there are more."""
+    boxed = [i for i in range(len(boxes)) if boxes[i]]
+    if len(boxed) > max_images:
+        rng = np.random.default_rng([int(seed), 7])
+        boxed = sorted(rng.choice(boxed, size=max_images, replace=False).tolist())
+    return boxed
+
+
+def _game(stats_by_index: dict[int, dict], y_true: np.ndarray, class_names: Sequence[str]) -> dict:
+    game = gradcam.pointing_game(list(stats_by_index.values()))
     game["explained_class"] = "true"
     game["per_class"] = {
         class_names[c]: {k: v for k, v in gradcam.pointing_game(
-            [stats[(i, c)] for i in boxed if y_true[i] == c]).items() if k in ("hits", "total", "rate")}
-        for c in sorted({int(y_true[i]) for i in boxed})
+            [s for i, s in stats_by_index.items() if y_true[i] == c]).items() if k in ("hits", "total", "rate")}
+        for c in sorted({int(y_true[i]) for i in stats_by_index})
     }
-    return {"layer": target, "images_per_class": int(n_per_class), "items": items, "pointing_game": game}
+    return game
+
+
+def pointing_game_on(model, images: np.ndarray, y_true, paths: Sequence[str], class_names: Sequence[str],
+                     seed: int, layer: str | None = None, batch_size: int = 16,
+                     max_images: int = POINTING_MAX_IMAGES) -> dict | None:
+    """The pointing game alone (no gallery) on any labelled image set, e.g. the validation split.
+
+    Args:
+        images: (n, H, W, 3) RGB 0..255 at the model input size; y_true: (n,) class indices or
+            names; paths: (n,) image files, boxes read from ``<image>.txt`` beside each.
+
+    Returns the same block as ``explain_backbone``'s ``pointing_game`` (hits, total, rate,
+    chance_rate, explained_class, per_class), or None when no image has a box. Scoring the
+    validation split lets Grad-CAM settings (target layer, input size) be chosen without
+    looking at the test split.
+    """
+    y_true = _class_indices(y_true, class_names, "pointing game y_true")
+    if not len(images) == len(y_true) == len(paths):
+        raise ValueError("images, y_true and paths must have the same length")
+    boxes = [gradcam.read_yolo_boxes(p) for p in paths]
+    boxed = _boxed_sample(boxes, seed, max_images)
+    if not boxed:
+        return None
+    images = np.asarray(images)
+    heat = gradcam.gradcam_heatmaps(model, images[boxed], y_true[boxed], layer=layer, batch_size=batch_size)
+    return _game({i: gradcam.heatmap_stats(hm, boxes[i]) for i, hm in zip(boxed, heat)}, y_true, class_names)

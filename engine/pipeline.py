@@ -576,7 +576,7 @@ def explain_stage(ctx: RunContext, entries: list[dict]) -> None:
     import keras
 
     from engine.backbones import ensure_registered
-    from engine.gallery import explain_backbone
+    from engine.gallery import explain_backbone, pointing_game_on
 
     ensure_registered()
     m, ds = ctx.manifest, ctx.dataset
@@ -593,6 +593,14 @@ def explain_stage(ctx: RunContext, entries: list[dict]) -> None:
                     [str(r.path) for r in ds.test], ds.class_names, ctx.run_dir / "gradcam" / slug(entry["name"]),
                     m.gradcam.images_per_class, m.experiment.seed, layer=layer, data_root=ds.root,
                     run_dir=ctx.run_dir, pointing_max_images=m.gradcam.max_pointing_images)
+                # Boxed validation images score the explanation without the test split, so Grad-CAM
+                # settings (layer, input size) can be tuned on them.
+                val_game = pointing_game_on(
+                    model, ctx.cache.load(ds.val, size, "validation"), ds.labels("val"), [str(r.path) for r in ds.val],
+                    ds.class_names, m.experiment.seed, layer=entry["gradcam"]["layer"],
+                    max_images=m.gradcam.max_pointing_images) if ds.val else None
+                if val_game is not None:
+                    entry["gradcam"]["pointing_game_validation"] = val_game
             except InputError as exc:
                 entry["gradcam"] = {"error": str(exc)}
                 ctx.echo(f"error: Grad-CAM for {entry['name']}: {exc}")

@@ -156,6 +156,11 @@ def test_report_is_accessible_and_complete(smoke_run):
     results = json.loads((run / "results.json").read_text())
     ok = next(b for b in results["backbones"] if b["status"] == "ok")
     assert ok["gradcam"]["items"] and ok["gradcam"]["pointing_game"]["total"] > 0
+    # the validation split is scored too (every tumour image of the phantoms has a box)
+    val_game = ok["gradcam"]["pointing_game_validation"]
+    val_counts = results["data"]["counts"]["val"]
+    assert val_game["total"] == sum(n for c, n in val_counts.items() if c != "no_tumor")
+    assert f"validation split&#39;s boxed images: {val_game['hits']} of {val_game['total']}" in html
     for item in ok["gradcam"]["items"]:
         assert all((run / f).is_file() for f in item["files"].values())
     assert "Grad-CAM" in html and ok["display_name"] in html
@@ -211,6 +216,24 @@ def test_evaluate_external_folder_with_boxes(smoke_run, tmp_path):
     assert stored[-1]["backbones"][0]["accuracy"] == b["accuracy"]
     assert CliRunner().invoke(main, ["render", str(run), "--format", "html"]).exit_code == 0
     assert "External validation" in (run / "report.html").read_text()
+
+
+def test_evaluate_explains_with_the_layer_the_run_used(smoke_run, tmp_path):
+    """The pointing game of `evaluate` uses the Grad-CAM layer recorded in the run, not a default."""
+    import shutil
+
+    from engine.synth import write_dataset
+
+    tmp, _ = smoke_run
+    run = tmp_path / "run"
+    shutil.copytree(tmp / "out" / "e2e" / "r1", run)
+    results = json.loads((run / "results.json").read_text())
+    ok = next(b for b in results["backbones"] if b["status"] == "ok")
+    ok["gradcam"]["layer"] = "no_such_layer"
+    (run / "results.json").write_text(json.dumps(results))
+    write_dataset(tmp_path / "ext", per_class=4, size=64, seed=5, test_fraction=0.5, kaggle_names=False)
+    result = CliRunner().invoke(main, ["evaluate", str(run), "--data", str(tmp_path / "ext" / "Testing"), "--quiet"])
+    assert result.exit_code == 2 and "'no_such_layer' does not exist" in result.output
 
 
 def test_evaluate_rejects_unknown_backbone(smoke_run, tmp_path):

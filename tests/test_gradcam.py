@@ -316,6 +316,23 @@ def test_explain_backbone_block(trained, test_set, tmp_path):
     assert capped["items"] == [] and capped["pointing_game"]["total"] == 5
 
 
+def test_pointing_game_on_matches_the_gallery_block_and_names_no_box(trained, test_set, tmp_path):
+    images, y, boxes = test_set
+    paths = _write_box_files(tmp_path, boxes)
+    probs = trained.predict(images.astype("float32"), verbose=0)
+    block = gallery.explain_backbone(trained, images, y, probs, paths, CLASSES, tmp_path / "g", n_per_class=0, seed=3)
+    alone = gallery.pointing_game_on(trained, images, [CLASSES[i] for i in y], paths, CLASSES, seed=3)
+    assert alone == block["pointing_game"] and alone["rate"] >= 0.8
+    with pytest.raises(InputError, match="'bb_conv3' does not exist"):  # the layer really is passed on
+        gallery.pointing_game_on(trained, images, y, paths, CLASSES, seed=3, layer="bb_conv3")
+    capped = gallery.pointing_game_on(trained, images, y, paths, CLASSES, seed=3, max_images=4)
+    assert capped["total"] == 4 and capped["per_class"]["blob"]["total"] == 4
+    unboxed = [str(tmp_path / "none" / f"{i}.png") for i in range(len(images))]
+    assert gallery.pointing_game_on(trained, images, y, unboxed, CLASSES, seed=3) is None
+    with pytest.raises(ValueError, match="same length"):
+        gallery.pointing_game_on(trained, images[:3], y, paths, CLASSES, seed=3)
+
+
 # ---------------------------------------------------------------- the real Lite0 backbone file
 
 @pytest.mark.skipif(not LITE0.is_file(), reason=f"{LITE0} not present")

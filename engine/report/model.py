@@ -619,6 +619,10 @@ def _gradcam_gallery(backbone: dict) -> GradcamGallery | None:
                     + ").")
     elif pg:
         pointing = "Pointing game: no test image in the gallery had a tumour box, so no hit rate was measured."
+    vg = block.get("pointing_game_validation") or {}
+    if pointing and vg.get("total"):
+        pointing += (f" On the validation split's boxed images: {vg.get('hits')} of {vg.get('total')} "
+                     f"(hit rate {_metric(vg.get('rate'), 2).text}).")
     return GradcamGallery(str(block.get("layer") or "n/a"), block.get("images_per_class"), pointing, rate, items)
 
 
