@@ -94,7 +94,6 @@ def _empty_trash(experiment_dir: Path) -> None:
             shutil.rmtree(p, ignore_errors=True)
 
 
-
 def prune_cache(cache_dir: Path, max_age_days: int, now: float | None = None) -> list[Path]:
     """Delete decoded-image arrays (``images-*.npy``, and leftovers of interrupted writes) that no run
     has used for ``max_age_days``; return what was deleted. 0 keeps everything.
