@@ -159,6 +159,8 @@ class IntegrityConfig:
     fail_on_unreadable: bool = False
     #: Keep near-duplicate groups on one side of the train/validation split.
     group_validation_split: bool = True
+    #: Measure how far leakage-free test images lie from training images of their class (engine.shift).
+    shift: bool = True
 
 
 @dataclass

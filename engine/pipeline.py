@@ -145,6 +145,30 @@ def prepare_data(ctx: RunContext) -> None:
     ctx.echo("data: " + ", ".join(f"{s} {sum(c.values())}" for s, c in counts.items()) + f" images ({layout} layout)")
 
 
+def shift_stage(ctx: RunContext) -> None:
+    """How far the leakage-free test images lie from training images of their class (engine.shift).
+
+    Runs at the first backbone's input size, so the arrays it decodes are the ones its training reuses.
+    """
+    m, ds = ctx.manifest, ctx.dataset
+    if not (m.integrity.enabled and m.integrity.shift and "integrity" in ctx.results and ctx.leaked_test is not None):
+        return
+    from engine.shift import measure_shift
+
+    size = m.backbones[0].input_size
+    with Timer(ctx.echo, "distribution-shift check", ctx.results["timings"], "shift_s"):
+        keep = np.array([r.path not in ctx.leaked_test for r in ds.test])
+        result = measure_shift(
+            ctx.cache.load(ds.train, size, "training"), ds.labels("train"),
+            ctx.cache.load(ds.val, size, "validation"), ds.labels("val"),
+            ctx.cache.load(ds.test, size, "test"), ds.labels("test"), keep, ds.class_names,
+            seed=m.experiment.seed)
+    ctx.results["integrity"]["shift"] = result.to_dict()
+    shifted = [f"{name} {c.auc:.2f}" for name, c in result.per_class.items() if c.auc is not None]
+    if shifted:
+        ctx.echo("shift: leakage-free test vs training, domain AUC (0.5 = alike): " + ", ".join(shifted))
+
+
 # --------------------------------------------------------------------------------------------- backbones
 
 
@@ -401,6 +425,7 @@ def _run_locked(m: Manifest, exp_dir: Path, run_id, echo: Echo, now, resume) -> 
     ctx.save()
     echo(f"run directory: {run_dir}")
     prepare_data(ctx)
+    shift_stage(ctx)
     ctx.save()
 
     done = {e["name"]: e for e in (previous or {}).get("backbones", []) if e.get("status") == "ok"}

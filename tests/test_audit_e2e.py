@@ -112,6 +112,21 @@ def test_results_match_predictions_and_model_learns(smoke_run):
     assert (run / "manifest.toml").is_file()
 
 
+def test_shift_check_finds_no_shift_within_one_generator(smoke_run):
+    from engine.shift import MIN_IMAGES
+
+    tmp, _ = smoke_run
+    run = tmp / "out" / "e2e" / "r1"
+    results = json.loads((run / "results.json").read_text())
+    shift = results["integrity"]["shift"]
+    assert list(shift["per_class"]) == results["data"]["class_names"] and shift["seed"] == 11
+    for entry in shift["per_class"].values():
+        # train and test phantoms come from the same generator: no class may look shifted
+        assert entry["n_test"] >= MIN_IMAGES and 0.0 <= entry["auc"] < 0.8
+        assert entry["control_auc"] is None if entry["n_validation"] < MIN_IMAGES else entry["control_auc"] < 0.8
+    assert "Are the leakage-free test images like the training images?" in (run / "report.html").read_text()
+
+
 def test_failed_backbone_is_recorded_with_its_error(smoke_run):
     tmp, _ = smoke_run
     results = json.loads((tmp / "out" / "e2e" / "r1" / "results.json").read_text())

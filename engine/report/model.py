@@ -235,6 +235,24 @@ class IntegrityView:
     unreadable: list[str]
     unreadable_more: int
     pairs: list[DuplicatePair]
+    shift: ShiftView | None = None
+
+
+@dataclass(frozen=True)
+class ShiftRow:
+    cls: str
+    n_test: int | None
+    auc: str
+    n_validation: int | None
+    control_auc: str
+
+
+@dataclass(frozen=True)
+class ShiftView:
+    """engine.shift's domain-classifier AUCs: leakage-free test vs training, validation as control."""
+    rows: list[ShiftRow]
+    sentence: str
+    method: str
 
 
 @dataclass(frozen=True)
@@ -747,7 +765,54 @@ def _integrity_view(results: dict, class_names: Sequence[str]) -> IntegrityView 
             train_path=train_path, test_path=test_path, how=how,
         ))
     return IntegrityView(shown, leaked, n_test, fraction, leakage_warning(leaked, n_test), lf_rows,
-                         conflicts, conflicts_more, unreadable, unreadable_more, pairs)
+                         conflicts, conflicts_more, unreadable, unreadable_more, pairs,
+                         _shift_view(integrity.get("shift"), class_names))
+
+
+#: Domain AUC from which the report calls a class's leakage-free test images clearly unlike its
+#: training images (0.8: the conventional threshold of "good" discrimination).
+SHIFTED_AUC = 0.8
+
+
+def _shift_view(block: Any, class_names: Sequence[str]) -> ShiftView | None:
+    if not isinstance(block, dict) or not isinstance(block.get("per_class"), dict):
+        return None
+    per_class = block["per_class"]
+    min_images = _count(block.get("min_images"))
+    too_few = f"n/a (fewer than {min_images} images)" if min_images else "n/a"
+    rows, measured, controls = [], [], []
+    for cls in class_names:
+        entry = per_class.get(cls)
+        if not isinstance(entry, dict):
+            continue
+        auc, control = _num(entry.get("auc")), _num(entry.get("control_auc"))
+        n_test = _count(entry.get("n_test"))
+        rows.append(ShiftRow(cls, n_test, f"{auc:.2f}" if auc is not None else too_few,
+                             _count(entry.get("n_validation")), f"{control:.2f}" if control is not None else too_few))
+        if auc is not None:
+            measured.append((cls, auc, n_test))
+        if control is not None:
+            controls.append(control)
+    if not rows:
+        return None
+    control_text = (f"validation images, drawn from the training folder, score {min(controls):.2f}–{max(controls):.2f}"
+                    if controls else "no validation control could be measured")
+    shifted = [(c, a, n) for c, a, n in measured if a >= SHIFTED_AUC]
+    if not measured:
+        sentence = (f"No class has {min_images or 'enough'} or more leakage-free test images, so the distance between "
+                    "test and training images was not measured.")
+    elif shifted:
+        listed = ", ".join(f"{a:.2f} for {c} ({n} images)" for c, a, n in shifted)
+        sentence = (f"The leakage-free test images are not like the training images of their class: a classifier on "
+                    f"simple image descriptors tells them apart with ROC AUC {listed}, where 0.5 would mean "
+                    f"indistinguishable; {control_text}. Validation cannot see this shift, so validation figures do "
+                    "not predict the leakage-free ones; data from another source is the check that can.")
+    else:
+        top = max(measured, key=lambda t: t[1])
+        sentence = (f"A classifier on simple image descriptors tells leakage-free test images from training images of "
+                    f"their class with ROC AUC at most {top[1]:.2f} ({top[0]}), where 0.5 would mean "
+                    f"indistinguishable; {control_text}. No large shift in brightness, contrast or framing was found.")
+    return ShiftView(rows, sentence, str(block.get("method") or "domain classifier"))
 
 
 def tumour_miss_counts(cm: Sequence[Sequence[int]], class_names: Sequence[str],
@@ -936,6 +1001,7 @@ def _provenance(results: dict, manifest_text: str | None, class_names: Sequence[
     timings = results.get("timings") or {}
     timing_rows = [(label, format_duration(timings.get(key))) for key, label in
                    (("data_s", "Data discovery and decoding"), ("integrity_s", "Integrity audit"),
+                    ("shift_s", "Distribution-shift check (decodes the first backbone's images)"),
                     ("total_s", "Whole run")) if key in timings]
     for b in results.get("backbones") or []:
         t = b.get("timings") or {}
