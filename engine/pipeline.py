@@ -66,6 +66,12 @@ class RunContext:
     def class_names(self) -> list[str]:
         return self.dataset.class_names
 
+    def leakage_free_mask(self) -> np.ndarray | None:
+        """(n_test,) bool, True for test images with no copy in training; None without an integrity audit."""
+        if "integrity" not in self.results:
+            return None
+        return np.array([r.path not in self.leaked_test for r in self.dataset.test])
+
     def save(self) -> None:
         if "run" in self.results:
             self.results["run"]["active_s"] = round(self.active_s(), 1)
@@ -151,13 +157,13 @@ def shift_stage(ctx: RunContext) -> None:
     Runs at the first backbone's input size, so the arrays it decodes are the ones its training reuses.
     """
     m, ds = ctx.manifest, ctx.dataset
-    if not (m.integrity.enabled and m.integrity.shift and "integrity" in ctx.results and ctx.leaked_test is not None):
+    keep = ctx.leakage_free_mask()
+    if keep is None or not m.integrity.shift:
         return
     from engine.shift import measure_shift
 
     size = m.backbones[0].input_size
     with Timer(ctx.echo, "distribution-shift check", ctx.results["timings"], "shift_s"):
-        keep = np.array([r.path not in ctx.leaked_test for r in ds.test])
         result = measure_shift(
             ctx.cache.load(ds.train, size, "training"), ds.labels("train"),
             ctx.cache.load(ds.val, size, "validation"), ds.labels("val"),
@@ -211,8 +217,8 @@ def _evaluate_and_store(ctx: RunContext, res: BackboneResult, model, size: int) 
     p_te = predict(model, x_te, tta_flip=tta)
     y_te = ds.labels("test")
     res.test = classification_metrics(y_te, p_te, ds.class_names).to_dict()
-    if ctx.leaked_test is not None and "integrity" in ctx.results:
-        keep = np.array([r.path not in ctx.leaked_test for r in ds.test])
+    keep = ctx.leakage_free_mask()
+    if keep is not None:
         lf = classification_metrics(y_te[keep], p_te[keep], ds.class_names).to_dict() if keep.any() else None
         if lf is not None:
             lf["fraction_of_test"] = round(float(keep.mean()), 6)
@@ -568,7 +574,7 @@ def run_post_stages(ctx: RunContext) -> None:
     m, ds, results = ctx.manifest, ctx.dataset, ctx.results
     ev = m.evaluation
     y_val, y_te = ds.labels("val"), ds.labels("test")
-    keep = np.array([r.path not in ctx.leaked_test for r in ds.test]) if "integrity" in results else None
+    keep = ctx.leakage_free_mask()
     ok = [e for e in results["backbones"] if e["status"] == "ok" and e["name"] in ctx.outputs]
     with Timer(ctx.echo, "calibration and confidence intervals", results["timings"], "statistics_s"):
         for entry in ok:
