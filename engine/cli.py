@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
 
 import click
 
-from engine.errors import AuditrunError, InputError
+from engine.errors import INTERNAL_ERROR_EXIT, AuditrunError, InputError, RunInterrupted
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ banner off stderr
 
@@ -48,13 +49,81 @@ def _fail(exc: AuditrunError) -> None:
     sys.exit(exc.exit_code)
 
 
+def _os_error_message(exc: OSError) -> str:
+    """One line naming the path and the reason, e.g. for a read-only output folder."""
+    reason = exc.strerror or type(exc).__name__
+    if exc.filename is None:
+        return f"file system error: {reason}"
+    where = repr(str(exc.filename))
+    if exc.filename2 is not None:
+        where += f" -> {str(exc.filename2)!r}"
+    return f"cannot use {where}: {reason} (check that the folder exists and is writable)"
+
+
+def _internal_error(exc: BaseException, ctx: click.Context) -> None:
+    """A bug in auditrun: one line for the user, the whole traceback in a file they can send us."""
+    import tempfile
+    import traceback
+
+    saved = getattr(exc, "auditrun_traceback", None)
+    if saved is None:
+        text = "".join(traceback.format_exception(exc))
+        name = f"auditrun-traceback-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}.txt"
+        for folder in (ctx.meta.get("auditrun.output"), tempfile.gettempdir()):
+            if folder is None:
+                continue
+            try:
+                saved = Path(folder) / name
+                saved.write_text(text, encoding="utf-8")
+                break
+            except OSError:
+                saved = None
+    where = f"full traceback in {str(saved)!r}" if saved else "the traceback could not be saved"
+    click.echo(f"auditrun: internal error (a bug in auditrun, not in your input): {type(exc).__name__}: {exc}; "
+               f"{where}. Please report it.", err=True)
+    sys.exit(INTERNAL_ERROR_EXIT)
+
+
+def _closest_command(name: str, commands) -> str | None:
+    import difflib
+
+    match = difflib.get_close_matches(name, list(commands), n=1, cutoff=0.6)
+    return match[0] if match else None
+
+
 class AuditGroup(click.Group):
-    """``auditrun MANIFEST`` (no subcommand name) runs the ``run`` command."""
+    """``auditrun MANIFEST`` (no subcommand name) runs the ``run`` command.
+
+    It is also the one place where errors become exit codes: every command's input and file-system
+    errors exit 2 with one line, a bug exits INTERNAL_ERROR_EXIT, and no traceback reaches stderr.
+    """
 
     def parse_args(self, ctx, args):
         if args and args[0] not in self.commands and not args[0].startswith("-"):
+            # A mistyped command name (``chek-data``) is no manifest: say so instead of running it.
+            guess = _closest_command(args[0], self.commands)
+            if guess is not None and guess != "run" and not Path(args[0]).exists():
+                raise click.UsageError(f"no such command {args[0]!r}; did you mean {guess!r}?", ctx)
             args = ["run", *args]
         return super().parse_args(ctx, args)
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.ClickException, click.Abort, SystemExit):
+            raise
+        except AuditrunError as exc:
+            _fail(exc)
+        except RunInterrupted as exc:
+            click.echo(f"auditrun: {exc}" + (f"; {exc.hint}" if getattr(exc, "hint", None) else ""), err=True)
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("auditrun: interrupted (Ctrl-C)", err=True)
+            sys.exit(128 + signal.SIGINT)
+        except OSError as exc:
+            _fail(InputError(_os_error_message(exc)))
+        except Exception as exc:  # noqa: BLE001 - the last line of defence: never a raw traceback
+            _internal_error(exc, ctx)
 
     def format_usage(self, ctx, formatter):
         formatter.write_usage("auditrun", "MANIFEST [OPTIONS]  |  auditrun COMMAND [ARGS]...")
@@ -71,7 +140,8 @@ def main():
     auditrun render reports/exp/RUN_ID        re-render report.html / report.pdf
     auditrun synth-data data/synth            write a synthetic phantom dataset
 
-    Exit codes: 0 ok, 1 an audit gate failed, 2 usage or input error.
+    Exit codes: 0 ok, 1 an audit gate failed, 2 usage or input error, 70 internal error (a bug),
+    128+N stopped by signal N (130 Ctrl-C, 143 SIGTERM; the run is marked interrupted).
     Set AUDITRUN_DATA_ROOT to point every manifest's data.root elsewhere.
     """
 
@@ -96,19 +166,71 @@ def run_cmd(manifest: Path, output_dir, run_id, resume, junit, quiet):
 
     echo = _Echo(quiet)
     _silence_tensorflow()
-    try:
-        m = manifest_mod.load(manifest)
-        outcome = run_audit(m, output_dir=output_dir, run_id=run_id, echo=echo, resume=resume)
-    except AuditrunError as exc:
-        _fail(exc)
     if junit is not None:
-        write_text(junit, gates_mod.gates_to_junit(outcome.gates, m.experiment.name))
+        _check_writable_file(junit, "--junit")  # before an hour of training, not after
+    m = manifest_mod.load(manifest)
+    click.get_current_context().meta["auditrun.output"] = output_dir or m.experiment.output_dir
+    with _signals_interrupt():
+        outcome = run_audit(m, output_dir=output_dir, run_id=run_id, echo=echo, resume=resume)
+    if outcome.already_finished:
+        click.echo(str(outcome.run_dir))
+        return
     for line in gates_mod.gates_summary_lines(outcome.gates, include_pass=not quiet):
         click.echo(line, err=True)
     click.echo(str(outcome.run_dir))
+    junit_error = None
+    if junit is not None:
+        try:
+            write_text(junit, gates_mod.gates_to_junit(outcome.gates, m.experiment.name))
+        except OSError as exc:
+            junit_error = f"--junit: could not write the gate results: {_os_error_message(exc)}"
     if outcome.gate_failed:
         click.echo("auditrun: audit gate FAILED; the run directory is complete", err=True)
+    if junit_error:
+        click.echo(f"auditrun: error: {junit_error}", err=True)
+    if outcome.gate_failed:
         sys.exit(1)
+    if junit_error:
+        sys.exit(2)
+
+
+def _check_writable_file(path: Path, option: str) -> None:
+    """InputError unless ``path`` can be created or replaced: its folder exists and is writable."""
+    folder = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise InputError(f"{option} {str(path)!r} is a folder; give a file path")
+    if not folder.is_dir():
+        raise InputError(f"{option} {str(path)!r}: folder {str(folder)!r} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise InputError(f"{option} {str(path)!r}: not writable (check the permissions of {str(folder)!r})")
+
+
+class _signals_interrupt:
+    """SIGTERM and SIGINT raise RunInterrupted in the main thread while a run is in progress.
+
+    The pipeline then marks the run interrupted and the lock is released on the way out; the
+    default SIGTERM would kill the process with the run left "running" and the lock held.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __enter__(self):
+        self.previous = {}
+        for signum in self.SIGNALS:
+            try:
+                self.previous[signum] = signal.signal(signum, self._raise)
+            except ValueError:  # not the main thread: leave the defaults
+                pass
+        return self
+
+    @staticmethod
+    def _raise(signum, _frame):
+        raise RunInterrupted(signum)
+
+    def __exit__(self, *exc):
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+        return False
 
 
 @main.command("check-data")
@@ -160,6 +282,7 @@ def evaluate_cmd(run_dir: Path, data: Path, backbone, quiet):
     from engine.external import evaluate_external
 
     _silence_tensorflow()
+    click.get_current_context().meta["auditrun.output"] = run_dir
     try:
         report = evaluate_external(run_dir, data, backbone, echo=_Echo(quiet))
     except AuditrunError as exc:
@@ -193,6 +316,7 @@ def render_cmd(run_dir: Path, formats):
     from engine.report import render_report
     from engine.results import read_results
 
+    click.get_current_context().meta["auditrun.output"] = run_dir
     try:
         read_results(run_dir)
         if not formats:
@@ -220,7 +344,9 @@ def _manifest_formats(run_dir: Path) -> tuple[str, ...]:
 @click.option("--size", default=64, show_default=True, help="Image side in pixels.")
 @click.option("--seed", default=0, show_default=True, help="Random seed.")
 @click.option("--test-fraction", default=0.25, show_default=True, help="Share of each class written to Testing/.")
-def synth_data_cmd(out: Path, per_class: int, size: int, seed: int, test_fraction: float):
+@click.option("--force", is_flag=True,
+              help="Add to a non-empty OUT; only files synth-data wrote there itself (unchanged) are replaced.")
+def synth_data_cmd(out: Path, per_class: int, size: int, seed: int, test_fraction: float, force: bool):
     """Write a synthetic Kaggle-layout dataset of brain-like phantoms to OUT.
 
     glioma, meningioma and pituitary images carry a tumour of their own typical shape and place
@@ -230,7 +356,11 @@ def synth_data_cmd(out: Path, per_class: int, size: int, seed: int, test_fractio
 
     if per_class < 2 or size < 32:
         raise click.BadParameter("need --per-class >= 2 and --size >= 32")
-    counts = write_dataset(out, per_class=per_class, size=size, seed=seed, test_fraction=test_fraction)
+    if not 0.0 < test_fraction < 1.0:
+        raise click.BadParameter("must be between 0 and 1", param_hint="--test-fraction")
+    click.get_current_context().meta["auditrun.output"] = out if out.is_dir() else None
+    counts = write_dataset(out, per_class=per_class, size=size, seed=seed, test_fraction=test_fraction,
+                           force=force)
     click.echo(json.dumps(counts), err=True)
     click.echo(str(out))
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from engine.errors import InputError
+from engine.paths import name_problem
 
 #: Environment variable that overrides ``data.root`` (useful on CI or a cluster where the data
 #: lives elsewhere than the manifest says).
@@ -320,8 +321,12 @@ def _check_ranges(m: Manifest) -> None:
     need(m.gradcam.images_per_class >= 0, "gradcam.images_per_class", "must be >= 0")
     need(m.experiment.keep_last >= 0, "experiment.keep_last", "must be >= 0")
     need(m.data.cache_max_age_days >= 0, "data.cache_max_age_days", "must be >= 0")
-    need(bool(m.experiment.name.strip()) and "/" not in m.experiment.name, "experiment.name",
-         "must be a non-empty name without '/'")
+    # Names that become folder or file names: one checked path component each (engine.paths).
+    for key, name in [("experiment.name", m.experiment.name)] + [
+            (f"data.classes[{i}]", c) for i, c in enumerate(m.data.classes)] + [
+            (f"backbones[{i}].name", b.name) for i, b in enumerate(m.backbones) if b.name]:
+        problem = name_problem(name)
+        need(problem is None, key, f"{problem}, got {name!r}")
     need(len(m.data.classes) >= 2, "data.classes", "must list at least two classes")
     need(len(set(m.data.classes)) == len(m.data.classes), "data.classes", "must not repeat a class")
     for alias, target in m.data.aliases.items():

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import signal
 import time
+import traceback
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -19,8 +21,9 @@ import numpy as np
 
 from engine import data as data_mod
 from engine.atomic import save_keras_model, write_text
-from engine.errors import InputError
+from engine.errors import InputError, RunInterrupted
 from engine.manifest import Manifest, class_aliases, integrity_options
+from engine.paths import child, safe_name
 from engine.results import BackboneResult, WeightsInfo, read_results, write_results
 
 Echo = Callable[[str], None]
@@ -361,11 +364,19 @@ def select_best(entries: list[dict]) -> dict | None:
 # --------------------------------------------------------------------------------------------- run
 
 
+#: Run statuses that --resume leaves alone: the run reached its end (gates, report, history).
+FINISHED_STATUSES = ("ok", "partial")
+#: Where a run keeps the traceback of an internal error (a bug), beside results.json.
+TRACEBACK_FILE = "traceback.txt"
+
+
 @dataclass
 class RunOutcome:
     run_dir: Path
     status: str
     gates: list = field(default_factory=list)
+    #: True when --resume found the run already finished and did nothing.
+    already_finished: bool = False
 
     @property
     def gate_failed(self) -> bool:
@@ -383,7 +394,11 @@ def run_audit(m: Manifest, *, output_dir: Path | None = None, run_id: str | None
     if resume is not None:
         exp_dir = Path(resume).resolve().parent
     else:
-        exp_dir = (Path(output_dir) if output_dir else m.experiment.output_dir) / m.experiment.name
+        output_root = Path(output_dir) if output_dir else m.experiment.output_dir
+        output_root.mkdir(parents=True, exist_ok=True)
+        exp_dir = child(output_root, m.experiment.name, "experiment.name")
+        if run_id is not None:
+            safe_name(run_id, "--run-id")
     exp_dir.mkdir(parents=True, exist_ok=True)
     with experiment_lock(exp_dir, experiment=m.experiment.name):
         return _run_locked(m, exp_dir, run_id, echo, now, resume)
@@ -402,12 +417,13 @@ def _run_locked(m: Manifest, exp_dir: Path, run_id, echo: Echo, now, resume) -> 
         if previous["experiment"].get("manifest_sha256") != manifest_sha:
             raise InputError(f"--resume {str(run_dir)!r}: that run used a different manifest; resume it with the "
                              f"manifest copy in {str(run_dir / 'manifest.toml')!r}")
+        if previous["run"].get("status") in FINISHED_STATUSES:
+            echo(f"run {run_dir.name} already finished (status {previous['run']['status']}); nothing to resume")
+            return RunOutcome(run_dir, previous["run"]["status"], already_finished=True)
         started = datetime.fromisoformat(previous["run"]["started_at"])
     else:
         run_id = run_id or new_run_id(started)
-        if not run_id or "/" in run_id or run_id.startswith("."):
-            raise InputError(f"--run-id {run_id!r} is not a valid folder name")
-        run_dir = exp_dir / run_id
+        run_dir = child(exp_dir, run_id, "--run-id")
         if run_dir.exists():
             raise InputError(f"run directory {str(run_dir)!r} already exists; choose another --run-id "
                              "(or --resume it)")
@@ -430,6 +446,57 @@ def _run_locked(m: Manifest, exp_dir: Path, run_id, echo: Echo, now, resume) -> 
         results["run"]["active_s_before_resume"] = ctx.prior_active_s
     ctx.save()
     echo(f"run directory: {run_dir}")
+    try:
+        return _run_stages(ctx, exp_dir, manifest_sha, previous)
+    except InputError as exc:
+        _record_end(ctx, exp_dir, "failed", str(exc))
+        raise
+    except (RunInterrupted, KeyboardInterrupt) as exc:
+        stop = exc if isinstance(exc, RunInterrupted) else RunInterrupted(signal.SIGINT)
+        ctx.results["run"]["resume_command"] = resume_command(m, run_dir)
+        _record_end(ctx, exp_dir, "interrupted", str(stop))
+        stop.hint = f"run marked interrupted; continue it with: {ctx.results['run']['resume_command']}"
+        if stop is exc:
+            raise
+        raise stop from None
+    except Exception as exc:
+        # A bug, not the user's input: keep the whole traceback where the user will look for it.
+        trace = write_text(run_dir / TRACEBACK_FILE, traceback.format_exc())
+        exc.auditrun_traceback = trace  # type: ignore[attr-defined]
+        _record_end(ctx, exp_dir, "failed", f"internal error {type(exc).__name__}: {exc} "
+                                            f"(traceback in {TRACEBACK_FILE})")
+        raise
+
+
+def resume_command(m: Manifest, run_dir: Path) -> str:
+    """The exact shell command that continues ``run_dir`` (the manifest as the user named it)."""
+    import shlex
+
+    manifest = m.path if m.path is not None else run_dir / "manifest.toml"
+    return f"auditrun {shlex.quote(str(manifest))} --resume {shlex.quote(str(run_dir))}"
+
+
+def _record_end(ctx: RunContext, exp_dir: Path, status: str, error: str) -> None:
+    """Mark a run that stopped early as ``failed`` or ``interrupted``, in results.json and the history.
+
+    Best effort on top of an error already on its way to the user: a second failure here (a full
+    disk, say) must not replace the first.
+    """
+    from engine import history
+
+    run = ctx.results["run"]
+    run.update(status=status, error=error, finished_at=ctx.now().isoformat(timespec="seconds"),
+               wall_time_s=round(ctx.active_s(), 1))
+    try:
+        ctx.save()
+        history.append_record(exp_dir, history.record_from_results(ctx.results))
+    except (OSError, ValueError) as exc:
+        ctx.echo(f"warning: could not record the run as {status}: {exc}")
+
+
+def _run_stages(ctx: RunContext, exp_dir: Path, manifest_sha: str, previous: dict | None) -> RunOutcome:
+    m, echo, results, run_dir = ctx.manifest, ctx.echo, ctx.results, ctx.run_dir
+    now = ctx.now
     prepare_data(ctx)
     shift_stage(ctx)
     ctx.save()
@@ -529,7 +596,7 @@ def finish_run(ctx: RunContext, exp_dir: Path) -> list:
     history.append_record(exp_dir, history.record_from_results(results))
     history.write_latest(exp_dir, run_id)
     protect = {run_id} | ({results["run"]["reused_from"]} if results["run"].get("reused_from") else set())
-    for pruned in prune_runs(exp_dir, m.experiment.keep_last, protect):
+    for pruned in prune_runs(exp_dir, m.experiment.keep_last, protect, experiment=m.experiment.name):
         ctx.echo(f"retention: removed old run {pruned.name} (keep_last = {m.experiment.keep_last})")
     if m.data.cache:
         stale = prune_cache(ctx.output_root / ".cache", m.data.cache_max_age_days)

@@ -1,12 +1,13 @@
 """Retention of old run directories: keep the newest N runs of an experiment, never the history.
 
-A run directory is a direct, non-hidden, non-symlink subfolder of the experiment directory that
-holds ``results.json`` or ``manifest.toml`` (every run copies its manifest first), so a folder a
-user put there, the history file, the lock and the ``latest`` pointer are never candidates. Runs
-are ordered by ``run.started_at`` from results.json, else by the manifest copy's mtime (a run killed
-before writing results), ties broken by name.
+A run directory is one retention can prove is a run of this experiment: a direct, non-hidden,
+non-symlink subfolder of the experiment directory whose ``results.json`` names this experiment
+(``experiment.name``) and the folder itself (``run.id``). Anything else (a folder a user put
+there, a folder that merely holds a ``manifest.toml``, another experiment's run, the history file,
+the lock, the ``latest`` pointer) is never a candidate: retention deletes, so it must not guess.
+Runs are ordered by ``run.started_at``, ties broken by name.
 
-Deletion first renames the run to a hidden ``.trash-<name>`` folder, then removes it: a crash
+Deletion first renames the run to a hidden ``.auditrun-trash-<name>`` folder, then removes it: a crash
 mid-delete leaves no half run that looks whole to ``auditrun history`` or ``--resume``; leftover
 trash from such a crash is removed on the next prune. Call it while holding the experiment lock.
 """
@@ -24,41 +25,52 @@ from engine.history import read_latest
 
 log = logging.getLogger(__name__)
 
-_TRASH_PREFIX = ".trash-"
+#: Specific enough that no folder a user made is mistaken for our half-deleted run.
+_TRASH_PREFIX = ".auditrun-trash-"
 
 
-def run_directories(experiment_dir: Path) -> list[Path]:
-    """Run directories of the experiment, oldest first (see module docstring for the rules)."""
+def run_directories(experiment_dir: Path, experiment: str | None = None) -> list[Path]:
+    """Run directories of ``experiment`` (default: the folder's name), oldest first.
+
+    See the module docstring for what counts as a run.
+    """
     experiment_dir = Path(experiment_dir)
     if not experiment_dir.is_dir():
         return []
-    runs = [p for p in experiment_dir.iterdir()
-            if not p.name.startswith(".") and p.is_dir() and not p.is_symlink()
-            and ((p / "results.json").is_file() or (p / "manifest.toml").is_file())]
-    return sorted(runs, key=lambda p: (_started(p), p.name))
+    experiment = experiment_dir.name if experiment is None else experiment
+    started = {}
+    for p in experiment_dir.iterdir():
+        if p.name.startswith(".") or p.is_symlink() or not p.is_dir():
+            continue
+        stamp = _run_started(p, experiment)
+        if stamp is not None:
+            started[p] = stamp
+    return sorted(started, key=lambda p: (started[p], p.name))
 
 
-def _started(run_dir: Path) -> float:
+def _run_started(run_dir: Path, experiment: str) -> float | None:
+    """The run's start time when ``run_dir/results.json`` proves it a run of ``experiment``, else None."""
+    path = run_dir / "results.json"
     try:
-        stamp = json.loads((run_dir / "results.json").read_text(encoding="utf-8"))["run"]["started_at"]
+        if path.is_symlink():
+            return None
+        results = json.loads(path.read_text(encoding="utf-8"))
+        if results["experiment"]["name"] != experiment or results["run"]["id"] != run_dir.name:
+            return None
+        stamp = results["run"]["started_at"]
         return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        pass
-    for name in ("manifest.toml", "."):
-        try:
-            return (run_dir / name).stat().st_mtime
-        except OSError:
-            continue
-    return 0.0
+        return None
 
 
-def prune_runs(experiment_dir: Path, keep_last: int, protect: set[str] | frozenset[str] = frozenset()) -> list[Path]:
+def prune_runs(experiment_dir: Path, keep_last: int, protect: set[str] | frozenset[str] = frozenset(),
+               experiment: str | None = None) -> list[Path]:
     """Delete the oldest run directories beyond the newest ``keep_last``; return what was deleted.
 
     ``keep_last=0`` keeps everything. Never deleted: the run named in ``latest``, run names in
     ``protect`` (the current run, a run whose models a reused run points at), and anything that is
-    not a run directory (history.jsonl, latest, .lock). The newest N runs are kept whatever they are;
-    protected runs older than those are kept in addition.
+    not a run directory of ``experiment`` (default: the folder's name). The newest N runs are kept
+    whatever they are; protected runs older than those are kept in addition.
     """
     if keep_last < 0:
         raise ValueError(f"keep_last must be >= 0, got {keep_last}")
@@ -70,7 +82,7 @@ def prune_runs(experiment_dir: Path, keep_last: int, protect: set[str] | frozens
     latest = read_latest(experiment_dir)
     if latest:
         keep.add(latest)
-    runs = run_directories(experiment_dir)
+    runs = run_directories(experiment_dir, experiment)
     doomed = [p for p in runs[:max(0, len(runs) - keep_last)] if p.name not in keep]
     deleted = []
     for run_dir in doomed:

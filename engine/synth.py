@@ -15,12 +15,15 @@ the pointing game.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from engine.atomic import write_bytes, write_text
+from engine.errors import InputError
 
 CLASSES = ("glioma", "meningioma", "no_tumor", "pituitary")
 KAGGLE_FOLDERS = {"glioma": "glioma_tumor", "meningioma": "meningioma_tumor",
@@ -93,33 +96,83 @@ def phantom(label: str, size: int, rng: np.random.Generator) -> tuple[np.ndarray
     return (np.clip(img, 0, 1) * 255).astype(np.uint8), box
 
 
+#: Written into OUT: every file write_dataset wrote there, with its SHA-256, so that ``--force``
+#: replaces only our own, unchanged files and never a user's.
+RECORD_FILE = ".auditrun-synth.json"
+
+
 def write_dataset(out: Path, *, per_class: int, size: int = 64, seed: int = 0,
-                  test_fraction: float = 0.25, kaggle_names: bool = True) -> dict[str, dict[str, int]]:
+                  test_fraction: float = 0.25, kaggle_names: bool = True,
+                  force: bool = False) -> dict[str, dict[str, int]]:
     """Write ``out/Training/<class>/`` and ``out/Testing/<class>/`` PNG phantoms with box files.
 
     ``per_class`` images per class are split into training and testing by ``test_fraction``.
-    Returns counts {split: {class: n}}.
+    A non-empty ``out`` is refused unless ``force``; even then a file is only replaced when this
+    function wrote it earlier and nobody changed it since (see RECORD_FILE). Everything is checked
+    before the first byte is written. Returns counts {split: {class: n}}.
     """
+    out = Path(out)
+    files, counts = _generate(per_class=per_class, size=size, seed=seed, test_fraction=test_fraction,
+                              kaggle_names=kaggle_names)
+    record = _check_target(out, files, force)
+    for rel, data in files.items():
+        write_bytes(out / rel, data)
+        record[rel] = hashlib.sha256(data).hexdigest()
+    write_text(out / RECORD_FILE, json.dumps(record, indent=1, sort_keys=True) + "\n")
+    return counts
+
+
+def _generate(*, per_class: int, size: int, seed: int, test_fraction: float,
+              kaggle_names: bool) -> tuple[dict[str, bytes], dict[str, dict[str, int]]]:
+    """The dataset's files in memory ({relative path: bytes}) and its counts."""
     from io import BytesIO
 
     from PIL import Image
 
     rng = np.random.default_rng(seed)
     counts: dict[str, dict[str, int]] = {"Training": {}, "Testing": {}}
+    files: dict[str, bytes] = {}
     n_test = max(1, round(per_class * test_fraction))
     for class_id, label in enumerate(CLASSES):
         folder_name = KAGGLE_FOLDERS[label] if kaggle_names else label
         for i in range(per_class):
             split = "Testing" if i < n_test else "Training"
             img, box = phantom(label, size, rng)
-            folder = out / split / folder_name
-            folder.mkdir(parents=True, exist_ok=True)
             # grey scans stored as 3-channel files, like the real data
             buf = BytesIO()
             Image.fromarray(img).convert("RGB").save(buf, format="PNG")
-            path = folder / f"{label} ({i + 1}).png"
-            write_bytes(path, buf.getvalue())
+            stem = f"{split}/{folder_name}/{label} ({i + 1})"
+            files[f"{stem}.png"] = buf.getvalue()
             if box is not None:
-                write_text(path.with_suffix(".txt"), box.yolo(class_id))
+                files[f"{stem}.txt"] = box.yolo(class_id).encode("utf-8")
             counts[split][label] = counts[split].get(label, 0) + 1
-    return counts
+    return files, counts
+
+
+def _check_target(out: Path, files: dict[str, bytes], force: bool) -> dict[str, str]:
+    """The record of files written earlier; InputError if writing ``files`` could lose a user's file."""
+    if out.exists() and not out.is_dir():
+        raise InputError(f"synth-data: {str(out)!r} exists and is not a folder")
+    entries = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if entries and not force:
+        shown = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
+        raise InputError(f"synth-data: {str(out)!r} is not empty ({len(entries)} entries: {shown}); choose a new "
+                         "or empty folder, or pass --force to add to it (files auditrun did not write are "
+                         "never overwritten)")
+    record: dict[str, str] = {}
+    if (out / RECORD_FILE).is_file():
+        try:
+            loaded = json.loads((out / RECORD_FILE).read_text(encoding="utf-8"))
+            record = {str(k): str(v) for k, v in loaded.items()} if isinstance(loaded, dict) else {}
+        except (OSError, ValueError):
+            record = {}  # unreadable record: treat every existing file as the user's
+    for rel in files:
+        path = out / rel
+        if not path.exists() and not path.is_symlink():
+            continue
+        ours = (path.is_file() and not path.is_symlink() and rel in record
+                and hashlib.sha256(path.read_bytes()).hexdigest() == record[rel])
+        if not ours:
+            raise InputError(f"synth-data: {str(path)!r} already exists and was not written by auditrun "
+                             "(or was changed since); nothing was written. Choose another folder")
+    return record

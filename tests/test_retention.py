@@ -11,17 +11,15 @@ from engine.history import append_record, write_latest
 from engine.retention import prune_runs, run_directories
 
 
-def make_run(exp, name, day, results=True):
+def make_run(exp, name, day, results=True, experiment=None, run_id=None):
     run = exp / name
     (run / "models").mkdir(parents=True)
     (run / "manifest.toml").write_text("[experiment]\n")
     (run / "models" / "a.keras").write_bytes(b"x" * 10)
     if results:
-        (run / "results.json").write_text(json.dumps({"run": {"id": name,
-                                                              "started_at": f"2025-01-{day:02d}T02:00:00Z"}}))
-    else:  # killed before results.json: ordered by the manifest copy's mtime
-        stamp = 1735696800 + day * 86400  # 2025-01-01T02:00Z + day days
-        os.utime(run / "manifest.toml", (stamp, stamp))
+        (run / "results.json").write_text(json.dumps({
+            "experiment": {"name": experiment or exp.name},
+            "run": {"id": run_id or name, "started_at": f"2025-01-{day:02d}T02:00:00Z"}}))
     return run
 
 
@@ -48,7 +46,7 @@ def test_keeps_newest_n_and_never_history_latest_or_foreign(exp):
     assert names(run_directories(exp)) == ["run-a", "run-b"]
     for kept in ("history.jsonl", "latest", ".lock", "notes"):
         assert (exp / kept).exists()
-    assert not [p for p in exp.iterdir() if p.name.startswith(".trash-")]
+    assert not [p for p in exp.iterdir() if "trash" in p.name]
 
 
 def test_keep_last_zero_keeps_everything(exp):
@@ -63,12 +61,28 @@ def test_protected_and_latest_runs_survive_beyond_n(exp):
     assert names(run_directories(exp)) == ["run-a", "run-c", "run-e"]
 
 
-def test_run_without_results_is_ordered_by_manifest_time(tmp_path):
+def test_only_folders_proven_to_be_runs_of_this_experiment_are_deleted(tmp_path):
+    # Retention deletes; a folder it cannot prove is one of this experiment's runs is never touched.
     exp = tmp_path / "exp"
-    make_run(exp, "zz-old-killed", day=1, results=False)
-    make_run(exp, "aa-new", day=9)
-    assert [p.name for p in run_directories(exp)] == ["zz-old-killed", "aa-new"]
-    assert names(prune_runs(exp, keep_last=1, protect=set())) == ["zz-old-killed"]
+    make_run(exp, "zz-no-results", day=1, results=False)          # only a manifest copy
+    make_run(exp, "yy-other-exp", day=1, experiment="other")      # another experiment's run
+    make_run(exp, "xx-copied", day=1, run_id="somewhere-else")    # results.json of another folder
+    (exp / "xx-broken").mkdir()
+    (exp / "xx-broken" / "results.json").write_text("[1, 2]")    # not a results object
+    make_run(exp, "run-old", day=2)
+    make_run(exp, "run-new", day=9)
+    assert [p.name for p in run_directories(exp)] == ["run-old", "run-new"]
+    assert names(prune_runs(exp, keep_last=1, protect=set())) == ["run-old"]
+    for kept in ("zz-no-results", "yy-other-exp", "xx-copied", "xx-broken", "run-new"):
+        assert (exp / kept).is_dir(), kept
+
+
+def test_experiment_name_given_explicitly(tmp_path):
+    exp = tmp_path / "folder"
+    make_run(exp, "a", day=1, experiment="nightly")
+    make_run(exp, "b", day=2, experiment="nightly")
+    assert run_directories(exp) == []  # the folder's name is not the experiment's
+    assert names(prune_runs(exp, keep_last=1, protect=set(), experiment="nightly")) == ["a"]
 
 
 def test_symlinked_run_is_not_followed(tmp_path):
@@ -83,9 +97,11 @@ def test_symlinked_run_is_not_followed(tmp_path):
 
 
 def test_leftover_trash_is_removed_and_negative_n_rejected(exp):
-    (exp / ".trash-run-x" / "models").mkdir(parents=True)
+    (exp / ".auditrun-trash-run-x" / "models").mkdir(parents=True)
+    (exp / ".trash-mine").mkdir()  # a user's hidden folder that only looks like trash
     prune_runs(exp, keep_last=0, protect=set())
-    assert not (exp / ".trash-run-x").exists()
+    assert not (exp / ".auditrun-trash-run-x").exists()
+    assert (exp / ".trash-mine").is_dir()
     with pytest.raises(ValueError):
         prune_runs(exp, keep_last=-1, protect=set())
 

@@ -357,6 +357,21 @@ class Provenance:
     timing_rows: list[tuple[str, str]]
 
 
+def _run_status_warning(run: dict) -> str | None:
+    """First thing a reader sees when the run did not reach its end."""
+    status, error = run.get("status"), run.get("error")
+    because = f" ({error})" if error else ""
+    if status == "failed":
+        return f"This run failed and did not finish{because}. Every section below is incomplete."
+    if status == "interrupted":
+        command = run.get("resume_command")
+        return (f"This run was interrupted{because} and did not finish; every section below is incomplete."
+                + (f" Continue it with: {command}" if command else ""))
+    if status == "running":
+        return "This run had not finished when this report was rendered; every section below is incomplete."
+    return None
+
+
 @dataclass
 class Report:
     title: str
@@ -1056,7 +1071,7 @@ def build_report(results: dict, *, manifest_text: str | None = None, now: dateti
                          f"{row.accuracy.text}, macro-F1 {row.macro_f1.text}"
                          + (f" (leakage-free: accuracy {row.accuracy_lf.text}, macro-F1 {row.macro_f1_lf.text})"
                             if row.macro_f1_lf else "") + ".")
-    warnings = []
+    warnings = [w for w in [_run_status_warning(run)] if w]
     if integrity and integrity.warning:
         warnings.append(integrity.warning)
     if failed:
