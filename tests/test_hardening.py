@@ -276,6 +276,16 @@ def test_resume_of_a_finished_run_does_nothing_and_exits_0(finished):
     assert results.read_bytes() == before
 
 
+def test_evaluate_exits_2_when_its_output_folder_is_a_file(finished, assets):
+    blocker = finished["run"] / "external"
+    blocker.write_text("not a folder")
+    try:
+        result = invoke("evaluate", finished["run"], "--data", assets / "data" / "Testing", "--quiet")
+    finally:
+        blocker.unlink()
+    assert_clean_error(result, 2, "external")
+
+
 # ------------------------------------------------------------------------------------------------
 # 4. synth-data never overwrites a user's file
 
