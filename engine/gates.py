@@ -34,7 +34,8 @@ from typing import Literal, Sequence
 from engine.errors import InputError
 from engine.history import leakage_counts, record_metric
 
-GATE_FAMILIES = ("min_accuracy", "min_macro_f1", "min_recall", "max_macro_f1_drop", "max_leakage_fraction")
+GATE_FAMILIES = ("all_backbones_finished", "min_accuracy", "min_macro_f1", "min_recall", "max_macro_f1_drop",
+                 "max_leakage_fraction")
 STATUSES = ("PASS", "WARN", "FAIL")
 
 #: Metrics from sklearn are exact ratios, but thresholds typed in TOML are decimal: 0.9 must pass 0.9.
@@ -64,6 +65,9 @@ class GatesConfig:
     max_leakage_fraction: float | None = None
     warn_only: list[str] = field(default_factory=list)
     applies_to: Literal["best", "all"] = "best"
+    #: Built in and on by default: a backbone that failed to train, evaluate or explain FAILs the
+    #: run, so a nightly audit whose backbones all crashed can never exit 0.
+    all_backbones_finished: bool = True
 
     def __post_init__(self) -> None:
         def unit(key: str, value: float | None) -> None:
@@ -150,6 +154,27 @@ def _targets(results: dict, config: GatesConfig) -> list[tuple[str | None, dict 
     return [(best, entry, "")]
 
 
+def _all_finished(results: dict, config: GatesConfig) -> GateResult:
+    """PASS when every listed backbone trained, evaluated and explained; else FAIL naming the errors."""
+    entries = results.get("backbones") or []
+    broken = [(b.get("name"), b.get("error") or "no error recorded") for b in entries if b.get("status") != "ok"]
+    broken += [(b.get("name"), f"explanations failed: {b['gradcam']['error']}") for b in entries
+               if b.get("status") == "ok" and isinstance(b.get("gradcam"), dict) and b["gradcam"].get("error")]
+    finished = len(entries) - len({name for name, _ in broken})
+    if not entries:
+        message, ok = "the run has no backbone results", False
+    elif not broken:
+        message, ok = f"all {len(entries)} backbones finished", True
+    else:
+        message, ok = (f"{len(broken)} of {len(entries)} backbones did not finish: "
+                       + "; ".join(f"{name}: {error}" for name, error in broken)), False
+    status = "PASS" if ok else ("WARN" if config.is_warn_only("all_backbones_finished") else "FAIL")
+    if status == "WARN":
+        message += " (warn only)"
+    value = finished / len(entries) if entries else 0.0
+    return GateResult("all_backbones_finished", None, status, value, 1.0, message)
+
+
 def evaluate_gates(results: dict, config: GatesConfig, previous: dict | None) -> list[GateResult]:
     """Evaluate every configured gate on ``results`` (results.json dict, schema version 1).
 
@@ -158,6 +183,8 @@ def evaluate_gates(results: dict, config: GatesConfig, previous: dict | None) ->
     recall per class (manifest order), drop; then the run-level leakage gate.
     """
     out: list[GateResult] = []
+    if config.all_backbones_finished:
+        out.append(_all_finished(results, config))
 
     def judge(name: str, backbone: str | None, value: float | None, threshold: float, ok: bool,
               message: str) -> None:

@@ -291,10 +291,8 @@ def train_backbone(ctx: RunContext, cfg, fine_tune_cfg=None) -> list[BackboneRes
         ft = fine_tune_cfg or cfg.fine_tune
         if ft is not None:
             out.append(fine_tune_entry(ctx, cfg, res, model, ft))
-    except InputError as exc:
-        _fail(ctx, res, str(exc))
     except Exception as exc:  # noqa: BLE001 - one broken backbone must not sink the others
-        _fail(ctx, res, f"{type(exc).__name__}: {exc}")
+        _fail(ctx, res, failure_message(ctx, exc, f"train-{res.name}"))
     return out
 
 
@@ -321,7 +319,7 @@ def fine_tune_entry(ctx: RunContext, cfg, frozen: BackboneResult, model, ft) -> 
         _evaluate_and_store(ctx, res, model, cfg.input_size)
         res.timings["total_s"] = round(time.perf_counter() - t0 + frozen.timings.get("total_s", 0), 2)
     except Exception as exc:  # noqa: BLE001
-        _fail(ctx, res, f"{type(exc).__name__}: {exc}")
+        _fail(ctx, res, failure_message(ctx, exc, f"fine-tune-{res.name}"))
     return res
 
 
@@ -340,9 +338,28 @@ def fine_tune_saved(ctx: RunContext, cfg, frozen_entry: dict, ft) -> BackboneRes
         res = BackboneResult(name=f"{frozen.name}_ft", display_name=f"{frozen.display_name} (fine-tuned)",
                              architecture=frozen.architecture, source=frozen.source, file=frozen.file,
                              input_size=frozen.input_size, fine_tuned_from=frozen.name)
-        _fail(ctx, res, f"cannot reload {frozen.name}: {exc}")
+        _fail(ctx, res, f"cannot reload {frozen.name}: " + failure_message(ctx, exc, f"reload-{frozen.name}"))
         return res
     return fine_tune_entry(ctx, cfg, frozen, model, ft)
+
+
+def failure_message(ctx: RunContext, exc: BaseException, what: str) -> str:
+    """What a per-backbone stage records when ``exc`` stopped it.
+
+    An input or file-system error is the user's to fix and is said as it is; anything else is a
+    bug in auditrun, said as such, with its traceback kept in the run folder for the bug report.
+    """
+    if isinstance(exc, InputError):
+        return str(exc)
+    if isinstance(exc, OSError):
+        return f"{type(exc).__name__}: {exc}"
+    name = f"traceback-{slug(what)}.txt"
+    try:
+        write_text(ctx.run_dir / name, "".join(traceback.format_exception(exc)))
+        where = f"traceback in {name}"
+    except OSError:
+        where = "the traceback could not be saved"
+    return f"internal error (a bug in auditrun) {type(exc).__name__}: {exc} ({where})"
 
 
 def _fail(ctx: RunContext, res: BackboneResult, message: str) -> None:
@@ -699,7 +716,8 @@ def explain_stage(ctx: RunContext, entries: list[dict]) -> None:
                     max_images=m.gradcam.max_pointing_images) if ds.val else None
                 if val_game is not None:
                     entry["gradcam"]["pointing_game_validation"] = val_game
-            except InputError as exc:
-                entry["gradcam"] = {"error": str(exc)}
-                ctx.echo(f"error: Grad-CAM for {entry['name']}: {exc}")
+            except Exception as exc:  # noqa: BLE001 - one failed explanation must not lose the report
+                message = failure_message(ctx, exc, f"gradcam-{entry['name']}")
+                entry["gradcam"] = {"error": message}
+                ctx.echo(f"error: Grad-CAM for {entry['name']}: {message}")
         ctx.save()

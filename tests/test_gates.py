@@ -17,6 +17,11 @@ from engine.gates import (
     overall_status,
 )
 
+def Gates(**kwargs) -> GatesConfig:
+    """A config for the threshold gates alone: the built-in all_backbones_finished gate has its own tests."""
+    return GatesConfig(**{"all_backbones_finished": False, **kwargs})
+
+
 CLASSES = ["glioma", "meningioma", "no_tumor", "pituitary"]
 
 
@@ -50,7 +55,7 @@ def by_label(gates):
 
 def test_thresholds_pass_and_fail_with_value_and_threshold():
     results = run(bb("ResNet50", accuracy=0.93, macro_f1=0.86, recall={"glioma": 0.72}))
-    config = GatesConfig(min_accuracy=0.9, min_macro_f1=0.9, min_recall={"glioma": 0.8, "pituitary": 0.9})
+    config = Gates(min_accuracy=0.9, min_macro_f1=0.9, min_recall={"glioma": 0.8, "pituitary": 0.9})
     gates = by_label(evaluate_gates(results, config, None))
     assert set(gates) == {"min_accuracy[ResNet50]", "min_macro_f1[ResNet50]", "min_recall.glioma[ResNet50]",
                           "min_recall.pituitary[ResNet50]"}
@@ -65,19 +70,19 @@ def test_thresholds_pass_and_fail_with_value_and_threshold():
 
 def test_warn_only_by_exact_name_and_by_family():
     results = run(bb("ResNet50", macro_f1=0.5, recall={"glioma": 0.1, "meningioma": 0.1}))
-    config = GatesConfig(min_macro_f1=0.9, min_recall={"glioma": 0.8, "meningioma": 0.8},
+    config = Gates(min_macro_f1=0.9, min_recall={"glioma": 0.8, "meningioma": 0.8},
                          warn_only=["min_recall.meningioma"])
     gates = by_label(evaluate_gates(results, config, None))
     assert gates["min_recall.meningioma[ResNet50]"].status == "WARN"
     assert gates["min_recall.glioma[ResNet50]"].status == "FAIL"
-    config = GatesConfig(min_macro_f1=0.9, min_recall={"glioma": 0.8}, warn_only=["min_recall", "min_macro_f1"])
+    config = Gates(min_macro_f1=0.9, min_recall={"glioma": 0.8}, warn_only=["min_recall", "min_macro_f1"])
     gates = evaluate_gates(results, config, None)
     assert {g.status for g in gates} == {"WARN"} and overall_status(gates) == "WARN"
 
 
 def test_missing_metric_fails_even_when_warn_only():
     results = run(bb("ResNet50"), bb("VGG16", status="failed"))
-    config = GatesConfig(min_macro_f1=0.5, applies_to="all", warn_only=["min_macro_f1"])
+    config = Gates(min_macro_f1=0.5, applies_to="all", warn_only=["min_macro_f1"])
     gates = by_label(evaluate_gates(results, config, None))
     assert gates["min_macro_f1[ResNet50]"].status == "PASS"
     failed = gates["min_macro_f1[VGG16]"]
@@ -86,7 +91,7 @@ def test_missing_metric_fails_even_when_warn_only():
 
 def test_no_best_backbone_fails_every_configured_gate():
     results = run(bb("VGG16", status="failed"), best=None)
-    gates = evaluate_gates(results, GatesConfig(min_accuracy=0.1, max_macro_f1_drop=0.1), previous(VGG16=0.9))
+    gates = evaluate_gates(results, Gates(min_accuracy=0.1, max_macro_f1_drop=0.1), previous(VGG16=0.9))
     assert [g.status for g in gates] == ["FAIL", "FAIL"]
     assert "no best backbone" in gates[0].message
 
@@ -94,25 +99,25 @@ def test_no_best_backbone_fails_every_configured_gate():
 def test_missing_recall_class_fails():
     results = run(bb("ResNet50"))
     del results["backbones"][0]["test"]["per_class"]["glioma"]
-    (gate,) = evaluate_gates(results, GatesConfig(min_recall={"glioma": 0.1}), None)
+    (gate,) = evaluate_gates(results, Gates(min_recall={"glioma": 0.1}), None)
     assert gate.status == "FAIL" and gate.value is None
 
 
 def test_applies_to_best_ignores_other_backbones():
     results = run(bb("ResNet50", macro_f1=0.95), bb("VGG16", macro_f1=0.2), best="ResNet50")
-    gates = evaluate_gates(results, GatesConfig(min_macro_f1=0.9), None)
+    gates = evaluate_gates(results, Gates(min_macro_f1=0.9), None)
     assert [(g.backbone, g.status) for g in gates] == [("ResNet50", "PASS")]
-    gates = evaluate_gates(results, GatesConfig(min_macro_f1=0.9, applies_to="all"), None)
+    gates = evaluate_gates(results, Gates(min_macro_f1=0.9, applies_to="all"), None)
     assert [(g.backbone, g.status) for g in gates] == [("ResNet50", "PASS"), ("VGG16", "FAIL")]
 
 
 def test_macro_f1_drop_against_previous_run():
     results = run(bb("ResNet50", macro_f1=0.86))
-    config = GatesConfig(max_macro_f1_drop=0.02)
+    config = Gates(max_macro_f1_drop=0.02)
     (gate,) = evaluate_gates(results, config, previous(ResNet50=0.91))
     assert gate.status == "FAIL" and gate.value == pytest.approx(0.05)
     assert "0.910 in run run-1 -> 0.860" in gate.message
-    (gate,) = evaluate_gates(results, GatesConfig(max_macro_f1_drop=0.05), previous(ResNet50=0.91))
+    (gate,) = evaluate_gates(results, Gates(max_macro_f1_drop=0.05), previous(ResNet50=0.91))
     assert gate.status == "PASS"  # a drop equal to the limit is allowed
     (gate,) = evaluate_gates(results, config, previous(ResNet50=0.80))
     assert gate.status == "PASS" and gate.value == pytest.approx(-0.06)
@@ -120,14 +125,14 @@ def test_macro_f1_drop_against_previous_run():
 
 def test_macro_f1_drop_without_baseline_passes_and_says_so():
     results = run(bb("ResNet50"))
-    (gate,) = evaluate_gates(results, GatesConfig(max_macro_f1_drop=0.02), None)
+    (gate,) = evaluate_gates(results, Gates(max_macro_f1_drop=0.02), None)
     assert gate.status == "PASS" and gate.value is None and "no previous run" in gate.message
-    (gate,) = evaluate_gates(results, GatesConfig(max_macro_f1_drop=0.02), previous(Other=0.9))
+    (gate,) = evaluate_gates(results, Gates(max_macro_f1_drop=0.02), previous(Other=0.9))
     assert gate.status == "PASS" and "no previous result" in gate.message
 
 
 def test_leakage_fraction_gate():
-    config = GatesConfig(max_leakage_fraction=0.05)
+    config = Gates(max_leakage_fraction=0.05)
     (gate,) = evaluate_gates(run(bb("ResNet50"), near=13), config, None)
     assert gate.backbone is None and gate.status == "FAIL"
     assert gate.value == pytest.approx(0.13) and "(13 of 100)" in gate.message
@@ -138,7 +143,7 @@ def test_leakage_fraction_gate():
 
 
 def test_no_gates_configured():
-    assert evaluate_gates(run(bb("ResNet50")), GatesConfig(), None) == []
+    assert evaluate_gates(run(bb("ResNet50")), Gates(), None) == []
     assert gates_to_dict([])["summary"]["status"] == "NONE"
     assert gates_summary_lines([]) == ["gates: none configured"]
 
@@ -158,7 +163,7 @@ def test_config_validation_names_the_key(kwargs, key):
 
 def _mixed():
     results = run(bb("ResNet50", macro_f1=0.5, recall={"glioma": 0.1}))
-    config = GatesConfig(min_accuracy=0.5, min_macro_f1=0.9, min_recall={"glioma": 0.8, "pituitary": 0.8},
+    config = Gates(min_accuracy=0.5, min_macro_f1=0.9, min_recall={"glioma": 0.8, "pituitary": 0.8},
                          max_leakage_fraction=0.05, warn_only=["max_leakage_fraction"])
     return evaluate_gates(results, config, None)
 
@@ -183,7 +188,7 @@ def test_junit_xml_counts_and_elements():
 
 def test_junit_escapes_markup_in_names():
     results = run(bb("Res<Net>&50"), best="Res<Net>&50")
-    xml = gates_to_junit(evaluate_gates(results, GatesConfig(min_macro_f1=0.99), None), 'a"b')
+    xml = gates_to_junit(evaluate_gates(results, Gates(min_macro_f1=0.99), None), 'a"b')
     case = ET.fromstring(xml.encode("utf-8")).find("testsuite/testcase")
     assert case.get("name") == "min_macro_f1[Res<Net>&50]"
 
@@ -197,3 +202,34 @@ def test_dict_round_trip_and_summary_lines():
     assert lines[0] == "gates: FAIL (2 failed, 1 warned, 2 passed)"
     assert [line.split()[0] for line in lines[1:]] == ["FAIL", "FAIL", "WARN", "PASS", "PASS"]
     assert len(gates_summary_lines(gates, include_pass=False)) == 4
+
+
+# ------------------------------------------------------------------------------------------------
+# all_backbones_finished: built in, on by default
+
+
+def test_all_backbones_finished_is_on_by_default_and_fails_on_a_failed_backbone():
+    (gate,) = evaluate_gates(run(bb("ResNet50"), bb("VGG16", status="failed")), GatesConfig(), None)
+    assert (gate.name, gate.status, gate.value) == ("all_backbones_finished", "FAIL", 0.5)
+    assert "VGG16: ResourceExhaustedError: OOM" in gate.message
+
+
+def test_all_backbones_finished_passes_when_all_finished_and_fails_with_no_backbones():
+    (gate,) = evaluate_gates(run(bb("ResNet50"), bb("VGG16")), GatesConfig(), None)
+    assert gate.status == "PASS" and gate.value == 1.0
+    (gate,) = evaluate_gates(run(best=None), GatesConfig(), None)
+    assert gate.status == "FAIL"
+
+
+def test_failed_explanations_count_as_an_unfinished_backbone():
+    ok = bb("ResNet50")
+    ok["gradcam"] = {"error": "internal error (a bug in auditrun) ValueError: boom"}
+    (gate,) = evaluate_gates(run(ok), GatesConfig(), None)
+    assert gate.status == "FAIL" and "explanations failed" in gate.message and "boom" in gate.message
+
+
+def test_all_backbones_finished_can_warn_or_be_switched_off():
+    results = run(bb("ResNet50"), bb("VGG16", status="failed"))
+    (gate,) = evaluate_gates(results, GatesConfig(warn_only=["all_backbones_finished"]), None)
+    assert gate.status == "WARN"
+    assert evaluate_gates(results, GatesConfig(all_backbones_finished=False), None) == []

@@ -180,6 +180,8 @@ class GradcamGallery:
     pointing_game: str | None
     pointing_rate: Metric | None
     items: list[GradcamItem]
+    #: Why this backbone has no gallery: the explanation stage failed for it (the run went on).
+    error: str | None = None
 
 
 @dataclass(frozen=True)
@@ -608,6 +610,8 @@ def _gradcam_gallery(backbone: dict) -> GradcamGallery | None:
     block = backbone.get("gradcam")
     if not isinstance(block, dict):
         return None
+    if block.get("error"):
+        return GradcamGallery("n/a", None, None, None, [], error=str(block["error"]))
     name = _display(backbone)
     items = []
     for item in block.get("items") or []:
