@@ -82,10 +82,12 @@ formats = ["html", "pdf"]
     return tmp, result
 
 
-def test_audit_exits_0_and_prints_run_dir_last(smoke_run):
+def test_broken_backbone_fails_the_built_in_gate_and_run_dir_is_printed_last(smoke_run):
     tmp, result = smoke_run
-    assert result.exit_code == 0, result.output
-    assert result.output.strip().splitlines()[-1] == str(tmp / "out" / "e2e" / "r1")
+    # The planted broken.keras must not pass as success: the run completes, then exits 1.
+    assert result.exit_code == 1, result.output
+    assert "FAIL all_backbones_finished" in result.stderr and "broken" in result.stderr
+    assert result.stdout.strip().splitlines()[-1] == str(tmp / "out" / "e2e" / "r1")
 
 
 def test_results_match_predictions_and_model_learns(smoke_run):

@@ -39,8 +39,8 @@ def assets(tmp_path_factory):
 
 
 def manifest(assets: Path, where: Path, *, name: str = "hard", epochs: int = 1, extra: str = "",
-             data: Path | None = None) -> Path:
-    return write_manifest(where / f"{abs(hash((name, epochs, extra)))}.toml", f"""
+             data: Path | None = None, gradcam: bool = False) -> Path:
+    return write_manifest(where / f"{abs(hash((name, epochs, extra, gradcam)))}.toml", f"""
 [experiment]
 name = {json.dumps(name)}
 seed = 3
@@ -57,7 +57,8 @@ preprocessing = "unit"
 input_size = 32
 train_backbone = true
 [gradcam]
-enabled = false
+enabled = {str(gradcam).lower()}
+images_per_class = 1
 [evaluation]
 bootstrap_resamples = 50
 [integrity]
