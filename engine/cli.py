@@ -301,7 +301,11 @@ def history_cmd(experiment_dir: Path, fmt: str):
     path = experiment_dir / "history.jsonl"
     if not path.is_file():
         _fail(InputError(f"{str(path)!r} does not exist: no finished run of this experiment yet"))
-    click.echo(history.history_table(history.read_history(experiment_dir), fmt), nl=False)
+    try:
+        records = history.read_history(experiment_dir, validate=True)
+    except AuditrunError as exc:
+        _fail(exc)
+    click.echo(history.history_table(records, fmt), nl=False)
 
 
 @main.command("render")

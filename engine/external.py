@@ -56,6 +56,12 @@ def evaluate_external(run_dir: Path, data: Path, backbone: str | None = None, *,
                       echo: Callable[[str], None] | None = None, seed: int | None = None,
                       max_pointing: int = 200) -> dict:
     """Score the run's models on ``data``; store and return ``{"data", "backbones": [...]}``."""
+    run_dir, data = Path(run_dir), Path(data)
+    # Before TensorFlow loads: a broken results.json should cost the user no import time.
+    results = read_results(run_dir)
+    if "data" not in results:  # the schema allows it: a run killed during data discovery
+        raise InputError(f"{str(run_dir / 'results.json')!r} has no data block: the run stopped before "
+                         "data discovery, so it has no model to evaluate")
     import keras
 
     from engine.backbones import ensure_registered
@@ -64,8 +70,6 @@ def evaluate_external(run_dir: Path, data: Path, backbone: str | None = None, *,
     from engine.metrics import classification_metrics
 
     echo = echo or (lambda _m: None)
-    run_dir, data = Path(run_dir), Path(data)
-    results = read_results(run_dir)
     class_names = results["data"]["class_names"]
     seed = results["experiment"]["seed"] if seed is None else seed
     entries = [e for e in results["backbones"] if e.get("status") == "ok"]

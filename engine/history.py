@@ -15,7 +15,7 @@ end in one, so a torn fragment can never swallow the next record. Writers are se
 experiment lock (engine.lock); ``latest`` is small and is replaced atomically (tmp + ``os.replace``),
 because a text file survives copies and archives where a symlink does not.
 
-This module is pure Python (json, hashlib, pandas for tables): no TensorFlow.
+This module is pure Python (json, hashlib, jsonschema, pandas for tables): no TensorFlow.
 """
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from engine.atomic import write_text as _write_text
+from engine.errors import InputError
+from engine.results import schema_problem
 
 log = logging.getLogger(__name__)
 
@@ -188,11 +190,16 @@ def append_record(experiment_dir: Path, record: dict) -> Path:
     return path
 
 
-def read_history(experiment_dir: Path) -> list[dict]:
+def read_history(experiment_dir: Path, *, validate: bool = False) -> list[dict]:
     """Records of ``<experiment_dir>/history.jsonl``, oldest first; [] when there is none.
 
     A line that does not decode (a torn write after a crash) is skipped with a warning. When a run
     id appears twice (a resumed run recorded again) its last record wins, at its last position.
+
+    ``validate=True`` (``auditrun history``) checks every decoded line against the shipped
+    history-record schema and raises InputError naming the file, the line and the failing JSON
+    path. A torn write can only leave a prefix of a JSON object, which never decodes, so a line that
+    decodes but does not fit the schema was written wrong, not torn.
     """
     path = _history_path(Path(experiment_dir))
     try:
@@ -205,13 +212,32 @@ def read_history(experiment_dir: Path) -> list[dict]:
             continue
         try:
             record = json.loads(line)
+        except ValueError:
+            log.warning("%s line %d is not a complete history record (torn write?); skipped", path, lineno)
+            continue
+        if validate:
+            validate_record(record, f"{str(path)!r} line {lineno}")
+        try:
             run_id = record["run_id"]
-        except (ValueError, KeyError, TypeError):
+        except (KeyError, TypeError):
             log.warning("%s line %d is not a complete history record (torn write?); skipped", path, lineno)
             continue
         by_id.pop(run_id, None)  # re-insert so a re-recorded run takes its newest position
         by_id[run_id] = record
     return list(by_id.values())
+
+
+def validate_record(record, where: str) -> None:
+    """Raise InputError unless ``record`` is a history record this auditrun reads.
+
+    ``where`` names the record in the message, e.g. ``'reports/baseline/history.jsonl' line 3``.
+    """
+    if isinstance(record, dict) and record.get("schema_version") != RECORD_SCHEMA_VERSION:
+        raise InputError(f"{where}: history record has schema_version {record.get('schema_version')!r}; "
+                         f"this auditrun reads version {RECORD_SCHEMA_VERSION}")
+    problem = schema_problem(record, "history-record")
+    if problem:
+        raise InputError(f"{where} is not a valid auditrun history record: {problem}")
 
 
 def write_latest(experiment_dir: Path, run_id: str) -> Path:
@@ -486,5 +512,5 @@ def _join(items: list[str]) -> str:
 __all__ = [
     "HISTORY_FILE", "LATEST_FILE", "append_record", "dataset_fingerprint", "find_reusable", "history_table",
     "inputs_key", "leakage_counts", "leakage_fraction", "previous_record", "read_history", "read_latest",
-    "record_from_results", "record_metric", "trend", "write_latest",
+    "record_from_results", "record_metric", "trend", "validate_record", "write_latest",
 ]

@@ -7,14 +7,21 @@ gates read. Optional blocks written by later stages (integrity, gradcam, calibra
 
 from __future__ import annotations
 
+import functools
+import importlib.resources
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import ValidationError, best_match
 
 from engine.atomic import write_json
 from engine.errors import InputError
 
+#: Must equal the version in engine/schemas/results.schema.json ($id and schema_version const).
 SCHEMA_VERSION = 1
 
 
@@ -66,18 +73,102 @@ class BackboneResult:
 
 
 def read_results(run_dir: Path) -> dict:
+    """``run_dir/results.json``, checked against the shipped schema; InputError names what is wrong.
+
+    The one reader of results.json for render, evaluate, resume and reuse, so every command rejects
+    a broken file with the same message instead of failing somewhere inside.
+    """
     path = Path(run_dir) / "results.json"
     if not path.is_file():
         raise InputError(f"{str(run_dir)!r} is not a run directory: it has no results.json")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"{str(path)!r} is not valid JSON: {exc}") from None
+    except OSError as exc:
         raise InputError(f"cannot read {str(path)!r}: {exc}") from None
-    if data.get("schema_version") != SCHEMA_VERSION:
+    validate_results(data, path)
+    return data
+
+
+def validate_results(data: Any, path: Path | str) -> None:
+    """Raise InputError unless ``data`` is a results.json document this auditrun reads.
+
+    A different schema_version gets its own message (the file may be fine for another auditrun);
+    anything else names the first failing JSON path, e.g. ``at $.backbones[0].status: 'maybe' is
+    not one of ['ok', 'failed']``.
+    """
+    if isinstance(data, dict) and data.get("schema_version") != SCHEMA_VERSION:
         raise InputError(f"{str(path)!r} has schema_version {data.get('schema_version')!r}; "
                          f"this auditrun reads version {SCHEMA_VERSION}")
-    return data
+    problem = schema_problem(data, "results")
+    if problem:
+        raise InputError(f"{str(path)!r} is not a valid auditrun results file: {problem}")
 
 
 def write_results(run_dir: Path, data: dict) -> Path:
     return write_json(Path(run_dir) / "results.json", data)
+
+
+# ------------------------------------------------------------------------------------------------
+# Shipped JSON Schemas (engine/schemas/*.schema.json, see docs/results-schema.md)
+
+
+def load_schema(name: str) -> dict:
+    """The shipped JSON Schema ``name``: ``"results"`` or ``"history-record"``."""
+    resource = importlib.resources.files("engine") / "schemas" / f"{name}.schema.json"
+    return json.loads(resource.read_text(encoding="utf-8"))
+
+
+@functools.lru_cache(maxsize=None)
+def _validator(name: str) -> Draft202012Validator:
+    return Draft202012Validator(load_schema(name))
+
+
+def schema_problem(instance: Any, name: str) -> str | None:
+    """``"at <JSON path>: <what>"`` for the most relevant way ``instance`` breaks schema ``name``,
+    or None when it is valid."""
+    error = best_match(_validator(name).iter_errors(instance))
+    if error is None:
+        return None
+    return f"at {json_path(error.absolute_path)}: {_describe(error)}"
+
+
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+
+
+def json_path(parts: Iterable[str | int]) -> str:
+    """``$.backbones[0].test['per class']``: the JSONPath of a location in a document."""
+    out = "$"
+    for part in parts:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif _IDENTIFIER.match(part):
+            out += f".{part}"
+        else:
+            out += f"[{part!r}]"
+    return out
+
+
+_SHOWN = 60  # longest instance repr quoted in a message; the message must stay one readable line
+
+
+def _describe(error: ValidationError) -> str:
+    """jsonschema's message, with a large instance (a whole backbone block) summarised."""
+    message = error.message
+    shown = repr(error.instance)
+    if len(shown) > _SHOWN:
+        message = message.replace(shown, _summary(error.instance))
+    message = " ".join(message.split())
+    return message if len(message) <= 300 else message[:297] + "..."
+
+
+def _summary(value: Any) -> str:
+    if isinstance(value, dict):
+        return f"an object with {len(value)} keys"
+    if isinstance(value, list):
+        return f"an array of {len(value)} items"
+    if isinstance(value, str):
+        return f"a string of {len(value)} characters"
+    return repr(value)[:_SHOWN] + "..."
+

@@ -17,7 +17,6 @@ Usage::
 from __future__ import annotations
 
 import base64
-import json
 import logging
 import tomllib
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from engine.atomic import write_bytes, write_text
 from engine.errors import InputError
 from engine.report import figures
 from engine.report.model import Report, TrendView, build_report
+from engine.results import read_results
 
 log = logging.getLogger(__name__)
 
@@ -47,20 +47,9 @@ __all__ = ["FORMATS", "build_report", "load_results", "make_environment", "prepa
 
 
 def load_results(run_dir: Path) -> dict:
-    """Read ``run_dir/results.json``; a clear InputError names the file when it is missing or broken."""
-    path = Path(run_dir) / "results.json"
-    try:
-        results = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(f"{path}: no results.json in the run directory; is {run_dir} a run directory?") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(results, dict) or not isinstance(results.get("backbones"), list):
-        raise InputError(f"{path}: not an auditrun results file (no 'backbones' list)")
-    version = results.get("schema_version")
-    if version not in (None, 1):
-        raise InputError(f"{path}: schema_version {version!r} is not supported by this renderer (expects 1)")
-    return results
+    """``run_dir/results.json``, read and schema-checked by engine.results.read_results (the one
+    reader), so a broken file is an InputError naming the file and the failing JSON path."""
+    return read_results(run_dir)
 
 
 def _manifest(run_dir: Path, results: dict) -> tuple[str | None, dict]:
