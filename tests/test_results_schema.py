@@ -237,7 +237,7 @@ def _record(**changes) -> str:
 @pytest.mark.parametrize("line, where, what", [
     ("[1, 2]", "at $:", "[1, 2] is not of type 'object'"),
     (json.dumps({"schema_version": 1, "status": "ok"}), "at $:", "'run_id' is a required property"),
-    (_record(status="maybe"), "at $.status:", "'maybe' is not one of ['ok', 'partial', 'failed']"),
+    (_record(status="maybe"), "at $.status:", "'maybe' is not one of ['ok', 'partial', 'failed', 'interrupted']"),
     (_record(backbones=[]), "at $.backbones:", "[] is not of type 'object'"),
 ])
 def test_history_rejects_a_bad_record_naming_file_line_and_json_path(tmp_path, line, where, what):
