@@ -107,7 +107,7 @@ def prepare_data(ctx: RunContext) -> None:
         layout, records = data_mod.discover(
             root, layout=m.data.layout, train_dir=m.data.train_dir, test_dir=m.data.test_dir,
             classes=m.data.classes, aliases=class_aliases(m), test_fraction=m.data.test_fraction,
-            seed=m.experiment.seed)
+            seed=m.experiment.seed, validation_fraction=m.data.validation_fraction)
     groups = None
     skipped: list[dict] = []
     if m.integrity.enabled:
@@ -135,7 +135,8 @@ def prepare_data(ctx: RunContext) -> None:
     test = [r for r in records if r.split == "test"]
     if not test:
         raise InputError(f"data root {str(root)!r}: the test split is empty")
-    train, val = data_mod.split_validation(train, m.data.validation_fraction, m.experiment.seed, groups)
+    train, val = data_mod.split_validation(train, m.data.validation_fraction, m.experiment.seed, groups,
+                                           classes=m.data.classes)
     ctx.dataset = data_mod.Dataset(root, layout, list(m.data.classes), train, val, test, skipped)
     from engine.history import dataset_fingerprint
 
