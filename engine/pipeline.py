@@ -174,6 +174,14 @@ def shift_stage(ctx: RunContext) -> None:
     shifted = [f"{name} {c.auc:.2f}" for name, c in result.per_class.items() if c.auc is not None]
     if shifted:
         ctx.echo("shift: leakage-free test vs training, domain AUC (0.5 = alike): " + ", ".join(shifted))
+    unmeasured = [name for name, c in result.per_class.items() if c.auc is None]
+    if unmeasured:
+        ctx.echo(f"shift: not measured for {', '.join(unmeasured)} (fewer than {result.min_images} images on a side; "
+                 "results.json integrity.shift notes say which)")
+    for name, c in result.per_class.items():
+        for note in c.notes:
+            if "not measured" not in note:
+                ctx.echo(f"warning: shift check, {name}: {note}")
 
 
 # --------------------------------------------------------------------------------------------- backbones
