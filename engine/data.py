@@ -286,18 +286,36 @@ class ImageCache:
         return arr
 
 
-def readable(records: Iterable[ImageRecord]) -> tuple[list[ImageRecord], list[dict]]:
-    """Split records into decodable ones and a skipped list with reasons (cheap header check)."""
+def too_small_reason(width: int, height: int, min_size: int) -> str | None:
+    """Why an image of this size is unusable (``integrity.min_image_size``), or None."""
+    if min(width, height) < min_size:
+        return f"image is {width}x{height} px, smaller than integrity.min_image_size = {min_size}"
+    return None
+
+
+def readable(records: Iterable[ImageRecord], min_size: int = 1) -> tuple[list[ImageRecord], list[dict]]:
+    """Split records into decodable ones and a skipped list with reasons (full decode).
+
+    An image narrower or shorter than ``min_size`` pixels is skipped too, with the same reason the
+    integrity audit gives, so a run without the audit trains on the same images.
+    """
     from PIL import Image
 
+    from engine.hashing import strict_decoding
+
     ok, skipped = [], []
-    for r in records:
-        try:
-            if r.path.stat().st_size == 0:
-                raise ValueError("zero-byte file")
-            with Image.open(r.path) as im:
-                im.load()
-            ok.append(r)
-        except Exception as exc:  # noqa: BLE001
-            skipped.append({"path": str(r.path), "reason": str(exc) or type(exc).__name__})
+    with strict_decoding():  # a truncated file must fail here, whatever PIL's global switch says
+        for r in records:
+            try:
+                if r.path.stat().st_size == 0:
+                    raise ValueError("zero-byte file")
+                with Image.open(r.path) as im:
+                    im.load()
+                    small = too_small_reason(im.width, im.height, min_size)
+                if small:
+                    skipped.append({"path": str(r.path), "reason": small})
+                    continue
+                ok.append(r)
+            except Exception as exc:  # noqa: BLE001
+                skipped.append({"path": str(r.path), "reason": str(exc) or type(exc).__name__})
     return ok, skipped

@@ -128,9 +128,9 @@ def prepare_data(ctx: RunContext) -> None:
             groups = integrity.duplicate_groups(records, report)
         ctx.echo(integrity.summary_text(report))
     else:
-        records, skipped = data_mod.readable(records)
+        records, skipped = data_mod.readable(records, min_size=m.integrity.min_image_size)
     for s in skipped:
-        ctx.echo(f"warning: skipped unreadable image {s['path']}: {s['reason']}")
+        ctx.echo(f"warning: skipped image {s['path']}: {s['reason']}")
     train = [r for r in records if r.split == "train"]
     test = [r for r in records if r.split == "test"]
     if not test:

@@ -189,3 +189,23 @@ def test_imagefolder_at_the_minimum_splits_into_all_three(tmp_path):
     tr, va = data.split_validation(train, 0.15, seed=0, classes=CLASSES)
     for split in (tr, va, [r for r in records if r.split == "test"]):
         assert set(Counter(r.label for r in split)) == set(CLASSES)
+
+
+def test_readable_skips_images_below_min_size_like_the_audit(tmp_path):
+    """Without the integrity audit, readable() applies integrity.min_image_size the same way."""
+    from engine.integrity import IntegrityConfig, audit
+
+    recs = []
+    for name, size in (("one.png", (1, 1)), ("eight.png", (8, 8)), ("fine.png", (40, 32))):
+        _img(tmp_path / name, size=size)
+        recs.append(data.ImageRecord(tmp_path / name, "train", "glioma"))
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    recs.append(data.ImageRecord(tmp_path / "broken.png", "train", "glioma"))
+    ok, skipped = data.readable(recs, min_size=32)
+    assert [r.path.name for r in ok] == ["fine.png"]
+    reasons = {Path(s["path"]).name: s["reason"] for s in skipped}
+    assert set(reasons) == {"one.png", "eight.png", "broken.png"}
+    assert reasons["eight.png"] == "image is 8x8 px, smaller than integrity.min_image_size = 32"
+    audited = {u.path.name: u.reason for u in audit(recs, IntegrityConfig(min_image_size=32)).unreadable}
+    assert audited["eight.png"] == reasons["eight.png"] and audited["one.png"] == reasons["one.png"]
+    assert len(data.readable(recs)[0]) == 3  # the default keeps any size: callers pass the manifest's
