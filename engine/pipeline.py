@@ -217,18 +217,26 @@ def _evaluate_and_store(ctx: RunContext, res: BackboneResult, model, size: int) 
     t0 = time.perf_counter()
     x_va = ctx.cache.load(ds.val, size, "validation")
     p_va = predict(model, x_va, tta_flip=tta)
-    val = classification_metrics(ds.labels("val"), p_va, ds.class_names)
     from sklearn.metrics import log_loss
 
-    res.validation = {"accuracy": round(val.accuracy, 6), "macro_f1": round(val.macro_f1, 6),
-                      "log_loss": round(float(log_loss(ds.labels("val"), p_va, labels=range(len(ds.class_names)))), 6)}
+    from engine.sklearn_warnings import hold_back
+
+    # Small splits (a leakage-free subset of one class, say) make sklearn warn about cases the
+    # metrics already handle (absent classes are None, not 0); the warnings add nothing for a reader.
+    with hold_back():
+        val = classification_metrics(ds.labels("val"), p_va, ds.class_names)
+        res.validation = {"accuracy": round(val.accuracy, 6), "macro_f1": round(val.macro_f1, 6),
+                          "log_loss": round(float(log_loss(ds.labels("val"), p_va,
+                                                           labels=range(len(ds.class_names)))), 6)}
     x_te = ctx.cache.load(ds.test, size, "test")
     p_te = predict(model, x_te, tta_flip=tta)
     y_te = ds.labels("test")
-    res.test = classification_metrics(y_te, p_te, ds.class_names).to_dict()
     keep = ctx.leakage_free_mask()
+    with hold_back():
+        res.test = classification_metrics(y_te, p_te, ds.class_names).to_dict()
+        lf = classification_metrics(y_te[keep], p_te[keep], ds.class_names).to_dict() \
+            if keep is not None and keep.any() else None
     if keep is not None:
-        lf = classification_metrics(y_te[keep], p_te[keep], ds.class_names).to_dict() if keep.any() else None
         if lf is not None:
             lf["fraction_of_test"] = round(float(keep.mean()), 6)
         res.extra["leakage_free"] = lf
@@ -578,6 +586,7 @@ def run_post_stages(ctx: RunContext) -> None:
     """Stages that need every backbone's outputs: calibration, uncertainty, comparisons, Grad-CAM."""
     from engine.calibration import calibrate
     from engine.compare import pairwise_mcnemar
+    from engine.sklearn_warnings import hold_back
     from engine.uncertainty import bootstrap_summary
 
     m, ds, results = ctx.manifest, ctx.dataset, ctx.results
@@ -593,12 +602,14 @@ def run_post_stages(ctx: RunContext) -> None:
                                                  ev.ece_bins).to_dict()
             if ev.bootstrap_resamples:
                 pred = out["test_probs"].argmax(1)
-                unc = {"test": bootstrap_summary(y_te, pred, ds.class_names, ev.bootstrap_resamples,
-                                                 seed=m.experiment.seed, confidence=ev.confidence)}
-                if keep is not None and keep.any():
-                    unc["leakage_free"] = bootstrap_summary(y_te[keep], pred[keep], ds.class_names,
-                                                            ev.bootstrap_resamples, seed=m.experiment.seed,
-                                                            confidence=ev.confidence)
+                # its point values come from sklearn; an interval too small to compute says so itself
+                with hold_back():
+                    unc = {"test": bootstrap_summary(y_te, pred, ds.class_names, ev.bootstrap_resamples,
+                                                     seed=m.experiment.seed, confidence=ev.confidence)}
+                    if keep is not None and keep.any():
+                        unc["leakage_free"] = bootstrap_summary(y_te[keep], pred[keep], ds.class_names,
+                                                                ev.bootstrap_resamples, seed=m.experiment.seed,
+                                                                confidence=ev.confidence)
                 entry["uncertainty"] = unc
         if len(ok) >= 2:
             correct = {e["name"]: ctx.outputs[e["name"]]["test_probs"].argmax(1) == y_te for e in ok}
