@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from PIL import Image
 
 from engine.cli import main
 
@@ -144,3 +145,72 @@ def test_bootstrap_leaves_out_the_interval_of_a_one_image_class():
     assert single["accuracy"]["value"] == 1.0 and single["accuracy"]["ci_low"] is None
     assert single["accuracy"]["note"] and single["macro_f1"]["ci_high"] is None
     json.dumps(s, allow_nan=False)
+
+
+# --------------------------------------------------------------------------- auditrun evaluate
+
+
+def _constant_run(run: Path, predicted: int = 0) -> Path:
+    """A run directory whose one model answers class ``predicted`` for every image, fast to build
+    and with predictions known in advance."""
+    import keras
+
+    inp = keras.Input((32, 32, 3))
+    x = keras.layers.GlobalAveragePooling2D()(inp)
+    bias = np.full(len(CLASSES), -5.0, dtype="float32")
+    bias[predicted] = 5.0
+    out = keras.layers.Dense(len(CLASSES), activation="softmax", kernel_initializer="zeros",
+                             bias_initializer=keras.initializers.Constant(bias))(x)
+    (run / "models").mkdir(parents=True)
+    keras.Model(inp, out).save(run / "models" / "constant.keras")
+    (run / "manifest.toml").write_text("[integrity]\nmin_image_size = 32\n")
+    (run / "results.json").write_text(json.dumps({
+        "schema_version": 1, "experiment": {"name": "x", "seed": 0},
+        "data": {"class_names": CLASSES},
+        "backbones": [{"name": "constant", "status": "ok", "input_size": [32, 32],
+                       "artifacts": {"model": "models/constant.keras"}}]}))
+    return run
+
+
+def _external_folder(root: Path) -> Path:
+    """Three good glioma scans, two corrupt files and one 8x8 image."""
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        (root / "glioma").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (48, 48), dtype=np.uint8)).save(root / "glioma" / f"scan {i}.png")
+    (root / "glioma" / "truncated.png").write_bytes((root / "glioma" / "scan 0.png").read_bytes()[:200])
+    (root / "meningioma").mkdir()
+    (root / "meningioma" / "notes.jpg").write_text("not an image")
+    Image.new("L", (8, 8), 90).save(root / "meningioma" / "thumb.png")
+    return root
+
+
+def test_evaluate_skips_and_lists_every_unusable_image_and_scores_the_rest(tmp_path):
+    run = _constant_run(tmp_path / "run")
+    folder = _external_folder(tmp_path / "ext")
+    proc = _cli("evaluate", str(run), "--data", str(folder), "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    reasons = {s["path"]: s["reason"] for s in out["skipped"]}
+    assert set(reasons) == {"glioma/truncated.png", "meningioma/notes.jpg", "meningioma/thumb.png"}
+    assert reasons["meningioma/thumb.png"] == "image is 8x8 px, smaller than integrity.min_image_size = 32"
+    for path in reasons:
+        assert f"auditrun: warning: skipped image {path}: " in proc.stderr  # even with --quiet
+    (b,) = out["backbones"]
+    assert b["n_images"] == 3 and b["accuracy"] == 1.0
+    assert out["counts"] == {"glioma": 3, "meningioma": 0, "no_tumor": 0, "pituitary": 0}
+    stored = json.loads(next((run / "external").glob("ext-*.json")).read_text())
+    assert stored["skipped"] == out["skipped"]
+    assert json.loads((run / "results.json").read_text())["external"][-1]["skipped"] == out["skipped"]
+    # Every evaluated image is glioma and predicted glioma: sklearn warns "A single label was found
+    # in 'y_true' and 'y_pred'" inside the metrics. The terminal must not show it.
+    assert "Warning" not in proc.stderr and "sklearn" not in proc.stderr, proc.stderr
+
+
+def test_evaluate_with_no_usable_image_is_an_input_error(tmp_path):
+    run = _constant_run(tmp_path / "run")
+    (tmp_path / "ext" / "glioma").mkdir(parents=True)
+    Image.new("L", (1, 1)).save(tmp_path / "ext" / "glioma" / "dot.png")
+    result = CliRunner().invoke(main, ["evaluate", str(run), "--data", str(tmp_path / "ext")])
+    assert result.exit_code == 2
+    assert "none of its 1 images can be used; first: glioma/dot.png: image is 1x1 px" in result.output
