@@ -214,3 +214,22 @@ def test_evaluate_with_no_usable_image_is_an_input_error(tmp_path):
     result = CliRunner().invoke(main, ["evaluate", str(run), "--data", str(tmp_path / "ext")])
     assert result.exit_code == 2
     assert "none of its 1 images can be used; first: glioma/dot.png: image is 1x1 px" in result.output
+
+
+def test_hold_back_keeps_sklearn_warnings_and_passes_the_rest_on(recwarn):
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+
+    from engine.sklearn_warnings import hold_back
+
+    with hold_back() as caught:
+        warnings.warn("did not converge", ConvergenceWarning)
+        warnings.warn("did not converge", ConvergenceWarning)  # kept once
+        warnings.warn("not sklearn's business", RuntimeWarning)
+    assert caught == ["ConvergenceWarning: did not converge"]
+    assert [str(w.message) for w in recwarn] == ["not sklearn's business"]
+    with pytest.raises(ValueError), hold_back() as caught:  # an error inside still fills the list
+        warnings.warn("before the error", ConvergenceWarning)
+        raise ValueError
+    assert caught == ["ConvergenceWarning: before the error"]
