@@ -275,8 +275,10 @@ def evaluate_cmd(run_dir: Path, data: Path, backbone, quiet):
     """External validation: run RUN_DIR's saved models on another labelled folder.
 
     Prints {"backbones": [{name, accuracy, balanced_accuracy, macro_f1, per_class,
-    confusion_matrix, n_images[, pointing_game]}]} as JSON on stdout and stores it under
-    RUN_DIR/external/, so `auditrun render RUN_DIR` adds an "External validation" section.
+    confusion_matrix, n_images[, pointing_game]}], "skipped": [{path, reason}]} as JSON on stdout
+    and stores it under RUN_DIR/external/, so `auditrun render RUN_DIR` adds an "External
+    validation" section. Unreadable images and images below the run's integrity.min_image_size
+    are skipped, listed and warned about on stderr; the rest are evaluated.
     """
     from engine.atomic import dumps_json
     from engine.external import evaluate_external
@@ -284,11 +286,13 @@ def evaluate_cmd(run_dir: Path, data: Path, backbone, quiet):
     _silence_tensorflow()
     click.get_current_context().meta["auditrun.output"] = run_dir
     try:
-        report = evaluate_external(run_dir, data, backbone, echo=_Echo(quiet))
+        # skipped images are reported even with --quiet: the figures leave them out
+        report = evaluate_external(run_dir, data, backbone, echo=_Echo(quiet),
+                                   warn=lambda msg: click.echo(f"auditrun: warning: {msg}", err=True))
     except AuditrunError as exc:
         _fail(exc)
-    click.echo(dumps_json({"backbones": report["backbones"], "data": report["data"], "counts": report["counts"]}),
-               nl=False)
+    click.echo(dumps_json({"backbones": report["backbones"], "data": report["data"], "counts": report["counts"],
+                           "skipped": report["skipped"]}), nl=False)
 
 
 @main.command("history")

@@ -7,6 +7,7 @@ stratified, seeded (and, when integrity groups are given, group-preserving) spli
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from collections import Counter
 from dataclasses import dataclass, field
@@ -78,8 +79,14 @@ def detect_layout(root: Path, train_dir: str, test_dir: str) -> str:
 
 
 def discover(root: Path, *, layout: str, train_dir: str, test_dir: str, classes: Sequence[str],
-             aliases: dict[str, str], test_fraction: float, seed: int) -> tuple[str, list[ImageRecord]]:
-    """Find every image and its canonical class. Returns (layout, records with split train/test)."""
+             aliases: dict[str, str], test_fraction: float, seed: int,
+             validation_fraction: float | None = None) -> tuple[str, list[ImageRecord]]:
+    """Find every image and its canonical class. Returns (layout, records with split train/test).
+
+    imagefolder layout: a class too small for the stratified test split (and, when
+    ``validation_fraction`` is given, for the validation split carved later) is an InputError
+    naming the class, its count and the minimum.
+    """
     if layout == "auto":
         layout = detect_layout(root, train_dir, test_dir)
     records: list[ImageRecord] = []
@@ -99,6 +106,8 @@ def discover(root: Path, *, layout: str, train_dir: str, test_dir: str, classes:
         labels = [c for c in sorted(by_class) for _ in by_class[c]]
         if len(paths) < 4:
             raise InputError(f"data root {str(root)!r} holds only {len(paths)} images")
+        _check_test_split_sizes(root, {c: len(by_class[c]) for c in sorted(by_class)}, test_fraction,
+                                validation_fraction)
         tr, te, ytr, yte = train_test_split(paths, labels, test_size=test_fraction, random_state=seed,
                                             stratify=labels)
         records = [ImageRecord(p.resolve(), "train", y) for p, y in zip(tr, ytr)]
@@ -110,16 +119,71 @@ def discover(root: Path, *, layout: str, train_dir: str, test_dir: str, classes:
     return layout, records
 
 
+def min_training_images(validation_fraction: float) -> int:
+    """Training-split images one class needs for a stratified validation split of this fraction:
+    at least one validation image and at least one left to train on."""
+    # A class's share of the validation split is count * fraction; below one image the stratified
+    # split may leave the class out (or sklearn refuses: "n_splits=7 cannot be greater than the
+    # number of members in each class"). The grouped split's round(1/f) folds need no more than
+    # this. The epsilon keeps 1 / 0.2 at 5.
+    return max(2, math.ceil(1.0 / validation_fraction - 1e-9))
+
+
+def min_class_images(test_fraction: float, validation_fraction: float | None = None) -> int:
+    """Images one class needs in the imagefolder layout: one test image at least and, after the
+    stratified test split takes its share, ``min_training_images`` (or one) for training."""
+    need_train = min_training_images(validation_fraction) if validation_fraction else 1
+    n = max(2, math.ceil(1.0 / test_fraction - 1e-9))
+    while n - math.ceil(n * test_fraction - 1e-9) < need_train:
+        n += 1
+    return n
+
+
+def _fraction_hint(key: str, count: int, minimum_of: Callable[[float], int]) -> str:
+    """'; or set KEY to at least F' with the smallest two-decimal F that ``count`` images satisfy."""
+    for hundredths in range(1, 90):
+        if minimum_of(hundredths / 100) <= count:
+            return f" or set {key} to at least {hundredths / 100:g}"
+    return ""
+
+
+def _check_test_split_sizes(root: Path, counts: dict[str, int], test_fraction: float,
+                            validation_fraction: float | None) -> None:
+    need = min_class_images(test_fraction, validation_fraction)
+    keys = "data.test_fraction = " + f"{test_fraction:g}"
+    if validation_fraction:
+        keys += f" and data.validation_fraction = {validation_fraction:g}"
+    for cls, n in counts.items():
+        if n < need:
+            what = "one test image, one validation image and the rest for training" if validation_fraction \
+                else "one test image and one training image"
+            raise InputError(f"data root {str(root)!r}: class {cls!r} has {n} images, fewer than the {need} that "
+                             f"{keys} need per class ({what}); add images to that class")
+
+
 def split_validation(train: Sequence[ImageRecord], fraction: float, seed: int,
-                     groups: dict[Path, int] | None = None) -> tuple[list[ImageRecord], list[ImageRecord]]:
+                     groups: dict[Path, int] | None = None,
+                     classes: Sequence[str] | None = None) -> tuple[list[ImageRecord], list[ImageRecord]]:
     """Stratified, seeded train/validation split; images of one group never straddle it.
 
     With ``groups`` (near-duplicate group id per path) StratifiedGroupKFold keeps each group on
     one side, so no image trains while its copy validates.
+
+    Raises InputError naming the class when a class of ``classes`` (default: the labels present)
+    has fewer than ``min_training_images(fraction)`` images, or the split leaves it without a
+    training or a validation image (possible when its images form few duplicate groups).
     """
     from sklearn.model_selection import StratifiedGroupKFold, train_test_split
 
     labels = [r.label for r in train]
+    count = Counter(labels)
+    need = min_training_images(fraction)
+    for cls in (classes if classes is not None else sorted(count)):
+        if count.get(cls, 0) < need:
+            hint = _fraction_hint("data.validation_fraction", count.get(cls, 0), min_training_images)
+            raise InputError(f"class {cls!r} has {count.get(cls, 0)} training images, fewer than the {need} that "
+                             f"data.validation_fraction = {fraction:g} needs (one validation image, the rest for "
+                             f"training); add images to that class{hint}")
     idx = np.arange(len(train))
     if groups:
         n_splits = max(2, round(1.0 / fraction))
@@ -130,6 +194,17 @@ def split_validation(train: Sequence[ImageRecord], fraction: float, seed: int,
         tr_idx, va_idx = train_test_split(idx, test_size=fraction, random_state=seed, stratify=labels)
     tr = [ImageRecord(train[i].path, "train", train[i].label) for i in sorted(tr_idx)]
     va = [ImageRecord(train[i].path, "val", train[i].label) for i in sorted(va_idx)]
+    n_tr, n_va = Counter(r.label for r in tr), Counter(r.label for r in va)
+    for cls in sorted(count):
+        if not n_tr[cls] or not n_va[cls]:
+            why = ""
+            if groups:
+                n_groups = len({g[i] for i in idx if labels[i] == cls})
+                why = (f": its {count[cls]} images form {n_groups} near-duplicate group(s), and "
+                       "integrity.group_validation_split keeps each group on one side")
+            raise InputError(f"class {cls!r}: the validation split (data.validation_fraction = {fraction:g}) "
+                             f"leaves it {n_tr[cls]} training and {n_va[cls]} validation images{why}; "
+                             "add images to that class")
     return tr, va
 
 
@@ -211,18 +286,36 @@ class ImageCache:
         return arr
 
 
-def readable(records: Iterable[ImageRecord]) -> tuple[list[ImageRecord], list[dict]]:
-    """Split records into decodable ones and a skipped list with reasons (cheap header check)."""
+def too_small_reason(width: int, height: int, min_size: int) -> str | None:
+    """Why an image of this size is unusable (``integrity.min_image_size``), or None."""
+    if min(width, height) < min_size:
+        return f"image is {width}x{height} px, smaller than integrity.min_image_size = {min_size}"
+    return None
+
+
+def readable(records: Iterable[ImageRecord], min_size: int = 1) -> tuple[list[ImageRecord], list[dict]]:
+    """Split records into decodable ones and a skipped list with reasons (full decode).
+
+    An image narrower or shorter than ``min_size`` pixels is skipped too, with the same reason the
+    integrity audit gives, so a run without the audit trains on the same images.
+    """
     from PIL import Image
 
+    from engine.hashing import strict_decoding
+
     ok, skipped = [], []
-    for r in records:
-        try:
-            if r.path.stat().st_size == 0:
-                raise ValueError("zero-byte file")
-            with Image.open(r.path) as im:
-                im.load()
-            ok.append(r)
-        except Exception as exc:  # noqa: BLE001
-            skipped.append({"path": str(r.path), "reason": str(exc) or type(exc).__name__})
+    with strict_decoding():  # a truncated file must fail here, whatever PIL's global switch says
+        for r in records:
+            try:
+                if r.path.stat().st_size == 0:
+                    raise ValueError("zero-byte file")
+                with Image.open(r.path) as im:
+                    im.load()
+                    small = too_small_reason(im.width, im.height, min_size)
+                if small:
+                    skipped.append({"path": str(r.path), "reason": small})
+                    continue
+                ok.append(r)
+            except Exception as exc:  # noqa: BLE001
+                skipped.append({"path": str(r.path), "reason": str(exc) or type(exc).__name__})
     return ok, skipped

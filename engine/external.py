@@ -52,10 +52,50 @@ def _aliases_from_run(run_dir: Path, class_names: list[str]) -> dict[str, str]:
     return mapping
 
 
+def _min_image_size_from_run(run_dir: Path) -> int:
+    """The run's ``integrity.min_image_size``: external images are held to the run's own rule."""
+    import tomllib
+
+    from engine.integrity import IntegrityConfig
+
+    try:
+        raw = tomllib.loads((run_dir / "manifest.toml").read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError):
+        raw = {}
+    value = raw.get("integrity", {}).get("min_image_size", IntegrityConfig.min_image_size)
+    return IntegrityConfig(min_image_size=value).min_image_size  # validated: InputError naming the key
+
+
+def usable_images(folder: Path, paths: list[Path], y: np.ndarray, min_size: int,
+                  warn: Callable[[str], None]) -> tuple[list[Path], np.ndarray, list[dict]]:
+    """Drop unreadable and too-small images, each listed as ``{"path", "reason"}`` (path relative
+    to ``folder``) and warned about; InputError when none is left."""
+    from engine.data import ImageRecord, readable
+
+    records = [ImageRecord(p, "test", str(i)) for p, i in zip(paths, y)]
+    ok, bad = readable(records, min_size=min_size)
+    skipped = []
+    for entry in bad:
+        path = Path(entry["path"])
+        rel = path.relative_to(folder).as_posix() if path.is_relative_to(folder) else str(path)
+        skipped.append({"path": rel, "reason": entry["reason"]})
+        warn(f"skipped image {rel}: {entry['reason']}")
+    if not ok:
+        raise InputError(f"--data {str(folder)!r}: none of its {len(paths)} images can be used; first: "
+                         f"{skipped[0]['path']}: {skipped[0]['reason']}")
+    keep = {r.path for r in ok}
+    mask = np.array([p in keep for p in paths])
+    return [p for p in paths if p in keep], y[mask], skipped
+
+
 def evaluate_external(run_dir: Path, data: Path, backbone: str | None = None, *,
                       echo: Callable[[str], None] | None = None, seed: int | None = None,
-                      max_pointing: int = 200) -> dict:
-    """Score the run's models on ``data``; store and return ``{"data", "backbones": [...]}``."""
+                      max_pointing: int = 200, warn: Callable[[str], None] | None = None) -> dict:
+    """Score the run's models on ``data``; store and return ``{"data", "backbones": [...]}``.
+
+    Unreadable images and images below the run's ``integrity.min_image_size`` are skipped, each
+    passed to ``warn`` (default: ``echo``) and listed under ``"skipped"``; the rest are evaluated.
+    """
     run_dir, data = Path(run_dir), Path(data)
     # Before TensorFlow loads: a broken results.json should cost the user no import time.
     results = read_results(run_dir)
@@ -68,8 +108,10 @@ def evaluate_external(run_dir: Path, data: Path, backbone: str | None = None, *,
     from engine.data import decode_image
     from engine.gradcam import gradcam_heatmaps, heatmap_stats, pointing_game, read_yolo_boxes
     from engine.metrics import classification_metrics
+    from engine.sklearn_warnings import hold_back
 
     echo = echo or (lambda _m: None)
+    warn = warn or (lambda msg: echo(f"warning: {msg}"))
     class_names = results["data"]["class_names"]
     seed = results["experiment"]["seed"] if seed is None else seed
     entries = [e for e in results["backbones"] if e.get("status") == "ok"]
@@ -79,6 +121,7 @@ def evaluate_external(run_dir: Path, data: Path, backbone: str | None = None, *,
             names = [e["name"] for e in results["backbones"] if e.get("status") == "ok"]
             raise InputError(f"--backbone {backbone!r} is not a finished backbone of this run; use one of {names}")
     paths, y = discover_folder(data, class_names, _aliases_from_run(run_dir, class_names))
+    paths, y, skipped = usable_images(data, paths, y, _min_image_size_from_run(run_dir), warn)
     boxes = [read_yolo_boxes(p) for p in paths]
     no_tumor = class_names.index("no_tumor") if "no_tumor" in class_names else -1
     boxed = [i for i, b in enumerate(boxes) if b and y[i] != no_tumor]
@@ -98,7 +141,10 @@ def evaluate_external(run_dir: Path, data: Path, backbone: str | None = None, *,
             decoded[size] = np.stack([decode_image(p, size) for p in paths])
         x = decoded[size]
         probs = model.predict(x.astype("float32"), batch_size=32, verbose=0)
-        m = classification_metrics(y, probs, class_names).to_dict()
+        # A small folder (one class, one image) makes sklearn warn about cases the metrics already
+        # handle; nothing in those warnings is news to the reader of the figures.
+        with hold_back():
+            m = classification_metrics(y, probs, class_names).to_dict()
         block = {"name": e["name"], "display_name": e.get("display_name", e["name"]),
                  "accuracy": m["accuracy"], "balanced_accuracy": m["balanced_accuracy"], "macro_f1": m["macro_f1"],
                  "per_class": m["per_class"], "confusion_matrix": m["confusion_matrix"], "n_images": m["n_images"]}
@@ -113,7 +159,7 @@ def evaluate_external(run_dir: Path, data: Path, backbone: str | None = None, *,
              f"macro-F1 {m['macro_f1']:.3f} on {m['n_images']} images ({time.perf_counter() - t0:.1f}s)")
     counts = {c: int((y == i).sum()) for i, c in enumerate(class_names)}
     report = {"data": str(data.resolve()), "evaluated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-              "counts": counts, "n_boxed_images": len(boxed), "backbones": out}
+              "counts": counts, "skipped": skipped, "n_boxed_images": len(boxed), "backbones": out}
     key = hashlib.sha256(str(data.resolve()).encode()).hexdigest()[:8]
     write_json(run_dir / "external" / f"{data.name or 'data'}-{key}.json", report)
     # results.json keeps one entry per external folder, so `auditrun render` can show them

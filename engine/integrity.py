@@ -24,6 +24,7 @@ import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
+from engine.data import too_small_reason
 from engine.errors import InputError
 from engine.hashing import (
     PHASH_ALGORITHM,
@@ -76,8 +77,15 @@ class IntegrityConfig:
     near_threshold: int = 12
     hash_size: int = 16
     fail_on_unreadable: bool = False
+    #: Images narrower or shorter than this (pixels) are listed as unusable and skipped like
+    #: unreadable ones: a 1x1 or 8x8 file upscaled to the input size is a flat or blocky field,
+    #: not a scan, and training on it teaches nothing. 32 is the smallest backbone input size.
+    min_image_size: int = 32
 
     def __post_init__(self) -> None:
+        if (isinstance(self.min_image_size, bool) or not isinstance(self.min_image_size, int)
+                or self.min_image_size < 1):
+            raise InputError(f"integrity.min_image_size must be an integer >= 1 (pixels), got {self.min_image_size!r}")
         if isinstance(self.hash_size, bool) or not isinstance(self.hash_size, int) or self.hash_size < 2:
             raise InputError(f"integrity.hash_size must be an integer >= 2, got {self.hash_size!r}")
         bits = self.hash_size * self.hash_size
@@ -395,6 +403,15 @@ def audit(
     cache.save()
     t_hash = time.perf_counter()
 
+    # Too small to use counts as unreadable from here on: listed with its reason, left out of
+    # every other figure, and skipped by the pipeline.
+    results = [
+        UnreadableImage(reason)
+        if isinstance(res, ImageFingerprint)
+        and (reason := too_small_reason(res.width, res.height, config.min_image_size))
+        else res
+        for res in results
+    ]
     unreadable = tuple(
         UnreadableFile(r.path, r.split, r.label, res.reason)
         for r, res in zip(records, results)

@@ -158,6 +158,8 @@ class IntegrityConfig:
     near_threshold: int = 12
     hash_size: int = 16
     fail_on_unreadable: bool = False
+    #: Images narrower or shorter than this many pixels are listed as unusable and skipped.
+    min_image_size: int = 32
     #: Keep near-duplicate groups on one side of the train/validation split.
     group_validation_split: bool = True
     #: Measure how far leakage-free test images lie from training images of their class (engine.shift).
@@ -370,7 +372,7 @@ def integrity_options(cfg: IntegrityConfig):
     from engine.integrity import IntegrityConfig as Options
 
     return Options(enabled=cfg.enabled, near_threshold=cfg.near_threshold, hash_size=cfg.hash_size,
-                   fail_on_unreadable=cfg.fail_on_unreadable)
+                   fail_on_unreadable=cfg.fail_on_unreadable, min_image_size=cfg.min_image_size)
 
 
 def resolve_data_root(m: Manifest) -> Path:

@@ -110,7 +110,7 @@ def prepare_data(ctx: RunContext) -> None:
         layout, records = data_mod.discover(
             root, layout=m.data.layout, train_dir=m.data.train_dir, test_dir=m.data.test_dir,
             classes=m.data.classes, aliases=class_aliases(m), test_fraction=m.data.test_fraction,
-            seed=m.experiment.seed)
+            seed=m.experiment.seed, validation_fraction=m.data.validation_fraction)
     groups = None
     skipped: list[dict] = []
     if m.integrity.enabled:
@@ -131,14 +131,15 @@ def prepare_data(ctx: RunContext) -> None:
             groups = integrity.duplicate_groups(records, report)
         ctx.echo(integrity.summary_text(report))
     else:
-        records, skipped = data_mod.readable(records)
+        records, skipped = data_mod.readable(records, min_size=m.integrity.min_image_size)
     for s in skipped:
-        ctx.echo(f"warning: skipped unreadable image {s['path']}: {s['reason']}")
+        ctx.echo(f"warning: skipped image {s['path']}: {s['reason']}")
     train = [r for r in records if r.split == "train"]
     test = [r for r in records if r.split == "test"]
     if not test:
         raise InputError(f"data root {str(root)!r}: the test split is empty")
-    train, val = data_mod.split_validation(train, m.data.validation_fraction, m.experiment.seed, groups)
+    train, val = data_mod.split_validation(train, m.data.validation_fraction, m.experiment.seed, groups,
+                                           classes=m.data.classes)
     ctx.dataset = data_mod.Dataset(root, layout, list(m.data.classes), train, val, test, skipped)
     from engine.history import dataset_fingerprint
 
@@ -176,6 +177,14 @@ def shift_stage(ctx: RunContext) -> None:
     shifted = [f"{name} {c.auc:.2f}" for name, c in result.per_class.items() if c.auc is not None]
     if shifted:
         ctx.echo("shift: leakage-free test vs training, domain AUC (0.5 = alike): " + ", ".join(shifted))
+    unmeasured = [name for name, c in result.per_class.items() if c.auc is None]
+    if unmeasured:
+        ctx.echo(f"shift: not measured for {', '.join(unmeasured)} (fewer than {result.min_images} images on a side; "
+                 "results.json integrity.shift notes say which)")
+    for name, c in result.per_class.items():
+        for note in c.notes:
+            if "not measured" not in note:
+                ctx.echo(f"warning: shift check, {name}: {note}")
 
 
 # --------------------------------------------------------------------------------------------- backbones
@@ -211,18 +220,26 @@ def _evaluate_and_store(ctx: RunContext, res: BackboneResult, model, size: int) 
     t0 = time.perf_counter()
     x_va = ctx.cache.load(ds.val, size, "validation")
     p_va = predict(model, x_va, tta_flip=tta)
-    val = classification_metrics(ds.labels("val"), p_va, ds.class_names)
     from sklearn.metrics import log_loss
 
-    res.validation = {"accuracy": round(val.accuracy, 6), "macro_f1": round(val.macro_f1, 6),
-                      "log_loss": round(float(log_loss(ds.labels("val"), p_va, labels=range(len(ds.class_names)))), 6)}
+    from engine.sklearn_warnings import hold_back
+
+    # Small splits (a leakage-free subset of one class, say) make sklearn warn about cases the
+    # metrics already handle (absent classes are None, not 0); the warnings add nothing for a reader.
+    with hold_back():
+        val = classification_metrics(ds.labels("val"), p_va, ds.class_names)
+        res.validation = {"accuracy": round(val.accuracy, 6), "macro_f1": round(val.macro_f1, 6),
+                          "log_loss": round(float(log_loss(ds.labels("val"), p_va,
+                                                           labels=range(len(ds.class_names)))), 6)}
     x_te = ctx.cache.load(ds.test, size, "test")
     p_te = predict(model, x_te, tta_flip=tta)
     y_te = ds.labels("test")
-    res.test = classification_metrics(y_te, p_te, ds.class_names).to_dict()
     keep = ctx.leakage_free_mask()
+    with hold_back():
+        res.test = classification_metrics(y_te, p_te, ds.class_names).to_dict()
+        lf = classification_metrics(y_te[keep], p_te[keep], ds.class_names).to_dict() \
+            if keep is not None and keep.any() else None
     if keep is not None:
-        lf = classification_metrics(y_te[keep], p_te[keep], ds.class_names).to_dict() if keep.any() else None
         if lf is not None:
             lf["fraction_of_test"] = round(float(keep.mean()), 6)
         res.extra["leakage_free"] = lf
@@ -653,6 +670,7 @@ def run_post_stages(ctx: RunContext) -> None:
     """Stages that need every backbone's outputs: calibration, uncertainty, comparisons, Grad-CAM."""
     from engine.calibration import calibrate
     from engine.compare import pairwise_mcnemar
+    from engine.sklearn_warnings import hold_back
     from engine.uncertainty import bootstrap_summary
 
     m, ds, results = ctx.manifest, ctx.dataset, ctx.results
@@ -668,12 +686,14 @@ def run_post_stages(ctx: RunContext) -> None:
                                                  ev.ece_bins).to_dict()
             if ev.bootstrap_resamples:
                 pred = out["test_probs"].argmax(1)
-                unc = {"test": bootstrap_summary(y_te, pred, ds.class_names, ev.bootstrap_resamples,
-                                                 seed=m.experiment.seed, confidence=ev.confidence)}
-                if keep is not None and keep.any():
-                    unc["leakage_free"] = bootstrap_summary(y_te[keep], pred[keep], ds.class_names,
-                                                            ev.bootstrap_resamples, seed=m.experiment.seed,
-                                                            confidence=ev.confidence)
+                # its point values come from sklearn; an interval too small to compute says so itself
+                with hold_back():
+                    unc = {"test": bootstrap_summary(y_te, pred, ds.class_names, ev.bootstrap_resamples,
+                                                     seed=m.experiment.seed, confidence=ev.confidence)}
+                    if keep is not None and keep.any():
+                        unc["leakage_free"] = bootstrap_summary(y_te[keep], pred[keep], ds.class_names,
+                                                                ev.bootstrap_resamples, seed=m.experiment.seed,
+                                                                confidence=ev.confidence)
                 entry["uncertainty"] = unc
         if len(ok) >= 2:
             correct = {e["name"]: ctx.outputs[e["name"]]["test_probs"].argmax(1) == y_te for e in ok}

@@ -15,7 +15,7 @@ LogisticRegression(C=0.1)), X, y, cv=StratifiedKFold(5, shuffle=True), scoring="
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Sequence
 
 import numpy as np
@@ -60,14 +60,22 @@ def domain_auc(reference: np.ndarray, other: np.ndarray, seed: int | np.random.G
     Returns None when either side has fewer than MIN_IMAGES rows. ``reference`` is subsampled
     (seeded) to at most MAX_RATIO x n_o rows.
     """
+    return _domain_auc(reference, other, seed)[0]
+
+
+def _domain_auc(reference: np.ndarray, other: np.ndarray,
+                seed: int | np.random.Generator = 0) -> tuple[float | None, list[str]]:
+    """``domain_auc`` and the scikit-learn warnings its folds raised, as notes."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold, cross_val_score
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
+    from engine.sklearn_warnings import hold_back
+
     a, b = np.asarray(reference, dtype=np.float64), np.asarray(other, dtype=np.float64)
     if min(len(a), len(b)) < MIN_IMAGES:
-        return None
+        return None, []
     rng = np.random.default_rng(seed)
     if len(a) > MAX_RATIO * len(b):
         a = a[np.sort(rng.choice(len(a), MAX_RATIO * len(b), replace=False))]
@@ -75,7 +83,10 @@ def domain_auc(reference: np.ndarray, other: np.ndarray, seed: int | np.random.G
     y = np.r_[np.zeros(len(a)), np.ones(len(b))]
     folds = StratifiedKFold(FOLDS, shuffle=True, random_state=int(rng.integers(2**31 - 1)))
     model = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=2000))
-    return float(np.mean(cross_val_score(model, x, y, cv=folds, scoring="roc_auc")))
+    # A fold the logistic fit did not converge on still gives an AUC, but the reader should know.
+    with hold_back() as caught:
+        auc = float(np.mean(cross_val_score(model, x, y, cv=folds, scoring="roc_auc")))
+    return auc, [m.splitlines()[0] for m in caught]
 
 
 @dataclass
@@ -85,6 +96,8 @@ class ClassShift:
     auc: float | None  # training vs leakage-free test
     n_validation: int
     control_auc: float | None  # training vs validation: what no shift looks like
+    #: Why a figure is missing ("auc not measured: ...") and what the fit warned about.
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -117,15 +130,27 @@ def measure_shift(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, v
     mask = np.asarray(leakage_free, dtype=bool)
     if mask.shape != (len(test_x),):
         raise ValueError(f"leakage_free must have shape ({len(test_x)},), got {mask.shape}")
-    f_tr, f_va, f_te = (image_descriptors(x) for x in (train_x, val_x, test_x))
+    f_tr, f_va, f_te = (_descriptors(x) for x in (train_x, val_x, test_x))
     y_tr, y_va, y_te = (np.asarray(y) for y in (train_y, val_y, test_y))
     streams = np.random.SeedSequence(seed).spawn(2 * len(class_names))
     per_class = {}
     for c, name in enumerate(class_names):
         ref, novel, control = f_tr[y_tr == c], f_te[(y_te == c) & mask], f_va[y_va == c]
-        per_class[name] = ClassShift(
-            n_training=len(ref), n_test=len(novel),
-            auc=domain_auc(ref, novel, np.random.default_rng(streams[2 * c])),
-            n_validation=len(control),
-            control_auc=domain_auc(ref, control, np.random.default_rng(streams[2 * c + 1])))
+        auc, auc_notes = _domain_auc(ref, novel, np.random.default_rng(streams[2 * c]))
+        control_auc, control_notes = _domain_auc(ref, control, np.random.default_rng(streams[2 * c + 1]))
+        notes = [f"auc: {n}" for n in auc_notes] + [f"control_auc: {n}" for n in control_notes]
+        for key, value, side, n_side in (("auc", auc, "leakage-free test", len(novel)),
+                                         ("control_auc", control_auc, "validation", len(control))):
+            if value is None:
+                short = (f"{n_side} {side} images" if n_side < MIN_IMAGES else f"{len(ref)} training images")
+                notes.append(f"{key} not measured: {short}, fewer than the {MIN_IMAGES} the check needs on each side")
+        per_class[name] = ClassShift(n_training=len(ref), n_test=len(novel), auc=auc, n_validation=len(control),
+                                     control_auc=control_auc, notes=notes)
     return ShiftResult(per_class, int(seed))
+
+
+def _descriptors(images: np.ndarray) -> np.ndarray:
+    """``image_descriptors``, with no rows for an empty split (a class may lack any image there)."""
+    if len(images) == 0:
+        return np.empty((0, HIST_BINS + GRID * GRID), dtype=np.float32)
+    return image_descriptors(images)

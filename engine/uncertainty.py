@@ -18,6 +18,9 @@ import numpy as np
 from sklearn.metrics import accuracy_score, f1_score, recall_score
 
 DEFAULT_RESAMPLES = 1000
+#: Fewer images than this behind an interval and it is left out (None, with a "note"): every
+#: resample of one image repeats its one outcome, so the "interval" has zero width by construction.
+MIN_CI_IMAGES = 2
 # Upper bound on resample indices held at once (int64: 32 MB); the chunking is fixed, so the
 # random stream and therefore the CI do not depend on memory.
 _MAX_INDICES_PER_CHUNK = 4_000_000
@@ -171,7 +174,8 @@ def bootstrap_summary(
 
     Point values come from sklearn on the full sample. A class absent from a resample has undefined
     recall there and is skipped (``n_resamples_defined`` counts the rest); a class absent from the
-    whole sample gets None throughout.
+    whole sample gets None throughout. An interval over fewer than MIN_CI_IMAGES images is None
+    too, the point value kept; a ``note`` says why.
     """
     names = list(class_names)
     k = len(names)
@@ -194,17 +198,25 @@ def bootstrap_summary(
         entry = _interval(point_recall[c], boot["recall"][:, c], confidence)
         entry["support"] = int(support[c])
         entry["n_resamples_defined"] = int(np.count_nonzero(~np.isnan(boot["recall"][:, c])))
-        per_class[name] = entry
+        per_class[name] = _too_few_for_ci(entry, int(support[c]))
 
+    n = len(yt)
     return {
         "method": "percentile bootstrap",
         "n_resamples": int(n_resamples),
         "confidence": float(confidence),
         "seed": int(seed) if isinstance(seed, (int, np.integer)) else None,
         "n_images": int(len(yt)),
-        "accuracy": _interval(accuracy_score(yt, yp), boot["accuracy"], confidence),
-        "macro_f1": _interval(
+        "accuracy": _too_few_for_ci(_interval(accuracy_score(yt, yp), boot["accuracy"], confidence), n),
+        "macro_f1": _too_few_for_ci(_interval(
             f1_score(yt, yp, average="macro", zero_division=0), boot["macro_f1"], confidence
-        ),
+        ), n),
         "per_class_recall": per_class,
     }
+
+
+def _too_few_for_ci(entry: dict, n: int) -> dict:
+    if n >= MIN_CI_IMAGES:
+        return entry
+    return entry | {"ci_low": None, "ci_high": None,
+                    "note": f"{n} image: fewer than the {MIN_CI_IMAGES} a bootstrap interval needs"}

@@ -135,3 +135,32 @@ def test_bad_shapes_raise():
         expected_calibration_error(np.array([0, 1, 2, 3, 0]), HAND_PROBS)
     with pytest.raises(ValueError, match="classes"):
         calibrate(HAND_Y, HAND_PROBS, np.array([0, 1]), np.array([[0.5, 0.5], [0.1, 0.9]]))
+
+
+def test_too_few_validation_images_skip_the_fit_and_say_why(tmp_path):
+    """Tiny validation split (issue 14): no temperature from 9 images, the test ECE still reported."""
+    import json
+
+    from engine.calibration import MIN_VALIDATION_IMAGES
+    from engine.report.figures import reliability_diagram
+    from engine.report.model import _calibration_view
+
+    y_val, logits_val = _synthetic_overconfident(MIN_VALIDATION_IMAGES - 1, 4, 2.5, seed=4)
+    y_test, logits_test = _synthetic_overconfident(200, 4, 2.5, seed=5)
+    res = calibrate(y_val, softmax(logits_val, 1), y_test, softmax(logits_test, 1), n_bins=15)
+    d = res.to_dict()
+    assert d["temperature"] is None and d["ece_after"] is None and d["nll_after"] is None
+    assert d["not_fitted"] == f"{MIN_VALIDATION_IMAGES - 1} validation images, fewer than the 10 a temperature fit needs"
+    assert d["ece_before"] == pytest.approx(expected_calibration_error(y_test, softmax(logits_test, 1), 15))
+    assert d["reliability_after"] == [] and d["n_val"] == MIN_VALIDATION_IMAGES - 1
+    json.dumps(d, allow_nan=False)
+    view = _calibration_view({"calibration": d})
+    assert view.sentence.endswith(f"Temperature scaling was not fitted: {d['not_fitted']}.")
+    assert "after temperature scaling" not in view.sentence
+    fig = reliability_diagram({"name": "m", "calibration": d}, tmp_path)
+    assert "not fitted" in fig.caption and (tmp_path / fig.path).is_file()
+    # an empty validation split is the same case, not a crash
+    assert calibrate([], np.empty((0, 4)), y_test, softmax(logits_test, 1)).not_fitted.startswith("0 validation")
+    y_min, logits_min = _synthetic_overconfident(MIN_VALIDATION_IMAGES, 4, 2.5, seed=4)
+    fitted = calibrate(y_min, softmax(logits_min, 1), y_test, softmax(logits_test, 1))
+    assert fitted.not_fitted is None and fitted.temperature is not None and "not_fitted" not in fitted.to_dict()

@@ -113,3 +113,99 @@ def test_image_cache_decodes_once(tmp_path, monkeypatch):
     c = data.ImageCache(tmp_path / "cache").load(recs, 32)  # a new run reads the disk cache
     assert len(calls) == 3 and np.array_equal(a, c)
     assert a[2].mean() > a[1].mean() > a[0].mean()
+
+
+# ---------------------------------------------------------------------------------------------
+# Too few images for the requested splits (issue 14, item 8)
+
+
+def test_min_training_images_matches_the_validation_fraction():
+    assert data.min_training_images(0.15) == 7  # 7 * 0.15 = 1.05: one validation image
+    assert data.min_training_images(0.2) == 5  # not 6: 1 / 0.2 is 5.000000000000001 in floats
+    assert data.min_training_images(0.5) == 2
+    assert data.min_training_images(0.8) == 2  # one image must stay for training
+    assert data.min_class_images(0.2, 0.15) == 9  # 2 test + 7 for training and validation
+
+
+def test_validation_split_names_a_class_too_small_for_it():
+    recs = _records(20)[:-20] + [r for r in _records(4) if r.label == "pituitary"]
+    with pytest.raises(InputError, match=r"class 'pituitary' has 4 training images, fewer than the 7 that "
+                                         r"data.validation_fraction = 0.15 needs.*at least 0.25"):
+        data.split_validation(recs, 0.15, seed=0)
+
+
+def test_validation_split_names_a_class_with_no_training_images():
+    recs = [r for r in _records(10) if r.label != "no_tumor"]
+    with pytest.raises(InputError, match="class 'no_tumor' has 0 training images"):
+        data.split_validation(recs, 0.15, seed=0, classes=CLASSES)
+
+
+@pytest.mark.parametrize("grouped", [False, True])
+@pytest.mark.parametrize("fraction", [0.1, 0.15, 0.2, 0.3, 0.5])
+def test_validation_split_at_the_minimum_gives_every_class_both_sides(fraction, grouped):
+    n = data.min_training_images(fraction)
+    recs = _records(n)
+    groups = {r.path: i for i, r in enumerate(recs)} if grouped else None
+    for seed in range(5):
+        tr, va = data.split_validation(recs, fraction, seed=seed, groups=groups, classes=CLASSES)
+        assert set(Counter(r.label for r in tr)) == set(CLASSES) == set(Counter(r.label for r in va))
+
+
+def test_validation_split_names_a_class_whose_copies_cannot_be_split():
+    recs = _records(10)
+    groups = {r.path: (0 if r.label == "glioma" else 1 + i) for i, r in enumerate(recs)}  # glioma: one group
+    with pytest.raises(InputError, match=r"class 'glioma'.* 10 images form 1 near-duplicate group"):
+        data.split_validation(recs, 0.15, seed=0, groups=groups)
+
+
+def _imagefolder(root: Path, per_class: dict[str, int]) -> None:
+    for folder, n in per_class.items():
+        for i in range(n):
+            _img(root / folder / f"{i}.png", value=10 * i)
+
+
+def test_imagefolder_names_a_class_too_small_for_test_and_validation(tmp_path):
+    _imagefolder(tmp_path, {"glioma": 20, "meningioma": 20, "notumor": 6, "pituitary": 20})
+    kw = dict(layout="auto", train_dir="Training", test_dir="Testing", classes=CLASSES, aliases=ALIASES,
+              test_fraction=0.2, seed=0)
+    with pytest.raises(InputError, match=r"class 'no_tumor' has 6 images, fewer than the 9 that data.test_fraction"
+                                         r" = 0.2 and data.validation_fraction = 0.15 need per class"):
+        data.discover(tmp_path, validation_fraction=0.15, **kw)
+    data.discover(tmp_path, **kw)  # the test split alone (check-data) needs 5
+
+
+def test_imagefolder_test_split_of_a_one_image_class_is_an_input_error(tmp_path):
+    _imagefolder(tmp_path, {"glioma": 10, "meningioma": 10, "notumor": 1, "pituitary": 10})
+    with pytest.raises(InputError, match="class 'no_tumor' has 1 images, fewer than the 5"):
+        data.discover(tmp_path, layout="imagefolder", train_dir="Training", test_dir="Testing", classes=CLASSES,
+                      aliases=ALIASES, test_fraction=0.2, seed=0)
+
+
+def test_imagefolder_at_the_minimum_splits_into_all_three(tmp_path):
+    _imagefolder(tmp_path, {"glioma": 9, "meningioma": 9, "notumor": 9, "pituitary": 9})
+    _, records = data.discover(tmp_path, layout="auto", train_dir="Training", test_dir="Testing", classes=CLASSES,
+                               aliases=ALIASES, test_fraction=0.2, seed=0, validation_fraction=0.15)
+    train = [r for r in records if r.split == "train"]
+    tr, va = data.split_validation(train, 0.15, seed=0, classes=CLASSES)
+    for split in (tr, va, [r for r in records if r.split == "test"]):
+        assert set(Counter(r.label for r in split)) == set(CLASSES)
+
+
+def test_readable_skips_images_below_min_size_like_the_audit(tmp_path):
+    """Without the integrity audit, readable() applies integrity.min_image_size the same way."""
+    from engine.integrity import IntegrityConfig, audit
+
+    recs = []
+    for name, size in (("one.png", (1, 1)), ("eight.png", (8, 8)), ("fine.png", (40, 32))):
+        _img(tmp_path / name, size=size)
+        recs.append(data.ImageRecord(tmp_path / name, "train", "glioma"))
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    recs.append(data.ImageRecord(tmp_path / "broken.png", "train", "glioma"))
+    ok, skipped = data.readable(recs, min_size=32)
+    assert [r.path.name for r in ok] == ["fine.png"]
+    reasons = {Path(s["path"]).name: s["reason"] for s in skipped}
+    assert set(reasons) == {"one.png", "eight.png", "broken.png"}
+    assert reasons["eight.png"] == "image is 8x8 px, smaller than integrity.min_image_size = 32"
+    audited = {u.path.name: u.reason for u in audit(recs, IntegrityConfig(min_image_size=32)).unreadable}
+    assert audited["eight.png"] == reasons["eight.png"] and audited["one.png"] == reasons["one.png"]
+    assert len(data.readable(recs)[0]) == 3  # the default keeps any size: callers pass the manifest's

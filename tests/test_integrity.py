@@ -240,7 +240,8 @@ def test_hamming_pairs_matches_brute_force(words):
         assert (d == self_full[i, j]).all()
 
 
-@pytest.mark.parametrize("kwargs", [{"near_threshold": -1}, {"near_threshold": 128}, {"hash_size": 1}])
+@pytest.mark.parametrize("kwargs", [{"near_threshold": -1}, {"near_threshold": 128}, {"hash_size": 1},
+                                    {"min_image_size": 0}, {"min_image_size": 32.5}, {"min_image_size": True}])
 def test_config_rejects_bad_values_naming_the_key(kwargs):
     with pytest.raises(InputError, match=f"integrity.{next(iter(kwargs))}"):
         IntegrityConfig(**kwargs)
@@ -280,3 +281,28 @@ def test_audit_stays_strict_after_weasyprint_import(planted):
         assert ImageFile.LOAD_TRUNCATED_IMAGES is True  # restored for the caller
     finally:
         ImageFile.LOAD_TRUNCATED_IMAGES = before
+
+
+def test_images_below_min_image_size_are_listed_as_unusable(tmp_path):
+    """1x1 and 8x8 files (issue 14) are skipped with a reason, not upscaled and trained on."""
+    root = tmp_path / "data"
+    recs = [Rec(save(texture(i), root / "train" / "glioma" / f"{i}.png"), "train", "glioma") for i in range(3)]
+    tiny = {(1, 1): "one.png", (8, 8): "eight.png", (40, 31): "thin.png", (32, 32): "ok32.png"}
+    for (w, h), name in tiny.items():
+        recs.append(Rec(save(texture(7).resize((w, h)), root / "test" / "glioma" / name), "test", "glioma"))
+    report = audit(recs, IntegrityConfig(), cache_dir=tmp_path / "cache")
+    reasons = {Path(u.path).name: u.reason for u in report.unreadable}
+    assert reasons == {
+        "one.png": "image is 1x1 px, smaller than integrity.min_image_size = 32",
+        "eight.png": "image is 8x8 px, smaller than integrity.min_image_size = 32",
+        "thin.png": "image is 40x31 px, smaller than integrity.min_image_size = 32",
+    }
+    assert report.counts["test"]["glioma"] == 1 and report.listed_counts["test"]["glioma"] == 4
+    assert report.image_stats["test"].widths == (32,)  # left out of every other figure
+    block = report.to_dict(root=root)
+    assert {u["path"] for u in block["unreadable"]} == {"test/glioma/one.png", "test/glioma/eight.png",
+                                                       "test/glioma/thin.png"}
+    assert "3 unreadable" in summary_text(report)
+    # cached fingerprints of the same bytes get the same verdict; a lower limit keeps the 8x8 one
+    again = audit(recs, IntegrityConfig(min_image_size=8), cache_dir=tmp_path / "cache")
+    assert {Path(u.path).name for u in again.unreadable} == {"one.png"}

@@ -33,6 +33,13 @@ def test_five_line_manifest_gets_defaults(tmp_path):
     assert m.backbones[0].weights == "imagenet" and m.backbones[0].input_size == 224
     assert m.data.classes == ["glioma", "meningioma", "no_tumor", "pituitary"]
     assert m.experiment.output_dir == Path("reports")  # default: reports/ under the working directory
+    assert m.integrity.min_image_size == 32
+
+
+def test_min_image_size_reaches_the_integrity_audit(tmp_path):
+    (tmp_path / "data").mkdir()
+    m = _load(tmp_path, "[integrity]\nmin_image_size = 16\n" + MINIMAL.format(root="data"))
+    assert manifest.integrity_options(m.integrity).min_image_size == 16
 
 
 def test_explicit_paths_resolve_against_manifest_folder(tmp_path):
@@ -55,6 +62,10 @@ def test_explicit_paths_resolve_against_manifest_folder(tmp_path):
         ("[data]\nroot = 'data'\n[gates]\nmin_recall = {glioma_tumor = 0.8}\n[[backbones]]\nname = 'VGG16'\n",
          "gates.min_recall.glioma_tumor"),
         ("[data\nroot = 'data'\n", "not valid TOML"),
+        ("[data]\nroot = 'data'\n[integrity]\nmin_image_size = 0\n[[backbones]]\nname = 'VGG16'\n",
+         "integrity.min_image_size must be an integer >= 1"),
+        ("[data]\nroot = 'data'\n[integrity]\nmin_image_size = '32px'\n[[backbones]]\nname = 'VGG16'\n",
+         "manifest key 'integrity.min_image_size' must be an integer"),
     ],
 )
 def test_bad_manifest_names_the_key(tmp_path, body, needle):

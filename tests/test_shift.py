@@ -85,3 +85,37 @@ def test_report_sentence_names_shifted_classes_only():
     none = _shift_view(_block([None, None, None, None]), CLASSES)
     assert "was not measured" in none.sentence
     assert _shift_view(None, CLASSES) is None and _shift_view({"per_class": "x"}, CLASSES) is None
+
+
+def test_a_tiny_class_is_recorded_as_not_measured_with_the_reason():
+    rng = np.random.default_rng(4)
+    k = len(CLASSES)
+    train_y = np.r_[np.repeat(np.arange(k - 1), 30), [3, 3]]  # pituitary: 2 training images
+    val_y = np.r_[np.repeat(np.arange(k - 1), 12)]  # and no validation image at all
+    test_y = np.repeat(np.arange(k), 12)
+    keep = np.ones(len(test_y), bool)
+    result = measure_shift(_scans(len(train_y), rng), train_y, _scans(len(val_y), rng), val_y,
+                           _scans(len(test_y), rng), test_y, keep, CLASSES, seed=1)
+    tiny = result.to_dict()["per_class"]["pituitary"]
+    assert tiny["auc"] is None and tiny["control_auc"] is None and tiny["n_validation"] == 0
+    assert tiny["notes"] == [
+        f"auc not measured: 2 training images, fewer than the {MIN_IMAGES} the check needs on each side",
+        f"control_auc not measured: 0 validation images, fewer than the {MIN_IMAGES} the check needs on each side"]
+    assert result.per_class["glioma"].auc is not None and result.per_class["glioma"].notes == []
+
+
+def test_a_fit_warning_becomes_a_note_not_a_raw_warning(monkeypatch, recwarn):
+    """Starved of iterations the logistic fit warns on every fold; the note keeps that, stderr does not."""
+    import sklearn.linear_model
+
+    real = sklearn.linear_model.LogisticRegression
+    monkeypatch.setattr(sklearn.linear_model, "LogisticRegression",
+                        lambda **kw: real(**{**kw, "max_iter": 1}))
+    rng = np.random.default_rng(0)
+    k = len(CLASSES)
+    y = np.repeat(np.arange(k), 12)
+    result = measure_shift(_scans(len(y), rng), y, _scans(len(y), rng), y, _scans(len(y), rng, 1.5), y,
+                           np.ones(len(y), bool), CLASSES, seed=0)
+    notes = result.per_class["glioma"].notes
+    assert any(n.startswith("auc: ConvergenceWarning: lbfgs failed to converge") for n in notes), notes
+    assert not [w for w in recwarn if "sklearn" in w.filename or w.category.__name__ == "ConvergenceWarning"]

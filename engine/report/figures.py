@@ -285,8 +285,9 @@ def reliability_diagram(backbone: dict, run_dir: Path) -> FigureRecord | None:
         ax.plot([0, 1], [0, 1], color="#000000", linestyle=":", linewidth=1, label="perfect calibration")
         ax.plot(before[0], before[1], color=OKABE_ITO[1], linestyle="--", marker="s", markersize=4,
                 label=f"before (ECE {_f(cal.get('ece_before'), 3)})")
-        ax.plot(after[0], after[1], color=OKABE_ITO[0], linestyle="-", marker="o", markersize=4,
-                label=f"after T = {_f(cal.get('temperature'))} (ECE {_f(cal.get('ece_after'), 3)})")
+        if not cal.get("not_fitted"):
+            ax.plot(after[0], after[1], color=OKABE_ITO[0], linestyle="-", marker="o", markersize=4,
+                    label=f"after T = {_f(cal.get('temperature'))} (ECE {_f(cal.get('ece_after'), 3)})")
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1)
         ax.set_aspect("equal")
@@ -302,9 +303,17 @@ def reliability_diagram(backbone: dict, run_dir: Path) -> FigureRecord | None:
         k = int(np.argmax(gaps))
         gap = (f"; before scaling the largest gap is at mean confidence {before[0][k]:.2f}, where accuracy is "
                f"{before[1][k]:.2f} ({before[2][k]} images)")
+    bins = cal.get('n_bins', len(cal.get('reliability_before') or []))
+    if cal.get("not_fitted"):
+        alt = (f"Reliability diagram for {name}: expected calibration error {_f(cal.get('ece_before'), 3)}, "
+               f"{bins} bins{gap}; no temperature scaling ({cal['not_fitted']}).")
+        caption = (f"Reliability diagram for {name} on the test split. Points on the dotted diagonal are perfectly "
+                   f"calibrated; dashed line with squares: model output (ECE {_f(cal.get('ece_before'), 3)}). "
+                   f"Temperature scaling was not fitted: {cal['not_fitted']}.")
+        return FigureRecord(rel, alt, caption, "reliability")
     alt = (f"Reliability diagram for {name}: expected calibration error {_f(cal.get('ece_before'), 3)} before "
            f"and {_f(cal.get('ece_after'), 3)} after temperature scaling with T = {_f(cal.get('temperature'))}, "
-           f"{cal.get('n_bins', len(cal.get('reliability_before') or []))} bins{gap}.")
+           f"{bins} bins{gap}.")
     caption = (f"Reliability diagram for {name} on the test split. Points on the dotted diagonal are perfectly "
                f"calibrated; dashed line with squares: model output (ECE {_f(cal.get('ece_before'), 3)}); solid "
                f"line with circles: after temperature scaling fitted on validation (ECE {_f(cal.get('ece_after'), 3)}).")

@@ -599,6 +599,10 @@ def _calibration_view(backbone: dict) -> CalibrationView | None:
     if not isinstance(cal, dict):
         return None
     before, after, t = _metric(cal.get("ece_before")), _metric(cal.get("ece_after")), _metric(cal.get("temperature"), 2)
+    if cal.get("not_fitted"):
+        sentence = (f"Expected calibration error ({cal.get('n_bins', 'n/a')} bins) on the test split: {before.text}. "
+                    f"Temperature scaling was not fitted: {cal['not_fitted']}.")
+        return CalibrationView(cal.get("n_bins"), t, before, after, sentence)
     sentence = (f"Expected calibration error ({cal.get('n_bins', 'n/a')} bins) on the test split: {before.text} "
                 f"before and {after.text} after temperature scaling with T = {t.text}, fitted on the validation split.")
     if cal.get("temperature_at_bound"):
