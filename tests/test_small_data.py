@@ -166,9 +166,14 @@ def _constant_run(run: Path, predicted: int = 0) -> Path:
     (run / "manifest.toml").write_text("[integrity]\nmin_image_size = 32\n")
     (run / "results.json").write_text(json.dumps({
         "schema_version": 1, "experiment": {"name": "x", "seed": 0},
+        "run": {"id": "run", "status": "ok", "started_at": "2026-01-01T00:00:00+00:00"},
+        "environment": {}, "best_backbone": None, "timings": {},
         "data": {"class_names": CLASSES},
         "backbones": [{"name": "constant", "status": "ok", "input_size": [32, 32],
-                       "artifacts": {"model": "models/constant.keras"}}]}))
+                       "test": {"n_images": 0, "accuracy": 0.0, "macro_f1": 0.0, "per_class": {},
+                                "confusion_matrix": []},
+                       "artifacts": {"model": "models/constant.keras",
+                                     "predictions": "predictions/constant.csv"}}]}))
     return run
 
 
