@@ -161,6 +161,37 @@ def _check_test_split_sizes(root: Path, counts: dict[str, int], test_fraction: f
                              f"{keys} need per class ({what}); add images to that class")
 
 
+def class_coverage_warnings(class_names: Sequence[str], counts: dict[str, dict[str, int]],
+                            leakage_free_test: dict[str, int] | None = None) -> list[str]:
+    """Plain-language warnings for classes without images in a split that is scored.
+
+    ``counts``: split -> class -> images (``Dataset.counts()``); ``leakage_free_test``: class ->
+    leakage-free test images (the integrity audit's ``leakage_free_test_counts``), when audited.
+    A class with no images in a scored subset has undefined recall and F1 there and is left out of
+    that subset's macro averages (docs/metrics.md); saying so at discovery keeps a reader from
+    finding out from a table.
+    """
+    out = []
+    for split, what, consequence in (
+        ("test", "test images", "its test recall and F1 are undefined (reported as \"no test images\"), test "
+                                "macro averages cover the other classes, and a min_recall gate on it is not "
+                                "evaluated"),
+        ("val", "validation images", "validation macro-F1, which selects the best backbone, covers the other "
+                                     "classes"),
+    ):
+        split_counts = counts.get(split) or {}
+        for c in class_names:
+            if not split_counts.get(c):
+                out.append(f"class {c} has no {what}: {consequence}")
+    test_counts = counts.get("test") or {}
+    for c in class_names:
+        if leakage_free_test is not None and test_counts.get(c) and not leakage_free_test.get(c):
+            out.append(f"class {c} has no leakage-free test images (all {test_counts[c]} test images have a "
+                       "copy or near-copy in training): its leakage-free recall and F1 are undefined and "
+                       "leakage-free macro averages cover the other classes")
+    return out
+
+
 def split_validation(train: Sequence[ImageRecord], fraction: float, seed: int,
                      groups: dict[Path, int] | None = None,
                      classes: Sequence[str] | None = None) -> tuple[list[ImageRecord], list[ImageRecord]]:

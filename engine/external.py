@@ -147,7 +147,7 @@ def evaluate_external(run_dir: Path, data: Path, backbone: str | None = None, *,
             m = classification_metrics(y, probs, class_names).to_dict()
         block = {"name": e["name"], "display_name": e.get("display_name", e["name"]),
                  "accuracy": m["accuracy"], "balanced_accuracy": m["balanced_accuracy"], "macro_f1": m["macro_f1"],
-                 "per_class": m["per_class"], "confusion_matrix": m["confusion_matrix"], "n_images": m["n_images"]}
+                 "classes_in_macro": m["classes_in_macro"], "per_class": m["per_class"], "confusion_matrix": m["confusion_matrix"], "n_images": m["n_images"]}
         if boxed:
             idx = np.array(boxed)
             # the layer the run's own Grad-CAM used (a manifest may name one), else the automatic one

@@ -19,8 +19,11 @@ max_leakage_fraction     test images with a twin in training / test images      
 
 A gate whose value cannot be measured (a failed backbone, no best backbone, no integrity block)
 FAILs, also when it is warn-only: a threshold may be advisory, an audit that did not measure is
-broken. The only exception is the baseline of ``max_macro_f1_drop``: with no previous run (or no
-previous result for that backbone) there is nothing to drop from, and the gate PASSes saying so.
+broken. Two exceptions, where the data rather than the audit leaves nothing to measure: the
+baseline of ``max_macro_f1_drop`` (with no previous run, or no previous result for that backbone,
+there is nothing to drop from, and the gate PASSes saying so), and ``min_recall.<class>`` for a
+class with no test images, whose recall is undefined (docs/metrics.md): the gate WARNs "not
+evaluated", never PASS (nothing was shown) nor FAIL (nothing was missed).
 """
 
 from __future__ import annotations
@@ -106,7 +109,8 @@ class GateResult:
     """One evaluated condition.
 
     ``value`` is None when it could not be measured: then the gate FAILs, except max_macro_f1_drop
-    without a baseline, which PASSes with a message saying there was nothing to compare.
+    without a baseline, which PASSes with a message saying there was nothing to compare, and
+    min_recall of a class with no test images, which WARNs "not evaluated".
     """
 
     name: str
@@ -217,8 +221,14 @@ def evaluate_gates(results: dict, config: GatesConfig, previous: dict | None) ->
         if config.min_macro_f1 is not None:
             minimum("min_macro_f1", "test macro-F1", test.get("macro_f1"), config.min_macro_f1)
         for cls, threshold in config.min_recall.items():
-            recall = ((test.get("per_class") or {}).get(cls) or {}).get("recall")
-            minimum(f"min_recall.{cls}", f"test recall of {cls}", recall, threshold)
+            entry = (test.get("per_class") or {}).get(cls) or {}
+            if entry.get("support") == 0:
+                # undefined recall (older results.json stored it as 0.0): judge by the support
+                out.append(GateResult(f"min_recall.{cls}", backbone, "WARN", None, float(threshold),
+                                      f"{who}: not evaluated (no test images of class {cls}); "
+                                      f"minimum {threshold:.3f}"))
+                continue
+            minimum(f"min_recall.{cls}", f"test recall of {cls}", entry.get("recall"), threshold)
         if config.max_macro_f1_drop is not None:
             limit = config.max_macro_f1_drop
             now = _num(test.get("macro_f1"))

@@ -150,6 +150,11 @@ def prepare_data(ctx: RunContext) -> None:
         "counts": ctx.dataset.counts(), "validation_fraction": m.data.validation_fraction,
         "validation_grouped_by_duplicates": bool(groups), "skipped": skipped,
     }
+    warnings = data_mod.class_coverage_warnings(ctx.dataset.class_names, ctx.dataset.counts(),
+                                                (ctx.results.get("integrity") or {}).get("leakage_free_test_counts"))
+    ctx.results["data"]["warnings"] = warnings
+    for w in warnings:
+        ctx.echo(f"warning: {w}")
     ctx.cache = data_mod.ImageCache(ctx.output_root / ".cache" if m.data.cache else None, progress=ctx.echo)
     counts = ctx.dataset.counts()
     ctx.echo("data: " + ", ".join(f"{s} {sum(c.values())}" for s, c in counts.items()) + f" images ({layout} layout)")

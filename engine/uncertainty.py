@@ -5,9 +5,15 @@ the metric over resamples (Efron's percentile bootstrap). All index arrays come 
 ``numpy.random.default_rng(seed)`` drawn in a fixed order, so a seed reproduces the interval exactly.
 
 ``bootstrap_summary`` does not call sklearn once per resample: it builds every resample's confusion
-matrix with a single ``np.bincount`` and reads accuracy, recall and F1 off it. The values equal
-``sklearn.metrics.accuracy_score``, ``recall_score(average=None)`` and
-``f1_score(average="macro", zero_division=0)`` per resample (tests/test_uncertainty.py checks this).
+matrix with a single ``np.bincount`` and reads accuracy, recall and macro-F1 off it with the same
+functions of ``engine.metrics`` that compute the point values, so the interval is around the value
+every table shows. Macro-F1 averages the classes present in the whole evaluated sample's true
+labels, fixed across resamples. A resample that drew no image of one of those classes has no
+defined F1 for it; rather than average fewer classes there (a different metric) or count the
+class as 0 (a score the model did not earn), that resample is left out of the macro-F1 interval
+and ``n_resamples_defined`` says how many remain -- as for a class's recall. With a class of
+``m`` images among ``n`` a resample loses it with probability about ``exp(-m)``: rare unless the
+class is tiny, and then the count shows it.
 """
 
 from __future__ import annotations
@@ -15,7 +21,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
-from sklearn.metrics import accuracy_score, f1_score, recall_score
+
+from engine.metrics import accuracy_from_confusion, macro_f1_from_confusion, per_class_scores, present_labels
 
 DEFAULT_RESAMPLES = 1000
 #: Fewer images than this behind an interval and it is left out (None, with a "note"): every
@@ -120,32 +127,22 @@ def resampled_confusion_matrices(
     return np.concatenate(out, axis=0)
 
 
-def metrics_from_confusion(cm: np.ndarray) -> dict[str, np.ndarray]:
+def metrics_from_confusion(cm: np.ndarray, macro_labels: Sequence[int]) -> dict[str, np.ndarray]:
     """Accuracy, per-class recall and macro-F1 from (..., k, k) confusion matrices.
 
     Returns arrays over the leading axes: "accuracy" (...,), "recall" (..., k) with NaN where a class
-    has no true samples, "macro_f1" (...,). Macro-F1 follows ``f1_score(average="macro",
-    zero_division=0)`` with sklearn's default labels: the mean over classes present in y_true or
-    y_pred of the sample; a class present in only one of them scores 0.
+    has no true samples, "macro_f1" (...,) over ``macro_labels`` with NaN where one of them has no
+    true sample (engine.metrics.macro_f1_from_confusion; sklearn ``f1_score(labels=macro_labels,
+    average="macro")``).
     """
-    cm = np.asarray(cm, dtype=np.float64)
-    tp = np.diagonal(cm, axis1=-2, axis2=-1)
-    support = cm.sum(axis=-1)  # true counts per class
-    predicted = cm.sum(axis=-2)
-    n = cm.sum(axis=(-2, -1))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        accuracy = tp.sum(axis=-1) / n
-        recall = np.where(support > 0, tp / support, np.nan)
-        denom = support + predicted  # = 2tp + fp + fn
-        f1 = np.where(denom > 0, 2 * tp / denom, 0.0)
-        present = denom > 0
-        macro_f1 = (f1 * present).sum(axis=-1) / present.sum(axis=-1)
-    return {"accuracy": accuracy, "recall": recall, "macro_f1": macro_f1}
+    return {"accuracy": accuracy_from_confusion(cm), "recall": per_class_scores(cm)["recall"],
+            "macro_f1": macro_f1_from_confusion(cm, macro_labels)}
 
 
 def _interval(value, stats: np.ndarray, confidence: float) -> dict:
     lo, hi = _percentile_ci(stats, confidence)
-    return {"value": None if value is None else float(value), "ci_low": lo, "ci_high": hi}
+    value = None if value is None or np.isnan(value) else float(value)
+    return {"value": value, "ci_low": lo, "ci_high": hi}
 
 
 def bootstrap_summary(
@@ -166,16 +163,18 @@ def bootstrap_summary(
     Returns (JSON-ready)::
 
         {"method": "percentile bootstrap", "n_resamples": int, "confidence": float, "seed": int|None,
-         "n_images": int,
+         "n_images": int, "classes_in_macro": [cls, ...],
          "accuracy": {"value": f, "ci_low": f, "ci_high": f},
-         "macro_f1": {"value": f, "ci_low": f, "ci_high": f},
+         "macro_f1": {"value": f, "ci_low": f, "ci_high": f, "n_resamples_defined": int},
          "per_class_recall": {cls: {"value": f|None, "ci_low": f|None, "ci_high": f|None,
                                     "support": int, "n_resamples_defined": int}}}
 
-    Point values come from sklearn on the full sample. A class absent from a resample has undefined
-    recall there and is skipped (``n_resamples_defined`` counts the rest); a class absent from the
-    whole sample gets None throughout. An interval over fewer than MIN_CI_IMAGES images is None
-    too, the point value kept; a ``note`` says why.
+    Point values are engine.metrics' on the full sample, so they equal
+    ``classification_metrics``' values. A class absent from a resample has undefined recall there
+    and is skipped; a resample without one of ``classes_in_macro`` is skipped for macro-F1
+    (``n_resamples_defined`` counts the rest, see the module docstring); a class absent from the
+    whole sample gets None throughout and is not in ``classes_in_macro``. An interval over fewer
+    than MIN_CI_IMAGES images is None too, the point value kept; a ``note`` says why.
     """
     names = list(class_names)
     k = len(names)
@@ -183,11 +182,13 @@ def bootstrap_summary(
         raise ValueError(f"need at least 2 class names, got {names!r}")
     yt, yp = _check_pair(y_true, y_pred)
     _check_resampling(n_resamples, confidence)
+    labels = present_labels(yt, k)
     cms = resampled_confusion_matrices(yt, yp, k, n_resamples, seed)
-    boot = metrics_from_confusion(cms)
+    boot = metrics_from_confusion(cms, labels)
+    # the full sample's own matrix (yt, yp were checked by resampled_confusion_matrices)
+    full = np.bincount(yt.astype(np.int64) * k + yp.astype(np.int64), minlength=k * k).reshape(k, k)
+    point = metrics_from_confusion(full, labels)
 
-    labels = list(range(k))
-    point_recall = recall_score(yt, yp, labels=labels, average=None, zero_division=np.nan)
     support = np.bincount(yt, minlength=k)
     per_class = {}
     for c, name in enumerate(names):
@@ -195,22 +196,23 @@ def bootstrap_summary(
             per_class[name] = {"value": None, "ci_low": None, "ci_high": None, "support": 0,
                                "n_resamples_defined": 0}
             continue
-        entry = _interval(point_recall[c], boot["recall"][:, c], confidence)
+        entry = _interval(point["recall"][c], boot["recall"][:, c], confidence)
         entry["support"] = int(support[c])
         entry["n_resamples_defined"] = int(np.count_nonzero(~np.isnan(boot["recall"][:, c])))
         per_class[name] = _too_few_for_ci(entry, int(support[c]))
 
     n = len(yt)
+    macro = _interval(point["macro_f1"], boot["macro_f1"], confidence)
+    macro["n_resamples_defined"] = int(np.count_nonzero(~np.isnan(boot["macro_f1"])))
     return {
         "method": "percentile bootstrap",
         "n_resamples": int(n_resamples),
         "confidence": float(confidence),
         "seed": int(seed) if isinstance(seed, (int, np.integer)) else None,
         "n_images": int(len(yt)),
-        "accuracy": _too_few_for_ci(_interval(accuracy_score(yt, yp), boot["accuracy"], confidence), n),
-        "macro_f1": _too_few_for_ci(_interval(
-            f1_score(yt, yp, average="macro", zero_division=0), boot["macro_f1"], confidence
-        ), n),
+        "classes_in_macro": [names[i] for i in labels],
+        "accuracy": _too_few_for_ci(_interval(point["accuracy"], boot["accuracy"], confidence), n),
+        "macro_f1": _too_few_for_ci(macro, n),
         "per_class_recall": per_class,
     }
 

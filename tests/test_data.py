@@ -209,3 +209,54 @@ def test_readable_skips_images_below_min_size_like_the_audit(tmp_path):
     audited = {u.path.name: u.reason for u in audit(recs, IntegrityConfig(min_image_size=32)).unreadable}
     assert audited["eight.png"] == reasons["eight.png"] and audited["one.png"] == reasons["one.png"]
     assert len(data.readable(recs)[0]) == 3  # the default keeps any size: callers pass the manifest's
+
+
+def test_class_coverage_warnings_name_each_unscored_class():
+    counts = {"train": {c: 10 for c in CLASSES}, "val": {**{c: 2 for c in CLASSES}, "pituitary": 0},
+              "test": {"glioma": 5, "meningioma": 4, "no_tumor": 0, "pituitary": 3}}
+    warnings = data.class_coverage_warnings(CLASSES, counts, {"glioma": 2, "meningioma": 0, "no_tumor": 0,
+                                                              "pituitary": 3})
+    assert len(warnings) == 3
+    assert warnings[0].startswith("class no_tumor has no test images")
+    assert "min_recall gate on it is not evaluated" in warnings[0]
+    assert warnings[1].startswith("class pituitary has no validation images")
+    # no_tumor is not repeated for the leakage-free subset: it has no test images at all
+    assert warnings[2].startswith("class meningioma has no leakage-free test images (all 4 test images")
+    assert data.class_coverage_warnings(CLASSES, {s: {c: 1 for c in CLASSES} for s in ("val", "test")},
+                                        {c: 1 for c in CLASSES}) == []
+
+
+def test_discovery_warns_of_a_class_without_test_images_and_records_it(tmp_path):
+    # Integration of prepare_data (no training): Testing/ lacks no_tumor, and meningioma's test
+    # images are byte copies of training images, so the leakage-free subset lacks meningioma too.
+    import shutil
+    from datetime import datetime, timezone
+
+    from engine.manifest import loads
+    from engine.pipeline import RunContext, prepare_data
+
+    rng = np.random.default_rng(0)
+    root = tmp_path / "data"
+    for split, n in (("Training", 8), ("Testing", 2)):
+        for folder in ("glioma_tumor", "meningioma_tumor", "no_tumor", "pituitary_tumor"):
+            if split == "Testing" and folder == "no_tumor":
+                continue
+            for i in range(n):
+                path = root / split / folder / f"{i}.png"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                if split == "Testing" and folder == "meningioma_tumor":
+                    shutil.copy(root / "Training" / folder / f"{i}.png", path)
+                else:
+                    Image.fromarray(rng.integers(0, 256, (48, 48), dtype=np.uint8)).save(path)
+    m = loads(f'[experiment]\nname = "cov"\n[data]\nroot = "{root}"\ncache = false\n'
+              '[integrity]\nshift = false\n[[backbones]]\nname = "ResNet50"\n', base=tmp_path)
+    echoed = []
+    ctx = RunContext(m, tmp_path / "run", tmp_path, echoed.append, lambda: datetime.now(timezone.utc),
+                     {"timings": {}})
+    ctx.run_dir.mkdir()
+    prepare_data(ctx)
+    stored = ctx.results["data"]["warnings"]
+    assert [w.split(":")[0] for w in stored] == ["class no_tumor has no test images",
+                                                 "class meningioma has no leakage-free test images (all 2 test "
+                                                 "images have a copy or near-copy in training)"]
+    assert [f"warning: {w}" for w in stored] == [e for e in echoed if e.startswith("warning: class")]

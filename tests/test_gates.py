@@ -103,6 +103,23 @@ def test_missing_recall_class_fails():
     assert gate.status == "FAIL" and gate.value is None
 
 
+@pytest.mark.parametrize("stored_recall", [None, 0.0])  # 0.0: results.json from before undefined recall
+@pytest.mark.parametrize("threshold", [0.0, 0.8])
+def test_recall_of_a_class_with_no_test_images_is_not_evaluated(stored_recall, threshold):
+    results = run(bb("ResNet50"))
+    results["backbones"][0]["test"]["per_class"]["no_tumor"].update(recall=stored_recall, f1=None, support=0)
+    config = GatesConfig(min_recall={"no_tumor": threshold, "glioma": 0.8})
+    gates = by_label(evaluate_gates(results, config, None))
+    gate = gates["min_recall.no_tumor[ResNet50]"]
+    # neither PASS (nothing was shown, even against a threshold of 0) nor FAIL (nothing was missed)
+    assert (gate.status, gate.value) == ("WARN", None)
+    assert "not evaluated (no test images of class no_tumor)" in gate.message
+    assert gates["min_recall.glioma[ResNet50]"].status == "PASS"
+    assert overall_status(list(gates.values())) == "WARN"
+    case = ET.fromstring(gates_to_junit(list(gates.values()), "s").encode()).find("testsuite/testcase")
+    assert case.find("skipped").get("message").startswith("WARN: ResNet50: not evaluated")
+
+
 def test_applies_to_best_ignores_other_backbones():
     results = run(bb("ResNet50", macro_f1=0.95), bb("VGG16", macro_f1=0.2), best="ResNet50")
     gates = evaluate_gates(results, Gates(min_macro_f1=0.9), None)

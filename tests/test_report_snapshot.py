@@ -317,7 +317,10 @@ def test_failed_backbone_listed_with_its_error():
 
 def test_leakage_free_twin_beside_headline_metrics():
     rows = _summary_rows(html_for(fixture_results()))
-    assert "0.904 leakage-free 0.775" in rows[1] and "0.905 leakage-free 0.780" in rows[1]  # spaced for screen readers
+    # spaced for screen readers; the fixture's leakage-free subset has no no_tumor image, so its
+    # macro-F1 says which classes it averages
+    assert "0.904 leakage-free 0.789" in rows[1]
+    assert "0.905 leakage-free 0.818 (3 classes: no no_tumor image in this subset)" in rows[1]
     results = fixture_results()
     for b in results["backbones"]:
         b.pop("leakage_free", None)
@@ -375,6 +378,7 @@ def test_optional_sections_are_skipped_when_absent():
     results = fixture_results()
     for key in ("integrity", "comparisons", "gates", "trend", "external"):
         results.pop(key)
+    results["data"].pop("warnings")
     for b in results["backbones"]:
         for key in ("leakage_free", "calibration", "uncertainty", "gradcam"):
             b.pop(key, None)
@@ -427,3 +431,109 @@ def test_pair_thumbnails_are_stored_in_the_run_directory(tmp_path):
         assert max(im.size) == 192 and im.mode == "RGB"
     assert "files" not in second  # unreadable source: the report lists the paths instead
     assert add_pair_thumbnails(results, run) == 0  # pairs that have files are left alone
+
+
+def test_one_leakage_free_macro_f1_per_model_in_every_table(tmp_path):
+    """Issue 15: a leakage-free subset with no no_tumor image but wrong no_tumor predictions.
+
+    The subset's predictions go through the engine's own metrics and bootstrap into a results.json,
+    the trend is built from it as finish_run does, and the rendered report must show that one
+    macro-F1 wherever it shows the model's leakage-free macro-F1, inside the interval shown.
+    """
+    import numpy as np
+    from sklearn.metrics import f1_score
+
+    from engine import history
+    from engine.metrics import classification_metrics
+    from engine.uncertainty import bootstrap_summary
+
+    results = fixture_results()
+    classes = results["data"]["class_names"]
+    rng = np.random.default_rng(7)
+    y = np.repeat([0, 1, 3], [70, 50, 22])  # no no_tumor (index 2)
+    wrong = rng.uniform(size=len(y)) < 0.25
+    pred = np.where(wrong, (y + rng.integers(1, 4, size=len(y))) % 4, y)
+    pred[[0, 70, 120]] = 2  # a wrong prediction into the absent class from each present class
+    ft = next(b for b in results["backbones"] if b["name"] == "efficientnetb0_ft")
+    ft["leakage_free"] = classification_metrics(y, np.eye(4)[pred], classes).to_dict()
+    ft["uncertainty"]["leakage_free"] = bootstrap_summary(y, pred, classes, 1000, seed=42)
+    results["trend"] = history.trend([history.record_from_results(results)], results["run"]["id"])
+    run = tmp_path / "run"
+    shutil.copytree(FIXTURE, run)
+    (run / "results.json").write_text(json.dumps(results), encoding="utf-8")
+
+    stored = load_results(run)
+    lf = next(b for b in stored["backbones"] if b["name"] == "efficientnetb0_ft")
+    value, boot = lf["leakage_free"]["macro_f1"], lf["uncertainty"]["leakage_free"]["macro_f1"]
+    assert value == pytest.approx(f1_score(y, pred, labels=[0, 1, 3], average="macro"), abs=1e-6)
+    assert boot["value"] == pytest.approx(value, abs=1e-6)
+    assert boot["ci_low"] <= value <= boot["ci_high"]
+    shown = f"{value:.3f}"
+    # what the bootstrap and macro_avg used to average (no_tumor's F1 of 0 included): a report
+    # that still showed it anywhere would contradict itself again
+    other = f"{f1_score(y, pred, average='macro', zero_division=0):.3f}"
+    assert other != shown
+
+    html = render_html(build_report(stored, now=NOW), run)
+    rows = _table_cells(html)
+    note = "(3 classes: no no_tumor image in this subset)"
+    (summary,) = [r for r in rows if r[0].startswith("EfficientNetB0 (fine-tuned) best")]
+    assert summary[3] == f"0.905 leakage-free {shown} {note}"  # test macro-F1 column
+    section = html.split('id="bb-efficientnetb0_ft-metrics"')[1].split("<h3")[0]
+    (headline,) = [r for r in _table_cells(section) if r[0] == "Macro-F1"]
+    ci = f"95 % CI {boot['ci_low']:.3f}–{boot['ci_high']:.3f}"
+    assert headline[2] == f"{shown} {ci} {note}"  # leakage-free column
+    (trend,) = [r for r in rows if r[:2] == ["EfficientNetB0 (fine-tuned)", "leakage-free macro-F1"]]
+    assert trend[3] == shown  # "this run" column
+    assert f"macro-F1 {shown} over 3 classes" in html  # the best-backbone sentence
+    assert not [r for r in rows if any(other in cell for cell in r)], "a table shows the other definition's macro-F1"
+
+
+def _table_cells(html: str) -> list[list[str]]:
+    """Text of each cell of each table row, whitespace collapsed."""
+    out = []
+    for row in re.findall(r"<tr[^>]*>(.*?)</tr>", html, re.S):
+        cells = re.findall(r"<t[hd][^>]*>(.*?)</t[hd]>", row, re.S)
+        out.append([" ".join(re.sub(r"<[^>]+>", " ", c).split()) for c in cells])
+    return out
+
+
+def test_an_interval_around_another_value_is_not_shown():
+    # results.json written before the one definition (the lite0 run of issue 15): the bootstrap
+    # block says 0.298 [0.239, 0.353] where the metrics block says 0.397 for the same images.
+    results = fixture_results()
+    ft = next(b for b in results["backbones"] if b["name"] == "efficientnetb0_ft")
+    ft["leakage_free"]["macro_f1"] = 0.397
+    ft["uncertainty"]["leakage_free"]["macro_f1"] = {"value": 0.298, "ci_low": 0.239, "ci_high": 0.353}
+    html = html_for(results)
+    section = html.split('id="bb-efficientnetb0_ft-metrics"')[1].split("<h3")[0]
+    (headline,) = [r for r in _table_cells(section) if r[0] == "Macro-F1"]
+    assert headline[2] == "0.397 (3 classes: no no_tumor image in this subset)"
+    assert "0.298" not in " ".join(" ".join(r) for r in _table_cells(html))
+    assert ("The stored bootstrap interval of macro-F1 on the leakage-free subset was computed around 0.298, "
+            "not the 0.397 shown") in section
+    # the accuracy interval was computed around the value shown, so it stays
+    (accuracy,) = [r for r in _table_cells(section) if r[0] == "Accuracy"]
+    acc = ft["uncertainty"]["leakage_free"]["accuracy"]
+    assert accuracy[2] == f"{ft['leakage_free']['accuracy']:.3f} 95 % CI {acc['ci_low']:.3f}–{acc['ci_high']:.3f}"
+
+
+def test_undefined_per_class_metrics_say_why():
+    results = fixture_results()
+    frozen = results["backbones"][0]
+    # a results.json from before undefined metrics were null: recall and F1 stored as 0.0
+    frozen["test"]["per_class"]["pituitary"].update(precision=0.0, recall=0.0, f1=0.0, support=0)
+    frozen["test"]["per_class"]["glioma"]["precision"] = None  # glioma never predicted
+    ext = results["external"][0]["backbones"][0]
+    ext["per_class"]["no_tumor"].update(recall=None, f1=None, support=0)
+    report = build_report(results, now=NOW)
+    rows = {r.cls: r for r in report.backbones[0].per_class}
+    assert (rows["pituitary"].recall.text, rows["pituitary"].f1.text) == ("no test images", "no test images")
+    assert rows["pituitary"].precision.text == "0.000"  # predicted, all wrongly: measured
+    assert rows["glioma"].precision.text == "never predicted" and rows["glioma"].recall.text == "0.720"
+    summary = next(r for r in report.summary if r.name == "efficientnetb0")
+    assert [m.text for m in summary.per_class_f1][3] == "no test images"
+    assert summary.macro_note == "3 classes: no pituitary image in the test split"
+    (row,) = report.external[0].rows
+    assert "no_tumor no images" in row.recall_text
+    assert row.macro_note == "3 classes: no no_tumor image in this data"

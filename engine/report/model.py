@@ -40,6 +40,8 @@ class Metric:
     low: float | None = None
     high: float | None = None
     digits: int = 3
+    #: shown instead of the number when there is none: why, e.g. "no test images"
+    missing: str = "n/a"
 
     @property
     def known(self) -> bool:
@@ -47,7 +49,7 @@ class Metric:
 
     @property
     def text(self) -> str:
-        return "n/a" if self.value is None else f"{self.value:.{self.digits}f}"
+        return self.missing if self.value is None else f"{self.value:.{self.digits}f}"
 
     @property
     def ci_text(self) -> str:
@@ -86,6 +88,51 @@ def _interval(block: dict | None, digits: int = 3) -> Metric | None:
     low = block.get("ci_low", block.get("low"))
     high = block.get("ci_high", block.get("high"))
     return Metric(_num(block.get("value")), _num(low), _num(high), digits)
+
+
+#: Display of a per-class metric that is undefined (docs/metrics.md): no true image of the class in
+#: the subset (recall, F1), or the class was never predicted (precision).
+NO_IMAGES = "no test images"
+NEVER_PREDICTED = "never predicted"
+#: Largest gap between a stored bootstrap value and the point value for the interval to count as
+#: computed around it: results.json rounds metrics to 6 decimals, intervals are stored unrounded.
+_SAME_POINT = 1e-6
+
+
+def _class_metric(entry: Any, key: str, digits: int = 3, no_images: str = NO_IMAGES) -> Metric:
+    """A per-class metric of engine.metrics' ``per_class`` entry, saying why it is undefined.
+
+    Support 0 means no image of the class: its recall and F1 are undefined, also in results.json
+    written before they were null (which stored 0.0 for them).
+    """
+    if not isinstance(entry, dict):
+        return _metric(None, digits)
+    if key in ("recall", "f1") and _count(entry.get("support")) == 0:
+        return Metric(None, digits=digits, missing=no_images)
+    if key == "precision" and key in entry and _num(entry[key]) is None:
+        return Metric(None, digits=digits, missing=NEVER_PREDICTED)
+    return _metric(entry.get(key), digits)
+
+
+def macro_classes(block: Any, class_names: Sequence[str]) -> list[str]:
+    """The classes a metrics block's macro averages cover: ``classes_in_macro``, or for results
+    that lack it the classes with images (support > 0; unknown support counts as present)."""
+    if not isinstance(block, dict):
+        return list(class_names)
+    stored = block.get("classes_in_macro")
+    if isinstance(stored, list):
+        return [str(c) for c in stored]
+    per_class = block.get("per_class") or {}
+    return [c for c in class_names if _count((per_class.get(c) or {}).get("support")) != 0]
+
+
+def macro_note(block: Any, class_names: Sequence[str], where: str = "this subset") -> str | None:
+    """'3 classes: no no_tumor image in this subset' where a class is left out of macro averages."""
+    covered = macro_classes(block, class_names)
+    absent = [c for c in class_names if c not in covered]
+    if not absent or not covered:
+        return None
+    return f"{len(covered)} classes: no {' or '.join(absent)} image in {where}"
 
 
 def format_duration(seconds: Any) -> str:
@@ -138,6 +185,9 @@ class SummaryRow:
     input_size: str
     training_time: str
     baseline_note: str | None
+    #: which classes macro-F1 averaged, where one is absent (see macro_note); None when all are in
+    macro_note: str | None = None
+    macro_note_lf: str | None = None
 
 
 @dataclass(frozen=True)
@@ -161,6 +211,8 @@ class HeadlineRow:
     label: str
     test: Metric
     leakage_free: Metric | None
+    test_note: str | None = None
+    leakage_free_note: str | None = None
 
 
 @dataclass(frozen=True)
@@ -212,6 +264,8 @@ class BackboneSection:
     calibration: CalibrationView | None = None
     gradcam: GradcamGallery | None = None
     uncertainty_note: str | None = None
+    #: stored intervals not shown because they were not computed around the value shown
+    interval_notes: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -332,6 +386,7 @@ class ExternalRow:
     macro_f1: Metric
     pointing_game: str | None
     recall_text: str
+    macro_note: str | None = None
 
 
 @dataclass(frozen=True)
@@ -481,11 +536,13 @@ def _summary_row(backbone: dict, class_names: Sequence[str], best_name: str | No
         accuracy_lf=_metric(free.get("accuracy")) if free else None,
         macro_f1=_metric(test.get("macro_f1")),
         macro_f1_lf=_metric(free.get("macro_f1")) if free else None,
-        per_class_f1=[_metric((per_class.get(c) or {}).get("f1")) for c in class_names],
+        per_class_f1=[_class_metric(per_class.get(c), "f1") for c in class_names],
         weights=_weights_text(backbone),
         input_size=_input_size(backbone),
         training_time=format_duration(_training_seconds(backbone)) if ok else "n/a",
         baseline_note=baseline_note,
+        macro_note=macro_note(test, class_names, "the test split") if ok else None,
+        macro_note_lf=macro_note(free, class_names) if free else None,
     )
 
 
@@ -505,25 +562,54 @@ def _recall_intervals(block: dict | None) -> dict:
     return block.get("per_class_recall") or block.get("recall") or {}
 
 
-def _headline_rows(backbone: dict) -> list[HeadlineRow]:
+#: Headline metrics: (results.json key, label, name in a sentence, whether it averages over classes).
+_HEADLINE = (("accuracy", "Accuracy", "accuracy", False),
+             ("balanced_accuracy", "Balanced accuracy", "balanced accuracy", True),
+             ("macro_f1", "Macro-F1", "macro-F1", True), ("weighted_f1", "Weighted F1", "weighted F1", False))
+
+
+def _with_interval(point: Any, boot: Any, classes: list[str], boot_classes: Any) -> tuple[Metric, float | None]:
+    """The point value with the bootstrap interval when that interval was computed around it.
+
+    Returns (metric, the stored bootstrap value when it was not: the report says so instead of
+    showing an interval around another number).
+    """
+    value = _num(point)
+    interval = _interval(boot)
+    if value is None or interval is None or interval.value is None:
+        return _metric(point), None
+    same_classes = not isinstance(boot_classes, list) or [str(c) for c in boot_classes] == classes
+    if abs(interval.value - value) > _SAME_POINT or not same_classes:
+        return _metric(point), interval.value
+    return Metric(value, interval.low, interval.high), None
+
+
+def _headline_rows(backbone: dict, class_names: Sequence[str]) -> tuple[list[HeadlineRow], list[str]]:
+    """Rows of the headline table, and a note per stored interval left out (see _with_interval)."""
     test = backbone.get("test") or {}
     free = backbone.get("leakage_free")
     u_test, u_free = _uncertainty_blocks(backbone)
-    rows = []
-    for key, label in (("accuracy", "Accuracy"), ("balanced_accuracy", "Balanced accuracy"),
-                       ("macro_f1", "Macro-F1"), ("weighted_f1", "Weighted F1")):
+    rows, dropped = [], []
+    for key, label, name, is_macro in _HEADLINE:
         if test.get(key) is None:
             continue
-        t = _interval((u_test or {}).get(key)) or _metric(test.get(key))
-        if t.value is None:
-            t = _metric(test.get(key))
-        lf = None
-        if free:
-            lf = _interval((u_free or {}).get(key)) or _metric(free.get(key))
-            if lf.value is None:
-                lf = _metric(free.get(key))
-        rows.append(HeadlineRow(label, t, lf))
-    return rows
+        cells = []
+        for block, boot, where in ((test, u_test, "the test split"), (free, u_free, "the leakage-free subset")):
+            if not block:
+                cells.append((None, None))
+                continue
+            metric, other = _with_interval(block.get(key), (boot or {}).get(key), macro_classes(block, class_names),
+                                           (boot or {}).get("classes_in_macro") if is_macro else None)
+            if other is not None:
+                dropped.append(f"The stored bootstrap interval of {name} "
+                               f"on {where} was computed around {other:.3f}, not the {metric.text} shown: results.json "
+                               "from an auditrun that defined the metric differently. It is not shown; rerun the "
+                               "audit for an interval around the value shown.")
+            cells.append((metric, macro_note(block, class_names, "the test split" if block is test else "this subset")
+                           if is_macro else None))
+        (t, t_note), (lf, lf_note) = cells
+        rows.append(HeadlineRow(label, t, lf, t_note, lf_note))
+    return rows, dropped
 
 
 def _per_class_rows(backbone: dict, class_names: Sequence[str]) -> list[PerClassRow]:
@@ -537,16 +623,18 @@ def _per_class_rows(backbone: dict, class_names: Sequence[str]) -> list[PerClass
     for cls in class_names:
         pc = per_class.get(cls) or {}
         fpc = free_pc.get(cls)
+        recall = _class_metric(pc, "recall")
+        interval, _ = _with_interval(recall.value, recall_ci.get(cls), [], None)
         rows.append(PerClassRow(
             cls=cls,
-            precision=_metric(pc.get("precision")),
-            recall=_metric(pc.get("recall")),
-            f1=_metric(pc.get("f1")),
+            precision=_class_metric(pc, "precision"),
+            recall=recall,
+            f1=_class_metric(pc, "f1"),
             support=_count(pc.get("support")),
-            recall_ci=_interval(recall_ci.get(cls)),
-            lf_precision=_metric(fpc.get("precision")) if fpc is not None else None,
-            lf_recall=_metric(fpc.get("recall")) if fpc is not None else None,
-            lf_f1=_metric(fpc.get("f1")) if fpc is not None else None,
+            recall_ci=interval if recall.known else None,
+            lf_precision=_class_metric(fpc, "precision") if fpc is not None else None,
+            lf_recall=_class_metric(fpc, "recall") if fpc is not None else None,
+            lf_f1=_class_metric(fpc, "f1") if fpc is not None else None,
             lf_support=_count(fpc.get("support")) if fpc is not None else None,
         ))
     return rows
@@ -670,19 +758,26 @@ def _gradcam_gallery(backbone: dict) -> GradcamGallery | None:
 def _section(backbone: dict, class_names: Sequence[str]) -> BackboneSection:
     test = backbone.get("test") or {}
     free = backbone.get("leakage_free")
-    u_test, _ = _uncertainty_blocks(backbone)
+    u_test, u_free = _uncertainty_blocks(backbone)
     note = None
     if u_test:
         n = (backbone.get("uncertainty") or {}).get("n_resamples") or u_test.get("n_resamples")
         conf = u_test.get("confidence") or (backbone.get("uncertainty") or {}).get("confidence") or 0.95
         note = (f"Intervals are {conf * 100:.0f} % percentile-bootstrap confidence intervals"
                 + (f" over {n:,} resamples" if isinstance(n, int) else "") + " of the test images.")
+        for block, where in ((u_test, "the test split"), (u_free, "the leakage-free subset")):
+            macro = (block or {}).get("macro_f1") or {}
+            kept, total = _count(macro.get("n_resamples_defined")), _count((block or {}).get("n_resamples"))
+            if kept is not None and total and kept < total:
+                note += (f" The macro-F1 interval on {where} rests on {kept:,} of {total:,} resamples: the others "
+                         "drew no image of one of its classes, where macro-F1 over those classes is undefined.")
+    headline, dropped = _headline_rows(backbone, class_names)
     return BackboneSection(
         name=backbone["name"],
         display_name=_display(backbone),
         anchor=_anchor(backbone["name"]),
         facts=_facts(backbone),
-        headline=_headline_rows(backbone),
+        headline=headline,
         per_class=_per_class_rows(backbone, class_names),
         has_leakage_free=bool(free),
         n_test=_count(test.get("n_images")),
@@ -691,6 +786,7 @@ def _section(backbone: dict, class_names: Sequence[str]) -> BackboneSection:
         calibration=_calibration_view(backbone),
         gradcam=_gradcam_gallery(backbone),
         uncertainty_note=note,
+        interval_notes=dropped,
     )
 
 
@@ -977,11 +1073,12 @@ def _external(results: dict, display: dict[str, str], class_names: Sequence[str]
             elif _num(pg) is not None:
                 pointing = _metric(pg, 2).text
             per_class = b.get("per_class") or {}
-            recall = ", ".join(f"{c} {_metric((per_class.get(c) or {}).get('recall'), 2).text}"
+            recall = ", ".join(f"{c} {_class_metric(per_class.get(c), 'recall', 2, 'no images').text}"
                                for c in class_names if c in per_class)
             rows.append(ExternalRow(display.get(b.get("name"), str(b.get("name"))), _count(b.get("n_images")),
                                     _metric(b.get("accuracy")), _metric(b.get("balanced_accuracy")),
-                                    _metric(b.get("macro_f1")), pointing, recall or "n/a"))
+                                    _metric(b.get("macro_f1")), pointing, recall or "n/a",
+                                    macro_note(b, class_names, "this data")))
         views.append(ExternalView(str(entry.get("data", "external data")), rows))
     return views
 
@@ -1077,9 +1174,15 @@ def build_report(results: dict, *, manifest_text: str | None = None, now: dateti
         row = next(r for r in rows if r.name == best_name)
         best_sentence = (f"The best backbone, chosen by {label[6:-1]}, is {row.display_name}: test accuracy "
                          f"{row.accuracy.text}, macro-F1 {row.macro_f1.text}"
-                         + (f" (leakage-free: accuracy {row.accuracy_lf.text}, macro-F1 {row.macro_f1_lf.text})"
+                         + (f" ({row.macro_note})" if row.macro_note else "")
+                         + (f" (leakage-free: accuracy {row.accuracy_lf.text}, macro-F1 {row.macro_f1_lf.text}"
+                            + (f" over {row.macro_note_lf}" if row.macro_note_lf else "") + ")"
                             if row.macro_f1_lf else "") + ".")
     warnings = [w for w in [_run_status_warning(run)] if w]
+    for text in (results.get("data") or {}).get("warnings") or []:
+        text = str(text).strip()
+        if text:
+            warnings.append("Warning: " + text + ("" if text.endswith(".") else "."))
     if integrity and integrity.warning:
         warnings.append(integrity.warning)
     if failed:
