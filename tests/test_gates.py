@@ -108,7 +108,7 @@ def test_missing_recall_class_fails():
 def test_recall_of_a_class_with_no_test_images_is_not_evaluated(stored_recall, threshold):
     results = run(bb("ResNet50"))
     results["backbones"][0]["test"]["per_class"]["no_tumor"].update(recall=stored_recall, f1=None, support=0)
-    config = GatesConfig(min_recall={"no_tumor": threshold, "glioma": 0.8})
+    config = Gates(min_recall={"no_tumor": threshold, "glioma": 0.8})
     gates = by_label(evaluate_gates(results, config, None))
     gate = gates["min_recall.no_tumor[ResNet50]"]
     # neither PASS (nothing was shown, even against a threshold of 0) nor FAIL (nothing was missed)
