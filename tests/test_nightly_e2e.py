@@ -220,7 +220,8 @@ def test_gate_above_achieved_macro_f1_exits_1_with_fail_on_stderr(gated_run):
     assert achieved < 0.99
     gate = next(g for g in results["gates"]["gates"] if g["name"] == "min_macro_f1")
     assert gate["status"] == "FAIL" and gate["value"] == achieved and gate["threshold"] == 0.99
-    assert results["gates"]["summary"] == {"PASS": 1, "WARN": 0, "FAIL": 1, "status": "FAIL"}
+    # min_accuracy and the built-in all_backbones_finished pass
+    assert results["gates"]["summary"] == {"PASS": 2, "WARN": 0, "FAIL": 1, "status": "FAIL"}
     assert "FAIL min_macro_f1[tiny]" in result.stderr
     assert "audit gate FAILED" in result.stderr
     assert result.stdout.strip().splitlines()[-1] == str(run_dir)  # stdout: the run directory only
@@ -249,7 +250,8 @@ def test_junit_lists_each_gate_with_one_failure(gated_run):
     _, _, junit = gated_run
     root = ET.parse(junit).getroot()
     cases = root.findall(".//testcase")
-    assert sorted(c.get("name") for c in cases) == ["min_accuracy[tiny]", "min_macro_f1[tiny]"]
+    assert sorted(c.get("name") for c in cases) == ["all_backbones_finished", "min_accuracy[tiny]",
+                                                    "min_macro_f1[tiny]"]
     failures = root.findall(".//failure")
     assert len(failures) == 1
     assert "below the minimum 0.990" in failures[0].get("message")
