@@ -9,6 +9,10 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# An exported AUDITRUN_DATA_ROOT (the README suggests one) would point every test manifest, and the audits
+# that tests start in subprocesses, at that dataset instead of the test's own phantoms. Tests of the
+# variable set it themselves (monkeypatch).
+os.environ.pop("AUDITRUN_DATA_ROOT", None)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
