@@ -3,19 +3,28 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# An exported AUDITRUN_DATA_ROOT (the README suggests one) would point every test manifest, and the audits
+# that tests start in subprocesses, at that dataset instead of the test's own phantoms. Tests of the
+# variable set it themselves (monkeypatch).
+os.environ.pop("AUDITRUN_DATA_ROOT", None)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
-LITE0 = SHARED / "weights" / "efficientnet_lite0_imagenet.keras"
+#: AUDITRUN_TEST_LITE0 overrides the Lite0 path; a missing path runs the tests' no-Lite0 branches
+#: (the end-to-end audit then trains a tiny CNN from scratch instead; docs/testing.md).
+LITE0 = Path(os.environ.get("AUDITRUN_TEST_LITE0") or SHARED / "weights" / "efficientnet_lite0_imagenet.keras")
 SARTAJ = SHARED / "datasets" / "sartaj-brain-tumor-mri"
 
 needs_lite0 = pytest.mark.skipif(not LITE0.is_file(), reason=f"offline Lite0 backbone not found at {LITE0}")
 needs_sartaj = pytest.mark.skipif(not SARTAJ.is_dir(), reason=f"Sartaj MRI dataset not found at {SARTAJ}")
+needs_poppler = pytest.mark.skipif(shutil.which("pdfinfo") is None or shutil.which("pdftotext") is None,
+                                   reason="poppler-utils (pdfinfo, pdftotext) not installed")
 
 
 @pytest.fixture(scope="session")

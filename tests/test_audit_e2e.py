@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from engine.cli import main
 
-from conftest import LITE0, needs_lite0, write_manifest
+from conftest import LITE0, needs_lite0, needs_poppler, write_manifest
 
 
 def tiny_backbone(path: Path, size: int = 64) -> Path:
@@ -30,12 +30,14 @@ def tiny_backbone(path: Path, size: int = 64) -> Path:
     return path
 
 
-#: Manifest block for the CNN that ``tiny_backbone`` saves as tiny.keras, trained end to end.
+#: Manifest block for the CNN that ``tiny_backbone`` saves as tiny.keras, trained end to end. Inputs are
+#: centred ("tf": -1..1): with 0..1 ("unit") the CNN from scratch sat on the loss plateau at ln 4 until early
+#: stopping on 2 of 4 seeds tried (test accuracy 0.25, chance); centred, seeds 2-5 and 11 reached 0.98-1.00.
 TINY_BACKBONE_TOML = """
 [[backbones]]
 name = "tiny-cnn"
 file = "tiny.keras"
-preprocessing = "unit"
+preprocessing = "tf"
 input_size = 64
 train_backbone = true
 """
@@ -107,8 +109,12 @@ def test_results_match_predictions_and_model_learns(smoke_run):
     best = max(ok, key=lambda b: b["test"]["accuracy"])
     if best["name"] == "lite0":
         assert best["test"]["accuracy"] >= 0.9  # chance is 0.25
-    else:  # from scratch on 180 images: only ask that it learned something
-        pytest.skip(f"Lite0 file absent ({LITE0}); tiny CNN reached {best['test']['accuracy']:.2f}")
+    else:
+        # The tiny CNN trained from scratch (no Lite0 file; AUDITRUN_TEST_LITE0=/missing runs this branch).
+        # Chance is 0.25 (4 balanced test classes; predicting one class for all scores 0.25 too). Measured
+        # with this manifest: 1.00 (seed 11); seeds 2-5: 0.98-1.00. 0.8 is far above chance and leaves room
+        # for another CPU's numerics; a model that learned nothing, or little, fails it.
+        assert best["test"]["accuracy"] >= 0.8, f"tiny CNN reached only {best['test']['accuracy']:.2f} (chance 0.25)"
     assert results["best_backbone"]["name"] == best["name"]
     assert results["run"]["status"] == "partial"
     assert (run / "manifest.toml").is_file()
@@ -182,15 +188,30 @@ def test_report_is_accessible_and_complete(smoke_run):
         assert all((run / f).is_file() for f in item["files"].values())
     assert "Grad-CAM" in html and ok["display_name"] in html
     assert (run / "report.pdf").read_bytes().startswith(b"%PDF")
-    import shutil
+
+
+@needs_poppler
+def test_report_pdf_is_tagged(smoke_run):
+    # mutation seen to fail: report.render_pdf `pdf_variant="pdf/ua-1"` -> `pdf_variant=None`
     import subprocess
 
-    if shutil.which("pdfinfo"):
-        info = subprocess.run(["pdfinfo", str(run / "report.pdf")], capture_output=True, text=True).stdout
-        assert "Tagged:          yes" in info
-    if shutil.which("pdftotext"):
-        text = subprocess.run(["pdftotext", str(run / "report.pdf"), "-"], capture_output=True, text=True).stdout
-        assert "Confusion" in text and "Grad-CAM" in text and ok["display_name"] in text
+    tmp, _ = smoke_run
+    info = subprocess.run(["pdfinfo", str(tmp / "out" / "e2e" / "r1" / "report.pdf")], capture_output=True,
+                          text=True, check=True).stdout
+    assert "Tagged:          yes" in info, info
+
+
+@needs_poppler
+def test_report_pdf_has_the_confusion_matrix_and_grad_cam_sections(smoke_run):
+    # mutation seen to fail: report.render_report `render_pdf(html, run_dir)` -> `render_pdf("<p>x</p>", run_dir)`
+    import subprocess
+
+    tmp, _ = smoke_run
+    run = tmp / "out" / "e2e" / "r1"
+    ok = next(b for b in json.loads((run / "results.json").read_text())["backbones"] if b["status"] == "ok")
+    text = subprocess.run(["pdftotext", str(run / "report.pdf"), "-"], capture_output=True, text=True,
+                          check=True).stdout
+    assert "Confusion" in text and "Grad-CAM" in text and ok["display_name"] in text
 
 
 def test_render_reproduces_report_without_models(smoke_run, tmp_path):

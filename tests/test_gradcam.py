@@ -20,7 +20,7 @@ from engine.errors import AuditrunError, InputError  # noqa: E402
 
 SIZE = 48
 CLASSES = ["blob", "empty"]
-LITE0 = Path(__file__).parents[1].parent / "shared/weights/efficientnet_lite0_imagenet.keras"
+from conftest import LITE0  # noqa: E402 - the one path; AUDITRUN_TEST_LITE0 overrides it
 
 
 def _phantoms(n: int, seed: int):

@@ -18,7 +18,7 @@ from engine.errors import InputError
 from engine.hashing import hamming_pairs
 from engine.integrity import IntegrityConfig, audit, duplicate_groups, summary_text
 
-REAL_DATA = Path(__file__).parents[1].parent / "shared/datasets/sartaj-brain-tumor-mri"
+from conftest import SARTAJ as REAL_DATA
 
 
 @dataclass(frozen=True)
