@@ -1,13 +1,18 @@
 """Snapshot and accessibility tests of the rendered report (issue 3, items 2-5).
 
-The committed fixture ``tests/fixtures/run_fixture`` (results.json, manifest.toml, small Grad-CAM
-and duplicate-pair PNGs) is rendered with a fixed clock. The HTML, with every ``data:`` image
+The snapshots render ``tests/fixtures/smoke_run``: the inputs of a real smoke audit (results.json,
+manifest copy, Grad-CAM and duplicate-pair PNGs), made by ``tests/fixtures/make_smoke_fixture.py``,
+with a fixed clock. The hand-made ``tests/fixtures/run_fixture`` holds the cases a real run rarely
+shows at once (a failed backbone, leakage, a trend, a class absent from the leakage-free subset) and
+serves the behaviour tests below. The HTML, with every ``data:`` image
 payload replaced by a placeholder (matplotlib versions change PNG bytes, not the report), and the
 text of the PDF (``pdftotext`` from poppler-utils) must equal ``tests/snapshots/report.html`` and
 ``tests/snapshots/report.txt``. Any change of a template therefore fails here until the snapshots
 are rewritten on purpose::
 
     AUDITRUN_UPDATE_SNAPSHOTS=1 .venv/bin/pytest tests/test_report_snapshot.py
+
+(refused under ``CI=true``: a CI run must compare, never rewrite)
 
 (see docs/report.md). The other tests check behaviour that a snapshot would only freeze: alt text,
 no external URLs, escaping, the leakage warning threshold, the best backbone marked in words.
@@ -37,6 +42,7 @@ from engine.report.model import LEAKAGE_WARNING_FRACTION, leakage_warning, tumou
 
 HERE = Path(__file__).parent
 FIXTURE = HERE / "fixtures" / "run_fixture"
+SMOKE = HERE / "fixtures" / "smoke_run"
 SNAPSHOTS = HERE / "snapshots"
 NOW = datetime(2025, 3, 1, 6, 0, tzinfo=timezone.utc)
 UPDATE = os.environ.get("AUDITRUN_UPDATE_SNAPSHOTS") == "1"
@@ -104,6 +110,9 @@ def pdf_text(pdf: Path) -> str:
 
 def check_snapshot(name: str, actual: str) -> None:
     path = SNAPSHOTS / name
+    if UPDATE and os.environ.get("CI") == "true":
+        pytest.fail("AUDITRUN_UPDATE_SNAPSHOTS=1 under CI=true: snapshots are rewritten on purpose, by a "
+                    "person, never by CI; unset one of them")
     if UPDATE:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(actual, encoding="utf-8")
@@ -136,28 +145,55 @@ def rendered(tmp_path_factory) -> dict:
     return {"run": run, "paths": paths, "html": html, "parsed": parse(html)}
 
 
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory) -> dict:
+    """The real smoke run's inputs, rendered with the fixed clock."""
+    run = tmp_path_factory.mktemp("smoke") / "run"
+    shutil.copytree(SMOKE, run)
+    paths = render_report(run, now=NOW)
+    html = paths["html"].read_text(encoding="utf-8")
+    return {"run": run, "paths": paths, "html": html, "parsed": parse(html)}
+
+
 # ------------------------------------------------------------------------------------------------
 # Snapshots
 
 
-def test_html_matches_snapshot(rendered):
-    check_snapshot("report.html", normalise_html(rendered["html"]))
+def test_html_matches_snapshot(smoke):
+    check_snapshot("report.html", normalise_html(smoke["html"]))
 
 
 @pytest.mark.skipif(shutil.which("pdftotext") is None, reason="pdftotext missing (apt-get install poppler-utils)")
-def test_pdf_text_matches_snapshot(rendered):
-    check_snapshot("report.txt", pdf_text(rendered["paths"]["pdf"]))
+def test_pdf_text_matches_snapshot(smoke):
+    check_snapshot("report.txt", pdf_text(smoke["paths"]["pdf"]))
+
+
+def test_updating_snapshots_is_refused_under_ci(monkeypatch, tmp_path):
+    monkeypatch.setattr(sys.modules[__name__], "UPDATE", True)
+    monkeypatch.setattr(sys.modules[__name__], "SNAPSHOTS", tmp_path)
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="never by CI"):
+        check_snapshot("report.html", "anything")
+    assert not (tmp_path / "report.html").exists()
+
+
+def test_smoke_report_images_have_alt_text_and_are_embedded(smoke):
+    images = [attrs for tag, attrs in smoke["parsed"].tags if tag == "img"]
+    assert len(images) > 10  # curves, confusion matrices, reliability, galleries of two backbones
+    for attrs in images:
+        assert (attrs.get("alt") or "").strip(), f"img without alt text: {attrs.get('src', '')[:60]}"
+        assert attrs["src"].startswith("data:image/"), "images must be embedded, not linked"
 
 
 @pytest.fixture(scope="module")
-def prepared(rendered):
-    """The fixture's typed report with its figures drawn, for re-rendering with other templates."""
-    return prepare_report(rendered["run"], now=NOW)
+def prepared(smoke):
+    """The smoke run's typed report with its figures drawn, for re-rendering with other templates."""
+    return prepare_report(smoke["run"], now=NOW)
 
 
 @pytest.mark.skipif(UPDATE, reason="snapshots are being rewritten")
-def test_same_inputs_render_the_same_html(rendered, prepared):
-    assert render_html(prepared, rendered["run"]) == rendered["html"]
+def test_same_inputs_render_the_same_html(smoke, prepared):
+    assert render_html(prepared, smoke["run"]) == smoke["html"]
 
 
 @pytest.mark.skipif(UPDATE, reason="snapshots are being rewritten")
@@ -166,14 +202,14 @@ def test_same_inputs_render_the_same_html(rendered, prepared):
     ("report.css", lambda s: s + "\n.added { color: black; }\n"),
     ("_macros.html.j2", lambda s: s.replace("<figcaption>{{ fig.caption }}", "<figcaption>Figure: {{ fig.caption }}", 1)),
 ])
-def test_template_change_fails_the_snapshot(rendered, prepared, tmp_path, template, edit):
+def test_template_change_fails_the_snapshot(smoke, prepared, tmp_path, template, edit):
     templates = tmp_path / "templates"
     shutil.copytree(TEMPLATES_DIR, templates)
     source = (templates / template).read_text(encoding="utf-8")
     changed = edit(source)
     assert changed != source, "the edit did not apply; update this test with the template"
     (templates / template).write_text(changed, encoding="utf-8")
-    html = render_html(prepared, rendered["run"], templates)
+    html = render_html(prepared, smoke["run"], templates)
     assert normalise_html(html) != (SNAPSHOTS / "report.html").read_text(encoding="utf-8")
 
 
