@@ -8,7 +8,9 @@ before any training starts. Relative paths resolve against the manifest's folder
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
+import re
 import tomllib
 import types
 import typing
@@ -212,6 +214,16 @@ class Manifest:
 # Generic dataclass validation
 
 
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def _dotted(prefix: str, key: str) -> str:
+    """``prefix.key`` as TOML writes it. Any other key (a newline, a dot, nothing) is quoted and
+    escaped: the path stays unambiguous and the message naming it stays on one line."""
+    shown = key if _BARE_KEY.fullmatch(key) else json.dumps(key)
+    return f"{prefix}.{shown}" if prefix else shown
+
+
 def _type_name(tp: Any) -> str:
     origin = typing.get_origin(tp)
     if origin is Literal:
@@ -256,7 +268,7 @@ def _convert(value: Any, tp: Any, key: str, base: Path) -> Any:
         if not isinstance(value, dict):
             raise InputError(f"manifest key '{key}' must be a table, got {value!r}")
         _, val_tp = typing.get_args(tp)
-        return {str(k): _convert(v, val_tp, f"{key}.{k}", base) for k, v in value.items()}
+        return {str(k): _convert(v, val_tp, _dotted(key, str(k)), base) for k, v in value.items()}
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise InputError(f"manifest key '{key}' must be a table, got {value!r}")
@@ -290,7 +302,7 @@ def _build(cls: type, table: dict, prefix: str, base: Path):
     names = [f.name for f in dataclasses.fields(cls) if f.name not in ("path", "text")]
     kwargs = {}
     for key, value in table.items():
-        full = f"{prefix}.{key}" if prefix else key
+        full = _dotted(prefix, key)
         if key not in names:
             raise InputError(
                 f"unknown manifest key '{full}'; allowed keys{' in [' + prefix + ']' if prefix else ''}: "
@@ -325,10 +337,10 @@ def _check_ranges(m: Manifest) -> None:
     need(len(m.data.classes) >= 2, "data.classes", "must list at least two classes")
     need(len(set(m.data.classes)) == len(m.data.classes), "data.classes", "must not repeat a class")
     for alias, target in m.data.aliases.items():
-        need(target in m.data.classes, f"data.aliases.{alias}",
+        need(target in m.data.classes, _dotted("data.aliases", alias),
              f"maps to {target!r}, which is not in data.classes {m.data.classes}")
     for cls in m.gates.min_recall:
-        need(cls in m.data.classes, f"gates.min_recall.{cls}", f"is not a class; classes: {m.data.classes}")
+        need(cls in m.data.classes, _dotted("gates.min_recall", cls), f"is not a class; classes: {m.data.classes}")
     fine_tunes = [("training.fine_tune_best", m.training.fine_tune_best)] + [
         (f"backbones[{i}].fine_tune", b.fine_tune) for i, b in enumerate(m.backbones)]
     for key, ft in fine_tunes:
@@ -398,6 +410,9 @@ def loads(text: str, *, base: Path, path: Path | None = None, check_data: bool =
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise InputError(f"{where} is not valid TOML: {exc}") from None
+    except RecursionError:
+        # tomllib parses nested arrays and inline tables recursively, with no depth limit of its own.
+        raise InputError(f"{where} is not valid TOML: arrays or inline tables nested too deeply") from None
     m = _build(Manifest, raw, "", base)
     m.path, m.text = path, text
     _check_ranges(m)
