@@ -276,6 +276,8 @@ def _convert(value: Any, tp: Any, key: str, base: Path) -> Any:
     if tp is Path:
         if not isinstance(value, str) or not value:
             raise InputError(f"manifest key '{key}' must be a path string, got {value!r}")
+        if "\0" in value:  # no file system takes it; os calls would raise ValueError later
+            raise InputError(f"manifest key '{key}' must not contain a NUL character, got {value!r}")
         p = Path(os.path.expanduser(value))
         return p if p.is_absolute() else (base / p)
     if tp is bool:
@@ -332,6 +334,13 @@ def _check_ranges(m: Manifest) -> None:
     need(m.gradcam.images_per_class >= 0, "gradcam.images_per_class", "must be >= 0")
     need(m.experiment.keep_last >= 0, "experiment.keep_last", "must be >= 0")
     need(m.data.cache_max_age_days >= 0, "data.cache_max_age_days", "must be >= 0")
+    if m.data.synthetic is not None:
+        # The limits of `auditrun synth-data`; above 2048 px a phantom's float32 work arrays run to GBs.
+        syn = m.data.synthetic
+        need(syn.per_class >= 2, "data.synthetic.per_class", "must be at least 2")
+        need(32 <= syn.size <= 2048, "data.synthetic.size", "must be between 32 and 2048 pixels")
+        need(syn.seed >= 0, "data.synthetic.seed", "must be >= 0")
+        need(0.0 < syn.test_fraction < 1.0, "data.synthetic.test_fraction", "must be between 0 and 1")
     need(bool(m.experiment.name.strip()) and "/" not in m.experiment.name, "experiment.name",
          "must be a non-empty name without '/'")
     need(len(m.data.classes) >= 2, "data.classes", "must list at least two classes")
@@ -358,7 +367,7 @@ def _check_ranges(m: Manifest) -> None:
         seen.add(b.name)
         need(b.input_size >= 32, f"{key}.input_size", "must be at least 32")
         if b.file is not None:
-            need(b.file.is_file(), f"{key}.file", f"points to {str(b.file)!r}, which does not exist")
+            need(_is_file(b.file), f"{key}.file", f"points to {str(b.file)!r}, which does not exist")
         else:
             from engine.backbones import REGISTRY  # late import: keeps manifest free of TensorFlow
 
@@ -380,6 +389,21 @@ def integrity_options(cfg: IntegrityConfig):
                    fail_on_unreadable=cfg.fail_on_unreadable)
 
 
+def _is_dir(path: Path) -> bool:
+    # pathlib answers False for most reasons a path is unusable but raises for a name too long.
+    try:
+        return path.is_dir()
+    except OSError:
+        return False
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except OSError:
+        return False
+
+
 def resolve_data_root(m: Manifest) -> Path:
     """The data root: ``$AUDITRUN_DATA_ROOT`` wins over ``data.root``; it must exist."""
     env = os.environ.get(DATA_ROOT_ENV)
@@ -388,12 +412,17 @@ def resolve_data_root(m: Manifest) -> Path:
         raise InputError(
             f"manifest key 'data.root' is required (or set {DATA_ROOT_ENV}); it names the dataset folder"
         )
-    if not root.is_dir() and m.data.synthetic is not None and not env:
+    if not _is_dir(root) and m.data.synthetic is not None and not env:
         from engine.synth import write_dataset
 
         syn = m.data.synthetic
-        write_dataset(root, per_class=syn.per_class, size=syn.size, seed=syn.seed, test_fraction=syn.test_fraction)
-    if not root.is_dir():
+        try:
+            write_dataset(root, per_class=syn.per_class, size=syn.size, seed=syn.seed,
+                          test_fraction=syn.test_fraction)
+        except OSError as exc:
+            raise InputError(f"manifest key 'data.root' points to {str(root)!r}, where [data.synthetic] cannot "
+                             f"write its phantoms: {exc.strerror or exc}") from None
+    if not _is_dir(root):
         source = f"environment variable {DATA_ROOT_ENV}" if env else "manifest key 'data.root'"
         raise InputError(
             f"{source} points to {str(root)!r}, which does not exist. Provide the dataset: put it there, "
@@ -423,7 +452,7 @@ def loads(text: str, *, base: Path, path: Path | None = None, check_data: bool =
 
 def load(path: Path | str, *, check_data: bool = True) -> Manifest:
     path = Path(path)
-    if not path.is_file():
+    if not _is_file(path):
         raise InputError(f"manifest file {str(path)!r} does not exist")
     try:
         text = path.read_text(encoding="utf-8")
