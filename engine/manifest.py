@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import re
 import tomllib
@@ -291,6 +292,10 @@ def _convert(value: Any, tp: Any, key: str, base: Path) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise InputError(f"manifest key '{key}' must be a number, got {value!r}")
+        # TOML has nan and inf; no rate, fraction or threshold here means anything by them, and
+        # NaN passes no range check by failing every comparison the wrong way.
+        if not math.isfinite(value):
+            raise InputError(f"manifest key '{key}' must be a finite number, got {value!r}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -333,6 +338,8 @@ def _check_ranges(m: Manifest) -> None:
     need(m.evaluation.bootstrap_resamples >= 0, "evaluation.bootstrap_resamples", "must be >= 0")
     need(m.gradcam.images_per_class >= 0, "gradcam.images_per_class", "must be >= 0")
     need(m.experiment.keep_last >= 0, "experiment.keep_last", "must be >= 0")
+    # sklearn's random_state and numpy's legacy seeding (keras.utils.set_random_seed) take 32 bits.
+    need(0 <= m.experiment.seed < 2**32, "experiment.seed", f"must be in [0, {2**32 - 1}]")
     need(m.data.cache_max_age_days >= 0, "data.cache_max_age_days", "must be >= 0")
     if m.data.synthetic is not None:
         # The limits of `auditrun synth-data`; above 2048 px a phantom's float32 work arrays run to GBs.
