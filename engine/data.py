@@ -79,7 +79,32 @@ def detect_layout(root: Path, train_dir: str, test_dir: str) -> str:
 
 def discover(root: Path, *, layout: str, train_dir: str, test_dir: str, classes: Sequence[str],
              aliases: dict[str, str], test_fraction: float, seed: int) -> tuple[str, list[ImageRecord]]:
-    """Find every image and its canonical class. Returns (layout, records with split train/test)."""
+    """Find every image and its canonical class. Returns (layout, records with split train/test).
+
+    Each file is listed once; raises InputError naming the folder or file otherwise.
+    """
+    try:
+        layout, records = _discover(root, layout=layout, train_dir=train_dir, test_dir=test_dir, classes=classes,
+                                    aliases=aliases, test_fraction=test_fraction, seed=seed)
+    except OSError as exc:
+        # The walk meets what the user's folders hold: a name too long, a symlink loop, no permission.
+        raise InputError(f"data root {str(root)!r}: cannot read {str(exc.filename or root)!r}: "
+                         f"{exc.strerror or exc}") from None
+    first: dict[Path, ImageRecord] = {}
+    for r in records:
+        # Train and test folders that are one folder (or link to it), or two class folders linked to
+        # one: the same file would train and test, and the audit refuses a file listed twice.
+        if r.path in first:
+            other = first[r.path]
+            raise InputError(f"data root {str(root)!r}: {str(r.path)!r} is found twice, as {other.split}/"
+                             f"{other.label} and as {r.split}/{r.label}; data.train_dir, data.test_dir and the "
+                             "class folders must be different folders, not links to one another")
+        first[r.path] = r
+    return layout, records
+
+
+def _discover(root: Path, *, layout: str, train_dir: str, test_dir: str, classes: Sequence[str],
+              aliases: dict[str, str], test_fraction: float, seed: int) -> tuple[str, list[ImageRecord]]:
     if layout == "auto":
         layout = detect_layout(root, train_dir, test_dir)
     records: list[ImageRecord] = []
@@ -87,7 +112,7 @@ def discover(root: Path, *, layout: str, train_dir: str, test_dir: str, classes:
         for split, sub in (("train", train_dir), ("test", test_dir)):
             folder = root / sub
             if not folder.is_dir():
-                raise InputError(f"data root {str(root)!r} has no '{sub}' folder (layout = \"kaggle\"; "
+                raise InputError(f"data root {str(root)!r} has no {sub!r} folder (layout = \"kaggle\"; "
                                  f"set data.train_dir / data.test_dir or layout = \"imagefolder\")")
             for label, files in _class_dirs(folder, aliases, str(folder)).items():
                 records += [ImageRecord(p.resolve(), split, label) for p in files]
@@ -99,8 +124,13 @@ def discover(root: Path, *, layout: str, train_dir: str, test_dir: str, classes:
         labels = [c for c in sorted(by_class) for _ in by_class[c]]
         if len(paths) < 4:
             raise InputError(f"data root {str(root)!r} holds only {len(paths)} images")
-        tr, te, ytr, yte = train_test_split(paths, labels, test_size=test_fraction, random_state=seed,
-                                            stratify=labels)
+        try:
+            tr, te, ytr, yte = train_test_split(paths, labels, test_size=test_fraction, random_state=seed,
+                                                stratify=labels)
+        except ValueError as exc:
+            # Too few images for a stratified split of this size; sklearn's message gives the counts.
+            raise InputError(f"data root {str(root)!r} ({len(paths)} images, imagefolder layout): cannot hold out "
+                             f"data.test_fraction = {test_fraction} of every class: {exc}") from None
         records = [ImageRecord(p.resolve(), "train", y) for p, y in zip(tr, ytr)]
         records += [ImageRecord(p.resolve(), "test", y) for p, y in zip(te, yte)]
     missing = [c for c in classes if not any(r.label == c and r.split == "train" for r in records)]
