@@ -38,6 +38,7 @@ TRAIN_SPLIT = "train"
 TEST_SPLIT = "test"
 #: Above this share of leaked test images the report prints a plain-language warning (issue 4).
 LEAKAGE_WARN_FRACTION = 0.05
+MAX_HASH_SIZE = 64
 
 
 class ImageRecordLike(Protocol):
@@ -78,8 +79,11 @@ class IntegrityConfig:
     fail_on_unreadable: bool = False
 
     def __post_init__(self) -> None:
-        if isinstance(self.hash_size, bool) or not isinstance(self.hash_size, int) or self.hash_size < 2:
-            raise InputError(f"integrity.hash_size must be an integer >= 2, got {self.hash_size!r}")
+        # phash resizes every image to (4 * hash_size) px square first: 64 (256 px, 4,096 bits) is far
+        # past the 16 this audit was tuned with, and 10,000 runs out of memory on the first image.
+        if (isinstance(self.hash_size, bool) or not isinstance(self.hash_size, int)
+                or not 2 <= self.hash_size <= MAX_HASH_SIZE):
+            raise InputError(f"integrity.hash_size must be an integer in [2, {MAX_HASH_SIZE}], got {self.hash_size!r}")
         bits = self.hash_size * self.hash_size
         if (
             isinstance(self.near_threshold, bool)
