@@ -174,8 +174,11 @@ def decode_image(path: Path, size: int) -> np.ndarray:
     """
     from PIL import Image, ImageOps
 
+    from engine.hashing import check_pixel_limit
+
     try:
         with Image.open(path) as im:
+            check_pixel_limit(im)  # the audit's limit: what it lists as unreadable is never decoded
             im = ImageOps.exif_transpose(im)
             if im.mode in ("I;16", "I", "F"):
                 arr = np.asarray(im, dtype=np.float32)
@@ -245,12 +248,15 @@ def readable(records: Iterable[ImageRecord]) -> tuple[list[ImageRecord], list[di
     """Split records into decodable ones and a skipped list with reasons (cheap header check)."""
     from PIL import Image
 
+    from engine.hashing import check_pixel_limit
+
     ok, skipped = [], []
     for r in records:
         try:
             if r.path.stat().st_size == 0:
                 raise ValueError("zero-byte file")
             with Image.open(r.path) as im:
+                check_pixel_limit(im)
                 im.load()
             ok.append(r)
         except Exception as exc:  # noqa: BLE001

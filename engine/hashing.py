@@ -100,6 +100,17 @@ def _pixel_sha256(img: Image.Image) -> str:
     return h.hexdigest()
 
 
+def check_pixel_limit(img: Image.Image) -> None:
+    """Raise ``UnreadableImage`` when ``img`` (opened, not loaded) is larger than PIL's
+    decompression-bomb limit. PIL only warns up to twice the limit, so an 88 KB PNG would decode
+    to 90 Mpixel. Checked here, not via warnings.catch_warnings: that is not thread-safe."""
+    if Image.MAX_IMAGE_PIXELS and img.width * img.height > Image.MAX_IMAGE_PIXELS:
+        raise UnreadableImage(
+            f"{img.width}x{img.height} pixels exceeds PIL's decompression-bomb limit "
+            f"({Image.MAX_IMAGE_PIXELS} pixels)"
+        )
+
+
 def file_sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -119,12 +130,7 @@ def fingerprint_bytes(data: bytes, hash_size: int, *, sha256: str | None = None)
         with Image.open(io.BytesIO(data)) as img:
             fmt = img.format or "unknown"
             width, height = img.size
-            # Checked here, not via warnings.catch_warnings: that is not thread-safe.
-            if Image.MAX_IMAGE_PIXELS and width * height > Image.MAX_IMAGE_PIXELS:
-                raise UnreadableImage(
-                    f"{width}x{height} pixels exceeds PIL's decompression-bomb limit "
-                    f"({Image.MAX_IMAGE_PIXELS} pixels)"
-                )
+            check_pixel_limit(img)
             img.load()
             mode = img.mode
             pixel_sha = _pixel_sha256(img)
