@@ -65,8 +65,8 @@ def _class_dirs(folder: Path, aliases: dict[str, str], where: str) -> dict[str, 
         found.setdefault(canonical, []).extend(_image_files(sub))
     if unknown:
         raise InputError(
-            f"{where}: class folder(s) {', '.join(map(repr, unknown))} match no class; "
-            f"known folder names: {', '.join(sorted(aliases))}. Add them under [data.aliases]."
+            f"{where!r}: class folder(s) {', '.join(map(repr, unknown))} match no class; "
+            f"known folder names: {', '.join(map(repr, sorted(aliases)))}. Add them under [data.aliases]."
         )
     return found
 
@@ -135,7 +135,7 @@ def _discover(root: Path, *, layout: str, train_dir: str, test_dir: str, classes
         records += [ImageRecord(p.resolve(), "test", y) for p, y in zip(te, yte)]
     missing = [c for c in classes if not any(r.label == c and r.split == "train" for r in records)]
     if missing:
-        raise InputError(f"data root {str(root)!r}: no training images for class(es) {', '.join(missing)}")
+        raise InputError(f"data root {str(root)!r}: no training images for class(es) {', '.join(map(repr, missing))}")
     records.sort(key=lambda r: (r.split, r.label, str(r.path)))
     return layout, records
 
