@@ -151,13 +151,18 @@ def split_validation(train: Sequence[ImageRecord], fraction: float, seed: int,
 
     labels = [r.label for r in train]
     idx = np.arange(len(train))
-    if groups:
-        n_splits = max(2, round(1.0 / fraction))
-        g = np.array([groups.get(r.path, -1 - i) for i, r in enumerate(train)])
-        splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-        tr_idx, va_idx = next(splitter.split(idx, labels, g))
-    else:
-        tr_idx, va_idx = train_test_split(idx, test_size=fraction, random_state=seed, stratify=labels)
+    try:
+        if groups:
+            n_splits = max(2, round(1.0 / fraction))
+            g = np.array([groups.get(r.path, -1 - i) for i, r in enumerate(train)])
+            splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+            tr_idx, va_idx = next(splitter.split(idx, labels, g))
+        else:
+            tr_idx, va_idx = train_test_split(idx, test_size=fraction, random_state=seed, stratify=labels)
+    except ValueError as exc:
+        # Too few training images per class for this fraction; sklearn's message gives the counts.
+        raise InputError(f"{len(train)} training images: cannot hold out data.validation_fraction = {fraction} "
+                         f"of every class: {exc}") from None
     tr = [ImageRecord(train[i].path, "train", train[i].label) for i in sorted(tr_idx)]
     va = [ImageRecord(train[i].path, "val", train[i].label) for i in sorted(va_idx)]
     return tr, va

@@ -1128,3 +1128,15 @@ def test_regression_class_names_are_quoted_in_discovery_errors(env, tmp_path):
     body = MINIMAL.format(root=env.kaggle).replace("[[backbones]]", 'classes = ["\\n", "x"]\n[[backbones]]')
     result = _check_data(tmp_path, body, "--output-dir", str(tmp_path / "out"))
     assert result.exit_code == 2 and "'\\n', 'x'" in result.stderr and len(result.stderr.splitlines()) == 1
+
+
+@pytest.mark.parametrize("fraction, groups", [(0.15, False), (0.15, True), (0.5, True)])
+def test_regression_validation_split_of_too_few_images(fraction, groups):
+    # Not reachable from check-data but from `auditrun run` on a small dataset: sklearn raised
+    # ValueError (2 validation images for 4 classes; 7 folds of 3 images; 2 folds of 1 image).
+    per_class = 1 if fraction == 0.5 else 3
+    recs = [data_mod.ImageRecord(Path(f"/x/{c}/{i}.png"), "train", c) for c in CLASSES for i in range(per_class)]
+    group_ids = {r.path: i for i, r in enumerate(recs)} if groups else None
+    with pytest.raises(InputError, match="data.validation_fraction"):
+        data_mod.split_validation(recs, fraction, 0, group_ids)
+
