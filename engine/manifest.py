@@ -348,8 +348,9 @@ def _check_ranges(m: Manifest) -> None:
         need(32 <= syn.size <= 2048, "data.synthetic.size", "must be between 32 and 2048 pixels")
         need(syn.seed >= 0, "data.synthetic.seed", "must be >= 0")
         need(0.0 < syn.test_fraction < 1.0, "data.synthetic.test_fraction", "must be between 0 and 1")
-    need(bool(m.experiment.name.strip()) and "/" not in m.experiment.name, "experiment.name",
-         "must be a non-empty name without '/'")
+    # The name is a folder under output_dir: ".." would put runs, history and retention beside it.
+    need(m.experiment.name.strip() not in ("", ".", "..") and not {"/", "\0"} & set(m.experiment.name),
+         "experiment.name", "must be a folder name: not empty, '.' or '..', without '/' or NUL")
     need(len(m.data.classes) >= 2, "data.classes", "must list at least two classes")
     need(len(set(m.data.classes)) == len(m.data.classes), "data.classes", "must not repeat a class")
     for alias, target in m.data.aliases.items():

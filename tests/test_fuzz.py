@@ -1140,3 +1140,10 @@ def test_regression_validation_split_of_too_few_images(fraction, groups):
     with pytest.raises(InputError, match="data.validation_fraction"):
         data_mod.split_validation(recs, fraction, 0, group_ids)
 
+
+@pytest.mark.parametrize("name", ["..", ".", "a\\u0000b"])  # TOML text: the last holds a NUL
+def test_regression_experiment_name_is_a_folder_name(env, tmp_path, name):
+    # Accepted by load: ".." put the experiment folder (runs, history, retention) beside output_dir,
+    # and a NUL made the pipeline's mkdir raise ValueError.
+    body = f'[experiment]\nname = "{name}"\n' + MINIMAL.format(root=env.kaggle)
+    assert "experiment.name" in _load_error(tmp_path, body)
