@@ -929,9 +929,12 @@ def test_fuzz_image_files(image_dir):
             except InputError as exc:
                 assert str(path) in str(exc) and len(str(exc).splitlines()) == 1, exc
                 assert path in listed, f"the audit accepted a file training cannot decode: {exc}"
+                with pytest.raises(InputError):  # what training calls
+                    data_mod.ImageCache(None).load(recs[:1], 32)
             else:
                 assert arr.shape == (32, 32, 3) and arr.dtype == np.uint8
                 assert path not in listed, f"training decodes a file the audit refused: {listed[path]}"
+                assert np.array_equal(data_mod.ImageCache(None).load(recs[:1], 32)[0], arr)
         finally:
             path.unlink()
 
