@@ -66,8 +66,8 @@ def _class_dirs(folder: Path, aliases: dict[str, str], where: str) -> dict[str, 
         found.setdefault(canonical, []).extend(_image_files(sub))
     if unknown:
         raise InputError(
-            f"{where}: class folder(s) {', '.join(map(repr, unknown))} match no class; "
-            f"known folder names: {', '.join(sorted(aliases))}. Add them under [data.aliases]."
+            f"{where!r}: class folder(s) {', '.join(map(repr, unknown))} match no class; "
+            f"known folder names: {', '.join(map(repr, sorted(aliases)))}. Add them under [data.aliases]."
         )
     return found
 
@@ -85,8 +85,33 @@ def discover(root: Path, *, layout: str, train_dir: str, test_dir: str, classes:
 
     imagefolder layout: a class too small for the stratified test split (and, when
     ``validation_fraction`` is given, for the validation split carved later) is an InputError
-    naming the class, its count and the minimum.
+    naming the class, its count and the minimum. Each file is listed once; raises InputError
+    naming the folder or file otherwise.
     """
+    try:
+        layout, records = _discover(root, layout=layout, train_dir=train_dir, test_dir=test_dir, classes=classes,
+                                    aliases=aliases, test_fraction=test_fraction, seed=seed,
+                                    validation_fraction=validation_fraction)
+    except OSError as exc:
+        # The walk meets what the user's folders hold: a name too long, a symlink loop, no permission.
+        raise InputError(f"data root {str(root)!r}: cannot read {str(exc.filename or root)!r}: "
+                         f"{exc.strerror or exc}") from None
+    first: dict[Path, ImageRecord] = {}
+    for r in records:
+        # Train and test folders that are one folder (or link to it), or two class folders linked to
+        # one: the same file would train and test, and the audit refuses a file listed twice.
+        if r.path in first:
+            other = first[r.path]
+            raise InputError(f"data root {str(root)!r}: {str(r.path)!r} is found twice, as {other.split}/"
+                             f"{other.label} and as {r.split}/{r.label}; data.train_dir, data.test_dir and the "
+                             "class folders must be different folders, not links to one another")
+        first[r.path] = r
+    return layout, records
+
+
+def _discover(root: Path, *, layout: str, train_dir: str, test_dir: str, classes: Sequence[str],
+              aliases: dict[str, str], test_fraction: float, seed: int,
+              validation_fraction: float | None = None) -> tuple[str, list[ImageRecord]]:
     if layout == "auto":
         layout = detect_layout(root, train_dir, test_dir)
     records: list[ImageRecord] = []
@@ -94,7 +119,7 @@ def discover(root: Path, *, layout: str, train_dir: str, test_dir: str, classes:
         for split, sub in (("train", train_dir), ("test", test_dir)):
             folder = root / sub
             if not folder.is_dir():
-                raise InputError(f"data root {str(root)!r} has no '{sub}' folder (layout = \"kaggle\"; "
+                raise InputError(f"data root {str(root)!r} has no {sub!r} folder (layout = \"kaggle\"; "
                                  f"set data.train_dir / data.test_dir or layout = \"imagefolder\")")
             for label, files in _class_dirs(folder, aliases, str(folder)).items():
                 records += [ImageRecord(p.resolve(), split, label) for p in files]
@@ -114,7 +139,7 @@ def discover(root: Path, *, layout: str, train_dir: str, test_dir: str, classes:
         records += [ImageRecord(p.resolve(), "test", y) for p, y in zip(te, yte)]
     missing = [c for c in classes if not any(r.label == c and r.split == "train" for r in records)]
     if missing:
-        raise InputError(f"data root {str(root)!r}: no training images for class(es) {', '.join(missing)}")
+        raise InputError(f"data root {str(root)!r}: no training images for class(es) {', '.join(map(repr, missing))}")
     records.sort(key=lambda r: (r.split, r.label, str(r.path)))
     return layout, records
 
@@ -216,13 +241,18 @@ def split_validation(train: Sequence[ImageRecord], fraction: float, seed: int,
                              f"data.validation_fraction = {fraction:g} needs (one validation image, the rest for "
                              f"training); add images to that class{hint}")
     idx = np.arange(len(train))
-    if groups:
-        n_splits = max(2, round(1.0 / fraction))
-        g = np.array([groups.get(r.path, -1 - i) for i, r in enumerate(train)])
-        splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-        tr_idx, va_idx = next(splitter.split(idx, labels, g))
-    else:
-        tr_idx, va_idx = train_test_split(idx, test_size=fraction, random_state=seed, stratify=labels)
+    try:
+        if groups:
+            n_splits = max(2, round(1.0 / fraction))
+            g = np.array([groups.get(r.path, -1 - i) for i, r in enumerate(train)])
+            splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+            tr_idx, va_idx = next(splitter.split(idx, labels, g))
+        else:
+            tr_idx, va_idx = train_test_split(idx, test_size=fraction, random_state=seed, stratify=labels)
+    except ValueError as exc:
+        # Too few training images per class for this fraction; sklearn's message gives the counts.
+        raise InputError(f"{len(train)} training images: cannot hold out data.validation_fraction = {fraction} "
+                         f"of every class: {exc}") from None
     tr = [ImageRecord(train[i].path, "train", train[i].label) for i in sorted(tr_idx)]
     va = [ImageRecord(train[i].path, "val", train[i].label) for i in sorted(va_idx)]
     n_tr, n_va = Counter(r.label for r in tr), Counter(r.label for r in va)
@@ -250,8 +280,11 @@ def decode_image(path: Path, size: int) -> np.ndarray:
     """
     from PIL import Image, ImageOps
 
+    from engine.hashing import check_pixel_limit
+
     try:
         with Image.open(path) as im:
+            check_pixel_limit(im)  # the audit's limit: what it lists as unreadable is never decoded
             im = ImageOps.exif_transpose(im)
             if im.mode in ("I;16", "I", "F"):
                 arr = np.asarray(im, dtype=np.float32)
@@ -332,7 +365,7 @@ def readable(records: Iterable[ImageRecord], min_size: int = 1) -> tuple[list[Im
     """
     from PIL import Image
 
-    from engine.hashing import strict_decoding
+    from engine.hashing import check_pixel_limit, strict_decoding
 
     ok, skipped = [], []
     with strict_decoding():  # a truncated file must fail here, whatever PIL's global switch says
@@ -341,6 +374,7 @@ def readable(records: Iterable[ImageRecord], min_size: int = 1) -> tuple[list[Im
                 if r.path.stat().st_size == 0:
                     raise ValueError("zero-byte file")
                 with Image.open(r.path) as im:
+                    check_pixel_limit(im)
                     im.load()
                     small = too_small_reason(im.width, im.height, min_size)
                 if small:

@@ -30,6 +30,7 @@ import PIL
 from PIL import Image, ImageFile, UnidentifiedImageError
 
 from engine.atomic import write_text
+from engine.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +101,17 @@ def _pixel_sha256(img: Image.Image) -> str:
     return h.hexdigest()
 
 
+def check_pixel_limit(img: Image.Image) -> None:
+    """Raise ``UnreadableImage`` when ``img`` (opened, not loaded) is larger than PIL's
+    decompression-bomb limit. PIL only warns up to twice the limit, so an 88 KB PNG would decode
+    to 90 Mpixel. Checked here, not via warnings.catch_warnings: that is not thread-safe."""
+    if Image.MAX_IMAGE_PIXELS and img.width * img.height > Image.MAX_IMAGE_PIXELS:
+        raise UnreadableImage(
+            f"{img.width}x{img.height} pixels exceeds PIL's decompression-bomb limit "
+            f"({Image.MAX_IMAGE_PIXELS} pixels)"
+        )
+
+
 def file_sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -119,12 +131,7 @@ def fingerprint_bytes(data: bytes, hash_size: int, *, sha256: str | None = None)
         with Image.open(io.BytesIO(data)) as img:
             fmt = img.format or "unknown"
             width, height = img.size
-            # Checked here, not via warnings.catch_warnings: that is not thread-safe.
-            if Image.MAX_IMAGE_PIXELS and width * height > Image.MAX_IMAGE_PIXELS:
-                raise UnreadableImage(
-                    f"{width}x{height} pixels exceeds PIL's decompression-bomb limit "
-                    f"({Image.MAX_IMAGE_PIXELS} pixels)"
-                )
+            check_pixel_limit(img)
             img.load()
             mode = img.mode
             pixel_sha = _pixel_sha256(img)
@@ -179,14 +186,17 @@ class FingerprintCache:
         self.misses = 0
         self._dirty = False
         self._lock = threading.Lock()  # fingerprint_files calls get/put from worker threads
-        if self.path is not None and self.path.exists():
+        if self.path is not None:
             try:
                 blob = json.loads(self.path.read_text(encoding="utf-8"))
                 if blob.get("key") == self.key and isinstance(blob.get("entries"), dict):
                     self.entries = blob["entries"]
                 else:
                     log.info("integrity cache %s is from another version; rebuilding", self.path)
+            except FileNotFoundError:
+                pass  # the first run
             except (OSError, ValueError) as exc:
+                # Also an unusable folder (a name too long, a file on the way): save() says so.
                 log.warning("integrity cache %s unreadable (%s); rebuilding", self.path, exc)
 
     def get(self, sha: str) -> ImageFingerprint | UnreadableImage | None:
@@ -212,9 +222,14 @@ class FingerprintCache:
     def save(self) -> None:
         if self.path is None or not self._dirty:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         text = json.dumps({"key": self.key, "entries": self.entries}, sort_keys=True)
-        write_text(self.path, text)  # tmp file + os.replace: a killed run leaves the old cache
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            write_text(self.path, text)  # tmp file + os.replace: a killed run leaves the old cache
+        except OSError as exc:
+            # The folder comes from the user (output folder option or manifest): an input error.
+            raise InputError(f"cannot write the integrity cache {str(self.path)!r}: {exc.strerror or exc}; "
+                             "choose another output folder") from None
         self._dirty = False
 
 

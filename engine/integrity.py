@@ -39,6 +39,7 @@ TRAIN_SPLIT = "train"
 TEST_SPLIT = "test"
 #: Above this share of leaked test images the report prints a plain-language warning (issue 4).
 LEAKAGE_WARN_FRACTION = 0.05
+MAX_HASH_SIZE = 64
 
 
 class ImageRecordLike(Protocol):
@@ -86,8 +87,11 @@ class IntegrityConfig:
         if (isinstance(self.min_image_size, bool) or not isinstance(self.min_image_size, int)
                 or self.min_image_size < 1):
             raise InputError(f"integrity.min_image_size must be an integer >= 1 (pixels), got {self.min_image_size!r}")
-        if isinstance(self.hash_size, bool) or not isinstance(self.hash_size, int) or self.hash_size < 2:
-            raise InputError(f"integrity.hash_size must be an integer >= 2, got {self.hash_size!r}")
+        # phash resizes every image to (4 * hash_size) px square first: 64 (256 px, 4,096 bits) is far
+        # past the 16 this audit was tuned with, and 10,000 runs out of memory on the first image.
+        if (isinstance(self.hash_size, bool) or not isinstance(self.hash_size, int)
+                or not 2 <= self.hash_size <= MAX_HASH_SIZE):
+            raise InputError(f"integrity.hash_size must be an integer in [2, {MAX_HASH_SIZE}], got {self.hash_size!r}")
         bits = self.hash_size * self.hash_size
         if (
             isinstance(self.near_threshold, bool)

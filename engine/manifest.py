@@ -8,7 +8,10 @@ before any training starts. Relative paths resolve against the manifest's folder
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 import os
+import re
 import tomllib
 import types
 import typing
@@ -215,6 +218,16 @@ class Manifest:
 # Generic dataclass validation
 
 
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def _dotted(prefix: str, key: str) -> str:
+    """``prefix.key`` as TOML writes it. Any other key (a newline, a dot, nothing) is quoted and
+    escaped: the path stays unambiguous and the message naming it stays on one line."""
+    shown = key if _BARE_KEY.fullmatch(key) else json.dumps(key)
+    return f"{prefix}.{shown}" if prefix else shown
+
+
 def _type_name(tp: Any) -> str:
     origin = typing.get_origin(tp)
     if origin is Literal:
@@ -259,7 +272,7 @@ def _convert(value: Any, tp: Any, key: str, base: Path) -> Any:
         if not isinstance(value, dict):
             raise InputError(f"manifest key '{key}' must be a table, got {value!r}")
         _, val_tp = typing.get_args(tp)
-        return {str(k): _convert(v, val_tp, f"{key}.{k}", base) for k, v in value.items()}
+        return {str(k): _convert(v, val_tp, _dotted(key, str(k)), base) for k, v in value.items()}
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise InputError(f"manifest key '{key}' must be a table, got {value!r}")
@@ -267,6 +280,8 @@ def _convert(value: Any, tp: Any, key: str, base: Path) -> Any:
     if tp is Path:
         if not isinstance(value, str) or not value:
             raise InputError(f"manifest key '{key}' must be a path string, got {value!r}")
+        if "\0" in value:  # no file system takes it; os calls would raise ValueError later
+            raise InputError(f"manifest key '{key}' must not contain a NUL character, got {value!r}")
         p = Path(os.path.expanduser(value))
         return p if p.is_absolute() else (base / p)
     if tp is bool:
@@ -280,6 +295,10 @@ def _convert(value: Any, tp: Any, key: str, base: Path) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise InputError(f"manifest key '{key}' must be a number, got {value!r}")
+        # TOML has nan and inf; no rate, fraction or threshold here means anything by them, and
+        # NaN passes no range check by failing every comparison the wrong way.
+        if not math.isfinite(value):
+            raise InputError(f"manifest key '{key}' must be a finite number, got {value!r}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -293,7 +312,7 @@ def _build(cls: type, table: dict, prefix: str, base: Path):
     names = [f.name for f in dataclasses.fields(cls) if f.name not in ("path", "text")]
     kwargs = {}
     for key, value in table.items():
-        full = f"{prefix}.{key}" if prefix else key
+        full = _dotted(prefix, key)
         if key not in names:
             raise InputError(
                 f"unknown manifest key '{full}'; allowed keys{' in [' + prefix + ']' if prefix else ''}: "
@@ -322,7 +341,16 @@ def _check_ranges(m: Manifest) -> None:
     need(m.evaluation.bootstrap_resamples >= 0, "evaluation.bootstrap_resamples", "must be >= 0")
     need(m.gradcam.images_per_class >= 0, "gradcam.images_per_class", "must be >= 0")
     need(m.experiment.keep_last >= 0, "experiment.keep_last", "must be >= 0")
+    # sklearn's random_state and numpy's legacy seeding (keras.utils.set_random_seed) take 32 bits.
+    need(0 <= m.experiment.seed < 2**32, "experiment.seed", f"must be in [0, {2**32 - 1}]")
     need(m.data.cache_max_age_days >= 0, "data.cache_max_age_days", "must be >= 0")
+    if m.data.synthetic is not None:
+        # The limits of `auditrun synth-data`; above 2048 px a phantom's float32 work arrays run to GBs.
+        syn = m.data.synthetic
+        need(syn.per_class >= 2, "data.synthetic.per_class", "must be at least 2")
+        need(32 <= syn.size <= 2048, "data.synthetic.size", "must be between 32 and 2048 pixels")
+        need(syn.seed >= 0, "data.synthetic.seed", "must be >= 0")
+        need(0.0 < syn.test_fraction < 1.0, "data.synthetic.test_fraction", "must be between 0 and 1")
     # Names that become folder or file names: one checked path component each (engine.paths).
     for key, name in [("experiment.name", m.experiment.name)] + [
             (f"data.classes[{i}]", c) for i, c in enumerate(m.data.classes)] + [
@@ -332,10 +360,10 @@ def _check_ranges(m: Manifest) -> None:
     need(len(m.data.classes) >= 2, "data.classes", "must list at least two classes")
     need(len(set(m.data.classes)) == len(m.data.classes), "data.classes", "must not repeat a class")
     for alias, target in m.data.aliases.items():
-        need(target in m.data.classes, f"data.aliases.{alias}",
+        need(target in m.data.classes, _dotted("data.aliases", alias),
              f"maps to {target!r}, which is not in data.classes {m.data.classes}")
     for cls in m.gates.min_recall:
-        need(cls in m.data.classes, f"gates.min_recall.{cls}", f"is not a class; classes: {m.data.classes}")
+        need(cls in m.data.classes, _dotted("gates.min_recall", cls), f"is not a class; classes: {m.data.classes}")
     fine_tunes = [("training.fine_tune_best", m.training.fine_tune_best)] + [
         (f"backbones[{i}].fine_tune", b.fine_tune) for i, b in enumerate(m.backbones)]
     for key, ft in fine_tunes:
@@ -353,7 +381,7 @@ def _check_ranges(m: Manifest) -> None:
         seen.add(b.name)
         need(b.input_size >= 32, f"{key}.input_size", "must be at least 32")
         if b.file is not None:
-            need(b.file.is_file(), f"{key}.file", f"points to {str(b.file)!r}, which does not exist")
+            need(_is_file(b.file), f"{key}.file", f"points to {str(b.file)!r}, which does not exist")
         else:
             from engine.backbones import REGISTRY  # late import: keeps manifest free of TensorFlow
 
@@ -375,6 +403,21 @@ def integrity_options(cfg: IntegrityConfig):
                    fail_on_unreadable=cfg.fail_on_unreadable, min_image_size=cfg.min_image_size)
 
 
+def _is_dir(path: Path) -> bool:
+    # pathlib answers False for most reasons a path is unusable but raises for a name too long.
+    try:
+        return path.is_dir()
+    except OSError:
+        return False
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except OSError:
+        return False
+
+
 def resolve_data_root(m: Manifest) -> Path:
     """The data root: ``$AUDITRUN_DATA_ROOT`` wins over ``data.root``; it must exist."""
     env = os.environ.get(DATA_ROOT_ENV)
@@ -383,12 +426,17 @@ def resolve_data_root(m: Manifest) -> Path:
         raise InputError(
             f"manifest key 'data.root' is required (or set {DATA_ROOT_ENV}); it names the dataset folder"
         )
-    if not root.is_dir() and m.data.synthetic is not None and not env:
+    if not _is_dir(root) and m.data.synthetic is not None and not env:
         from engine.synth import write_dataset
 
         syn = m.data.synthetic
-        write_dataset(root, per_class=syn.per_class, size=syn.size, seed=syn.seed, test_fraction=syn.test_fraction)
-    if not root.is_dir():
+        try:
+            write_dataset(root, per_class=syn.per_class, size=syn.size, seed=syn.seed,
+                          test_fraction=syn.test_fraction)
+        except OSError as exc:
+            raise InputError(f"manifest key 'data.root' points to {str(root)!r}, where [data.synthetic] cannot "
+                             f"write its phantoms: {exc.strerror or exc}") from None
+    if not _is_dir(root):
         source = f"environment variable {DATA_ROOT_ENV}" if env else "manifest key 'data.root'"
         raise InputError(
             f"{source} points to {str(root)!r}, which does not exist. Provide the dataset: put it there, "
@@ -405,6 +453,9 @@ def loads(text: str, *, base: Path, path: Path | None = None, check_data: bool =
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise InputError(f"{where} is not valid TOML: {exc}") from None
+    except RecursionError:
+        # tomllib parses nested arrays and inline tables recursively, with no depth limit of its own.
+        raise InputError(f"{where} is not valid TOML: arrays or inline tables nested too deeply") from None
     m = _build(Manifest, raw, "", base)
     m.path, m.text = path, text
     _check_ranges(m)
@@ -415,7 +466,7 @@ def loads(text: str, *, base: Path, path: Path | None = None, check_data: bool =
 
 def load(path: Path | str, *, check_data: bool = True) -> Manifest:
     path = Path(path)
-    if not path.is_file():
+    if not _is_file(path):
         raise InputError(f"manifest file {str(path)!r} does not exist")
     try:
         text = path.read_text(encoding="utf-8")
