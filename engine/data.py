@@ -144,6 +144,12 @@ def _discover(root: Path, *, layout: str, train_dir: str, test_dir: str, classes
     return layout, records
 
 
+def _inverse(fraction: float) -> float:
+    """1 / fraction, bounded: a fraction as small as 5e-324 passes the manifest's "> 0" and would
+    make the image counts below infinite (an OverflowError instead of a clear message)."""
+    return min(1.0 / fraction, 1e12)
+
+
 def min_training_images(validation_fraction: float) -> int:
     """Training-split images one class needs for a stratified validation split of this fraction:
     at least one validation image and at least one left to train on."""
@@ -151,14 +157,14 @@ def min_training_images(validation_fraction: float) -> int:
     # split may leave the class out (or sklearn refuses: "n_splits=7 cannot be greater than the
     # number of members in each class"). The grouped split's round(1/f) folds need no more than
     # this. The epsilon keeps 1 / 0.2 at 5.
-    return max(2, math.ceil(1.0 / validation_fraction - 1e-9))
+    return max(2, math.ceil(_inverse(validation_fraction) - 1e-9))
 
 
 def min_class_images(test_fraction: float, validation_fraction: float | None = None) -> int:
     """Images one class needs in the imagefolder layout: one test image at least and, after the
     stratified test split takes its share, ``min_training_images`` (or one) for training."""
     need_train = min_training_images(validation_fraction) if validation_fraction else 1
-    n = max(2, math.ceil(1.0 / test_fraction - 1e-9))
+    n = max(2, math.ceil(_inverse(test_fraction) - 1e-9))
     while n - math.ceil(n * test_fraction - 1e-9) < need_train:
         n += 1
     return n
@@ -243,7 +249,7 @@ def split_validation(train: Sequence[ImageRecord], fraction: float, seed: int,
     idx = np.arange(len(train))
     try:
         if groups:
-            n_splits = max(2, round(1.0 / fraction))
+            n_splits = max(2, round(_inverse(fraction)))
             g = np.array([groups.get(r.path, -1 - i) for i, r in enumerate(train)])
             splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
             tr_idx, va_idx = next(splitter.split(idx, labels, g))

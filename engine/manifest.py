@@ -433,9 +433,10 @@ def resolve_data_root(m: Manifest) -> Path:
         try:
             write_dataset(root, per_class=syn.per_class, size=syn.size, seed=syn.seed,
                           test_fraction=syn.test_fraction)
-        except OSError as exc:
+        except (OSError, InputError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             raise InputError(f"manifest key 'data.root' points to {str(root)!r}, where [data.synthetic] cannot "
-                             f"write its phantoms: {exc.strerror or exc}") from None
+                             f"write its phantoms: {reason}") from None
     if not _is_dir(root):
         source = f"environment variable {DATA_ROOT_ENV}" if env else "manifest key 'data.root'"
         raise InputError(

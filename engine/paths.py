@@ -11,6 +11,7 @@ here, in one mechanism, rather than as a list of forbidden strings at each call 
 from __future__ import annotations
 
 import os
+import unicodedata
 from pathlib import Path
 
 from engine.errors import InputError
@@ -34,8 +35,10 @@ def name_problem(name: object) -> str | None:
         return "must not start or end with white space"
     if name.startswith("."):
         return "must not start with '.' (hidden names are the engine's own: .lock, .cache, .trash-*)"
-    if any(ord(ch) < 32 or ord(ch) == 127 for ch in name):
-        return "must not contain control characters"
+    # Cc/Cf (control, format) and Zl/Zp (line, paragraph separators) break one-line messages and
+    # are invisible or ambiguous in a file name.
+    if any(unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp") for ch in name):
+        return "must not contain control, format or line-separator characters"
     if len(name.encode("utf-8")) > MAX_NAME_LENGTH:
         return f"must be at most {MAX_NAME_LENGTH} bytes long"
     return None

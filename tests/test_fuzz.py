@@ -45,6 +45,7 @@ from engine import manifest
 from engine.backbones import REGISTRY
 from engine.cli import main
 from engine.errors import InputError
+from engine.paths import name_problem
 from engine.integrity import IntegrityConfig, audit
 
 #: Examples per CI run. FUZZ_SCALE=10 runs ten times as many, for a deeper search by hand.
@@ -198,7 +199,7 @@ FILE_BACKBONE = opt(BACKBONE_COMMON | {
     "preprocessing": st.sampled_from(["auto", "none", "tf", "torch", "caffe", "unit"]),
 }).flatmap(lambda t: st.sampled_from(["@keras", "@keras_rel"]).map(lambda f: t | {"file": f}))
 EXPERIMENT = opt({
-    "name": st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_. -]{0,30}", fullmatch=True),
+    "name": st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_. -]{0,29}[A-Za-z0-9_]", fullmatch=True),
     "description": st.text(max_size=60),
     "seed": st.integers(0, 2**32 - 1),
     "output_dir": st.sampled_from(["reports", "out/nightly", "@output"]),
@@ -285,8 +286,9 @@ def valid_manifest(draw):
             name = draw(st.sampled_from(sorted(set(REGISTRY) - taken)))
             doc["backbones"].append({"name": name} | draw(REGISTRY_BACKBONE))
         else:
-            # A file backbone may be called anything; the suffix keeps names unique.
-            name = draw(st.text(min_size=1, max_size=20)) + f"#{i}"
+            # A file backbone may be called anything that is one plain file name (engine.paths);
+            # the suffix keeps names unique.
+            name = draw(st.text(min_size=1, max_size=20).filter(lambda t: name_problem(t + "#") is None)) + f"#{i}"
             doc["backbones"].append({"name": name} | draw(FILE_BACKBONE))
     return doc
 
@@ -914,7 +916,7 @@ def test_fuzz_image_files(image_dir):
             report = audit(recs, IntegrityConfig(), workers=1)
             listed = {u.path: u.reason for u in report.unreadable}
             assert good not in listed
-            ok, skipped = data_mod.readable(recs[:1])
+            ok, skipped = data_mod.readable(recs[:1], min_size=IntegrityConfig().min_image_size)
             if path in listed:
                 reason = listed[path]
                 assert reason.strip() and len(reason.splitlines()) == 1, reason
@@ -933,7 +935,10 @@ def test_fuzz_image_files(image_dir):
                     data_mod.ImageCache(None).load(recs[:1], 32)
             else:
                 assert arr.shape == (32, 32, 3) and arr.dtype == np.uint8
-                assert path not in listed, f"training decodes a file the audit refused: {listed[path]}"
+                # A readable image below integrity.min_image_size decodes; the run skips it before
+                # training, as listed by the audit (and by readable() with the same min_size).
+                assert path not in listed or "smaller than integrity.min_image_size" in listed[path], \
+                    f"training decodes a file the audit refused: {listed[path]}"
                 assert np.array_equal(data_mod.ImageCache(None).load(recs[:1], 32)[0], arr)
         finally:
             path.unlink()
@@ -1130,7 +1135,8 @@ def test_regression_class_names_are_quoted_in_discovery_errors(env, tmp_path):
     # data.classes = ["\n", "x"]: the list of known folder names broke the message over two lines.
     body = MINIMAL.format(root=env.kaggle).replace("[[backbones]]", 'classes = ["\\n", "x"]\n[[backbones]]')
     result = _check_data(tmp_path, body, "--output-dir", str(tmp_path / "out"))
-    assert result.exit_code == 2 and "'\\n', 'x'" in result.stderr and len(result.stderr.splitlines()) == 1
+    # Class names are file names too (engine.paths): the manifest now refuses it before discovery.
+    assert result.exit_code == 2 and "data.classes[0]" in result.stderr and len(result.stderr.splitlines()) == 1
 
 
 @pytest.mark.parametrize("fraction, groups", [(0.15, False), (0.15, True), (0.5, True)])

@@ -136,7 +136,7 @@ def test_child_refuses_links_and_separators(tmp_path):
     (tmp_path / "link").symlink_to(tmp_path.parent, target_is_directory=True)
     assert paths.child(tmp_path, "inside", "x") == tmp_path / "inside"
     assert paths.child(tmp_path, "new", "x") == tmp_path / "new"  # need not exist yet
-    for bad in ("link", "..", "a/b", "/etc", "a\\b", "a\x00b", "a\nb", "x" * 200):
+    for bad in ("link", "..", "a/b", "/etc", "a\\b", "a\x00b", "a\nb", "a\u2028b", "x" * 200):
         with pytest.raises(InputError):
             paths.child(tmp_path, bad, "name")
 
