@@ -1,4 +1,4 @@
-"""Time the all-pairs near-duplicate search (engine.hashing.hamming_pairs) on random hashes.
+"""Time the all-pairs near-duplicate search (engine.integrity.hashing.hamming_pairs) on random hashes.
 
     .venv/bin/python benchmarks/bench_near_duplicates.py [--n 10000] [--hash-size 16] [--threshold 12]
 
@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from engine.hashing import hamming_pairs, n_words  # noqa: E402
+from engine.integrity.hashing import hamming_pairs, n_words  # noqa: E402
 
 
 def main() -> None:
@@ -47,7 +47,7 @@ def main() -> None:
         times.append(time.perf_counter() - t0)
     assert len(i) >= planted, "planted near pairs not found"
     print(json.dumps({
-        "what": "all-pairs phash Hamming search (engine.hashing.hamming_pairs)",
+        "what": "all-pairs phash Hamming search (engine.integrity.hashing.hamming_pairs)",
         "n_images": args.n,
         "pairs_compared": args.n * (args.n - 1) // 2,
         "hash_bits": args.hash_size ** 2,

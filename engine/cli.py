@@ -161,7 +161,7 @@ def run_cmd(manifest: Path, output_dir, run_id, resume, junit, quiet):
     from engine import manifest as manifest_mod
     from engine.pipeline import run_audit
 
-    from engine import gates as gates_mod
+    from engine.nightly import gates as gates_mod
     from engine.atomic import write_text
 
     echo = _Echo(quiet)
@@ -244,8 +244,8 @@ def check_data_cmd(manifest: Path, output_dir, quiet):
     Prints {"integrity": {...}} as JSON on stdout and a short summary on stderr. No model is
     trained or loaded.
     """
-    from engine import data as data_mod
-    from engine import integrity
+    from engine.data.discovery import discovery as data_mod
+    from engine.integrity.audit import audit as integrity
     from engine import manifest as manifest_mod
     from engine.atomic import dumps_json
 
@@ -281,7 +281,7 @@ def evaluate_cmd(run_dir: Path, data: Path, backbone, quiet):
     are skipped, listed and warned about on stderr; the rest are evaluated.
     """
     from engine.atomic import dumps_json
-    from engine.external import evaluate_external
+    from engine.evaluation.external import evaluate_external
 
     _silence_tensorflow()
     click.get_current_context().meta["auditrun.output"] = run_dir
@@ -300,7 +300,7 @@ def evaluate_cmd(run_dir: Path, data: Path, backbone, quiet):
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
 def history_cmd(experiment_dir: Path, fmt: str):
     """Print the run history of EXPERIMENT_DIR (e.g. reports/baseline): one row per run and backbone."""
-    from engine import history
+    from engine.nightly import history
 
     path = experiment_dir / "history.jsonl"
     if not path.is_file():
@@ -360,7 +360,7 @@ def synth_data_cmd(out: Path, per_class: int, size: int, seed: int, test_fractio
     glioma, meningioma and pituitary images carry a tumour of their own typical shape and place
     and a YOLO box file (<image>.txt); no_tumor images have none.
     """
-    from engine.synth import write_dataset
+    from engine.data.synth import write_dataset
 
     if per_class < 2 or size < 32:
         raise click.BadParameter("need --per-class >= 2 and --size >= 32")
@@ -380,7 +380,7 @@ def fetch_data_cmd(dest: Path):
 
     Then point a manifest at it with data.root = "DEST" or AUDITRUN_DATA_ROOT=DEST.
     """
-    from engine.fetch import fetch
+    from engine.data.fetch import fetch
 
     try:
         click.echo(str(fetch(dest)))

@@ -157,7 +157,7 @@ class BackboneConfig:
 class IntegrityConfig:
     enabled: bool = True
     #: Perceptual-hash Hamming distance at or below which two images count as near duplicates
-    #: (bits of a hash_size x hash_size pHash; see engine.integrity.IntegrityConfig for why 12 of 256).
+    #: (bits of a hash_size x hash_size pHash; see engine.integrity.audit.IntegrityConfig for why 12 of 256).
     near_threshold: int = 12
     hash_size: int = 16
     fail_on_unreadable: bool = False
@@ -165,7 +165,7 @@ class IntegrityConfig:
     min_image_size: int = 32
     #: Keep near-duplicate groups on one side of the train/validation split.
     group_validation_split: bool = True
-    #: Measure how far leakage-free test images lie from training images of their class (engine.shift).
+    #: Measure how far leakage-free test images lie from training images of their class (engine.integrity.shift).
     shift: bool = True
 
 
@@ -195,7 +195,7 @@ class ReportConfig:
     trend_window: int = 10
 
 
-from engine.gates import GatesConfig  # noqa: E402 - the gates stage owns its section
+from engine.nightly.gates import GatesConfig  # noqa: E402 - the gates stage owns its section
 
 
 @dataclass
@@ -383,7 +383,7 @@ def _check_ranges(m: Manifest) -> None:
         if b.file is not None:
             need(_is_file(b.file), f"{key}.file", f"points to {str(b.file)!r}, which does not exist")
         else:
-            from engine.backbones import REGISTRY  # late import: keeps manifest free of TensorFlow
+            from engine.training.backbones import REGISTRY  # late import: keeps manifest free of TensorFlow
 
             need(b.name in REGISTRY, f"{key}.name",
                  f"{b.name!r} is not a known backbone; use one of {', '.join(sorted(REGISTRY))}, "
@@ -397,7 +397,7 @@ def _check_ranges(m: Manifest) -> None:
 
 def integrity_options(cfg: IntegrityConfig):
     """The integrity stage's own (validated) options from the manifest section."""
-    from engine.integrity import IntegrityConfig as Options
+    from engine.integrity.audit import IntegrityConfig as Options
 
     return Options(enabled=cfg.enabled, near_threshold=cfg.near_threshold, hash_size=cfg.hash_size,
                    fail_on_unreadable=cfg.fail_on_unreadable, min_image_size=cfg.min_image_size)
@@ -427,7 +427,7 @@ def resolve_data_root(m: Manifest) -> Path:
             f"manifest key 'data.root' is required (or set {DATA_ROOT_ENV}); it names the dataset folder"
         )
     if not _is_dir(root) and m.data.synthetic is not None and not env:
-        from engine.synth import write_dataset
+        from engine.data.synth import write_dataset
 
         syn = m.data.synthetic
         try:

@@ -19,7 +19,7 @@ from typing import Callable
 
 import numpy as np
 
-from engine import data as data_mod
+from engine.data.discovery import discovery as data_mod
 from engine.atomic import save_keras_model, write_text
 from engine.errors import InputError, RunInterrupted
 from engine.manifest import Manifest, class_aliases, integrity_options
@@ -114,7 +114,7 @@ def prepare_data(ctx: RunContext) -> None:
     groups = None
     skipped: list[dict] = []
     if m.integrity.enabled:
-        from engine import integrity
+        from engine.integrity.audit import audit as integrity
 
         with Timer(ctx.echo, "integrity audit", ctx.results["timings"], "integrity_s"):
             report = integrity.audit(records, integrity_options(m.integrity), cache_dir=ctx.output_root / ".cache",
@@ -141,7 +141,7 @@ def prepare_data(ctx: RunContext) -> None:
     train, val = data_mod.split_validation(train, m.data.validation_fraction, m.experiment.seed, groups,
                                            classes=m.data.classes)
     ctx.dataset = data_mod.Dataset(root, layout, list(m.data.classes), train, val, test, skipped)
-    from engine.history import dataset_fingerprint
+    from engine.nightly.history import dataset_fingerprint
 
     fingerprint = dataset_fingerprint((_relpath(r.path, root), r.path.stat().st_size, r.path.stat().st_mtime_ns)
                                       for r in records)
@@ -161,7 +161,7 @@ def prepare_data(ctx: RunContext) -> None:
 
 
 def shift_stage(ctx: RunContext) -> None:
-    """How far the leakage-free test images lie from training images of their class (engine.shift).
+    """How far the leakage-free test images lie from training images of their class (engine.integrity.shift).
 
     Runs at the first backbone's input size, so the arrays it decodes are the ones its training reuses.
     """
@@ -169,7 +169,7 @@ def shift_stage(ctx: RunContext) -> None:
     keep = ctx.leakage_free_mask()
     if keep is None or not m.integrity.shift:
         return
-    from engine.shift import measure_shift
+    from engine.integrity.shift import measure_shift
 
     size = m.backbones[0].input_size
     with Timer(ctx.echo, "distribution-shift check", ctx.results["timings"], "shift_s"):
@@ -217,8 +217,8 @@ def write_predictions(path: Path, records, y_true: np.ndarray, probs: np.ndarray
 
 def _evaluate_and_store(ctx: RunContext, res: BackboneResult, model, size: int) -> None:
     """Validation metrics (for selection), then the single test evaluation, predictions, model file."""
-    from engine.metrics import classification_metrics
-    from engine.train import predict
+    from engine.evaluation.metrics import classification_metrics
+    from engine.training.train import predict
 
     ds, m = ctx.dataset, ctx.manifest
     tta = m.evaluation.tta_flip
@@ -275,8 +275,8 @@ def train_backbone(ctx: RunContext, cfg, fine_tune_cfg=None) -> list[BackboneRes
     """
     import keras
 
-    from engine import backbones as bb
-    from engine import train as tr
+    from engine.training import backbones as bb
+    from engine.training import train as tr
 
     m, ds = ctx.manifest, ctx.dataset
     seed = m.experiment.seed
@@ -319,7 +319,7 @@ def train_backbone(ctx: RunContext, cfg, fine_tune_cfg=None) -> list[BackboneRes
 
 
 def fine_tune_entry(ctx: RunContext, cfg, frozen: BackboneResult, model, ft) -> BackboneResult:
-    from engine import train as tr
+    from engine.training import train as tr
 
     m, ds = ctx.manifest, ctx.dataset
     name = f"{frozen.name}_ft"
@@ -349,7 +349,7 @@ def fine_tune_saved(ctx: RunContext, cfg, frozen_entry: dict, ft) -> BackboneRes
     """Fine-tune a frozen entry's saved model (the study's "fine-tune the best" step)."""
     import keras
 
-    from engine.backbones import ensure_registered
+    from engine.training.backbones import ensure_registered
 
     ensure_registered()
     frozen = BackboneResult.from_dict(frozen_entry)
@@ -426,7 +426,7 @@ def run_audit(m: Manifest, *, output_dir: Path | None = None, run_id: str | None
               echo: Echo | None = None, now: Callable[[], datetime] | None = None,
               resume: Path | None = None) -> RunOutcome:
     """Run every stage under the experiment's lock. Raises InputError for bad input."""
-    from engine.lock import experiment_lock
+    from engine.nightly.lock import experiment_lock
 
     echo = echo or _quiet
     now = now or (lambda: datetime.now(timezone.utc))
@@ -521,7 +521,7 @@ def _record_end(ctx: RunContext, exp_dir: Path, status: str, error: str) -> None
     Best effort on top of an error already on its way to the user: a second failure here (a full
     disk, say) must not replace the first.
     """
-    from engine import history
+    from engine.nightly import history
 
     run = ctx.results["run"]
     run.update(status=status, error=error, finished_at=ctx.now().isoformat(timespec="seconds"),
@@ -588,7 +588,7 @@ def _run_stages(ctx: RunContext, exp_dir: Path, manifest_sha: str, previous: dic
 
 def _reusable_entries(ctx: RunContext, exp_dir: Path, manifest_sha: str) -> tuple[dict, Path]:
     """Finished entries of the newest run with the same manifest, data and code (reuse = "if-unchanged")."""
-    from engine.history import find_reusable, read_history
+    from engine.nightly.history import find_reusable, read_history
 
     env = ctx.results["environment"]
     current = {"manifest_sha256": manifest_sha, "dataset_fingerprint": ctx.results["data"]["fingerprint"],
@@ -619,9 +619,9 @@ def _adopt(ctx: RunContext, entry: dict, source_dir: Path) -> None:
 
 def finish_run(ctx: RunContext, exp_dir: Path) -> list:
     """Gates against the previous run, trend, report, then history, latest pointer and retention."""
-    from engine import gates as gates_mod
-    from engine import history
-    from engine.retention import prune_cache, prune_runs
+    from engine.nightly import gates as gates_mod
+    from engine.nightly import history
+    from engine.nightly.retention import prune_cache, prune_runs
 
     m, results = ctx.manifest, ctx.results
     run_id = results["run"]["id"]
@@ -673,10 +673,10 @@ def restore_outputs(ctx: RunContext, entry: dict) -> None:
 
 def run_post_stages(ctx: RunContext) -> None:
     """Stages that need every backbone's outputs: calibration, uncertainty, comparisons, Grad-CAM."""
-    from engine.calibration import calibrate
-    from engine.compare import pairwise_mcnemar
+    from engine.evaluation.calibration import calibrate
+    from engine.evaluation.compare import pairwise_mcnemar
     from engine.sklearn_warnings import hold_back
-    from engine.uncertainty import bootstrap_summary
+    from engine.evaluation.uncertainty import bootstrap_summary
 
     m, ds, results = ctx.manifest, ctx.dataset, ctx.results
     ev = m.evaluation
@@ -715,8 +715,8 @@ def explain_stage(ctx: RunContext, entries: list[dict]) -> None:
     """Grad-CAM galleries and the pointing game, per backbone, from the saved models."""
     import keras
 
-    from engine.backbones import ensure_registered
-    from engine.gallery import explain_backbone, pointing_game_on
+    from engine.training.backbones import ensure_registered
+    from engine.explain.gallery import explain_backbone, pointing_game_on
 
     ensure_registered()
     m, ds = ctx.manifest, ctx.dataset

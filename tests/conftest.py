@@ -30,7 +30,7 @@ needs_poppler = pytest.mark.skipif(shutil.which("pdfinfo") is None or shutil.whi
 @pytest.fixture(scope="session")
 def synth_root(tmp_path_factory) -> Path:
     """A small Kaggle-layout phantom dataset (60 per class, 64 px), written once per session."""
-    from engine.synth import write_dataset
+    from engine.data.synth import write_dataset
 
     root = tmp_path_factory.mktemp("synth") / "data"
     write_dataset(root, per_class=60, size=64, seed=3)

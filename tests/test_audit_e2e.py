@@ -121,7 +121,7 @@ def test_results_match_predictions_and_model_learns(smoke_run):
 
 
 def test_shift_check_finds_no_shift_within_one_generator(smoke_run):
-    from engine.shift import MIN_IMAGES
+    from engine.integrity.shift import MIN_IMAGES
 
     tmp, _ = smoke_run
     run = tmp / "out" / "e2e" / "r1"
@@ -145,7 +145,7 @@ def test_failed_backbone_is_recorded_with_its_error(smoke_run):
 @needs_lite0
 def test_keras_file_backbone_lite0(tmp_path):
     """The offline ImageNet Lite0 file loads as a backbone and its features separate phantoms."""
-    from engine.backbones import build_classifier, load_backbone
+    from engine.training.backbones import build_classifier, load_backbone
     from engine.manifest import BackboneConfig
 
     cfg = BackboneConfig(name="lite0", file=LITE0, input_size=64)
@@ -236,7 +236,7 @@ def test_render_reproduces_report_without_models(smoke_run, tmp_path):
 
 def test_evaluate_external_folder_with_boxes(smoke_run, tmp_path):
     """`auditrun evaluate` scores the saved models on another labelled folder, with the pointing game."""
-    from engine.synth import write_dataset
+    from engine.data.synth import write_dataset
 
     tmp, _ = smoke_run
     run = tmp / "out" / "e2e" / "r1"
@@ -260,7 +260,7 @@ def test_evaluate_explains_with_the_layer_the_run_used(smoke_run, tmp_path):
     """The pointing game of `evaluate` uses the Grad-CAM layer recorded in the run, not a default."""
     import shutil
 
-    from engine.synth import write_dataset
+    from engine.data.synth import write_dataset
 
     tmp, _ = smoke_run
     run = tmp_path / "run"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine import backbones
+from engine.training import backbones
 from engine.errors import InputError
 from engine.manifest import BackboneConfig
 

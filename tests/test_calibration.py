@@ -1,10 +1,10 @@
-"""ECE, reliability curve and temperature scaling (engine.calibration)."""
+"""ECE, reliability curve and temperature scaling (engine.evaluation.calibration)."""
 
 import numpy as np
 import pytest
 from scipy.special import softmax
 
-from engine.calibration import (
+from engine.evaluation.calibration import (
     CalibrationResult,
     apply_temperature,
     calibrate,
@@ -141,7 +141,7 @@ def test_too_few_validation_images_skip_the_fit_and_say_why(tmp_path):
     """Tiny validation split (issue 14): no temperature from 9 images, the test ECE still reported."""
     import json
 
-    from engine.calibration import MIN_VALIDATION_IMAGES
+    from engine.evaluation.calibration import MIN_VALIDATION_IMAGES
     from engine.report.figures import reliability_diagram
     from engine.report.model import _calibration_view
 

@@ -1,10 +1,10 @@
-"""McNemar's exact test between backbones (engine.compare)."""
+"""McNemar's exact test between backbones (engine.evaluation.compare)."""
 
 import numpy as np
 import pytest
 from scipy.stats import binomtest
 
-from engine.compare import format_p, mcnemar_pair, pairwise_mcnemar
+from engine.evaluation.compare import format_p, mcnemar_pair, pairwise_mcnemar
 
 
 def _paired(n11, n10, n01, n00):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine import data
+from engine.data.discovery import discovery as data
 from engine.errors import InputError
 from engine.manifest import DEFAULT_ALIASES
 
@@ -193,7 +193,7 @@ def test_imagefolder_at_the_minimum_splits_into_all_three(tmp_path):
 
 def test_readable_skips_images_below_min_size_like_the_audit(tmp_path):
     """Without the integrity audit, readable() applies integrity.min_image_size the same way."""
-    from engine.integrity import IntegrityConfig, audit
+    from engine.integrity.audit import IntegrityConfig, audit
 
     recs = []
     for name, size in (("one.png", (1, 1)), ("eight.png", (8, 8)), ("fine.png", (40, 32))):

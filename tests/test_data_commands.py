@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from engine.cli import main
-from engine.synth import CLASSES, KAGGLE_FOLDERS, RECORD_FILE
+from engine.data.synth import CLASSES, KAGGLE_FOLDERS, RECORD_FILE
 
 from conftest import write_manifest
 
@@ -41,7 +41,7 @@ def test_manifest_with_data_synthetic_generates_the_missing_root(tmp_path, monke
     # mutations seen to fail: manifest.resolve_data_root `per_class=syn.per_class` -> `per_class=syn.size`;
     # `seed=syn.seed` -> `seed=0`; deleting the `write_dataset(...)` call (load exits 2: root missing)
     from engine import manifest as manifest_mod
-    from engine.synth import write_dataset
+    from engine.data.synth import write_dataset
 
     monkeypatch.delenv(manifest_mod.DATA_ROOT_ENV, raising=False)
     path = write_manifest(tmp_path / "synthetic.toml", """
@@ -100,7 +100,7 @@ name = "EfficientNetB0"
 @pytest.fixture(scope="module")
 def check_data_runs(tmp_path_factory):
     """check-data on a phantom dataset, then again after copying one training image into Testing/."""
-    from engine.synth import write_dataset
+    from engine.data.synth import write_dataset
 
     tmp = tmp_path_factory.mktemp("check-data")
     data = tmp / "data"

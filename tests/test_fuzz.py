@@ -40,13 +40,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from engine import data as data_mod
+from engine.data.discovery import discovery as data_mod
 from engine import manifest
-from engine.backbones import REGISTRY
+from engine.training.backbones import REGISTRY
 from engine.cli import main
 from engine.errors import InputError
 from engine.paths import name_problem
-from engine.integrity import IntegrityConfig, audit
+from engine.integrity.audit import IntegrityConfig, audit
 
 #: Examples per CI run. FUZZ_SCALE=10 runs ten times as many, for a deeper search by hand.
 SCALE = float(os.environ.get("FUZZ_SCALE", 1))
@@ -103,7 +103,7 @@ class Env:
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory) -> Env:
-    from engine.synth import write_dataset
+    from engine.data.synth import write_dataset
 
     base = tmp_path_factory.mktemp("fuzz")
     kaggle = base / "kaggle"
@@ -1067,7 +1067,7 @@ def test_regression_experiment_seed_out_of_sklearn_range(env, tmp_path, seed):
 def test_regression_small_imagefolder_split(tmp_path):
     # 3 images per class and the default test_fraction (0.2): 3 test images for 4 classes made
     # train_test_split raise ValueError.
-    from engine.synth import write_dataset
+    from engine.data.synth import write_dataset
 
     write_dataset(tmp_path / "src", per_class=4, size=32, seed=0, test_fraction=0.25, kaggle_names=False)
     result = _check_data(tmp_path, MINIMAL.format(root=tmp_path / "src" / "Training"),

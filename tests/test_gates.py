@@ -7,7 +7,7 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from engine.errors import InputError
-from engine.gates import (
+from engine.nightly.gates import (
     GatesConfig,
     evaluate_gates,
     gates_from_dict,

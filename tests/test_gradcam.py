@@ -15,7 +15,9 @@ import pytest
 keras = pytest.importorskip("keras")
 tf = pytest.importorskip("tensorflow")
 
-from engine import gallery, gradcam  # noqa: E402
+from engine.explain import gallery
+
+from engine.explain import gradcam  # noqa: E402
 from engine.errors import AuditrunError, InputError  # noqa: E402
 
 SIZE = 48
@@ -339,7 +341,7 @@ def test_pointing_game_on_matches_the_gallery_block_and_names_no_box(trained, te
 def test_lite0_file_as_nested_backbone():
     lite = keras.saving.load_model(LITE0, compile=False)
     backbone = lite
-    backbone.name = "backbone"  # as engine.backbones.build_classifier does
+    backbone.name = "backbone"  # as engine.training.backbones.build_classifier does
     inputs = keras.Input((96, 96, 3), name="image")
     x = keras.layers.Identity(name="preprocess")(inputs)
     x = keras.layers.GlobalAveragePooling2D(name="gap")(backbone(x))

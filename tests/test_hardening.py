@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
-    from engine.synth import write_dataset
+    from engine.data.synth import write_dataset
 
     tmp = tmp_path_factory.mktemp("hardening")
     write_dataset(tmp / "data", per_class=16, size=32, seed=1)
@@ -204,13 +204,13 @@ def test_engine_bug_exits_70_with_traceback_saved_in_the_run(assets, tmp_path, m
 
 
 def test_bug_outside_a_run_saves_its_traceback_and_exits_70(tmp_path, monkeypatch):
-    import engine.history
+    import engine.nightly.history
 
     def broken(*a, **k):
         raise KeyError("planted")
 
     (tmp_path / "history.jsonl").write_text("")
-    monkeypatch.setattr(engine.history, "read_history", broken)
+    monkeypatch.setattr(engine.nightly.history, "read_history", broken)
     monkeypatch.setenv("TMPDIR", str(tmp_path))
     import tempfile
 

@@ -9,7 +9,7 @@ import logging
 
 import pytest
 
-from engine.history import (
+from engine.nightly.history import (
     append_record,
     dataset_fingerprint,
     find_reusable,

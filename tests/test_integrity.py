@@ -13,16 +13,16 @@ import pytest
 from PIL import Image
 from scipy.spatial.distance import cdist
 
-import engine.hashing as hashing
+import engine.integrity.hashing as hashing
 from engine.errors import InputError
-from engine.hashing import hamming_pairs
-from engine.integrity import IntegrityConfig, audit, duplicate_groups, summary_text
+from engine.integrity.hashing import hamming_pairs
+from engine.integrity.audit import IntegrityConfig, audit, duplicate_groups, summary_text
 
 from conftest import SARTAJ as REAL_DATA
 
 
 @dataclass(frozen=True)
-class Rec:  # the fields engine.data.ImageRecord exposes
+class Rec:  # the fields engine.data.discovery.ImageRecord exposes
     path: Path
     split: str
     label: str

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from engine.errors import InputError
-from engine.lock import ExperimentLock, experiment_lock
+from engine.nightly.lock import ExperimentLock, experiment_lock
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 HOLDER = """
 import sys
 from engine.errors import InputError
-from engine.lock import ExperimentLock
+from engine.nightly.lock import ExperimentLock
 try:
     with ExperimentLock(sys.argv[1]):
         print("locked", flush=True)
@@ -145,7 +145,7 @@ def test_release_leaves_a_lock_that_is_no_longer_ours(tmp_path):
 
 
 def test_unreadable_fresh_lock_is_busy_and_old_one_is_stale(tmp_path, monkeypatch):
-    monkeypatch.setattr("engine.lock._READ_WAIT_S", 0.05)
+    monkeypatch.setattr("engine.nightly.lock._READ_WAIT_S", 0.05)
     lock_path = tmp_path / ".lock"
     lock_path.write_bytes(b"")  # a creator between O_EXCL and its write
     with pytest.raises(InputError, match="not readable yet"):
@@ -160,7 +160,7 @@ RACER = """
 import sys, time
 from pathlib import Path
 from engine.errors import InputError
-from engine.lock import ExperimentLock
+from engine.nightly.lock import ExperimentLock
 go = Path(sys.argv[2])
 print("ready", flush=True)
 while not go.exists():

@@ -13,9 +13,9 @@ def _planted(*_args, **_kwargs):
 
 
 def test_a_bug_in_training_exits_1_with_the_report_written(assets, tmp_path, monkeypatch):  # noqa: F811
-    import engine.train
+    import engine.training.train
 
-    monkeypatch.setattr(engine.train, "train_head", _planted)
+    monkeypatch.setattr(engine.training.train, "train_head", _planted)
     result = invoke(manifest(assets, tmp_path), "--output-dir", tmp_path / "out", "--run-id", "r1")
     assert result.exit_code == 1, result.output
     assert "Traceback" not in result.stderr
@@ -30,9 +30,9 @@ def test_a_bug_in_training_exits_1_with_the_report_written(assets, tmp_path, mon
 
 
 def test_a_bug_in_gradcam_exits_1_with_the_report_and_metrics_kept(assets, tmp_path, monkeypatch):  # noqa: F811
-    import engine.gallery
+    import engine.explain.gallery
 
-    monkeypatch.setattr(engine.gallery, "explain_backbone", _planted)
+    monkeypatch.setattr(engine.explain.gallery, "explain_backbone", _planted)
     result = invoke(manifest(assets, tmp_path, gradcam=True), "--output-dir", tmp_path / "out", "--run-id", "r1")
     assert result.exit_code == 1, result.output
     assert "FAIL all_backbones_finished" in result.stderr and "explanations failed" in result.stderr

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import balanced_accuracy_score, f1_score, precision_recall_fscore_support
 
-from engine.metrics import classification_metrics, macro_f1_score
+from engine.evaluation.metrics import classification_metrics, macro_f1_score
 
 
 def test_hand_computed_case():

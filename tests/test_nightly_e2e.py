@@ -51,7 +51,7 @@ def tiny_backbone(path: Path, filters=(8, 16, 32)) -> Path:
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
     """Small phantom dataset (24 per class, 64 px) and two backbone files: a tiny CNN and a wider one."""
-    from engine.synth import write_dataset
+    from engine.data.synth import write_dataset
 
     tmp = tmp_path_factory.mktemp("nightly")
     write_dataset(tmp / "data", per_class=24, size=64, seed=5)
@@ -105,7 +105,7 @@ def two_runs(assets):
     """Run 1 (1 epoch) and run 2 (8 epochs, so the metrics can move) of one experiment at 64 px; the
     run ids come from the fixed clock."""
     from engine import manifest as manifest_mod
-    from engine.history import read_history
+    from engine.nightly.history import read_history
     from engine.pipeline import run_audit
 
     out = assets / "out"
@@ -118,7 +118,7 @@ def two_runs(assets):
 
 
 def test_two_runs_append_two_history_records_with_fixed_clock(two_runs):
-    from engine.history import read_latest
+    from engine.nightly.history import read_latest
 
     exp_dir, (first, second), records = two_runs
     assert first.status == "ok" and second.status == "ok"
@@ -138,7 +138,7 @@ def test_two_runs_append_two_history_records_with_fixed_clock(two_runs):
 
 
 def test_second_run_trend_compares_with_first(two_runs):
-    from engine.history import _moved
+    from engine.nightly.history import _moved
 
     _, (first, second), records = two_runs
     trend = _results(second.run_dir)["trend"]
@@ -228,7 +228,7 @@ def test_gate_above_achieved_macro_f1_exits_1_with_fail_on_stderr(gated_run):
 
 
 def test_failed_gate_leaves_run_directory_complete(gated_run):
-    from engine.history import read_history, read_latest
+    from engine.nightly.history import read_history, read_latest
 
     run_dir, _, _ = gated_run
     results = _results(run_dir)
@@ -360,11 +360,11 @@ train_backbone = true
     state["history_before_resume"] = (exp_dir / "history.jsonl").is_file()
 
     handler = _Records()
-    logging.getLogger("engine.lock").addHandler(handler)
+    logging.getLogger("engine.nightly.lock").addHandler(handler)
     try:
         state["resume"] = CliRunner().invoke(main, [str(path), "--resume", str(run_dir)])
     finally:
-        logging.getLogger("engine.lock").removeHandler(handler)
+        logging.getLogger("engine.nightly.lock").removeHandler(handler)
     state["lock_warnings"] = handler.messages
     return state
 
@@ -390,7 +390,7 @@ def test_killed_run_left_first_backbone_only_and_a_stale_lock(interrupted):
 
 
 def test_resume_takes_over_stale_lock_and_does_not_retrain_finished_backbone(interrupted):
-    from engine.history import read_history
+    from engine.nightly.history import read_history
 
     result, run_dir = interrupted["resume"], interrupted["run_dir"]
     assert result.exit_code == 0, result.output

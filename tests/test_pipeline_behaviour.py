@@ -95,7 +95,7 @@ formats = ["html"]
 def scenario(tmp_path_factory):
     from engine import manifest as manifest_mod
     from engine.pipeline import run_audit
-    from engine.synth import write_dataset
+    from engine.data.synth import write_dataset
 
     assets = tmp_path_factory.mktemp("behaviour")
     write_dataset(assets / "data", per_class=16, size=32, seed=1)
@@ -119,8 +119,8 @@ def scenario(tmp_path_factory):
         def no_training(*_a, **_k):
             raise AssertionError("run 2 trained although manifest, data and code were unchanged")
 
-        mp.setattr("engine.train.train_head", no_training)
-        mp.setattr("engine.train.fine_tune", no_training)
+        mp.setattr("engine.training.train.train_head", no_training)
+        mp.setattr("engine.training.train.fine_tune", no_training)
         run(1, scenario_manifest(assets))
     run(2, scenario_manifest(assets, description="changed"))  # a changed manifest
     return {"assets": assets, "exp_dir": out / "behaviour", "runs": runs}
@@ -129,7 +129,7 @@ def scenario(tmp_path_factory):
 def _load(path: Path):
     import keras
 
-    from engine.backbones import ensure_registered
+    from engine.training.backbones import ensure_registered
 
     ensure_registered()
     return keras.saving.load_model(path, compile=False)
@@ -289,7 +289,7 @@ def test_predict_with_flip_tta_is_the_mean_over_image_and_horizontal_flip():
     # mutation seen to fail: train.predict `x[:, :, ::-1]` -> `x[:, ::-1]` (a vertical flip)
     import keras
 
-    from engine.train import predict
+    from engine.training.train import predict
 
     keras.utils.set_random_seed(1)
     inp = keras.Input((6, 5, 3))
@@ -311,7 +311,7 @@ def test_tta_flip_in_the_manifest_reaches_the_saved_predictions(scenario):
     # mutation seen to fail: pipeline._evaluate_and_store `tta = m.evaluation.tta_flip` -> `tta = False`
     import pandas as pd
 
-    from engine import data as data_mod
+    from engine.data.discovery import discovery as data_mod
     from engine.manifest import class_aliases, load
 
     run_dir = scenario["runs"][0]["dir"]
@@ -339,7 +339,7 @@ def test_tta_flip_in_the_manifest_reaches_the_saved_predictions(scenario):
 def test_keep_last_two_leaves_the_two_newest_runs_and_the_whole_history(scenario):
     # mutation seen to fail: retention.prune_runs `runs[:max(0, len(runs) - keep_last)]` ->
     # `runs[:max(0, len(runs) - keep_last - 1)]`
-    from engine.history import read_history, read_latest
+    from engine.nightly.history import read_history, read_latest
 
     exp_dir, runs = scenario["exp_dir"], scenario["runs"]
     # run 2 did not prune (two runs, keep_last = 2); run 3 removed run 1

@@ -7,7 +7,7 @@ import importlib
 import numpy as np
 import pytest
 
-from engine.backbones import REGISTRY, preprocess_layer
+from engine.training.backbones import REGISTRY, preprocess_layer
 
 
 @pytest.mark.parametrize("name", ["VGG16", "ResNet50", "InceptionV3", "EfficientNetB0", "MobileNetV3Small",

@@ -479,9 +479,9 @@ def test_one_leakage_free_macro_f1_per_model_in_every_table(tmp_path):
     import numpy as np
     from sklearn.metrics import f1_score
 
-    from engine import history
-    from engine.metrics import classification_metrics
-    from engine.uncertainty import bootstrap_summary
+    from engine.nightly import history
+    from engine.evaluation.metrics import classification_metrics
+    from engine.evaluation.uncertainty import bootstrap_summary
 
     results = fixture_results()
     classes = results["data"]["class_names"]

@@ -3,7 +3,7 @@
 A results.json that is JSON but not a results document (``[1, 2]``, a missing or wrong-typed key,
 an unknown status) must stop `render`, `evaluate` and `history` with exit 2 and one line naming the
 file and the failing JSON path, never a traceback. The committed fixture (a real run's shape) and
-the records engine.history writes must validate, or the schema is stricter than the engine.
+the records engine.nightly.history writes must validate, or the schema is stricter than the engine.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from jsonschema import Draft202012Validator
 
 from engine.cli import main
 from engine.errors import InputError
-from engine.history import RECORD_SCHEMA_VERSION, append_record, read_history, record_from_results
+from engine.nightly.history import RECORD_SCHEMA_VERSION, append_record, read_history, record_from_results
 from engine.report import render_report
 from engine.results import SCHEMA_VERSION, json_path, load_schema, read_results, validate_results
 
@@ -99,7 +99,7 @@ def test_records_the_engine_writes_validate_against_the_history_schema(tmp_path)
 
 def test_run_without_configured_gates_validates(tmp_path):
     """gates_to_dict([]) summarises as status "NONE": every nightly run without [gates] writes it."""
-    from engine.gates import gates_to_dict
+    from engine.nightly.gates import gates_to_dict
 
     results = fixture_results()
     results["gates"] = gates_to_dict([])

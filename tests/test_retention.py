@@ -7,8 +7,8 @@ import os
 
 import pytest
 
-from engine.history import append_record, write_latest
-from engine.retention import prune_runs, run_directories
+from engine.nightly.history import append_record, write_latest
+from engine.nightly.retention import prune_runs, run_directories
 
 
 def make_run(exp, name, day, results=True, experiment=None, run_id=None):
@@ -111,7 +111,7 @@ def test_missing_experiment_dir_is_a_no_op(tmp_path):
 
 
 def test_cache_prune_removes_only_image_arrays_unused_for_max_age(tmp_path):
-    from engine.retention import prune_cache
+    from engine.nightly.retention import prune_cache
 
     cache = tmp_path / ".cache"
     cache.mkdir()
@@ -133,7 +133,7 @@ def test_loading_a_cached_array_marks_it_used(tmp_path):
     import numpy as np
     from PIL import Image
 
-    from engine.data import ImageCache, ImageRecord
+    from engine.data.discovery import ImageCache, ImageRecord
 
     img = tmp_path / "a.png"
     Image.fromarray(np.full((8, 8, 3), 120, np.uint8)).save(img)

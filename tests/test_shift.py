@@ -1,10 +1,10 @@
-"""Distribution-shift check (engine.shift) and its report sentence."""
+"""Distribution-shift check (engine.integrity.shift) and its report sentence."""
 
 import numpy as np
 import pytest
 
 from engine.report.model import _shift_view
-from engine.shift import MIN_IMAGES, domain_auc, image_descriptors, measure_shift
+from engine.integrity.shift import MIN_IMAGES, domain_auc, image_descriptors, measure_shift
 
 CLASSES = ["glioma", "meningioma", "no_tumor", "pituitary"]
 

@@ -65,7 +65,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_six_images_per_class_exit_2_naming_class_count_and_minimum(tmp_path):
-    from engine.synth import write_dataset
+    from engine.data.synth import write_dataset
 
     write_dataset(tmp_path / "data", per_class=6, size=32, seed=1)  # 4 training images per class
     proc = _cli(str(_manifest(tmp_path, tmp_path / "data")), "--output-dir", str(tmp_path / "out"))
@@ -78,7 +78,7 @@ def test_six_images_per_class_exit_2_naming_class_count_and_minimum(tmp_path):
 def test_just_enough_images_run_to_the_end_and_say_what_was_not_measured(tmp_path):
     """9 per class: 2 test, 7 training of which 1 validates. Every stage finishes; the statistics
     that lack images are left out with the reason, never a traceback or a made-up figure."""
-    from engine.synth import write_dataset
+    from engine.data.synth import write_dataset
 
     write_dataset(tmp_path / "data", per_class=9, size=32, seed=1)
     result = CliRunner().invoke(main, [str(_manifest(tmp_path, tmp_path / "data")), "--output-dir",
@@ -104,8 +104,8 @@ def test_a_tiny_run_lets_no_sklearn_warning_through(tmp_path, monkeypatch):
     import shutil
     import warnings
 
-    import engine.train
-    from engine.synth import write_dataset
+    import engine.training.train
+    from engine.data.synth import write_dataset
 
     write_dataset(tmp_path / "data", per_class=9, size=32, seed=2)
     for folder in ("meningioma_tumor", "no_tumor", "pituitary_tumor"):
@@ -116,7 +116,7 @@ def test_a_tiny_run_lets_no_sklearn_warning_through(tmp_path, monkeypatch):
         probs[:, 0] = 0.94
         return probs
 
-    monkeypatch.setattr(engine.train, "predict", always_glioma)
+    monkeypatch.setattr(engine.training.train, "predict", always_glioma)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         result = CliRunner().invoke(main, [str(_manifest(tmp_path, tmp_path / "data")), "--output-dir",
@@ -130,7 +130,7 @@ def test_a_tiny_run_lets_no_sklearn_warning_through(tmp_path, monkeypatch):
 
 
 def test_bootstrap_leaves_out_the_interval_of_a_one_image_class():
-    from engine.uncertainty import bootstrap_summary
+    from engine.evaluation.uncertainty import bootstrap_summary
 
     y_true = np.array([0, 0, 0, 1, 1, 1, 2, 3, 3])  # no_tumor: one image
     y_pred = np.array([0, 0, 1, 1, 1, 0, 2, 3, 0])

@@ -8,7 +8,7 @@ import pytest
 
 from engine.errors import InputError
 from engine.manifest import loads
-from engine.train import learning_rate_schedule
+from engine.training.train import learning_rate_schedule
 
 
 def _lr(schedule, step: int) -> float:

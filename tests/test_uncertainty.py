@@ -1,10 +1,10 @@
-"""Seeded percentile bootstrap (engine.uncertainty)."""
+"""Seeded percentile bootstrap (engine.evaluation.uncertainty)."""
 
 import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, recall_score
 
-from engine.uncertainty import (
+from engine.evaluation.uncertainty import (
     bootstrap_ci,
     bootstrap_summary,
     metrics_from_confusion,
@@ -68,7 +68,7 @@ def test_absent_class_point_equals_metrics_and_lies_inside_the_ci():
     # The lite0 contradiction (issue 15): a leakage-free subset with no no_tumor image but with
     # no_tumor predictions. The bootstrap's point must be classification_metrics' macro-F1, over the
     # 3 classes present, and sit inside its own interval.
-    from engine.metrics import classification_metrics
+    from engine.evaluation.metrics import classification_metrics
 
     rng = np.random.default_rng(0)
     y = rng.choice([0, 1, 3], size=120, p=[0.5, 0.3, 0.2])
@@ -150,7 +150,7 @@ def test_sklearn_is_not_called_per_resample(monkeypatch):
     # a per-resample sklearn call would scale the count with n_resamples.
     import sklearn.metrics
 
-    import engine.uncertainty as unc
+    import engine.evaluation.uncertainty as unc
 
     calls = {"n": 0}
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Sequence
 
-from engine.history import leakage_counts
+from engine.nightly.history import leakage_counts
 from engine.report.figures import FigureRecord
 
 #: Above this share of leaked test images the report prints a plain-language warning (issue 4).
@@ -82,7 +82,7 @@ def _metric(value: Any, digits: int = 3) -> Metric:
 
 
 def _interval(block: dict | None, digits: int = 3) -> Metric | None:
-    """``{"value","low","high"}`` or engine.uncertainty's ``{"value","ci_low","ci_high"}``."""
+    """``{"value","low","high"}`` or engine.evaluation.uncertainty's ``{"value","ci_low","ci_high"}``."""
     if not isinstance(block, dict):
         return None
     low = block.get("ci_low", block.get("low"))
@@ -100,7 +100,7 @@ _SAME_POINT = 1e-6
 
 
 def _class_metric(entry: Any, key: str, digits: int = 3, no_images: str = NO_IMAGES) -> Metric:
-    """A per-class metric of engine.metrics' ``per_class`` entry, saying why it is undefined.
+    """A per-class metric of engine.evaluation.metrics' ``per_class`` entry, saying why it is undefined.
 
     Support 0 means no image of the class: its recall and F1 are undefined, also in results.json
     written before they were null (which stored 0.0 for them).
@@ -305,7 +305,7 @@ class ShiftRow:
 
 @dataclass(frozen=True)
 class ShiftView:
-    """engine.shift's domain-classifier AUCs: leakage-free test vs training, validation as control."""
+    """engine.integrity.shift's domain-classifier AUCs: leakage-free test vs training, validation as control."""
     rows: list[ShiftRow]
     sentence: str
     method: str
@@ -843,7 +843,7 @@ def _integrity_view(results: dict, class_names: Sequence[str]) -> IntegrityView 
         ("Unreadable or non-image files (skipped)", integrity.get("unreadable")),
     ]
     for key, value in sorted((integrity.get("counts") or {}).items()):
-        if not isinstance(value, (dict, list)):  # engine.integrity nests counts per split: shown in provenance
+        if not isinstance(value, (dict, list)):  # engine.integrity.audit nests counts per split: shown in provenance
             rows.append((str(key).replace("_", " ").capitalize(), value))
     for split, within in (integrity.get("within_split") or {}).items():
         if isinstance(within, dict):
@@ -991,7 +991,7 @@ def _comparisons(results: dict, display: dict[str, str]) -> list[ComparisonRow]:
 
 
 def format_p(p: float | None) -> str:
-    """'< 0.001', '0.003', '1' -- three decimals, never '0.000' (same rule as engine.compare)."""
+    """'< 0.001', '0.003', '1' -- three decimals, never '0.000' (same rule as engine.evaluation.compare)."""
     if p is None:
         return "n/a"
     if p < 0.001:
@@ -1024,7 +1024,7 @@ _TREND_METRICS = (("accuracy", "accuracy"), ("macro_f1", "macro-F1"),
 
 
 def _trend(results: dict, display: dict[str, str]) -> TrendView | None:
-    """Accepts engine.history.trend()'s block (``runs`` + ``backbones``) and the flat
+    """Accepts engine.nightly.history.trend()'s block (``runs`` + ``backbones``) and the flat
     ``deltas``/``series`` form."""
     block = results.get("trend")
     if not isinstance(block, dict):

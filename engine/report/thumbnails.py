@@ -1,6 +1,6 @@
 """Thumbnails of the integrity audit's example duplicate pairs, stored in the run directory.
 
-engine.integrity records example test/train twins as data paths only. The report must render from
+engine.integrity.audit records example test/train twins as data paths only. The report must render from
 the run directory alone (``auditrun render`` on a copy, without the dataset), so while the data is
 still at hand the pipeline calls :func:`add_pair_thumbnails` to write small PNGs under
 ``run_dir/integrity/`` and add their run-relative paths to each pair as ``"files"``, before it

@@ -22,7 +22,7 @@ from engine.results import read_results, write_results
 
 def discover_folder(folder: Path, class_names: list[str], aliases: dict[str, str]) -> tuple[list[Path], np.ndarray]:
     """(paths, labels) for a folder-per-class tree; unknown class folders are an error naming them."""
-    from engine.data import _class_dirs
+    from engine.data.discovery import _class_dirs
 
     if not folder.is_dir():
         raise InputError(f"--data {str(folder)!r} is not a folder")
@@ -56,7 +56,7 @@ def _min_image_size_from_run(run_dir: Path) -> int:
     """The run's ``integrity.min_image_size``: external images are held to the run's own rule."""
     import tomllib
 
-    from engine.integrity import IntegrityConfig
+    from engine.integrity.audit import IntegrityConfig
 
     try:
         raw = tomllib.loads((run_dir / "manifest.toml").read_text(encoding="utf-8"))
@@ -70,7 +70,7 @@ def usable_images(folder: Path, paths: list[Path], y: np.ndarray, min_size: int,
                   warn: Callable[[str], None]) -> tuple[list[Path], np.ndarray, list[dict]]:
     """Drop unreadable and too-small images, each listed as ``{"path", "reason"}`` (path relative
     to ``folder``) and warned about; InputError when none is left."""
-    from engine.data import ImageRecord, readable
+    from engine.data.discovery import ImageRecord, readable
 
     records = [ImageRecord(p, "test", str(i)) for p, i in zip(paths, y)]
     ok, bad = readable(records, min_size=min_size)
@@ -104,10 +104,10 @@ def evaluate_external(run_dir: Path, data: Path, backbone: str | None = None, *,
                          "data discovery, so it has no model to evaluate")
     import keras
 
-    from engine.backbones import ensure_registered
-    from engine.data import decode_image
-    from engine.gradcam import gradcam_heatmaps, heatmap_stats, pointing_game, read_yolo_boxes
-    from engine.metrics import classification_metrics
+    from engine.training.backbones import ensure_registered
+    from engine.data.discovery import decode_image
+    from engine.explain.gradcam import gradcam_heatmaps, heatmap_stats, pointing_game, read_yolo_boxes
+    from engine.evaluation.metrics import classification_metrics
     from engine.sklearn_warnings import hold_back
 
     echo = echo or (lambda _m: None)

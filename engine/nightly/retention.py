@@ -21,7 +21,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from engine.history import read_latest
+from engine.nightly.history import read_latest
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ def prune_cache(cache_dir: Path, max_age_days: int, now: float | None = None) ->
         return []
     cutoff = (time.time() if now is None else now) - max_age_days * 86400
     deleted = []
-    from engine.data import ImageCache
+    from engine.data.discovery import ImageCache
 
     for path in sorted(cache_dir.glob(ImageCache.FILE_GLOB)):
         try:

@@ -6,7 +6,7 @@ the metric over resamples (Efron's percentile bootstrap). All index arrays come 
 
 ``bootstrap_summary`` does not call sklearn once per resample: it builds every resample's confusion
 matrix with a single ``np.bincount`` and reads accuracy, recall and macro-F1 off it with the same
-functions of ``engine.metrics`` that compute the point values, so the interval is around the value
+functions of ``engine.evaluation.metrics`` that compute the point values, so the interval is around the value
 every table shows. Macro-F1 averages the classes present in the whole evaluated sample's true
 labels, fixed across resamples. A resample that drew no image of one of those classes has no
 defined F1 for it; rather than average fewer classes there (a different metric) or count the
@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
-from engine.metrics import accuracy_from_confusion, macro_f1_from_confusion, per_class_scores, present_labels
+from engine.evaluation.metrics import accuracy_from_confusion, macro_f1_from_confusion, per_class_scores, present_labels
 
 DEFAULT_RESAMPLES = 1000
 #: Fewer images than this behind an interval and it is left out (None, with a "note"): every
@@ -132,7 +132,7 @@ def metrics_from_confusion(cm: np.ndarray, macro_labels: Sequence[int]) -> dict[
 
     Returns arrays over the leading axes: "accuracy" (...,), "recall" (..., k) with NaN where a class
     has no true samples, "macro_f1" (...,) over ``macro_labels`` with NaN where one of them has no
-    true sample (engine.metrics.macro_f1_from_confusion; sklearn ``f1_score(labels=macro_labels,
+    true sample (engine.evaluation.metrics.macro_f1_from_confusion; sklearn ``f1_score(labels=macro_labels,
     average="macro")``).
     """
     return {"accuracy": accuracy_from_confusion(cm), "recall": per_class_scores(cm)["recall"],
@@ -169,7 +169,7 @@ def bootstrap_summary(
          "per_class_recall": {cls: {"value": f|None, "ci_low": f|None, "ci_high": f|None,
                                     "support": int, "n_resamples_defined": int}}}
 
-    Point values are engine.metrics' on the full sample, so they equal
+    Point values are engine.evaluation.metrics' on the full sample, so they equal
     ``classification_metrics``' values. A class absent from a resample has undefined recall there
     and is skipped; a resample without one of ``classes_in_macro`` is skipped for macro-F1
     (``n_resamples_defined`` counts the rest, see the module docstring); a class absent from the

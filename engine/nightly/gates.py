@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Sequence
 
 from engine.errors import InputError
-from engine.history import leakage_counts, record_metric
+from engine.nightly.history import leakage_counts, record_metric
 
 GATE_FAMILIES = ("all_backbones_finished", "min_accuracy", "min_macro_f1", "min_recall", "max_macro_f1_drop",
                  "max_leakage_fraction")
@@ -182,7 +182,7 @@ def _all_finished(results: dict, config: GatesConfig) -> GateResult:
 def evaluate_gates(results: dict, config: GatesConfig, previous: dict | None) -> list[GateResult]:
     """Evaluate every configured gate on ``results`` (results.json dict, schema version 1).
 
-    ``previous``: the previous comparable history record (engine.history.previous_record), or None
+    ``previous``: the previous comparable history record (engine.nightly.history.previous_record), or None
     on the first run. Returns results in a stable order: per target backbone, accuracy, macro-F1,
     recall per class (manifest order), drop; then the run-level leakage gate.
     """

@@ -4,7 +4,7 @@ Layout under ``<output_root>/<experiment>/``::
 
     history.jsonl   one record per finished run, oldest first (never pruned)
     latest          the run id of the newest finished run, one line of text
-    <run-id>/       run directories (see engine.retention for pruning)
+    <run-id>/       run directories (see engine.nightly.retention for pruning)
 
 Appending uses ``O_APPEND`` and one ``write()`` of the whole line followed by ``fsync``, rather than
 rewriting the file through a temporary copy: records already written are never touched again, so no
@@ -12,7 +12,7 @@ crash, full disk or lost race can take earlier nights with it, and the cost stay
 The price is that a crash mid-write can leave a torn last line; :func:`read_history` skips an
 undecodable line with a warning, and :func:`append_record` starts a new line when the file does not
 end in one, so a torn fragment can never swallow the next record. Writers are serialised by the
-experiment lock (engine.lock); ``latest`` is small and is replaced atomically (tmp + ``os.replace``),
+experiment lock (engine.nightly.lock); ``latest`` is small and is replaced atomically (tmp + ``os.replace``),
 because a text file survives copies and archives where a symlink does not.
 
 This module is pure Python (json, hashlib, jsonschema, pandas for tables): no TensorFlow.

@@ -241,7 +241,7 @@ def learning_rate_schedule(peak: float, steps_per_epoch: int, epochs: int, sched
 def fine_tune(model, x_tr, y_tr, x_va, y_va, *, cfg, ft, seed: int, label: str, echo=None,
               result: TrainResult | None = None) -> TrainResult:
     """Stage 2: unfreeze the top ``ft.layers`` backbone layers (BatchNorm stays frozen)."""
-    from engine.backbones import set_backbone_trainable
+    from engine.training.backbones import set_backbone_trainable
 
     result = result or TrainResult()
     n = set_backbone_trainable(model, ft.layers)

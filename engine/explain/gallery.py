@@ -14,7 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
-from engine import gradcam
+from engine.explain import gradcam
 from engine.errors import InputError
 
 #: Contour levels drawn on the overlay (fraction of the map's maximum) and their line styles, so

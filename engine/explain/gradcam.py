@@ -2,7 +2,7 @@
 
 Follows the keras-io ``examples/vision/grad_cam.py`` recipe (gradient of a class score with respect
 to a 4-D feature map, channel weights = spatially averaged gradients, ReLU of the weighted sum),
-adapted to the saved model structure (see ``engine.backbones``)::
+adapted to the saved model structure (see ``engine.training.backbones``)::
 
     input -> "preprocess" -> "backbone" (nested Model) -> "gap" -> "head_dense" -> "head_dropout"
     -> "logits" -> "probabilities"

@@ -2,7 +2,7 @@
 duplicates within and across splits, label conflicts, and the leakage-free test subset.
 
 Pure functions over ``ImageRecord``-like objects; fingerprints and the Hamming search live in
-``engine.hashing``. The machine values are kept in ``IntegrityReport``; ``to_dict`` is the
+``engine.integrity.hashing``. The machine values are kept in ``IntegrityReport``; ``to_dict`` is the
 ``integrity`` block of results.json and ``summary_text`` the human display.
 
 Definitions (see docs/integrity.md):
@@ -24,9 +24,9 @@ import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from engine.data import too_small_reason
+from engine.data.discovery import too_small_reason
 from engine.errors import InputError
-from engine.hashing import (
+from engine.integrity.hashing import (
     PHASH_ALGORITHM,
     FingerprintCache,
     ImageFingerprint,
@@ -43,7 +43,7 @@ MAX_HASH_SIZE = 64
 
 
 class ImageRecordLike(Protocol):
-    """What the audit reads from ``engine.data.ImageRecord``."""
+    """What the audit reads from ``engine.data.discovery.ImageRecord``."""
 
     @property
     def path(self) -> Path: ...

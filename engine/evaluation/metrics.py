@@ -1,7 +1,7 @@
 """Classification metrics: the one definition of every metric auditrun reports.
 
 Every stage that scores predictions (validation for model selection, the test split, its
-leakage-free subset, external data), the bootstrap (``engine.uncertainty``) and therefore the
+leakage-free subset, external data), the bootstrap (``engine.evaluation.uncertainty``) and therefore the
 report use the functions here; docs/metrics.md states the definitions for readers.
 
 Definitions (each names its scikit-learn equivalent; tests/test_metrics.py checks them against it):
@@ -78,7 +78,7 @@ def macro_f1_from_confusion(cm, labels: Sequence[int]) -> np.ndarray | float:
 
     sklearn: ``f1_score(y_true, y_pred, labels=labels, average="macro")``. NaN where one of
     ``labels`` has no true image in that matrix (a bootstrap resample that lost a class): averaging
-    fewer classes there would change what the interval measures, see engine.uncertainty.
+    fewer classes there would change what the interval measures, see engine.evaluation.uncertainty.
     """
     f1 = per_class_scores(cm)["f1"]
     labels = list(labels)

@@ -286,7 +286,7 @@ def decode_image(path: Path, size: int) -> np.ndarray:
     """
     from PIL import Image, ImageOps
 
-    from engine.hashing import check_pixel_limit
+    from engine.integrity.hashing import check_pixel_limit
 
     try:
         with Image.open(path) as im:
@@ -371,7 +371,7 @@ def readable(records: Iterable[ImageRecord], min_size: int = 1) -> tuple[list[Im
     """
     from PIL import Image
 
-    from engine.hashing import check_pixel_limit, strict_decoding
+    from engine.integrity.hashing import check_pixel_limit, strict_decoding
 
     ok, skipped = [], []
     with strict_decoding():  # a truncated file must fail here, whatever PIL's global switch says

@@ -1,0 +1,48 @@
+"""Evaluation stage: every number the report shows about a model's predictions.
+
+Takes true labels and predicted probabilities (validation and test). Gives the metrics, each with
+one definition (``metrics``), calibration and temperature scaling, bootstrap confidence intervals,
+McNemar comparisons between backbones, and external validation of a finished run's saved models.
+"""
+
+from importlib import import_module
+
+#: Public name -> the module of this stage that defines it, imported on first use so that importing
+#: the stage (or one module of it) does not import the others (TensorFlow among them).
+_EXPORTS = {
+    "CalibrationResult": "calibration",
+    "ClassificationMetrics": "metrics",
+    "McNemarResult": "compare",
+    "ReliabilityCurve": "calibration",
+    "accuracy_from_confusion": "metrics",
+    "apply_temperature": "calibration",
+    "bootstrap_ci": "uncertainty",
+    "bootstrap_summary": "uncertainty",
+    "calibrate": "calibration",
+    "classification_metrics": "metrics",
+    "discover_folder": "external",
+    "evaluate_external": "external",
+    "expected_calibration_error": "calibration",
+    "fit_temperature": "calibration",
+    "format_p": "compare",
+    "macro_f1_from_confusion": "metrics",
+    "macro_f1_score": "metrics",
+    "mcnemar_pair": "compare",
+    "metrics_from_confusion": "uncertainty",
+    "negative_log_likelihood": "calibration",
+    "pairwise_mcnemar": "compare",
+    "per_class_scores": "metrics",
+    "present_labels": "metrics",
+    "reliability_curve": "calibration",
+    "resampled_confusion_matrices": "uncertainty",
+    "usable_images": "external",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(f"{__name__}.{module}"), name)

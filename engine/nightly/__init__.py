@@ -1,0 +1,55 @@
+"""Nightly stage: one run among many.
+
+Takes a finished run's ``results.json``. Gives its history record and the trend against earlier
+runs, PASS / WARN / FAIL gates (JSON and JUnit), the per-experiment lock, and retention of old
+runs and cached arrays.
+"""
+
+from importlib import import_module
+
+#: Public name -> the module of this stage that defines it, imported on first use so that importing
+#: the stage (or one module of it) does not import the others (TensorFlow among them).
+_EXPORTS = {
+    "ExperimentLock": "lock",
+    "GATE_FAMILIES": "gates",
+    "GateResult": "gates",
+    "GatesConfig": "gates",
+    "HISTORY_FILE": "history",
+    "LATEST_FILE": "history",
+    "LOCK_FILE": "lock",
+    "LockHolder": "lock",
+    "append_record": "history",
+    "dataset_fingerprint": "history",
+    "evaluate_gates": "gates",
+    "experiment_lock": "lock",
+    "find_reusable": "history",
+    "gates_from_dict": "gates",
+    "gates_summary_lines": "gates",
+    "gates_to_dict": "gates",
+    "gates_to_junit": "gates",
+    "history_table": "history",
+    "inputs_key": "history",
+    "leakage_counts": "history",
+    "leakage_fraction": "history",
+    "overall_status": "gates",
+    "previous_record": "history",
+    "prune_cache": "retention",
+    "prune_runs": "retention",
+    "read_history": "history",
+    "read_latest": "history",
+    "record_from_results": "history",
+    "record_metric": "history",
+    "run_directories": "retention",
+    "trend": "history",
+    "validate_record": "history",
+    "write_latest": "history",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(f"{__name__}.{module}"), name)

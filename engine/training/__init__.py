@@ -1,0 +1,38 @@
+"""Training stage: backbones and the transfer-learning recipe.
+
+Takes a backbone entry of the manifest (keras.applications name or local ``.keras`` file) and the
+``Dataset``'s arrays. Gives a Keras classifier (frozen-feature head, then optional fine-tuning of the
+top layers) and its ``TrainResult`` (history, stages, timings). The only stage that builds models.
+"""
+
+from importlib import import_module
+
+#: Public name -> the module of this stage that defines it, imported on first use so that importing
+#: the stage (or one module of it) does not import the others (TensorFlow among them).
+_EXPORTS = {
+    "BackboneSpec": "backbones",
+    "LoadedBackbone": "backbones",
+    "StageResult": "train",
+    "TrainResult": "train",
+    "augmentation_layers": "train",
+    "build_classifier": "backbones",
+    "class_weights": "train",
+    "converge_batchnorm": "backbones",
+    "ensure_registered": "backbones",
+    "fine_tune": "train",
+    "learning_rate_schedule": "train",
+    "load_backbone": "backbones",
+    "predict": "train",
+    "preprocess_layer": "backbones",
+    "set_backbone_trainable": "backbones",
+    "train_head": "train",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(f"{__name__}.{module}"), name)
