@@ -18,12 +18,17 @@ import click
 
 from engine.errors import INTERNAL_ERROR_EXIT, AuditrunError, InputError, RunInterrupted
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ banner off stderr
 
 
 def _silence_tensorflow() -> None:
-    """Retracing warnings and absl banners drown the progress lines users need."""
+    """Retracing warnings and absl banners drown the progress lines users need.
+
+    Called by the commands that load TensorFlow, before they import it; importing engine.cli
+    changes nothing process-wide.
+    """
     import logging
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ banner off stderr
 
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
     try:
@@ -386,10 +391,6 @@ def fetch_data_cmd(dest: Path):
         click.echo(str(fetch(dest)))
     except AuditrunError as exc:
         _fail(exc)
-
-
-def entrypoint():  # pragma: no cover - console script shim
-    main()
 
 
 if __name__ == "__main__":  # pragma: no cover

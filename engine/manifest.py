@@ -169,13 +169,18 @@ class IntegrityConfig:
     shift: bool = True
 
 
+#: Cap on boxed tumour images scored for the pointing game (a seeded sample beyond it): the one
+#: default of the run's explain stage and of ``auditrun evaluate``.
+POINTING_MAX_IMAGES = 200
+
+
 @dataclass
 class GradcamConfig:
     enabled: bool = True
     images_per_class: int = 2
     layer: str | None = None
     #: Cap on test tumour images scored for the pointing game (seeded sample beyond it).
-    max_pointing_images: int = 200
+    max_pointing_images: int = POINTING_MAX_IMAGES
 
 
 @dataclass

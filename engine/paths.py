@@ -74,4 +74,19 @@ def child(parent: Path, name: str, what: str) -> Path:
     return path
 
 
-__all__ = ["MAX_NAME_LENGTH", "child", "is_inside", "name_problem", "safe_name"]
+
+
+def relative_to_root(path: Path | str, root: Path | str | None) -> str:
+    """``path`` as the report and the CSVs show it: relative to ``root`` (symlinks resolved), with
+    forward slashes; unchanged when it lies elsewhere or there is no root. A reader sees where an
+    image sits in the dataset, never the layout of the machine that ran the audit."""
+    path = Path(path)
+    if root is not None:
+        try:
+            return path.resolve().relative_to(Path(root).resolve()).as_posix()
+        except ValueError:
+            pass
+    return path.as_posix()
+
+
+__all__ = ["MAX_NAME_LENGTH", "child", "is_inside", "name_problem", "relative_to_root", "safe_name"]

@@ -8,7 +8,6 @@ resumable record of what finished.
 from __future__ import annotations
 
 import hashlib
-import shutil
 import signal
 import time
 import traceback
@@ -23,7 +22,7 @@ from engine.data.discovery import discovery as data_mod
 from engine.atomic import save_keras_model, write_text
 from engine.errors import InputError, RunInterrupted
 from engine.manifest import Manifest, class_aliases, integrity_options
-from engine.paths import child, safe_name
+from engine.paths import child, relative_to_root, safe_name
 from engine.results import BackboneResult, WeightsInfo, read_results, write_results
 
 Echo = Callable[[str], None]
@@ -143,7 +142,7 @@ def prepare_data(ctx: RunContext) -> None:
     ctx.dataset = data_mod.Dataset(root, layout, list(m.data.classes), train, val, test, skipped)
     from engine.nightly.history import dataset_fingerprint
 
-    fingerprint = dataset_fingerprint((_relpath(r.path, root), r.path.stat().st_size, r.path.stat().st_mtime_ns)
+    fingerprint = dataset_fingerprint((relative_to_root(r.path, root), r.path.stat().st_size, r.path.stat().st_mtime_ns)
                                       for r in records)
     ctx.results["data"] = {
         "root": str(root), "layout": layout, "class_names": list(m.data.classes), "fingerprint": fingerprint,
@@ -195,29 +194,10 @@ def shift_stage(ctx: RunContext) -> None:
 # --------------------------------------------------------------------------------------------- backbones
 
 
-def _relpath(path: Path, root: Path) -> str:
-    try:
-        return str(path.relative_to(root))
-    except ValueError:
-        return str(path)
-
-
-def write_predictions(path: Path, records, y_true: np.ndarray, probs: np.ndarray, class_names, root: Path) -> None:
-    import pandas as pd
-
-    df = pd.DataFrame({
-        "path": [_relpath(r.path, root) for r in records],
-        "true_class": [class_names[i] for i in y_true],
-        "predicted_class": [class_names[i] for i in probs.argmax(1)],
-    })
-    for i, c in enumerate(class_names):
-        df[f"prob_{c}"] = np.round(probs[:, i], 6)
-    write_text(path, df.to_csv(index=False))
-
-
 def _evaluate_and_store(ctx: RunContext, res: BackboneResult, model, size: int) -> None:
     """Validation metrics (for selection), then the single test evaluation, predictions, model file."""
     from engine.evaluation.metrics import classification_metrics
+    from engine.evaluation.predictions import prediction_files, write_predictions
     from engine.training.train import predict
 
     ds, m = ctx.dataset, ctx.manifest
@@ -248,11 +228,11 @@ def _evaluate_and_store(ctx: RunContext, res: BackboneResult, model, size: int) 
         if lf is not None:
             lf["fraction_of_test"] = round(float(keep.mean()), 6)
         res.extra["leakage_free"] = lf
-    pred_file = f"predictions/{slug(res.name)}.csv"
-    write_predictions(ctx.run_dir / pred_file, ds.test, y_te, p_te, ds.class_names, ds.root)
+    files = prediction_files(slug(res.name))
+    write_predictions(ctx.run_dir / files["test"], ds.test, y_te, p_te, ds.class_names, ds.root)
     # validation predictions let later stages (temperature scaling) run on a resumed/reused run
-    write_predictions(ctx.run_dir / f"predictions/{slug(res.name)}.validation.csv", ds.val, ds.labels("val"), p_va,
-                      ds.class_names, ds.root)
+    write_predictions(ctx.run_dir / files["val"], ds.val, ds.labels("val"), p_va, ds.class_names, ds.root)
+    pred_file = files["test"]
     model_file = f"models/{slug(res.name)}.keras"
     save_keras_model(model, ctx.run_dir / model_file)
     res.artifacts = {"model": model_file, "predictions": pred_file}
@@ -349,13 +329,12 @@ def fine_tune_saved(ctx: RunContext, cfg, frozen_entry: dict, ft) -> BackboneRes
     """Fine-tune a frozen entry's saved model (the study's "fine-tune the best" step)."""
     import keras
 
-    from engine.training.backbones import ensure_registered
+    from engine.training.backbones import load_saved_model
 
-    ensure_registered()
     frozen = BackboneResult.from_dict(frozen_entry)
     try:
         keras.utils.set_random_seed(ctx.manifest.experiment.seed)
-        model = keras.saving.load_model(ctx.run_dir / frozen_entry["artifacts"]["model"], compile=False)
+        model = load_saved_model(ctx.run_dir / frozen_entry["artifacts"]["model"])
     except Exception as exc:  # noqa: BLE001
         res = BackboneResult(name=f"{frozen.name}_ft", display_name=f"{frozen.display_name} (fine-tuned)",
                              architecture=frozen.architecture, source=frozen.source, file=frozen.file,
@@ -388,16 +367,6 @@ def _fail(ctx: RunContext, res: BackboneResult, message: str) -> None:
     res.status, res.error = "failed", message
     res.test = None
     ctx.echo(f"error: backbone {res.name} failed: {message}")
-
-
-def select_best(entries: list[dict]) -> dict | None:
-    ok = [e for e in entries if e.get("status") == "ok" and e.get("validation")]
-    if not ok:
-        return None
-    # ties (common when validation is easy) go to the better-calibrated model: lower log loss
-    best = max(ok, key=lambda e: (e["validation"]["macro_f1"], e["validation"]["accuracy"],
-                                  -e["validation"].get("log_loss", 0.0)))
-    return {"name": best["name"], "selected_by": "validation macro_f1"}
 
 
 # --------------------------------------------------------------------------------------------- run
@@ -557,6 +526,8 @@ def _run_stages(ctx: RunContext, exp_dir: Path, manifest_sha: str, previous: dic
         results["backbones"] += [e.to_dict() for e in entries]
         ctx.save()
 
+    from engine.evaluation.selection import select_best
+
     ft_best = m.training.fine_tune_best
     if ft_best is not None:
         frozen = [e for e in results["backbones"] if not e.get("fine_tuned_from")]
@@ -588,31 +559,22 @@ def _run_stages(ctx: RunContext, exp_dir: Path, manifest_sha: str, previous: dic
 
 def _reusable_entries(ctx: RunContext, exp_dir: Path, manifest_sha: str) -> tuple[dict, Path]:
     """Finished entries of the newest run with the same manifest, data and code (reuse = "if-unchanged")."""
-    from engine.nightly.history import find_reusable, read_history
+    from engine.nightly.reuse import finished_entries, reusable_run
 
-    env = ctx.results["environment"]
-    current = {"manifest_sha256": manifest_sha, "dataset_fingerprint": ctx.results["data"]["fingerprint"],
-               "code_version": {"auditrun": env.get("auditrun"), "git_commit": env.get("git_commit")}}
-    record = find_reusable(read_history(exp_dir), current)
-    if record is None or not (exp_dir / record["run_id"] / "results.json").is_file():
+    run_id = reusable_run(exp_dir, ctx.results, manifest_sha)
+    if run_id is None:
         ctx.echo("reuse: no earlier run with unchanged manifest, data and code; training")
         return {}, ctx.run_dir
-    source = exp_dir / record["run_id"]
-    ctx.results["run"]["reused_from"] = record["run_id"]
-    ctx.echo(f"reuse: manifest, data and code unchanged since run {record['run_id']}; reusing its models")
-    entries = read_results(source).get("backbones", [])
-    return {e["name"]: e for e in entries if e.get("status") == "ok"}, source
+    ctx.results["run"]["reused_from"] = run_id
+    ctx.echo(f"reuse: manifest, data and code unchanged since run {run_id}; reusing its models")
+    return finished_entries(exp_dir / run_id), exp_dir / run_id
 
 
 def _adopt(ctx: RunContext, entry: dict, source_dir: Path) -> None:
     """Take a finished entry (and its files) from an interrupted or reused run."""
-    if source_dir != ctx.run_dir:
-        for rel in list(entry["artifacts"].values()) + [
-                entry["artifacts"]["predictions"].replace(".csv", ".validation.csv")]:
-            if (source_dir / rel).is_file():
-                (ctx.run_dir / rel).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(source_dir / rel, ctx.run_dir / rel)
-    entry = {k: v for k, v in entry.items() if k not in ("gradcam", "calibration", "uncertainty")}
+    from engine.nightly.reuse import adopt_entry
+
+    entry = adopt_entry(entry, source_dir, ctx.run_dir)
     ctx.results["backbones"].append(entry)
     restore_outputs(ctx, entry)
 
@@ -659,14 +621,12 @@ def render_stage(ctx: RunContext) -> None:
 
 def restore_outputs(ctx: RunContext, entry: dict) -> None:
     """Rebuild in-memory probabilities for a backbone finished by an earlier run."""
-    import pandas as pd
+    from engine.evaluation.predictions import read_probabilities, validation_file
 
-    cols = [f"prob_{c}" for c in ctx.class_names]
-    test_csv = ctx.run_dir / entry["artifacts"]["predictions"]
-    val_csv = test_csv.with_name(test_csv.stem + ".validation.csv")
+    test_csv = entry["artifacts"]["predictions"]
     ctx.outputs[entry["name"]] = {
-        "val_probs": pd.read_csv(val_csv)[cols].to_numpy() if val_csv.is_file() else None,
-        "test_probs": pd.read_csv(test_csv)[cols].to_numpy(),
+        "val_probs": read_probabilities(ctx.run_dir / validation_file(test_csv), ctx.class_names),
+        "test_probs": read_probabilities(ctx.run_dir / test_csv, ctx.class_names),
         "size": entry["input_size"][0],
     }
 
@@ -713,18 +673,15 @@ def run_post_stages(ctx: RunContext) -> None:
 
 def explain_stage(ctx: RunContext, entries: list[dict]) -> None:
     """Grad-CAM galleries and the pointing game, per backbone, from the saved models."""
-    import keras
-
-    from engine.training.backbones import ensure_registered
     from engine.explain.gallery import explain_backbone, pointing_game_on
+    from engine.training.backbones import load_saved_model
 
-    ensure_registered()
     m, ds = ctx.manifest, ctx.dataset
     layers = {c.name: c.gradcam_layer for c in m.backbones}
     for entry in entries:
         with Timer(ctx.echo, f"Grad-CAM {entry['name']}"):
             try:
-                model = keras.saving.load_model(ctx.run_dir / entry["artifacts"]["model"], compile=False)
+                model = load_saved_model(ctx.run_dir / entry["artifacts"]["model"])
                 size = entry["input_size"][0]
                 out = ctx.outputs[entry["name"]]
                 layer = m.gradcam.layer or layers.get(entry.get("fine_tuned_from") or entry["name"])

@@ -46,8 +46,3 @@ def environment() -> dict:
         "git_commit": git_commit(),
         "auditrun": engine.__version__,
     }
-
-
-def code_version() -> str:
-    commit = git_commit()
-    return f"{engine.__version__}+{commit}" if commit else engine.__version__

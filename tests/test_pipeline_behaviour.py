@@ -127,12 +127,9 @@ def scenario(tmp_path_factory):
 
 
 def _load(path: Path):
-    import keras
+    from engine.training.backbones import load_saved_model
 
-    from engine.training.backbones import ensure_registered
-
-    ensure_registered()
-    return keras.saving.load_model(path, compile=False)
+    return load_saved_model(path)
 
 
 def _backbone_weights(model) -> dict[str, list[np.ndarray]]:
@@ -205,7 +202,7 @@ def _entry(name, f1, acc, loss, status="ok"):
 
 
 def test_select_best_prefers_higher_validation_macro_f1():
-    from engine.pipeline import select_best
+    from engine.evaluation.selection import select_best
 
     entries = [_entry("a", 0.80, 0.99, 0.01), _entry("b", 0.90, 0.50, 2.0)]
     assert select_best(entries) == {"name": "b", "selected_by": "validation macro_f1"}
@@ -213,7 +210,7 @@ def test_select_best_prefers_higher_validation_macro_f1():
 
 def test_select_best_equal_macro_f1_goes_to_higher_accuracy():
     # mutation seen to fail: select_best key `e["validation"]["accuracy"]` -> `-e["validation"]["accuracy"]`
-    from engine.pipeline import select_best
+    from engine.evaluation.selection import select_best
 
     entries = [_entry("low_acc", 0.9, 0.80, 0.1), _entry("high_acc", 0.9, 0.85, 0.9), _entry("worse", 0.7, 0.99, 0.0)]
     assert select_best(entries)["name"] == "high_acc"
@@ -222,7 +219,7 @@ def test_select_best_equal_macro_f1_goes_to_higher_accuracy():
 
 def test_select_best_equal_macro_f1_and_accuracy_goes_to_lower_log_loss():
     # mutation seen to fail: select_best key `-e["validation"].get("log_loss", 0.0)` -> `e["validation"]...`
-    from engine.pipeline import select_best
+    from engine.evaluation.selection import select_best
 
     entries = [_entry("confident_wrong", 0.9, 0.9, 0.70), _entry("calibrated", 0.9, 0.9, 0.20)]
     assert select_best(entries)["name"] == "calibrated"
@@ -231,7 +228,7 @@ def test_select_best_equal_macro_f1_and_accuracy_goes_to_lower_log_loss():
 
 def test_select_best_ignores_failed_entries_and_returns_none_without_an_ok_one():
     # mutation seen to fail: select_best `e.get("status") == "ok" and` removed from its filter
-    from engine.pipeline import select_best
+    from engine.evaluation.selection import select_best
 
     failed = _entry("failed", 1.0, 1.0, 0.0, status="failed")
     assert select_best([failed, _entry("ok", 0.5, 0.5, 1.0)])["name"] == "ok"

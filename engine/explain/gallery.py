@@ -14,8 +14,10 @@ from typing import Sequence
 
 import numpy as np
 
-from engine.explain import gradcam
 from engine.errors import InputError
+from engine.explain import gradcam
+from engine.manifest import POINTING_MAX_IMAGES
+from engine.paths import relative_to_root
 
 #: Contour levels drawn on the overlay (fraction of the map's maximum) and their line styles, so
 #: the two are told apart without colour.
@@ -23,8 +25,6 @@ CONTOUR_LEVELS = (0.5, 0.8)
 CONTOUR_STYLES = ("dashed", "solid")
 #: Okabe-Ito orange for the tumour box outline: visible on viridis and on greyscale.
 BOX_COLOUR = "#E69F00"
-#: Default cap on the images scored for the pointing game (a seeded sample beyond it).
-POINTING_MAX_IMAGES = 200
 
 
 def _write_bytes(path: Path, data: bytes) -> None:
@@ -182,16 +182,6 @@ def _safe(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-") or "x"
 
 
-def _relpath(path, root) -> str:
-    path = Path(path)
-    if root is not None:
-        try:
-            return path.resolve().relative_to(Path(root).resolve()).as_posix()
-        except ValueError:
-            pass
-    return path.as_posix()
-
-
 def explain_backbone(model, images: np.ndarray, y_true, probs: np.ndarray, paths: Sequence[str],
                      class_names: Sequence[str], out_dir: Path | str, n_per_class: int, seed: int,
                      layer: str | None = None, data_root: Path | str | None = None,
@@ -252,7 +242,7 @@ def explain_backbone(model, images: np.ndarray, y_true, probs: np.ndarray, paths
         files = render_gallery_images(image, maps[key], out_dir, stem, boxes=boxes[i])
         s = stats[key]
         items.append({
-            "image": _relpath(paths[i], data_root),
+            "image": relative_to_root(paths[i], data_root),
             "true_class": true_name,
             "predicted_class": pred_name,
             "explained_class": pred_name,
@@ -261,7 +251,7 @@ def explain_backbone(model, images: np.ndarray, y_true, probs: np.ndarray, paths
             "peak": s["peak"],
             "top20_area_fraction": s["top20_area_fraction"],
             "peak_in_box": s["peak_in_box"],
-            "files": {kind: _relpath(out_dir / name, run_dir) for kind, name in files.items()},
+            "files": {kind: relative_to_root(out_dir / name, run_dir) for kind, name in files.items()},
         })
 
     game = _game({i: stats[(i, int(y_true[i]))] for i in boxed}, y_true, class_names)

@@ -13,9 +13,8 @@ Model structure (layer names are an interface: Grad-CAM and the report rely on t
 
 from __future__ import annotations
 
-import os
+import functools
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 from engine.errors import InputError
@@ -110,19 +109,28 @@ def _register():
     return Preprocess
 
 
-_PREPROCESS_CLS = None
+@functools.lru_cache(maxsize=1)
+def _preprocess_class():
+    """The Preprocess layer class, defined (and registered with Keras) once, on first use: defining
+    it at import would import Keras with this module."""
+    return _register()
 
 
 def preprocess_layer(mode: str, name: str = "preprocess"):
-    global _PREPROCESS_CLS
-    if _PREPROCESS_CLS is None:
-        _PREPROCESS_CLS = _register()
-    return _PREPROCESS_CLS(mode=mode, name=name)
+    return _preprocess_class()(mode=mode, name=name)
 
 
 def ensure_registered() -> None:
-    """Register custom layers so ``keras.saving.load_model`` can read our saved models."""
-    preprocess_layer("none")
+    """Make Keras able to read our saved models' Preprocess layer (prefer ``load_saved_model``)."""
+    _preprocess_class()
+
+
+def load_saved_model(path):
+    """A classifier auditrun saved (its Preprocess layer included), loaded for inference."""
+    import keras
+
+    return keras.saving.load_model(path, compile=False,
+                                   custom_objects={"auditrun>Preprocess": _preprocess_class()})
 
 
 @dataclass
@@ -137,11 +145,6 @@ class LoadedBackbone:
     @property
     def random_init(self) -> bool:
         return self.weights_used == "random"
-
-
-def _imagenet_cached(constructor: str) -> bool:
-    cache = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "models"
-    return cache.is_dir() and any(constructor.lower()[:6] in p.name.lower() for p in cache.iterdir())
 
 
 def load_backbone(cfg, *, label: str | None = None) -> LoadedBackbone:
