@@ -23,7 +23,7 @@ from engine.atomic import save_keras_model, write_text
 from engine.errors import InputError, RunInterrupted
 from engine.manifest import Manifest, class_aliases, integrity_options
 from engine.paths import child, relative_to_root, safe_name
-from engine.results import BackboneResult, WeightsInfo, read_results, write_results
+from engine.results import SCHEMA_VERSION, BackboneResult, WeightsInfo, read_results, write_results
 
 Echo = Callable[[str], None]
 
@@ -438,7 +438,7 @@ def _run_locked(m: Manifest, exp_dir: Path, run_id, echo: Echo, now, resume) -> 
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text(run_dir / "manifest.toml", m.text)
     results = {
-        "schema_version": 1,
+        "schema_version": SCHEMA_VERSION,
         "experiment": {"name": m.experiment.name, "description": m.experiment.description,
                        "seed": m.experiment.seed, "manifest_file": "manifest.toml", "manifest_sha256": manifest_sha},
         "run": {"id": run_dir.name, "started_at": started.isoformat(timespec="seconds"), "finished_at": None,
