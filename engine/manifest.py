@@ -330,11 +330,22 @@ def _build(cls: type, table: dict, prefix: str, base: Path):
 # --------------------------------------------------------------------------------------------
 
 
-def _check_ranges(m: Manifest) -> None:
-    def need(cond: bool, key: str, what: str) -> None:
-        if not cond:
-            raise InputError(f"manifest key '{key}' {what}")
+def _need(cond: bool, key: str, what: str) -> None:
+    if not cond:
+        raise InputError(f"manifest key '{key}' {what}")
 
+
+def _check_ranges(m: Manifest) -> None:
+    """Values the types allow but the engine cannot use, each named by its key."""
+    _check_numbers(m)
+    _check_synthetic(m.data.synthetic)
+    _check_names(m)
+    _check_fine_tunes(m)
+    _check_backbones(m.backbones)
+
+
+def _check_numbers(m: Manifest) -> None:
+    need = _need
     need(0.0 < m.data.validation_fraction < 0.9, "data.validation_fraction", "must be between 0 and 0.9")
     need(0.0 < m.data.test_fraction < 0.9, "data.test_fraction", "must be between 0 and 0.9")
     need(m.training.epochs >= 1, "training.epochs", "must be at least 1")
@@ -349,55 +360,67 @@ def _check_ranges(m: Manifest) -> None:
     # sklearn's random_state and numpy's legacy seeding (keras.utils.set_random_seed) take 32 bits.
     need(0 <= m.experiment.seed < 2**32, "experiment.seed", f"must be in [0, {2**32 - 1}]")
     need(m.data.cache_max_age_days >= 0, "data.cache_max_age_days", "must be >= 0")
-    if m.data.synthetic is not None:
-        # The limits of `auditrun synth-data`; above 2048 px a phantom's float32 work arrays run to GBs.
-        syn = m.data.synthetic
-        need(syn.per_class >= 2, "data.synthetic.per_class", "must be at least 2")
-        need(32 <= syn.size <= 2048, "data.synthetic.size", "must be between 32 and 2048 pixels")
-        need(syn.seed >= 0, "data.synthetic.seed", "must be >= 0")
-        need(0.0 < syn.test_fraction < 1.0, "data.synthetic.test_fraction", "must be between 0 and 1")
+
+
+def _check_synthetic(syn: SyntheticConfig | None) -> None:
+    if syn is None:
+        return
+    # The limits of `auditrun synth-data`; above 2048 px a phantom's float32 work arrays run to GBs.
+    _need(syn.per_class >= 2, "data.synthetic.per_class", "must be at least 2")
+    _need(32 <= syn.size <= 2048, "data.synthetic.size", "must be between 32 and 2048 pixels")
+    _need(syn.seed >= 0, "data.synthetic.seed", "must be >= 0")
+    _need(0.0 < syn.test_fraction < 1.0, "data.synthetic.test_fraction", "must be between 0 and 1")
+
+
+def _check_names(m: Manifest) -> None:
     # Names that become folder or file names: one checked path component each (engine.paths).
     for key, name in [("experiment.name", m.experiment.name)] + [
             (f"data.classes[{i}]", c) for i, c in enumerate(m.data.classes)] + [
             (f"backbones[{i}].name", b.name) for i, b in enumerate(m.backbones) if b.name]:
         problem = name_problem(name)
-        need(problem is None, key, f"{problem}, got {name!r}")
-    need(len(m.data.classes) >= 2, "data.classes", "must list at least two classes")
-    need(len(set(m.data.classes)) == len(m.data.classes), "data.classes", "must not repeat a class")
+        _need(problem is None, key, f"{problem}, got {name!r}")
+    classes = m.data.classes
+    _need(len(classes) >= 2, "data.classes", "must list at least two classes")
+    _need(len(set(classes)) == len(classes), "data.classes", "must not repeat a class")
     for alias, target in m.data.aliases.items():
-        need(target in m.data.classes, _dotted("data.aliases", alias),
-             f"maps to {target!r}, which is not in data.classes {m.data.classes}")
+        _need(target in classes, _dotted("data.aliases", alias),
+              f"maps to {target!r}, which is not in data.classes {classes}")
     for cls in m.gates.min_recall:
-        need(cls in m.data.classes, _dotted("gates.min_recall", cls), f"is not a class; classes: {m.data.classes}")
+        _need(cls in classes, _dotted("gates.min_recall", cls), f"is not a class; classes: {classes}")
+
+
+def _check_fine_tunes(m: Manifest) -> None:
     fine_tunes = [("training.fine_tune_best", m.training.fine_tune_best)] + [
         (f"backbones[{i}].fine_tune", b.fine_tune) for i, b in enumerate(m.backbones)]
     for key, ft in fine_tunes:
         if ft is None:
             continue
-        need(ft.epochs >= 1, f"{key}.epochs", "must be at least 1")
-        need(ft.learning_rate > 0, f"{key}.learning_rate", "must be positive")
-        need(0 <= ft.warmup_epochs < ft.epochs, f"{key}.warmup_epochs", "must be >= 0 and below epochs")
-    need(bool(m.backbones), "backbones", "must list at least one [[backbones]] entry with a name")
-    seen = set()
-    for i, b in enumerate(m.backbones):
-        key = f"backbones[{i}]"
-        need(bool(b.name), f"{key}.name", "is required")
-        need(b.name not in seen, f"{key}.name", f"repeats {b.name!r}; backbone names must be unique")
-        seen.add(b.name)
-        need(b.input_size >= 32, f"{key}.input_size", "must be at least 32")
-        if b.file is not None:
-            need(_is_file(b.file), f"{key}.file", f"points to {str(b.file)!r}, which does not exist")
-        else:
-            from engine.training.backbones import REGISTRY  # late import: keeps manifest free of TensorFlow
+        _need(ft.epochs >= 1, f"{key}.epochs", "must be at least 1")
+        _need(ft.learning_rate > 0, f"{key}.learning_rate", "must be positive")
+        _need(0 <= ft.warmup_epochs < ft.epochs, f"{key}.warmup_epochs", "must be >= 0 and below epochs")
 
-            need(b.name in REGISTRY, f"{key}.name",
-                 f"{b.name!r} is not a known backbone; use one of {', '.join(sorted(REGISTRY))}, "
-                 "or give any name with file = a local .keras backbone")
-            spec = REGISTRY[b.name]
-            need(b.input_size >= spec.min_size, f"{key}.input_size",
-                 f"must be at least {spec.min_size} for {b.name}")
-            need(b.preprocessing == "auto", f"{key}.preprocessing",
-                 f"is fixed by keras.applications for {b.name} ({spec.preprocessing}); remove the key")
+
+def _check_backbones(backbones: list[BackboneConfig]) -> None:
+    _need(bool(backbones), "backbones", "must list at least one [[backbones]] entry with a name")
+    seen = set()
+    for i, b in enumerate(backbones):
+        key = f"backbones[{i}]"
+        _need(bool(b.name), f"{key}.name", "is required")
+        _need(b.name not in seen, f"{key}.name", f"repeats {b.name!r}; backbone names must be unique")
+        seen.add(b.name)
+        _need(b.input_size >= 32, f"{key}.input_size", "must be at least 32")
+        if b.file is not None:
+            _need(_is_file(b.file), f"{key}.file", f"points to {str(b.file)!r}, which does not exist")
+            continue
+        from engine.training.backbones import REGISTRY  # late import: keeps manifest free of TensorFlow
+
+        _need(b.name in REGISTRY, f"{key}.name",
+              f"{b.name!r} is not a known backbone; use one of {', '.join(sorted(REGISTRY))}, "
+              "or give any name with file = a local .keras backbone")
+        spec = REGISTRY[b.name]
+        _need(b.input_size >= spec.min_size, f"{key}.input_size", f"must be at least {spec.min_size} for {b.name}")
+        _need(b.preprocessing == "auto", f"{key}.preprocessing",
+              f"is fixed by keras.applications for {b.name} ({spec.preprocessing}); remove the key")
 
 
 def integrity_options(cfg: IntegrityConfig):
