@@ -125,3 +125,17 @@ def test_every_module_imports(module):
     import importlib
 
     importlib.import_module(module)
+
+
+@pytest.mark.parametrize("stage", [s for s in STAGES if s != "report"])
+def test_stage_exports_resolve_and_importing_a_stage_loads_no_tensorflow(stage):
+    import subprocess
+    import sys
+
+    code = (f"import sys, engine.{stage} as s\n"
+            "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules, 'import pulled in TF'\n"
+            "missing = [n for n in s.__all__ if getattr(s, n, None) is None]\n"
+            "assert not missing, missing\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ENGINE.parent, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]

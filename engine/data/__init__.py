@@ -6,10 +6,9 @@ folder-per-class layout, class aliases, split fractions, the seed). Gives ``Imag
 and synthetic phantom datasets (``write_dataset``). Imports nothing from later stages.
 """
 
-from importlib import import_module
+from engine import lazy_exports
 
-#: Public name -> the module of this stage that defines it, imported on first use so that importing
-#: the stage (or one module of it) does not import the others (TensorFlow among them).
+#: Public name -> the module of this stage that defines it (imported on first use).
 _EXPORTS = {
     "Box": "synth",
     "Dataset": "discovery",
@@ -31,9 +30,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(import_module(f"{__name__}.{module}"), name)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -4,10 +4,9 @@ Takes a saved model, test (and validation) images and their tumour boxes. Gives 
 the gallery PNGs with their numbers, and the pointing game.
 """
 
-from importlib import import_module
+from engine import lazy_exports
 
-#: Public name -> the module of this stage that defines it, imported on first use so that importing
-#: the stage (or one module of it) does not import the others (TensorFlow among them).
+#: Public name -> the module of this stage that defines it (imported on first use).
 _EXPORTS = {
     "candidate_layers": "gradcam",
     "explain_backbone": "gallery",
@@ -23,9 +22,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(import_module(f"{__name__}.{module}"), name)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

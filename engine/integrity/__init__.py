@@ -6,10 +6,9 @@ distribution-shift check of leakage-free test images against training (``measure
 Loads no model; imports nothing from later stages.
 """
 
-from importlib import import_module
+from engine import lazy_exports
 
-#: Public name -> the module of this stage that defines it, imported on first use so that importing
-#: the stage (or one module of it) does not import the others (TensorFlow among them).
+#: Public name -> the module of this stage that defines it (imported on first use).
 _EXPORTS = {
     "ClassShift": "shift",
     "DuplicateGroup": "audit",
@@ -43,9 +42,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(import_module(f"{__name__}.{module}"), name)
+__getattr__ = lazy_exports(__name__, _EXPORTS)
