@@ -260,3 +260,17 @@ def test_discovery_warns_of_a_class_without_test_images_and_records_it(tmp_path)
                                                  "class meningioma has no leakage-free test images (all 2 test "
                                                  "images have a copy or near-copy in training)"]
     assert [f"warning: {w}" for w in stored] == [e for e in echoed if e.startswith("warning: class")]
+
+
+def test_decode_image_refuses_a_truncated_file_even_after_weasyprint_flipped_pil(tmp_path, monkeypatch):
+    """The full suite renders reports (WeasyPrint sets PIL's LOAD_TRUNCATED_IMAGES) before training
+    tests: the training decoder must refuse what the audit refuses, whatever that switch says."""
+    from PIL import ImageFile
+
+    path = tmp_path / "cut.png"
+    _img(path, size=(48, 48))
+    path.write_bytes(path.read_bytes()[:-40])
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
+    with pytest.raises(InputError, match="cut.png"):
+        data.decode_image(path, 32)
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is True  # restored, not left changed

@@ -286,10 +286,12 @@ def decode_image(path: Path, size: int) -> np.ndarray:
     """
     from PIL import Image, ImageOps
 
-    from engine.integrity.hashing import check_pixel_limit
+    from engine.integrity.hashing import check_pixel_limit, strict_decoding
 
     try:
-        with Image.open(path) as im:
+        # strict: WeasyPrint (imported by the report stage) flips PIL's global switch that pads
+        # truncated files with grey; training must refuse what the audit refuses.
+        with strict_decoding(), Image.open(path) as im:
             check_pixel_limit(im)  # the audit's limit: what it lists as unreadable is never decoded
             im = ImageOps.exif_transpose(im)
             if im.mode in ("I;16", "I", "F"):
