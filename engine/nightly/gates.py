@@ -97,12 +97,6 @@ class GatesConfig:
     def is_warn_only(self, name: str) -> bool:
         return name in self.warn_only or name.partition(".")[0] in self.warn_only
 
-    @property
-    def any(self) -> bool:
-        """True when at least one gate is configured."""
-        return any(v is not None for v in (self.min_accuracy, self.min_macro_f1, self.max_macro_f1_drop,
-                                           self.max_leakage_fraction)) or bool(self.min_recall)
-
 
 @dataclass(frozen=True)
 class GateResult:
@@ -324,11 +318,6 @@ def gates_to_dict(gates: Sequence[GateResult]) -> dict:
     return {"summary": summary, "gates": [dataclasses.asdict(g) for g in gates]}
 
 
-def gates_from_dict(block: dict) -> list[GateResult]:
-    """Inverse of :func:`gates_to_dict` (for ``auditrun render`` from a stored results.json)."""
-    return [GateResult(**g) for g in (block or {}).get("gates", [])]
-
-
 def gates_to_junit(gates: Sequence[GateResult], suite_name: str) -> str:
     """JUnit XML with one ``<testcase>`` per gate, for CI test-result views.
 
@@ -377,6 +366,6 @@ def gates_summary_lines(gates: Sequence[GateResult], include_pass: bool = True) 
 
 
 __all__ = [
-    "GATE_FAMILIES", "GateResult", "GatesConfig", "evaluate_gates", "gates_from_dict", "gates_summary_lines",
+    "GATE_FAMILIES", "GateResult", "GatesConfig", "evaluate_gates", "gates_summary_lines",
     "gates_to_dict", "gates_to_junit", "overall_status",
 ]
