@@ -244,8 +244,8 @@ def check_data_cmd(manifest: Path, output_dir, quiet):
     Prints {"integrity": {...}} as JSON on stdout and a short summary on stderr. No model is
     trained or loaded.
     """
-    from engine.data.discovery import discovery as data_mod
-    from engine.integrity.audit import audit as integrity
+    from engine.data import discovery as data_mod
+    from engine.integrity import audit as integrity
     from engine import manifest as manifest_mod
     from engine.atomic import dumps_json
 

@@ -19,7 +19,7 @@ from typing import Callable
 
 import numpy as np
 
-from engine.data.discovery import discovery as data_mod
+from engine.data import discovery as data_mod
 from engine.atomic import save_keras_model, write_text
 from engine.errors import InputError, RunInterrupted
 from engine.manifest import Manifest, class_aliases, integrity_options
@@ -114,7 +114,7 @@ def prepare_data(ctx: RunContext) -> None:
     groups = None
     skipped: list[dict] = []
     if m.integrity.enabled:
-        from engine.integrity.audit import audit as integrity
+        from engine.integrity import audit as integrity
 
         with Timer(ctx.echo, "integrity audit", ctx.results["timings"], "integrity_s"):
             report = integrity.audit(records, integrity_options(m.integrity), cache_dir=ctx.output_root / ".cache",

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.data.discovery import discovery as data
+from engine.data import discovery as data
 from engine.errors import InputError
 from engine.manifest import DEFAULT_ALIASES
 

@@ -40,7 +40,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from engine.data.discovery import discovery as data_mod
+from engine.data import discovery as data_mod
 from engine import manifest
 from engine.training.backbones import REGISTRY
 from engine.cli import main

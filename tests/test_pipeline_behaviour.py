@@ -311,7 +311,7 @@ def test_tta_flip_in_the_manifest_reaches_the_saved_predictions(scenario):
     # mutation seen to fail: pipeline._evaluate_and_store `tta = m.evaluation.tta_flip` -> `tta = False`
     import pandas as pd
 
-    from engine.data.discovery import discovery as data_mod
+    from engine.data import discovery as data_mod
     from engine.manifest import class_aliases, load
 
     run_dir = scenario["runs"][0]["dir"]
