@@ -10,6 +10,7 @@ Gate names, usable in ``warn_only`` either exactly or by family (the part before
 =======================  ==========================================================  ===========
 name                     measured value                                              target
 =======================  ==========================================================  ===========
+all_backbones_finished   finished backbones / listed backbones (on by default)       run
 min_accuracy             test accuracy                                               backbone
 min_macro_f1             test macro-F1                                               backbone
 min_recall.<class>       test recall of <class> (e.g. min_recall.glioma)             backbone

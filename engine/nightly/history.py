@@ -407,7 +407,7 @@ def trend(records: Sequence[dict], current_run_id: str, last_n: int = 10, digits
 
         {"current_run_id", "previous_run_id" (None on the first run),
          "runs": [{"run_id", "finished_at"}] (the last N up to and including the current run),
-         "backbones": {name: {"current": {metric: v}, "previous": {metric: v} | None,
+         "backbones": {name: {"display_name", "current": {metric: v} | None, "previous": {metric: v} | None,
                               "delta": {metric: current - previous | None},
                               "series": [macro_f1 per run in "runs", None where absent/failed],
                               "leakage_free_series": [...]}},
