@@ -17,7 +17,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Mapping, Sequence
 
 from engine.errors import InputError
 from engine.paths import name_problem
@@ -509,7 +509,13 @@ def load(path: Path | str, *, check_data: bool = True) -> Manifest:
 
 def class_aliases(m: Manifest) -> dict[str, str]:
     """Folder name (lower-cased) -> canonical class, restricted to the manifest's classes."""
-    mapping = {k: v for k, v in DEFAULT_ALIASES.items() if v in m.data.classes}
-    mapping.update({c.lower(): c for c in m.data.classes})
-    mapping.update({k.lower(): v for k, v in m.data.aliases.items()})
+    return folder_aliases(m.data.classes, m.data.aliases)
+
+
+def folder_aliases(classes: Sequence[str], extra: Mapping[str, str]) -> dict[str, str]:
+    """Folder name (lower-cased) -> canonical class: the ``DEFAULT_ALIASES`` of ``classes``, each
+    class's own name, then ``extra`` (``[data.aliases]``), later entries winning."""
+    mapping = {k: v for k, v in DEFAULT_ALIASES.items() if v in classes}
+    mapping.update({c.lower(): c for c in classes})
+    mapping.update({k.lower(): v for k, v in extra.items()})
     return mapping

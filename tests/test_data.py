@@ -58,6 +58,39 @@ def test_unknown_class_folder_is_named(tmp_path):
                       classes=CLASSES, aliases=ALIASES, test_fraction=0.2, seed=0)
 
 
+def test_images_by_class_applies_aliases_and_ignores_what_is_not_a_class_folder(tmp_path):
+    from engine.manifest import folder_aliases
+
+    aliases = folder_aliases(CLASSES, {"Tumour_G": "glioma"})
+    _img(tmp_path / "Glioma_Tumor" / "b.png")  # a default alias, any case
+    _img(tmp_path / "tumour_g" / "deeper" / "a.jpg")  # [data.aliases], images below sub-folders too
+    _img(tmp_path / "Normal" / "c.png")
+    (tmp_path / "Normal" / "notes.txt").write_text("not an image")
+    _img(tmp_path / ".thumbnails" / "d.png")  # hidden folder
+    _img(tmp_path / "loose.png")  # a file beside the class folders
+    found = data.images_by_class(tmp_path, aliases)
+    assert found == {"glioma": [tmp_path / "Glioma_Tumor" / "b.png", tmp_path / "tumour_g" / "deeper" / "a.jpg"],
+                     "no_tumor": [tmp_path / "Normal" / "c.png"]}
+
+
+def test_images_by_class_names_a_folder_that_is_no_class(tmp_path):
+    _img(tmp_path / "glioma" / "a.png")
+    _img(tmp_path / "astrocytoma" / "b.png")
+    with pytest.raises(InputError, match=r"'astrocytoma' match no class; known folder names: .*'glioma'") as info:
+        data.images_by_class(tmp_path, ALIASES)
+    assert str(info.value).startswith(repr(str(tmp_path)))
+
+
+def test_folder_aliases_are_the_manifest_class_aliases():
+    from engine.manifest import class_aliases, folder_aliases, loads
+
+    m = loads('[data]\nclasses = ["glioma", "no_tumor"]\n[data.aliases]\n"GBM" = "glioma"\n'
+              '"Normal" = "glioma"\n[[backbones]]\nname = "EfficientNetB0"\n', base=Path("."), check_data=False)
+    assert class_aliases(m) == folder_aliases(["glioma", "no_tumor"], {"GBM": "glioma", "Normal": "glioma"})
+    assert class_aliases(m)["gbm"] == "glioma" and class_aliases(m)["normal"] == "glioma"  # [data.aliases] win
+    assert "meningioma_tumor" not in class_aliases(m) and class_aliases(m)["notumor"] == "no_tumor"
+
+
 @pytest.mark.parametrize("mode", ["RGB", "L", "RGBA", "I;16", "P"])
 def test_decode_any_mode_and_size(tmp_path, mode):
     path = tmp_path / f"x ({mode.replace(';', '')}).png"

@@ -10,7 +10,6 @@ from engine.errors import InputError
 from engine.nightly.gates import (
     GatesConfig,
     evaluate_gates,
-    gates_from_dict,
     gates_summary_lines,
     gates_to_dict,
     gates_to_junit,
@@ -210,11 +209,10 @@ def test_junit_escapes_markup_in_names():
     assert case.get("name") == "min_macro_f1[Res<Net>&50]"
 
 
-def test_dict_round_trip_and_summary_lines():
+def test_dict_and_summary_lines():
     gates = _mixed()
     block = gates_to_dict(gates)
     assert block["summary"] == {"PASS": 2, "WARN": 1, "FAIL": 2, "status": "FAIL"}
-    assert gates_from_dict(block) == gates
     lines = gates_summary_lines(gates)
     assert lines[0] == "gates: FAIL (2 failed, 1 warned, 2 passed)"
     assert [line.split()[0] for line in lines[1:]] == ["FAIL", "FAIL", "WARN", "PASS", "PASS"]

@@ -19,6 +19,7 @@ _EXPORTS = {
     "detect_layout": "discovery",
     "discover": "discovery",
     "fetch": "fetch",
+    "images_by_class": "discovery",
     "min_class_images": "discovery",
     "min_training_images": "discovery",
     "phantom": "synth",

@@ -54,8 +54,16 @@ def _image_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def _class_dirs(folder: Path, aliases: dict[str, str], where: str) -> dict[str, list[Path]]:
-    """Map each class sub-folder of ``folder`` to its canonical class via ``aliases``."""
+def images_by_class(folder: Path, aliases: dict[str, str]) -> dict[str, list[Path]]:
+    """The images of a labelled folder by canonical class: each sub-folder of ``folder`` is a class
+    folder, named by ``aliases`` (lower-cased folder name -> canonical class, as
+    ``engine.manifest.class_aliases`` gives it).
+
+    A class's images are the files with an image suffix anywhere below its folder, sorted; folders
+    that map to one class are merged in folder-name order. Hidden sub-folders (``.name``) and files
+    directly in ``folder`` are ignored. A sub-folder that maps to no class is an InputError naming it and the
+    known names.
+    """
     found: dict[str, list[Path]] = {}
     unknown = []
     for sub in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
@@ -66,7 +74,7 @@ def _class_dirs(folder: Path, aliases: dict[str, str], where: str) -> dict[str, 
         found.setdefault(canonical, []).extend(_image_files(sub))
     if unknown:
         raise InputError(
-            f"{where!r}: class folder(s) {', '.join(map(repr, unknown))} match no class; "
+            f"{str(folder)!r}: class folder(s) {', '.join(map(repr, unknown))} match no class; "
             f"known folder names: {', '.join(map(repr, sorted(aliases)))}. Add them under [data.aliases]."
         )
     return found
@@ -121,10 +129,10 @@ def _discover(root: Path, *, layout: str, train_dir: str, test_dir: str, classes
             if not folder.is_dir():
                 raise InputError(f"data root {str(root)!r} has no {sub!r} folder (layout = \"kaggle\"; "
                                  f"set data.train_dir / data.test_dir or layout = \"imagefolder\")")
-            for label, files in _class_dirs(folder, aliases, str(folder)).items():
+            for label, files in images_by_class(folder, aliases).items():
                 records += [ImageRecord(p.resolve(), split, label) for p in files]
     else:
-        by_class = _class_dirs(root, aliases, str(root))
+        by_class = images_by_class(root, aliases)
         from sklearn.model_selection import train_test_split
 
         paths = [p for c in sorted(by_class) for p in by_class[c]]

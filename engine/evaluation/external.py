@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
@@ -22,11 +23,11 @@ from engine.results import read_results, write_results
 
 def discover_folder(folder: Path, class_names: list[str], aliases: dict[str, str]) -> tuple[list[Path], np.ndarray]:
     """(paths, labels) for a folder-per-class tree; unknown class folders are an error naming them."""
-    from engine.data.discovery import _class_dirs
+    from engine.data.discovery import images_by_class
 
     if not folder.is_dir():
         raise InputError(f"--data {str(folder)!r} is not a folder")
-    by_class = _class_dirs(folder, aliases, str(folder))
+    by_class = images_by_class(folder, aliases)
     paths, labels = [], []
     for i, c in enumerate(class_names):
         for p in by_class.get(c, []):
@@ -37,32 +38,29 @@ def discover_folder(folder: Path, class_names: list[str], aliases: dict[str, str
     return paths, np.array(labels, dtype=np.int64)
 
 
-def _aliases_from_run(run_dir: Path, class_names: list[str]) -> dict[str, str]:
+def _run_manifest(run_dir: Path) -> dict:
+    """The run's copy of its manifest as plain TOML; {} when it is missing or not TOML (the
+    defaults apply then)."""
     import tomllib
 
-    from engine.manifest import DEFAULT_ALIASES
-
-    mapping = {k: v for k, v in DEFAULT_ALIASES.items() if v in class_names}
-    mapping.update({c.lower(): c for c in class_names})
     try:
-        raw = tomllib.loads((run_dir / "manifest.toml").read_text(encoding="utf-8"))
-        mapping.update({k.lower(): v for k, v in raw.get("data", {}).get("aliases", {}).items()})
+        return tomllib.loads((run_dir / "manifest.toml").read_text(encoding="utf-8"))
     except (OSError, tomllib.TOMLDecodeError):
-        pass
-    return mapping
+        return {}
+
+
+def _aliases_from_run(run_dir: Path, class_names: list[str]) -> dict[str, str]:
+    """The folder-name aliases the run itself used (``engine.manifest.class_aliases``)."""
+    from engine.manifest import folder_aliases
+
+    return folder_aliases(class_names, _run_manifest(run_dir).get("data", {}).get("aliases", {}))
 
 
 def _min_image_size_from_run(run_dir: Path) -> int:
     """The run's ``integrity.min_image_size``: external images are held to the run's own rule."""
-    import tomllib
-
     from engine.integrity.audit import IntegrityConfig
 
-    try:
-        raw = tomllib.loads((run_dir / "manifest.toml").read_text(encoding="utf-8"))
-    except (OSError, tomllib.TOMLDecodeError):
-        raw = {}
-    value = raw.get("integrity", {}).get("min_image_size", IntegrityConfig.min_image_size)
+    value = _run_manifest(run_dir).get("integrity", {}).get("min_image_size", IntegrityConfig.min_image_size)
     return IntegrityConfig(min_image_size=value).min_image_size  # validated: InputError naming the key
 
 
@@ -98,71 +96,122 @@ def evaluate_external(run_dir: Path, data: Path, backbone: str | None = None, *,
     """
     run_dir, data = Path(run_dir), Path(data)
     # Before TensorFlow loads: a broken results.json should cost the user no import time.
-    results = read_results(run_dir)
-    if "data" not in results:  # the schema allows it: a run killed during data discovery
-        raise InputError(f"{str(run_dir / 'results.json')!r} has no data block: the run stopped before "
-                         "data discovery, so it has no model to evaluate")
-    import keras
-
-    from engine.training.backbones import ensure_registered
-    from engine.data.discovery import decode_image
-    from engine.explain.gradcam import gradcam_heatmaps, heatmap_stats, pointing_game, read_yolo_boxes
-    from engine.evaluation.metrics import classification_metrics
-    from engine.sklearn_warnings import hold_back
-
+    results = _read_run_results(run_dir)
     echo = echo or (lambda _m: None)
     warn = warn or (lambda msg: echo(f"warning: {msg}"))
     class_names = results["data"]["class_names"]
     seed = results["experiment"]["seed"] if seed is None else seed
+    entries = _finished_backbones(results, backbone)
+    paths, y = discover_folder(data, class_names, _aliases_from_run(run_dir, class_names))
+    paths, y, skipped = usable_images(data, paths, y, _min_image_size_from_run(run_dir), warn)
+    images = _ExternalImages(paths, y, class_names, *_pointing_sample(paths, y, class_names, seed, max_pointing))
+    from engine.training.backbones import ensure_registered
+
+    ensure_registered()  # loads Keras: after the run and the folder are known to be usable
+    out = [_evaluate_backbone(run_dir, e, images, echo) for e in entries]
+    counts = {c: int((y == i).sum()) for i, c in enumerate(class_names)}
+    report = {"data": str(data.resolve()), "evaluated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+              "counts": counts, "skipped": skipped, "n_boxed_images": len(images.boxed), "backbones": out}
+    _store(run_dir, data, results, report)
+    return report
+
+
+def _read_run_results(run_dir: Path) -> dict:
+    """The run's results.json; InputError when it is invalid or the run stopped before data discovery."""
+    results = read_results(run_dir)
+    if "data" not in results:  # the schema allows it: a run killed during data discovery
+        raise InputError(f"{str(run_dir / 'results.json')!r} has no data block: the run stopped before "
+                         "data discovery, so it has no model to evaluate")
+    return results
+
+
+def _finished_backbones(results: dict, backbone: str | None) -> list[dict]:
+    """The run's finished backbone entries, or only ``backbone``'s (InputError when it did not finish)."""
     entries = [e for e in results["backbones"] if e.get("status") == "ok"]
     if backbone is not None:
         entries = [e for e in entries if e["name"] == backbone]
         if not entries:
             names = [e["name"] for e in results["backbones"] if e.get("status") == "ok"]
             raise InputError(f"--backbone {backbone!r} is not a finished backbone of this run; use one of {names}")
-    paths, y = discover_folder(data, class_names, _aliases_from_run(run_dir, class_names))
-    paths, y, skipped = usable_images(data, paths, y, _min_image_size_from_run(run_dir), warn)
+    return entries
+
+
+def _pointing_sample(paths: list[Path], y: np.ndarray, class_names: list[str], seed: int,
+                     max_pointing: int) -> tuple[list, list[int]]:
+    """(YOLO boxes per image, the indexes of the tumour images with boxes that play the pointing
+    game: at most ``max_pointing``, drawn with ``seed``)."""
+    from engine.explain.gradcam import read_yolo_boxes
+
     boxes = [read_yolo_boxes(p) for p in paths]
     no_tumor = class_names.index("no_tumor") if "no_tumor" in class_names else -1
     boxed = [i for i, b in enumerate(boxes) if b and y[i] != no_tumor]
     if len(boxed) > max_pointing:
         boxed = sorted(np.random.default_rng(seed).choice(boxed, max_pointing, replace=False).tolist())
-    ensure_registered()
-    decoded: dict[int, np.ndarray] = {}
-    out = []
-    for e in entries:
-        t0 = time.perf_counter()
-        model_path = run_dir / e["artifacts"]["model"]
-        if not model_path.is_file():
-            raise InputError(f"model file {str(model_path)!r} is missing; external validation needs the run's models")
-        model = keras.saving.load_model(model_path, compile=False)
-        size = e["input_size"][0]
-        if size not in decoded:
-            decoded[size] = np.stack([decode_image(p, size) for p in paths])
-        x = decoded[size]
-        probs = model.predict(x.astype("float32"), batch_size=32, verbose=0)
-        # A small folder (one class, one image) makes sklearn warn about cases the metrics already
-        # handle; nothing in those warnings is news to the reader of the figures.
-        with hold_back():
-            m = classification_metrics(y, probs, class_names).to_dict()
-        block = {"name": e["name"], "display_name": e.get("display_name", e["name"]),
-                 "accuracy": m["accuracy"], "balanced_accuracy": m["balanced_accuracy"], "macro_f1": m["macro_f1"],
-                 "classes_in_macro": m["classes_in_macro"], "per_class": m["per_class"], "confusion_matrix": m["confusion_matrix"], "n_images": m["n_images"]}
-        if boxed:
-            idx = np.array(boxed)
-            # the layer the run's own Grad-CAM used (a manifest may name one), else the automatic one
-            layer = (e.get("gradcam") or {}).get("layer")
-            maps = gradcam_heatmaps(model, x[idx].astype("float32"), y[idx], layer=layer)
-            block["pointing_game"] = pointing_game([heatmap_stats(h, boxes[i]) for h, i in zip(maps, idx)])
-        out.append(block)
-        echo(f"{e['name']}: accuracy {m['accuracy']:.3f}, balanced accuracy {m['balanced_accuracy']:.3f}, "
-             f"macro-F1 {m['macro_f1']:.3f} on {m['n_images']} images ({time.perf_counter() - t0:.1f}s)")
-    counts = {c: int((y == i).sum()) for i, c in enumerate(class_names)}
-    report = {"data": str(data.resolve()), "evaluated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-              "counts": counts, "skipped": skipped, "n_boxed_images": len(boxed), "backbones": out}
+    return boxes, boxed
+
+
+@dataclass
+class _ExternalImages:
+    """The usable images of the external folder, their labels and boxes; pixels decoded once per size."""
+
+    paths: list[Path]
+    y: np.ndarray
+    class_names: list[str]
+    boxes: list
+    boxed: list[int]
+    _decoded: dict[int, np.ndarray] = field(default_factory=dict)
+
+    def pixels(self, size: int) -> np.ndarray:
+        from engine.data.discovery import decode_image
+
+        if size not in self._decoded:
+            self._decoded[size] = np.stack([decode_image(p, size) for p in self.paths])
+        return self._decoded[size]
+
+
+def _evaluate_backbone(run_dir: Path, e: dict, images: _ExternalImages, echo: Callable[[str], None]) -> dict:
+    """One backbone's block: its metrics on the images and, where there are boxes, its pointing game."""
+    import keras
+
+    from engine.evaluation.metrics import classification_metrics
+    from engine.sklearn_warnings import hold_back
+
+    t0 = time.perf_counter()
+    model_path = run_dir / e["artifacts"]["model"]
+    if not model_path.is_file():
+        raise InputError(f"model file {str(model_path)!r} is missing; external validation needs the run's models")
+    model = keras.saving.load_model(model_path, compile=False)
+    x = images.pixels(e["input_size"][0])
+    probs = model.predict(x.astype("float32"), batch_size=32, verbose=0)
+    # A small folder (one class, one image) makes sklearn warn about cases the metrics already
+    # handle; nothing in those warnings is news to the reader of the figures.
+    with hold_back():
+        m = classification_metrics(images.y, probs, images.class_names).to_dict()
+    block = {"name": e["name"], "display_name": e.get("display_name", e["name"]),
+             "accuracy": m["accuracy"], "balanced_accuracy": m["balanced_accuracy"], "macro_f1": m["macro_f1"],
+             "classes_in_macro": m["classes_in_macro"], "per_class": m["per_class"],
+             "confusion_matrix": m["confusion_matrix"], "n_images": m["n_images"]}
+    if images.boxed:
+        block["pointing_game"] = _pointing_game(model, e, x, images)
+    echo(f"{e['name']}: accuracy {m['accuracy']:.3f}, balanced accuracy {m['balanced_accuracy']:.3f}, "
+         f"macro-F1 {m['macro_f1']:.3f} on {m['n_images']} images ({time.perf_counter() - t0:.1f}s)")
+    return block
+
+
+def _pointing_game(model, e: dict, x: np.ndarray, images: _ExternalImages) -> dict:
+    from engine.explain.gradcam import gradcam_heatmaps, heatmap_stats, pointing_game
+
+    idx = np.array(images.boxed)
+    # the layer the run's own Grad-CAM used (a manifest may name one), else the automatic one
+    layer = (e.get("gradcam") or {}).get("layer")
+    maps = gradcam_heatmaps(model, x[idx].astype("float32"), images.y[idx], layer=layer)
+    return pointing_game([heatmap_stats(h, images.boxes[i]) for h, i in zip(maps, idx)])
+
+
+def _store(run_dir: Path, data: Path, results: dict, report: dict) -> None:
+    """``external/<folder>-<hash>.json``, and the report in results.json (one entry per folder)."""
     key = hashlib.sha256(str(data.resolve()).encode()).hexdigest()[:8]
     write_json(run_dir / "external" / f"{data.name or 'data'}-{key}.json", report)
     # results.json keeps one entry per external folder, so `auditrun render` can show them
     results["external"] = [x for x in results.get("external", []) if x.get("data") != report["data"]] + [report]
     write_results(run_dir, results)
-    return report

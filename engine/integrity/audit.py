@@ -263,76 +263,19 @@ class IntegrityReport:
         """The results.json ``integrity`` block; paths relative to ``root`` when given."""
 
         def rel(path: Path) -> str:
-            if root is not None:
-                try:
-                    return Path(path).relative_to(root).as_posix()
-                except ValueError:
-                    pass
-            return str(path)
+            return _relative(path, root)
 
-        def ref(f: FileRef) -> dict:
-            return {"path": rel(f.path), "split": f.split, "class": f.label}
-
-        def pair(p: MatchPair) -> dict:
-            return {
-                "files": [rel(p.a.path), rel(p.b.path)],
-                "splits": [p.a.split, p.b.split],
-                "classes": [p.a.label, p.b.label],
-                "distance": p.distance,
-                "exact": p.exact,
-                "byte_identical": p.byte_identical,
-            }
-
-        within: dict[str, dict] = {}
-        for split in self.splits:
-            groups = [g for g in self.within_split_groups if g.split == split]
-            exact = [g for g in groups if g.exact]
-            near = [g for g in groups if not g.exact]
-            within[split] = {
-                "exact_groups": [
-                    {"files": [rel(f.path) for f in g.files], "classes": list(g.classes)} for g in exact
-                ],
-                "near_groups": [
-                    {"files": [rel(f.path) for f in g.files], "classes": list(g.classes),
-                     "max_distance": g.max_distance}
-                    for g in near
-                ],
-                "n_images_in_exact_groups": sum(len(g.files) for g in exact),
-                "n_redundant_exact_copies": sum(len(g.files) - 1 for g in exact),
-                "n_images_in_near_groups": sum(len(g.files) for g in near),
-            }
-
-        fraction = self.leakage_fraction
         return {
-            "hash_algorithm": f"{PHASH_ALGORITHM} (hash_size={self.config.hash_size}, {self.config.hash_bits} bits)",
-            "exact_hashes": ["sha256 of file bytes", "sha256 of decoded pixels"],
-            "hash_size": self.config.hash_size,
-            "hash_bits": self.config.hash_bits,
-            "near_threshold": self.config.near_threshold,
-            "n_files": sum(sum(c.values()) for c in self.listed_counts.values()),
-            "n_readable": sum(sum(c.values()) for c in self.counts.values()),
-            "listed_counts": _plain(self.listed_counts),
-            "counts": _plain(self.counts),
-            "unreadable": [
-                {"path": rel(u.path), "split": u.split, "class": u.label, "reason": u.reason}
-                for u in self.unreadable
-            ],
-            "image_stats": {s: self.image_stats[s].to_dict() for s in self.splits},
-            "within_split": within,
-            "cross_split_pairs": [pair(p) for p in self.cross_split_pairs],
-            "cross_split_exact": self.cross_split_exact,
-            "cross_split_exact_bytes": len(self.byte_leaked_test_paths),
-            "cross_split_near": self.cross_split_near,
-            "n_test": self.n_test,
-            "cross_split_near_fraction": None if fraction is None else round(fraction, 6),
-            "leakage_warning": bool(fraction is not None and fraction > LEAKAGE_WARN_FRACTION),
-            "leaked_test_files": sorted(rel(p) for p in self.leaked_test_paths),
+            **self._settings_dict(),
+            **self._inventory_dict(rel),
+            "within_split": {split: self._within_split_dict(split, rel) for split in self.splits},
+            **self._leakage_dict(rel),
             "label_conflicts": [
                 {
-                    "files": [ref(f) for f in c.files],
+                    "files": [_ref_dict(f, rel) for f in c.files],
                     "classes": list(c.classes),
                     "kind": c.kind,
-                    "pairs": [pair(p) for p in c.pairs],
+                    "pairs": [_pair_dict(p, rel) for p in c.pairs],
                 }
                 for c in self.label_conflicts
             ],
@@ -347,6 +290,84 @@ class IntegrityReport:
             "timings_s": {k: round(v, 3) for k, v in self.timings_s.items()},
             "cache": dict(self.cache_stats),
         }
+
+    def _settings_dict(self) -> dict:
+        return {
+            "hash_algorithm": f"{PHASH_ALGORITHM} (hash_size={self.config.hash_size}, {self.config.hash_bits} bits)",
+            "exact_hashes": ["sha256 of file bytes", "sha256 of decoded pixels"],
+            "hash_size": self.config.hash_size,
+            "hash_bits": self.config.hash_bits,
+            "near_threshold": self.config.near_threshold,
+        }
+
+    def _inventory_dict(self, rel: Callable[[Path], str]) -> dict:
+        return {
+            "n_files": sum(sum(c.values()) for c in self.listed_counts.values()),
+            "n_readable": sum(sum(c.values()) for c in self.counts.values()),
+            "listed_counts": _plain(self.listed_counts),
+            "counts": _plain(self.counts),
+            "unreadable": [
+                {"path": rel(u.path), "split": u.split, "class": u.label, "reason": u.reason}
+                for u in self.unreadable
+            ],
+            "image_stats": {s: self.image_stats[s].to_dict() for s in self.splits},
+        }
+
+    def _within_split_dict(self, split: str, rel: Callable[[Path], str]) -> dict:
+        groups = [g for g in self.within_split_groups if g.split == split]
+        exact = [g for g in groups if g.exact]
+        near = [g for g in groups if not g.exact]
+        return {
+            "exact_groups": [
+                {"files": [rel(f.path) for f in g.files], "classes": list(g.classes)} for g in exact
+            ],
+            "near_groups": [
+                {"files": [rel(f.path) for f in g.files], "classes": list(g.classes),
+                 "max_distance": g.max_distance}
+                for g in near
+            ],
+            "n_images_in_exact_groups": sum(len(g.files) for g in exact),
+            "n_redundant_exact_copies": sum(len(g.files) - 1 for g in exact),
+            "n_images_in_near_groups": sum(len(g.files) for g in near),
+        }
+
+    def _leakage_dict(self, rel: Callable[[Path], str]) -> dict:
+        fraction = self.leakage_fraction
+        return {
+            "cross_split_pairs": [_pair_dict(p, rel) for p in self.cross_split_pairs],
+            "cross_split_exact": self.cross_split_exact,
+            "cross_split_exact_bytes": len(self.byte_leaked_test_paths),
+            "cross_split_near": self.cross_split_near,
+            "n_test": self.n_test,
+            "cross_split_near_fraction": None if fraction is None else round(fraction, 6),
+            "leakage_warning": bool(fraction is not None and fraction > LEAKAGE_WARN_FRACTION),
+            "leaked_test_files": sorted(rel(p) for p in self.leaked_test_paths),
+        }
+
+
+def _relative(path: Path, root: Path | None) -> str:
+    """``path`` relative to ``root`` (POSIX separators) when it lies below it, else as given."""
+    if root is not None:
+        try:
+            return Path(path).relative_to(root).as_posix()
+        except ValueError:
+            pass
+    return str(path)
+
+
+def _ref_dict(f: FileRef, rel: Callable[[Path], str]) -> dict:
+    return {"path": rel(f.path), "split": f.split, "class": f.label}
+
+
+def _pair_dict(p: MatchPair, rel: Callable[[Path], str]) -> dict:
+    return {
+        "files": [rel(p.a.path), rel(p.b.path)],
+        "splits": [p.a.split, p.b.split],
+        "classes": [p.a.label, p.b.label],
+        "distance": p.distance,
+        "exact": p.exact,
+        "byte_identical": p.byte_identical,
+    }
 
 
 def _plain(nested: Mapping[str, Mapping[str, int]]) -> dict:
@@ -389,145 +410,24 @@ def audit(
     consulted here.
     """
     t0 = time.perf_counter()
-    seen: set[Path] = set()
-    for r in records:
-        if r.path in seen:
-            raise ValueError(f"record listed twice: {r.path}")
-        seen.add(r.path)
-
-    labels_seen = {r.label for r in records}
-    classes = tuple(class_names) if class_names is not None else tuple(sorted(labels_seen))
-    classes = classes + tuple(sorted(labels_seen - set(classes)))
+    _refuse_repeated(records)
+    classes = _class_order(records, class_names)
     splits = _split_order([r.split for r in records] + [TRAIN_SPLIT, TEST_SPLIT])
-
-    cache = FingerprintCache(cache_dir, config.hash_size)
-    results = fingerprint_files(
-        [r.path for r in records], config.hash_size, cache=cache, progress=progress, workers=workers
-    )
-    cache.save()
+    results, cache = _fingerprints(records, config.hash_size, progress, cache_dir, workers)
     t_hash = time.perf_counter()
-
-    # Too small to use counts as unreadable from here on: listed with its reason, left out of
-    # every other figure, and skipped by the pipeline.
-    results = [
-        UnreadableImage(reason)
-        if isinstance(res, ImageFingerprint)
-        and (reason := too_small_reason(res.width, res.height, config.min_image_size))
-        else res
-        for res in results
-    ]
-    unreadable = tuple(
-        UnreadableFile(r.path, r.split, r.label, res.reason)
-        for r, res in zip(records, results)
-        if isinstance(res, UnreadableImage)
-    )
-    if unreadable and config.fail_on_unreadable:
-        shown = "; ".join(f"{u.path}: {u.reason}" for u in unreadable[:20])
-        more = f" (and {len(unreadable) - 20} more)" if len(unreadable) > 20 else ""
-        raise InputError(
-            f"{len(unreadable)} unreadable image file(s) and integrity.fail_on_unreadable = true: "
-            f"{shown}{more}"
-        )
-
+    results = _too_small_as_unreadable(results, config.min_image_size)
+    unreadable = _unreadable_files(records, results, config.fail_on_unreadable)
     good = [(r, res) for r, res in zip(records, results) if isinstance(res, ImageFingerprint)]
     refs = [FileRef(r.path, r.split, r.label) for r, _ in good]
     fps = [fp for _, fp in good]
-    n = len(refs)
-
-    listed = {s: Counter(r.label for r in records if r.split == s) for s in splits}
-    readable = {s: Counter(f.label for f in refs if f.split == s) for s in splits}
-    listed_counts = {s: {c: listed[s].get(c, 0) for c in classes} for s in splits}
-    counts = {s: {c: readable[s].get(c, 0) for c in classes} for s in splits}
+    listed_counts, counts = _count_tables(records, refs, splits, classes)
     image_stats = {s: _split_stats([fp for f, fp in zip(refs, fps) if f.split == s]) for s in splits}
-
-    # ---- pairs: every readable file against every other, one vectorised pass
-    if n:
-        words = np.stack([fp.phash_words() for fp in fps])
-        pi, pj, pd = hamming_pairs(words, max_distance=config.near_threshold)
-    else:
-        pi = pj = np.empty(0, dtype=np.int64)
-        pd = np.empty(0, dtype=np.uint16)
-    file_sha = np.array([fp.file_sha256 for fp in fps], dtype=object)
-    pix_sha = np.array([fp.pixel_sha256 for fp in fps], dtype=object)
-    split_arr = np.array([f.split for f in refs], dtype=object)
-    label_arr = np.array([f.label for f in refs], dtype=object)
-    byte_eq = file_sha[pi] == file_sha[pj] if n else np.zeros(0, bool)
-    # Byte-identical implies pixel-identical for a deterministic decoder; OR them anyway.
-    exact_eq = (pix_sha[pi] == pix_sha[pj]) | byte_eq if n else np.zeros(0, bool)
-    same_split = split_arr[pi] == split_arr[pj] if n else np.zeros(0, bool)
+    table = _pair_table(refs, fps, config.near_threshold, {s: k for k, s in enumerate(splits)})
     t_search = time.perf_counter()
-
-    rank = {s: k for k, s in enumerate(splits)}
-
-    def make_pair(k: int) -> MatchPair:
-        a, b = int(pi[k]), int(pj[k])
-        # Across splits the held-out file comes first; within a split, keep path order.
-        if rank[refs[a].split] < rank[refs[b].split]:
-            a, b = b, a
-        return MatchPair(refs[a], refs[b], int(pd[k]), bool(exact_eq[k]), bool(byte_eq[k]))
-
-    # ---- within-split groups (also the validation grouping)
-    within = np.nonzero(same_split)[0]
-    group_ids_arr = _components(n, pi[within], pj[within])
-    exact_within = within[exact_eq[within]]
-    exact_ids = _components(n, pi[exact_within], pj[exact_within])
-    groups: list[DuplicateGroup] = []
-    near_members: dict[int, list[int]] = defaultdict(list)
-    for idx, g in enumerate(group_ids_arr):
-        near_members[int(g)].append(idx)
-    exact_members: dict[int, list[int]] = defaultdict(list)
-    for idx, g in enumerate(exact_ids):
-        exact_members[int(g)].append(idx)
-    max_dist = np.zeros(n, dtype=np.int64)
-    np.maximum.at(max_dist, group_ids_arr[pi[within]], pd[within].astype(np.int64))
-    for members in exact_members.values():
-        if len(members) > 1:
-            groups.append(DuplicateGroup(refs[members[0]].split, _sorted_refs(refs, members), True, 0))
-    for g, members in near_members.items():
-        distinct_contents = {pix_sha[m] for m in members}
-        if len(members) > 1 and len(distinct_contents) > 1:
-            groups.append(DuplicateGroup(refs[members[0]].split, _sorted_refs(refs, members), False, int(max_dist[g])))
-    groups.sort(key=lambda g: (rank[g.split], not g.exact, str(g.files[0].path)))
-
-    # ---- cross-split pairs and leakage (test vs train)
-    cross_idx = np.nonzero(~same_split)[0]
-    cross_pairs = sorted(
-        (make_pair(int(k)) for k in cross_idx),
-        key=lambda p: (rank[p.a.split], rank[p.b.split], str(p.a.path), p.distance, str(p.b.path)),
-    )
-    leaked: set[Path] = set()
-    exact_leaked: set[Path] = set()
-    byte_leaked: set[Path] = set()
-    for p in cross_pairs:
-        if p.a.split == TEST_SPLIT and p.b.split == TRAIN_SPLIT:
-            leaked.add(p.a.path)
-            if p.exact:
-                exact_leaked.add(p.a.path)
-            if p.byte_identical:
-                byte_leaked.add(p.a.path)
-    test_left = Counter(f.label for f in refs if f.split == TEST_SPLIT and f.path not in leaked)
-    leakage_free = {c: test_left.get(c, 0) for c in classes}
-
-    # ---- label conflicts: components over all pairs (any split) carrying more than one class
-    all_ids = _components(n, pi, pj)
-    diff_label = np.nonzero(label_arr[pi] != label_arr[pj])[0] if n else np.empty(0, dtype=np.int64)
-    conflict_pairs: dict[int, list[MatchPair]] = defaultdict(list)
-    for k in diff_label:
-        conflict_pairs[int(all_ids[pi[k]])].append(make_pair(int(k)))
-    conflicts = []
-    for g, plist in conflict_pairs.items():
-        members = np.nonzero(all_ids == g)[0].tolist()
-        plist.sort(key=lambda p: (str(p.a.path), str(p.b.path)))
-        conflicts.append(LabelConflict(_sorted_refs(refs, members), tuple(plist)))
-    conflicts.sort(key=lambda c: str(c.files[0].path))
-
-    # Group ids unique across splits, in record order (stable for StratifiedGroupKFold).
-    group_of = {refs[idx].path: (refs[idx].split, int(g)) for idx, g in enumerate(group_ids_arr)}
-    renumber: dict[tuple[str, int], int] = {}
-    group_ids = {}
-    for path, key in group_of.items():
-        group_ids[path] = renumber.setdefault(key, len(renumber))
-
+    groups, near_group_of = _within_split_groups(table)
+    cross_pairs = _cross_split_pairs(table)
+    leaked, exact_leaked, byte_leaked = _leaked_test_paths(cross_pairs)
+    conflicts = _label_conflicts(table)
     t_end = time.perf_counter()
     return IntegrityReport(
         config=config,
@@ -543,11 +443,228 @@ def audit(
         exact_leaked_test_paths=frozenset(exact_leaked),
         byte_leaked_test_paths=frozenset(byte_leaked),
         leaked_test_paths=frozenset(leaked),
-        leakage_free_test_counts=leakage_free,
-        group_ids=group_ids,
+        leakage_free_test_counts=_leakage_free_counts(refs, leaked, classes),
+        group_ids=_stable_group_ids(refs, near_group_of),
         timings_s={"fingerprint": t_hash - t0, "search": t_search - t_hash, "total": t_end - t0},
         cache_stats={"hits": cache.hits, "misses": cache.misses},
     )
+
+
+# ------------------------------------------------------------------------- the audit's steps
+
+
+def _refuse_repeated(records: Sequence[ImageRecordLike]) -> None:
+    seen: set[Path] = set()
+    for r in records:
+        if r.path in seen:
+            raise ValueError(f"record listed twice: {r.path}")
+        seen.add(r.path)
+
+
+def _class_order(records: Sequence[ImageRecordLike], class_names: Sequence[str] | None) -> tuple[str, ...]:
+    """``class_names`` (default: the sorted labels), then any other label seen, sorted."""
+    labels_seen = {r.label for r in records}
+    classes = tuple(class_names) if class_names is not None else tuple(sorted(labels_seen))
+    return classes + tuple(sorted(labels_seen - set(classes)))
+
+
+def _fingerprints(
+    records: Sequence[ImageRecordLike],
+    hash_size: int,
+    progress: Callable[[int, int], None] | None,
+    cache_dir: Path | None,
+    workers: int | None,
+) -> tuple[list[ImageFingerprint | UnreadableImage], FingerprintCache]:
+    """One fingerprint (or the reason there is none) per record, in order; the cache is saved."""
+    cache = FingerprintCache(cache_dir, hash_size)
+    results = fingerprint_files(
+        [r.path for r in records], hash_size, cache=cache, progress=progress, workers=workers
+    )
+    cache.save()
+    return results, cache
+
+
+def _too_small_as_unreadable(
+    results: Sequence[ImageFingerprint | UnreadableImage], min_size: int
+) -> list[ImageFingerprint | UnreadableImage]:
+    """Too small to use counts as unreadable from here on: listed with its reason, left out of
+    every other figure, and skipped by the pipeline."""
+    return [
+        UnreadableImage(reason)
+        if isinstance(res, ImageFingerprint)
+        and (reason := too_small_reason(res.width, res.height, min_size))
+        else res
+        for res in results
+    ]
+
+
+def _unreadable_files(
+    records: Sequence[ImageRecordLike],
+    results: Sequence[ImageFingerprint | UnreadableImage],
+    fail_on_unreadable: bool,
+) -> tuple[UnreadableFile, ...]:
+    """The unreadable records with their reasons; InputError naming them if any and ``fail_on_unreadable``."""
+    unreadable = tuple(
+        UnreadableFile(r.path, r.split, r.label, res.reason)
+        for r, res in zip(records, results)
+        if isinstance(res, UnreadableImage)
+    )
+    if unreadable and fail_on_unreadable:
+        shown = "; ".join(f"{u.path}: {u.reason}" for u in unreadable[:20])
+        more = f" (and {len(unreadable) - 20} more)" if len(unreadable) > 20 else ""
+        raise InputError(
+            f"{len(unreadable)} unreadable image file(s) and integrity.fail_on_unreadable = true: "
+            f"{shown}{more}"
+        )
+    return unreadable
+
+
+def _count_tables(
+    records: Sequence[ImageRecordLike], refs: Sequence[FileRef], splits: Sequence[str], classes: Sequence[str]
+) -> tuple[dict[str, dict[str, int]], dict[str, dict[str, int]]]:
+    """(listed, readable) image counts: split -> class -> count, every class of every split."""
+    listed = {s: Counter(r.label for r in records if r.split == s) for s in splits}
+    readable = {s: Counter(f.label for f in refs if f.split == s) for s in splits}
+    listed_counts = {s: {c: listed[s].get(c, 0) for c in classes} for s in splits}
+    counts = {s: {c: readable[s].get(c, 0) for c in classes} for s in splits}
+    return listed_counts, counts
+
+
+@dataclass(frozen=True, eq=False)
+class _PairTable:
+    """Every pair of readable files within the near threshold (any splits), one row per pair:
+    indexes ``i``, ``j`` into ``refs``, Hamming ``distance``, and whether the two are byte- and
+    pixel-identical and in one split. ``rank`` orders the splits (train first)."""
+
+    refs: list[FileRef]
+    rank: Mapping[str, int]
+    i: np.ndarray
+    j: np.ndarray
+    distance: np.ndarray
+    byte_eq: np.ndarray
+    exact_eq: np.ndarray
+    same_split: np.ndarray
+    pixel_sha: np.ndarray  # per file
+    labels: np.ndarray  # per file
+
+    @property
+    def n(self) -> int:
+        return len(self.refs)
+
+    def pair(self, k: int) -> MatchPair:
+        a, b = int(self.i[k]), int(self.j[k])
+        # Across splits the held-out file comes first; within a split, keep path order.
+        if self.rank[self.refs[a].split] < self.rank[self.refs[b].split]:
+            a, b = b, a
+        return MatchPair(self.refs[a], self.refs[b], int(self.distance[k]), bool(self.exact_eq[k]),
+                         bool(self.byte_eq[k]))
+
+
+def _pair_table(refs: list[FileRef], fps: list[ImageFingerprint], near_threshold: int,
+                rank: Mapping[str, int]) -> _PairTable:
+    """Every readable file against every other, one vectorised pass."""
+    n = len(refs)
+    if n:
+        words = np.stack([fp.phash_words() for fp in fps])
+        pi, pj, pd = hamming_pairs(words, max_distance=near_threshold)
+    else:
+        pi = pj = np.empty(0, dtype=np.int64)
+        pd = np.empty(0, dtype=np.uint16)
+    file_sha = np.array([fp.file_sha256 for fp in fps], dtype=object)
+    pix_sha = np.array([fp.pixel_sha256 for fp in fps], dtype=object)
+    split_arr = np.array([f.split for f in refs], dtype=object)
+    label_arr = np.array([f.label for f in refs], dtype=object)
+    byte_eq = file_sha[pi] == file_sha[pj] if n else np.zeros(0, bool)
+    # Byte-identical implies pixel-identical for a deterministic decoder; OR them anyway.
+    exact_eq = (pix_sha[pi] == pix_sha[pj]) | byte_eq if n else np.zeros(0, bool)
+    same_split = split_arr[pi] == split_arr[pj] if n else np.zeros(0, bool)
+    return _PairTable(refs, rank, pi, pj, pd, byte_eq, exact_eq, same_split, pix_sha, label_arr)
+
+
+def _members(component_of: np.ndarray) -> dict[int, list[int]]:
+    """Component id -> its file indexes, components in order of their first file."""
+    members: dict[int, list[int]] = defaultdict(list)
+    for idx, g in enumerate(component_of):
+        members[int(g)].append(idx)
+    return members
+
+
+def _within_split_groups(table: _PairTable) -> tuple[list[DuplicateGroup], np.ndarray]:
+    """The exact and near duplicate groups of each split, and every file's near-group component
+    (also the validation grouping)."""
+    refs = table.refs
+    within = np.nonzero(table.same_split)[0]
+    near_ids = _components(table.n, table.i[within], table.j[within])
+    exact_within = within[table.exact_eq[within]]
+    exact_ids = _components(table.n, table.i[exact_within], table.j[exact_within])
+    max_dist = np.zeros(table.n, dtype=np.int64)
+    np.maximum.at(max_dist, near_ids[table.i[within]], table.distance[within].astype(np.int64))
+    groups: list[DuplicateGroup] = []
+    for members in _members(exact_ids).values():
+        if len(members) > 1:
+            groups.append(DuplicateGroup(refs[members[0]].split, _sorted_refs(refs, members), True, 0))
+    for g, members in _members(near_ids).items():
+        distinct_contents = {table.pixel_sha[m] for m in members}
+        if len(members) > 1 and len(distinct_contents) > 1:
+            groups.append(DuplicateGroup(refs[members[0]].split, _sorted_refs(refs, members), False,
+                                         int(max_dist[g])))
+    groups.sort(key=lambda g: (table.rank[g.split], not g.exact, str(g.files[0].path)))
+    return groups, near_ids
+
+
+def _cross_split_pairs(table: _PairTable) -> list[MatchPair]:
+    """Pairs whose files lie in different splits, held-out split first, then by path and distance."""
+    rank = table.rank
+    return sorted(
+        (table.pair(int(k)) for k in np.nonzero(~table.same_split)[0]),
+        key=lambda p: (rank[p.a.split], rank[p.b.split], str(p.a.path), p.distance, str(p.b.path)),
+    )
+
+
+def _leaked_test_paths(cross_pairs: Iterable[MatchPair]) -> tuple[set[Path], set[Path], set[Path]]:
+    """Test files with a twin in train: (any twin, an exact twin, a byte-identical twin)."""
+    leaked: set[Path] = set()
+    exact_leaked: set[Path] = set()
+    byte_leaked: set[Path] = set()
+    for p in cross_pairs:
+        if p.a.split == TEST_SPLIT and p.b.split == TRAIN_SPLIT:
+            leaked.add(p.a.path)
+            if p.exact:
+                exact_leaked.add(p.a.path)
+            if p.byte_identical:
+                byte_leaked.add(p.a.path)
+    return leaked, exact_leaked, byte_leaked
+
+
+def _leakage_free_counts(refs: Sequence[FileRef], leaked: set[Path], classes: Sequence[str]) -> dict[str, int]:
+    test_left = Counter(f.label for f in refs if f.split == TEST_SPLIT and f.path not in leaked)
+    return {c: test_left.get(c, 0) for c in classes}
+
+
+def _label_conflicts(table: _PairTable) -> list[LabelConflict]:
+    """Components over all pairs (any split) carrying more than one class."""
+    all_ids = _components(table.n, table.i, table.j)
+    if table.n:
+        diff_label = np.nonzero(table.labels[table.i] != table.labels[table.j])[0]
+    else:
+        diff_label = np.empty(0, dtype=np.int64)
+    conflict_pairs: dict[int, list[MatchPair]] = defaultdict(list)
+    for k in diff_label:
+        conflict_pairs[int(all_ids[table.i[k]])].append(table.pair(int(k)))
+    conflicts = []
+    for g, plist in conflict_pairs.items():
+        members = np.nonzero(all_ids == g)[0].tolist()
+        plist.sort(key=lambda p: (str(p.a.path), str(p.b.path)))
+        conflicts.append(LabelConflict(_sorted_refs(table.refs, members), tuple(plist)))
+    conflicts.sort(key=lambda c: str(c.files[0].path))
+    return conflicts
+
+
+def _stable_group_ids(refs: Sequence[FileRef], near_group_of: np.ndarray) -> dict[Path, int]:
+    """Group ids unique across splits, in record order (stable for StratifiedGroupKFold)."""
+    group_of = {refs[idx].path: (refs[idx].split, int(g)) for idx, g in enumerate(near_group_of)}
+    renumber: dict[tuple[str, int], int] = {}
+    return {path: renumber.setdefault(key, len(renumber)) for path, key in group_of.items()}
 
 
 def _sorted_refs(refs: list[FileRef], members: Iterable[int]) -> tuple[FileRef, ...]:

@@ -22,7 +22,6 @@ _EXPORTS = {
     "evaluate_gates": "gates",
     "experiment_lock": "lock",
     "find_reusable": "history",
-    "gates_from_dict": "gates",
     "gates_summary_lines": "gates",
     "gates_to_dict": "gates",
     "gates_to_junit": "gates",

@@ -10,6 +10,7 @@ Gate names, usable in ``warn_only`` either exactly or by family (the part before
 =======================  ==========================================================  ===========
 name                     measured value                                              target
 =======================  ==========================================================  ===========
+all_backbones_finished   finished backbones / listed backbones (on by default)       run
 min_accuracy             test accuracy                                               backbone
 min_macro_f1             test macro-F1                                               backbone
 min_recall.<class>       test recall of <class> (e.g. min_recall.glioma)             backbone
@@ -97,12 +98,6 @@ class GatesConfig:
     def is_warn_only(self, name: str) -> bool:
         return name in self.warn_only or name.partition(".")[0] in self.warn_only
 
-    @property
-    def any(self) -> bool:
-        """True when at least one gate is configured."""
-        return any(v is not None for v in (self.min_accuracy, self.min_macro_f1, self.max_macro_f1_drop,
-                                           self.max_leakage_fraction)) or bool(self.min_recall)
-
 
 @dataclass(frozen=True)
 class GateResult:
@@ -183,86 +178,126 @@ def evaluate_gates(results: dict, config: GatesConfig, previous: dict | None) ->
     """Evaluate every configured gate on ``results`` (results.json dict, schema version 1).
 
     ``previous``: the previous comparable history record (engine.nightly.history.previous_record), or None
-    on the first run. Returns results in a stable order: per target backbone, accuracy, macro-F1,
-    recall per class (manifest order), drop; then the run-level leakage gate.
+    on the first run. Returns results in a stable order: all_backbones_finished; then per target
+    backbone, accuracy, macro-F1, recall per class (manifest order), drop; then the run-level
+    leakage gate.
     """
     out: list[GateResult] = []
     if config.all_backbones_finished:
         out.append(_all_finished(results, config))
-
-    def judge(name: str, backbone: str | None, value: float | None, threshold: float, ok: bool,
-              message: str) -> None:
-        if value is None:
-            status = "FAIL"
-        elif ok:
-            status = "PASS"
-        else:
-            status = "WARN" if config.is_warn_only(name) else "FAIL"
-        if status == "WARN":
-            message += " (warn only)"
-        out.append(GateResult(name, backbone, status, value, float(threshold), message))
-
     for backbone, entry, why in _targets(results, config):
-        test = {} if why else ((entry or {}).get("test") or {})
-        who = backbone or "best backbone"
-
-        def minimum(name: str, what: str, value, threshold: float) -> None:
-            value = _num(value)
-            if value is None:
-                msg = f"{who} {what} is missing ({why or 'not in results'}); minimum {threshold:.3f}"
-            elif value + _EPS >= threshold:
-                msg = f"{who} {what} {value:.3f} meets the minimum {threshold:.3f}"
-            else:
-                msg = f"{who} {what} {value:.3f} is below the minimum {threshold:.3f}"
-            judge(name, backbone, value, threshold, value is not None and value + _EPS >= threshold, msg)
-
-        if config.min_accuracy is not None:
-            minimum("min_accuracy", "test accuracy", test.get("accuracy"), config.min_accuracy)
-        if config.min_macro_f1 is not None:
-            minimum("min_macro_f1", "test macro-F1", test.get("macro_f1"), config.min_macro_f1)
-        for cls, threshold in config.min_recall.items():
-            entry = (test.get("per_class") or {}).get(cls) or {}
-            if entry.get("support") == 0:
-                # undefined recall (older results.json stored it as 0.0): judge by the support
-                out.append(GateResult(f"min_recall.{cls}", backbone, "WARN", None, float(threshold),
-                                      f"{who}: not evaluated (no test images of class {cls}); "
-                                      f"minimum {threshold:.3f}"))
-                continue
-            minimum(f"min_recall.{cls}", f"test recall of {cls}", entry.get("recall"), threshold)
+        target = _Target(backbone, why, {} if why else ((entry or {}).get("test") or {}))
+        out += _minimum_gates(target, config)
         if config.max_macro_f1_drop is not None:
-            limit = config.max_macro_f1_drop
-            now = _num(test.get("macro_f1"))
-            before = record_metric(previous, backbone, "macro_f1") if previous and backbone else None
-            if now is None:
-                judge("max_macro_f1_drop", backbone, None, limit, False,
-                      f"{who} test macro-F1 is missing ({why or 'not in results'}); allowed drop {limit:.3f}")
-            elif before is None:
-                reason = "no previous run" if previous is None else \
-                    f"no previous result for {who} in run {previous.get('run_id')}"
-                out.append(GateResult("max_macro_f1_drop", backbone, "PASS", None, float(limit),
-                                      f"{who}: {reason}; nothing to compare (macro-F1 now {now:.3f})"))
-            else:
-                drop = before - now
-                verb = f"fell by {drop:.3f}" if drop > 0 else f"did not fall (change {-drop:+.3f})"
-                judge("max_macro_f1_drop", backbone, drop, limit, drop <= limit + _EPS,
-                      f"{who} test macro-F1 {verb}: {before:.3f} in run {previous.get('run_id')} -> "
-                      f"{now:.3f} now; allowed drop {limit:.3f}")
-
+            out.append(_drop_gate(target, config, previous))
     if config.max_leakage_fraction is not None:
-        limit = config.max_leakage_fraction
-        counts = leakage_counts(results)
-        if counts is None:
-            judge("max_leakage_fraction", None, None, limit, False,
-                  "leakage fraction is unknown (no integrity block with cross_split_near, or no test images); "
-                  f"allowed at most {limit:.1%}")
-        else:
-            near, n_test = counts
-            fraction = near / n_test
-            relation = "within" if fraction <= limit + _EPS else "above"
-            judge("max_leakage_fraction", None, fraction, limit, fraction <= limit + _EPS,
-                  f"{fraction:.1%} of test images ({near} of {n_test}) have an exact or near twin in training; "
-                  f"{relation} the allowed {limit:.1%}")
+        out.append(_leakage_gate(results, config))
     return out
+
+
+@dataclass(frozen=True)
+class _Target:
+    """One gated backbone: its name (None when there is none to gate), why its values cannot be
+    measured ("" when they can) and its ``test`` block ({} when unmeasurable)."""
+
+    backbone: str | None
+    why: str
+    test: dict
+
+    @property
+    def who(self) -> str:
+        return self.backbone or "best backbone"
+
+
+def _judged(config: GatesConfig, name: str, backbone: str | None, value: float | None, threshold: float,
+            ok: bool, message: str) -> GateResult:
+    """FAIL when ``value`` is unmeasured, PASS when ``ok``, else FAIL or (``warn_only``) WARN."""
+    if value is None:
+        status = "FAIL"
+    elif ok:
+        status = "PASS"
+    else:
+        status = "WARN" if config.is_warn_only(name) else "FAIL"
+    if status == "WARN":
+        message += " (warn only)"
+    return GateResult(name, backbone, status, value, float(threshold), message)
+
+
+def _minimum_gate(target: _Target, config: GatesConfig, name: str, what: str, value,
+                  threshold: float) -> GateResult:
+    value = _num(value)
+    who = target.who
+    if value is None:
+        msg = f"{who} {what} is missing ({target.why or 'not in results'}); minimum {threshold:.3f}"
+    elif value + _EPS >= threshold:
+        msg = f"{who} {what} {value:.3f} meets the minimum {threshold:.3f}"
+    else:
+        msg = f"{who} {what} {value:.3f} is below the minimum {threshold:.3f}"
+    return _judged(config, name, target.backbone, value, threshold, value is not None and value + _EPS >= threshold,
+                   msg)
+
+
+def _minimum_gates(target: _Target, config: GatesConfig) -> list[GateResult]:
+    """min_accuracy, min_macro_f1 and min_recall.<class> (in manifest order) of one target."""
+    test = target.test
+    out = []
+    if config.min_accuracy is not None:
+        out.append(_minimum_gate(target, config, "min_accuracy", "test accuracy", test.get("accuracy"),
+                                 config.min_accuracy))
+    if config.min_macro_f1 is not None:
+        out.append(_minimum_gate(target, config, "min_macro_f1", "test macro-F1", test.get("macro_f1"),
+                                 config.min_macro_f1))
+    for cls, threshold in config.min_recall.items():
+        out.append(_recall_gate(target, config, cls, threshold))
+    return out
+
+
+def _recall_gate(target: _Target, config: GatesConfig, cls: str, threshold: float) -> GateResult:
+    entry = (target.test.get("per_class") or {}).get(cls) or {}
+    if entry.get("support") == 0:
+        # undefined recall (older results.json stored it as 0.0): judge by the support
+        return GateResult(f"min_recall.{cls}", target.backbone, "WARN", None, float(threshold),
+                          f"{target.who}: not evaluated (no test images of class {cls}); minimum {threshold:.3f}")
+    return _minimum_gate(target, config, f"min_recall.{cls}", f"test recall of {cls}", entry.get("recall"),
+                         threshold)
+
+
+def _drop_gate(target: _Target, config: GatesConfig, previous: dict | None) -> GateResult:
+    """max_macro_f1_drop of one target against its result in ``previous``."""
+    limit = config.max_macro_f1_drop
+    backbone, who = target.backbone, target.who
+    now = _num(target.test.get("macro_f1"))
+    before = record_metric(previous, backbone, "macro_f1") if previous and backbone else None
+    if now is None:
+        return _judged(config, "max_macro_f1_drop", backbone, None, limit, False,
+                       f"{who} test macro-F1 is missing ({target.why or 'not in results'}); "
+                       f"allowed drop {limit:.3f}")
+    if before is None:
+        reason = "no previous run" if previous is None else \
+            f"no previous result for {who} in run {previous.get('run_id')}"
+        return GateResult("max_macro_f1_drop", backbone, "PASS", None, float(limit),
+                          f"{who}: {reason}; nothing to compare (macro-F1 now {now:.3f})")
+    drop = before - now
+    verb = f"fell by {drop:.3f}" if drop > 0 else f"did not fall (change {-drop:+.3f})"
+    return _judged(config, "max_macro_f1_drop", backbone, drop, limit, drop <= limit + _EPS,
+                   f"{who} test macro-F1 {verb}: {before:.3f} in run {previous.get('run_id')} -> "
+                   f"{now:.3f} now; allowed drop {limit:.3f}")
+
+
+def _leakage_gate(results: dict, config: GatesConfig) -> GateResult:
+    """max_leakage_fraction: the run-level gate on test images with a twin in training."""
+    limit = config.max_leakage_fraction
+    counts = leakage_counts(results)
+    if counts is None:
+        return _judged(config, "max_leakage_fraction", None, None, limit, False,
+                       "leakage fraction is unknown (no integrity block with cross_split_near, or no test "
+                       f"images); allowed at most {limit:.1%}")
+    near, n_test = counts
+    fraction = near / n_test
+    relation = "within" if fraction <= limit + _EPS else "above"
+    return _judged(config, "max_leakage_fraction", None, fraction, limit, fraction <= limit + _EPS,
+                   f"{fraction:.1%} of test images ({near} of {n_test}) have an exact or near twin in training; "
+                   f"{relation} the allowed {limit:.1%}")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -282,11 +317,6 @@ def gates_to_dict(gates: Sequence[GateResult]) -> dict:
     summary = {s: sum(g.status == s for g in gates) for s in STATUSES}
     summary["status"] = overall_status(gates)
     return {"summary": summary, "gates": [dataclasses.asdict(g) for g in gates]}
-
-
-def gates_from_dict(block: dict) -> list[GateResult]:
-    """Inverse of :func:`gates_to_dict` (for ``auditrun render`` from a stored results.json)."""
-    return [GateResult(**g) for g in (block or {}).get("gates", [])]
 
 
 def gates_to_junit(gates: Sequence[GateResult], suite_name: str) -> str:
@@ -337,6 +367,6 @@ def gates_summary_lines(gates: Sequence[GateResult], include_pass: bool = True) 
 
 
 __all__ = [
-    "GATE_FAMILIES", "GateResult", "GatesConfig", "evaluate_gates", "gates_from_dict", "gates_summary_lines",
+    "GATE_FAMILIES", "GateResult", "GatesConfig", "evaluate_gates", "gates_summary_lines",
     "gates_to_dict", "gates_to_junit", "overall_status",
 ]

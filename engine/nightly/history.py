@@ -395,6 +395,10 @@ def _moved(label: str, before: float, after: float, digits: int) -> str:
     return f"{label} {verb} from {before:.{digits}f} to {after:.{digits}f}."
 
 
+#: The metrics a trend compares per backbone, each from the history record's test or leakage-free block.
+_TREND_METRICS = ("accuracy", "macro_f1", "leakage_free_accuracy", "leakage_free_macro_f1")
+
+
 def trend(records: Sequence[dict], current_run_id: str, last_n: int = 10, digits: int = 2) -> dict:
     """Compare the current run with the previous comparable run and with the last ``last_n`` runs.
 
@@ -403,7 +407,7 @@ def trend(records: Sequence[dict], current_run_id: str, last_n: int = 10, digits
 
         {"current_run_id", "previous_run_id" (None on the first run),
          "runs": [{"run_id", "finished_at"}] (the last N up to and including the current run),
-         "backbones": {name: {"current": {metric: v}, "previous": {metric: v} | None,
+         "backbones": {name: {"display_name", "current": {metric: v} | None, "previous": {metric: v} | None,
                               "delta": {metric: current - previous | None},
                               "series": [macro_f1 per run in "runs", None where absent/failed],
                               "leakage_free_series": [...]}},
@@ -423,74 +427,17 @@ def trend(records: Sequence[dict], current_run_id: str, last_n: int = 10, digits
     previous = previous_record(records, current_run_id)
     window = list(records[max(0, index - last_n + 1): index + 1])
 
-    def metrics(record: dict | None, name: str) -> dict | None:
-        if record is None or name not in (record.get("backbones") or {}):
-            return None
-        return {
-            "accuracy": record_metric(record, name, "accuracy"),
-            "macro_f1": record_metric(record, name, "macro_f1"),
-            "leakage_free_accuracy": record_metric(record, name, "accuracy", "leakage_free"),
-            "leakage_free_macro_f1": record_metric(record, name, "macro_f1", "leakage_free"),
-        }
-
-    names = list(current.get("backbones") or {})
-    for name in (previous or {}).get("backbones") or {}:
-        if name not in names:
-            names.append(name)
-
     sentences: list[str] = []
     if previous is None:
         sentences.append("This is the first recorded run of this experiment; there is nothing to compare with.")
     backbones = {}
-    for name in names:
-        cur, prev = metrics(current, name), metrics(previous, name)
-        delta = {
-            k: (cur[k] - prev[k]) if cur and prev and cur[k] is not None and prev[k] is not None else None
-            for k in ("accuracy", "macro_f1", "leakage_free_accuracy", "leakage_free_macro_f1")
-        }
-        backbones[name] = {
-            "display_name": ((current.get("backbones") or {}).get(name) or
-                             ((previous or {}).get("backbones") or {}).get(name) or {}).get("display_name", name),
-            "current": cur,
-            "previous": prev,
-            "delta": delta,
-            "series": [record_metric(r, name, "macro_f1") for r in window],
-            "leakage_free_series": [record_metric(r, name, "macro_f1", "leakage_free") for r in window],
-        }
-        if previous is None:
-            continue
-        now_f1 = cur["macro_f1"] if cur else None
-        was_f1 = prev["macro_f1"] if prev else None
-        if cur is None:
-            sentences.append(f"{name} was not part of this run (previous macro-F1 "
-                             f"{_fmt(was_f1, digits)}).")
-        elif now_f1 is None:
-            status = (current["backbones"][name] or {}).get("status")
-            why = "failed" if status == "failed" else "has no test metrics"
-            sentences.append(f"{name} {why} in this run; its previous macro-F1 was {_fmt(was_f1, digits)}.")
-        elif was_f1 is None:
-            sentences.append(f"{name} has no previous result to compare with; macro-F1 is {now_f1:.{digits}f}.")
-        else:
-            sentences.append(_moved(f"{name} macro-F1", was_f1, now_f1, digits))
-            lf_now, lf_was = cur["leakage_free_macro_f1"], prev["leakage_free_macro_f1"]
-            if lf_now is not None and lf_was is not None:
-                sentences.append(_moved(f"{name} leakage-free macro-F1", lf_was, lf_now, digits))
-
-    changed = None
-    if previous is not None:
-        changed = {
-            "manifest": current.get("manifest_sha256") != previous.get("manifest_sha256"),
-            "data": current.get("dataset_fingerprint") != previous.get("dataset_fingerprint"),
-            "code": (current.get("code_version") or {}) != (previous.get("code_version") or {}),
-        }
-        what = [w for w, flag in (("the manifest", changed["manifest"]), ("the data", changed["data"]),
-                                  ("the code", changed["code"])) if flag]
-        if what:
-            sentences.append("Since the previous run " + _join(what) + (" has" if len(what) == 1 else " have")
-                             + " changed.")
-        else:
-            sentences.append("The manifest, data and code are the same as in the previous run.")
-
+    for name in _trend_backbones(current, previous):
+        backbones[name] = _backbone_trend(name, current, previous, window)
+        if previous is not None:
+            sentences += _backbone_sentences(name, backbones[name], current, digits)
+    changed = _inputs_changed(current, previous)
+    if changed is not None:
+        sentences.append(_inputs_sentence(changed))
     return {
         "current_run_id": current_run_id,
         "previous_run_id": previous.get("run_id") if previous else None,
@@ -499,6 +446,84 @@ def trend(records: Sequence[dict], current_run_id: str, last_n: int = 10, digits
         "inputs_changed": changed,
         "sentences": sentences,
     }
+
+
+def _trend_backbones(current: dict, previous: dict | None) -> list[str]:
+    """The current run's backbones, then those only the previous run had."""
+    names = list(current.get("backbones") or {})
+    for name in (previous or {}).get("backbones") or {}:
+        if name not in names:
+            names.append(name)
+    return names
+
+
+def _trend_metrics(record: dict | None, name: str) -> dict | None:
+    """``_TREND_METRICS`` of backbone ``name`` in ``record``; None when the record lacks the backbone."""
+    if record is None or name not in (record.get("backbones") or {}):
+        return None
+    return {
+        "accuracy": record_metric(record, name, "accuracy"),
+        "macro_f1": record_metric(record, name, "macro_f1"),
+        "leakage_free_accuracy": record_metric(record, name, "accuracy", "leakage_free"),
+        "leakage_free_macro_f1": record_metric(record, name, "macro_f1", "leakage_free"),
+    }
+
+
+def _backbone_trend(name: str, current: dict, previous: dict | None, window: Sequence[dict]) -> dict:
+    """One backbone's entry of ``trend()["backbones"]``."""
+    cur, prev = _trend_metrics(current, name), _trend_metrics(previous, name)
+    delta = {
+        k: (cur[k] - prev[k]) if cur and prev and cur[k] is not None and prev[k] is not None else None
+        for k in _TREND_METRICS
+    }
+    return {
+        "display_name": ((current.get("backbones") or {}).get(name) or
+                         ((previous or {}).get("backbones") or {}).get(name) or {}).get("display_name", name),
+        "current": cur,
+        "previous": prev,
+        "delta": delta,
+        "series": [record_metric(r, name, "macro_f1") for r in window],
+        "leakage_free_series": [record_metric(r, name, "macro_f1", "leakage_free") for r in window],
+    }
+
+
+def _backbone_sentences(name: str, entry: dict, current: dict, digits: int) -> list[str]:
+    """What happened to one backbone's macro-F1 (and its leakage-free twin) since the previous run."""
+    cur, prev = entry["current"], entry["previous"]
+    now_f1 = cur["macro_f1"] if cur else None
+    was_f1 = prev["macro_f1"] if prev else None
+    if cur is None:
+        return [f"{name} was not part of this run (previous macro-F1 {_fmt(was_f1, digits)})."]
+    if now_f1 is None:
+        status = (current["backbones"][name] or {}).get("status")
+        why = "failed" if status == "failed" else "has no test metrics"
+        return [f"{name} {why} in this run; its previous macro-F1 was {_fmt(was_f1, digits)}."]
+    if was_f1 is None:
+        return [f"{name} has no previous result to compare with; macro-F1 is {now_f1:.{digits}f}."]
+    sentences = [_moved(f"{name} macro-F1", was_f1, now_f1, digits)]
+    lf_now, lf_was = cur["leakage_free_macro_f1"], prev["leakage_free_macro_f1"]
+    if lf_now is not None and lf_was is not None:
+        sentences.append(_moved(f"{name} leakage-free macro-F1", lf_was, lf_now, digits))
+    return sentences
+
+
+def _inputs_changed(current: dict, previous: dict | None) -> dict[str, bool] | None:
+    """Which inputs differ from the previous run's; None on the first run."""
+    if previous is None:
+        return None
+    return {
+        "manifest": current.get("manifest_sha256") != previous.get("manifest_sha256"),
+        "data": current.get("dataset_fingerprint") != previous.get("dataset_fingerprint"),
+        "code": (current.get("code_version") or {}) != (previous.get("code_version") or {}),
+    }
+
+
+def _inputs_sentence(changed: dict[str, bool]) -> str:
+    what = [w for w, flag in (("the manifest", changed["manifest"]), ("the data", changed["data"]),
+                              ("the code", changed["code"])) if flag]
+    if what:
+        return "Since the previous run " + _join(what) + (" has" if len(what) == 1 else " have") + " changed."
+    return "The manifest, data and code are the same as in the previous run."
 
 
 def _fmt(value: float | None, digits: int) -> str:
