@@ -238,3 +238,23 @@ def test_hold_back_keeps_sklearn_warnings_and_passes_the_rest_on(recwarn):
         warnings.warn("before the error", ConvergenceWarning)
         raise ValueError
     assert caught == ["ConvergenceWarning: before the error"]
+
+
+@pytest.mark.parametrize("tta", [False, True])
+def test_evaluate_predicts_with_the_runs_tta_setting(tmp_path, monkeypatch, tta):
+    """External validation scores the models as the run did: flip TTA when its manifest says so."""
+    import engine.training.train
+    from engine.evaluation.external import evaluate_external
+
+    run = _constant_run(tmp_path / "run")
+    (run / "manifest.toml").write_text(f"[evaluation]\ntta_flip = {str(tta).lower()}\n")
+    seen = []
+    real = engine.training.train.predict
+
+    def spy(model, x, **kwargs):
+        seen.append(kwargs.get("tta_flip"))
+        return real(model, x, **kwargs)
+
+    monkeypatch.setattr(engine.training.train, "predict", spy)
+    evaluate_external(run, _external_folder(tmp_path / "ext"))
+    assert seen == [tta]

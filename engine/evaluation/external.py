@@ -18,6 +18,7 @@ import numpy as np
 
 from engine.atomic import write_json
 from engine.errors import InputError
+from engine.manifest import POINTING_MAX_IMAGES
 from engine.results import read_results, write_results
 
 
@@ -88,7 +89,7 @@ def usable_images(folder: Path, paths: list[Path], y: np.ndarray, min_size: int,
 
 def evaluate_external(run_dir: Path, data: Path, backbone: str | None = None, *,
                       echo: Callable[[str], None] | None = None, seed: int | None = None,
-                      max_pointing: int = 200, warn: Callable[[str], None] | None = None) -> dict:
+                      max_pointing: int = POINTING_MAX_IMAGES, warn: Callable[[str], None] | None = None) -> dict:
     """Score the run's models on ``data``; store and return ``{"data", "backbones": [...]}``.
 
     Unreadable images and images below the run's ``integrity.min_image_size`` are skipped, each
@@ -105,10 +106,8 @@ def evaluate_external(run_dir: Path, data: Path, backbone: str | None = None, *,
     paths, y = discover_folder(data, class_names, _aliases_from_run(run_dir, class_names))
     paths, y, skipped = usable_images(data, paths, y, _min_image_size_from_run(run_dir), warn)
     images = _ExternalImages(paths, y, class_names, *_pointing_sample(paths, y, class_names, seed, max_pointing))
-    from engine.training.backbones import ensure_registered
-
-    ensure_registered()  # loads Keras: after the run and the folder are known to be usable
-    out = [_evaluate_backbone(run_dir, e, images, echo) for e in entries]
+    tta = bool(_run_manifest(run_dir).get("evaluation", {}).get("tta_flip", False))
+    out = [_evaluate_backbone(run_dir, e, images, echo, tta) for e in entries]
     counts = {c: int((y == i).sum()) for i, c in enumerate(class_names)}
     report = {"data": str(data.resolve()), "evaluated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "counts": counts, "skipped": skipped, "n_boxed_images": len(images.boxed), "backbones": out}
@@ -142,12 +141,13 @@ def _pointing_sample(paths: list[Path], y: np.ndarray, class_names: list[str], s
     game: at most ``max_pointing``, drawn with ``seed``)."""
     from engine.explain.gradcam import read_yolo_boxes
 
+    from engine.explain.gallery import boxed_sample
+
     boxes = [read_yolo_boxes(p) for p in paths]
     no_tumor = class_names.index("no_tumor") if "no_tumor" in class_names else -1
-    boxed = [i for i, b in enumerate(boxes) if b and y[i] != no_tumor]
-    if len(boxed) > max_pointing:
-        boxed = sorted(np.random.default_rng(seed).choice(boxed, max_pointing, replace=False).tolist())
-    return boxes, boxed
+    # The run's own sample rule (engine.explain.gallery), over the tumour images with a box.
+    tumour_boxes = [b if y[i] != no_tumor else [] for i, b in enumerate(boxes)]
+    return boxes, boxed_sample(tumour_boxes, seed, max_pointing)
 
 
 @dataclass
@@ -169,20 +169,24 @@ class _ExternalImages:
         return self._decoded[size]
 
 
-def _evaluate_backbone(run_dir: Path, e: dict, images: _ExternalImages, echo: Callable[[str], None]) -> dict:
-    """One backbone's block: its metrics on the images and, where there are boxes, its pointing game."""
-    import keras
+def _evaluate_backbone(run_dir: Path, e: dict, images: _ExternalImages, echo: Callable[[str], None],
+                       tta: bool) -> dict:
+    """One backbone's block: its metrics on the images and, where there are boxes, its pointing game.
 
+    Predicts as the run did: with flip test-time augmentation when its manifest asked for it.
+    """
     from engine.evaluation.metrics import classification_metrics
     from engine.sklearn_warnings import hold_back
+    from engine.training.backbones import load_saved_model  # loads Keras: after the inputs are checked
+    from engine.training.train import predict
 
     t0 = time.perf_counter()
     model_path = run_dir / e["artifacts"]["model"]
     if not model_path.is_file():
         raise InputError(f"model file {str(model_path)!r} is missing; external validation needs the run's models")
-    model = keras.saving.load_model(model_path, compile=False)
+    model = load_saved_model(model_path)
     x = images.pixels(e["input_size"][0])
-    probs = model.predict(x.astype("float32"), batch_size=32, verbose=0)
+    probs = predict(model, x, tta_flip=tta)
     # A small folder (one class, one image) makes sklearn warn about cases the metrics already
     # handle; nothing in those warnings is news to the reader of the figures.
     with hold_back():

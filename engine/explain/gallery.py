@@ -220,7 +220,7 @@ def explain_backbone(model, images: np.ndarray, y_true, probs: np.ndarray, paths
 
     gallery = select_gallery(y_true, y_pred, paths, class_names, n_per_class, seed)
     boxes = [gradcam.read_yolo_boxes(p) for p in paths]
-    boxed = _boxed_sample(boxes, seed, pointing_max_images)
+    boxed = boxed_sample(boxes, seed, pointing_max_images)
 
     # One Grad-CAM pass over the unique (image, class) pairs both uses need.
     jobs = sorted({(i, int(y_pred[i])) for i in gallery} | {(i, int(y_true[i])) for i in boxed})
@@ -258,7 +258,7 @@ def explain_backbone(model, images: np.ndarray, y_true, probs: np.ndarray, paths
     return {"layer": target, "images_per_class": int(n_per_class), "items": items, "pointing_game": game}
 
 
-def _boxed_sample(boxes: Sequence[list], seed: int, max_images: int) -> list[int]:
+def boxed_sample(boxes: Sequence[list], seed: int, max_images: int) -> list[int]:
     """Indices of the images with a box; a seeded sample of ``max_images`` when there are more."""
     boxed = [i for i in range(len(boxes)) if boxes[i]]
     if len(boxed) > max_images:
@@ -296,7 +296,7 @@ def pointing_game_on(model, images: np.ndarray, y_true, paths: Sequence[str], cl
     if not len(images) == len(y_true) == len(paths):
         raise ValueError("images, y_true and paths must have the same length")
     boxes = [gradcam.read_yolo_boxes(p) for p in paths]
-    boxed = _boxed_sample(boxes, seed, max_images)
+    boxed = boxed_sample(boxes, seed, max_images)
     if not boxed:
         return None
     images = np.asarray(images)

@@ -17,7 +17,6 @@ _EXPORTS = {
     "build_classifier": "backbones",
     "class_weights": "train",
     "converge_batchnorm": "backbones",
-    "ensure_registered": "backbones",
     "fine_tune": "train",
     "learning_rate_schedule": "train",
     "load_backbone": "backbones",

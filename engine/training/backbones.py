@@ -120,11 +120,6 @@ def preprocess_layer(mode: str, name: str = "preprocess"):
     return _preprocess_class()(mode=mode, name=name)
 
 
-def ensure_registered() -> None:
-    """Make Keras able to read our saved models' Preprocess layer (prefer ``load_saved_model``)."""
-    _preprocess_class()
-
-
 def load_saved_model(path):
     """A classifier auditrun saved (its Preprocess layer included), loaded for inference."""
     import keras
