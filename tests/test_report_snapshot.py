@@ -38,7 +38,8 @@ import pytest
 from engine.errors import InputError
 from engine.report import TEMPLATES_DIR, build_report, load_results, prepare_report, render_html, render_report
 from engine.report.figures import confusion_facts, training_curves
-from engine.report.model import LEAKAGE_WARNING_FRACTION, leakage_warning, tumour_miss_counts
+from engine.report.integrity import LEAKAGE_WARNING_FRACTION, leakage_warning
+from engine.report.model import tumour_miss_counts
 
 HERE = Path(__file__).parent
 FIXTURE = HERE / "fixtures" / "run_fixture"
