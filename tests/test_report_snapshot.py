@@ -36,9 +36,10 @@ from pathlib import Path
 import pytest
 
 from engine.errors import InputError
+from engine.integrity.audit import LEAKAGE_WARN_FRACTION
 from engine.report import TEMPLATES_DIR, build_report, load_results, prepare_report, render_html, render_report
 from engine.report.figures import confusion_facts, training_curves
-from engine.report.integrity import LEAKAGE_WARNING_FRACTION, leakage_warning
+from engine.report.integrity import leakage_warning
 from engine.report.model import tumour_miss_counts
 
 HERE = Path(__file__).parent
@@ -324,7 +325,7 @@ def test_leakage_warning_function():
     assert leakage_warning(6, 100) is not None
     assert leakage_warning(5, 100) is None  # exactly 5 % is not "more than 5 %"
     assert leakage_warning(None, 100) is None and leakage_warning(3, 0) is None
-    assert LEAKAGE_WARNING_FRACTION == 0.05
+    assert LEAKAGE_WARN_FRACTION == 0.05
 
 
 def _summary_rows(html: str) -> list[str]:

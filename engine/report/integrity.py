@@ -7,12 +7,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+# One threshold for the audit's own warning and the report's: both say "more than 5 %".
+from engine.integrity.audit import LEAKAGE_WARN_FRACTION
 from engine.nightly.history import leakage_counts
 from engine.report.values import ImageRef, _count, _listed, _num, _percent, _unreadable_text
 
-
-#: Above this share of leaked test images the report prints a plain-language warning (issue 4).
-LEAKAGE_WARNING_FRACTION = 0.05
 
 
 @dataclass(frozen=True)
@@ -78,7 +77,7 @@ def leakage_warning(leaked: int | None, n_test: int | None) -> str | None:
     if not leaked or not n_test:
         return None
     fraction = leaked / n_test
-    if fraction <= LEAKAGE_WARNING_FRACTION:
+    if fraction <= LEAKAGE_WARN_FRACTION:
         return None
     return (f"Warning: {leaked} of {n_test} test images ({_percent(fraction)}) are copies or near-copies of "
             f"training images. Test metrics on this split partly measure memory, not generalisation; read the "
