@@ -38,9 +38,9 @@ import pytest
 from engine.errors import InputError
 from engine.integrity.audit import LEAKAGE_WARN_FRACTION
 from engine.report import TEMPLATES_DIR, build_report, load_results, prepare_report, render_html, render_report
+from engine.report.ethics import tumour_miss_counts
 from engine.report.figures import confusion_facts, training_curves
 from engine.report.integrity import leakage_warning
-from engine.report.model import tumour_miss_counts
 
 HERE = Path(__file__).parent
 FIXTURE = HERE / "fixtures" / "run_fixture"
