@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 from typing import Any, Sequence
 
 from engine.report.backbone import BackboneSection, _section
+from engine.report.comparisons import ComparisonRow, _comparisons
 from engine.report.ethics import EthicsView, _ethics_view
 from engine.report.figures import FigureRecord
 from engine.report.integrity import IntegrityView, _integrity_view
@@ -27,17 +28,6 @@ from engine.report.values import (Metric, _class_metric, _count, _display, _list
 
 # ------------------------------------------------------------------------------------------------
 # Report sections
-
-
-@dataclass(frozen=True)
-class ComparisonRow:
-    a: str
-    b: str
-    n10: int | None
-    n01: int | None
-    p_value: str
-    p_value_holm: str | None
-    sentence: str
 
 
 @dataclass(frozen=True)
@@ -141,30 +131,6 @@ class Report:
 
 # ------------------------------------------------------------------------------------------------
 # Builders
-
-
-def _comparisons(results: dict, display: dict[str, str]) -> list[ComparisonRow]:
-    rows = []
-    for c in results.get("comparisons") or []:
-        p, holm = _num(c.get("p_value")), _num(c.get("p_value_holm"))
-        rows.append(ComparisonRow(
-            a=display.get(c.get("a"), str(c.get("a"))), b=display.get(c.get("b"), str(c.get("b"))),
-            n10=_count(c.get("n10")), n01=_count(c.get("n01")),
-            p_value=format_p(p), p_value_holm=format_p(holm) if holm is not None else None,
-            sentence=str(c.get("sentence") or ""),
-        ))
-    return rows
-
-
-def format_p(p: float | None) -> str:
-    """'< 0.001', '0.003', '1' -- three decimals, never '0.000' (same rule as engine.evaluation.compare)."""
-    if p is None:
-        return "n/a"
-    if p < 0.001:
-        return "< 0.001"
-    if p >= 0.9995:
-        return "1"
-    return f"{p:.3f}"
 
 
 def _gates(results: dict, display: dict[str, str]) -> GatesView | None:
