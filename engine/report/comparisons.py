@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from engine.evaluation.compare import format_p
 from engine.report.values import _count, _num
 
 
@@ -26,18 +27,8 @@ def _comparisons(results: dict, display: dict[str, str]) -> list[ComparisonRow]:
         rows.append(ComparisonRow(
             a=display.get(c.get("a"), str(c.get("a"))), b=display.get(c.get("b"), str(c.get("b"))),
             n10=_count(c.get("n10")), n01=_count(c.get("n01")),
-            p_value=format_p(p), p_value_holm=format_p(holm) if holm is not None else None,
+            p_value=format_p(p, prefix=False),
+            p_value_holm=format_p(holm, prefix=False) if holm is not None else None,
             sentence=str(c.get("sentence") or ""),
         ))
     return rows
-
-
-def format_p(p: float | None) -> str:
-    """'< 0.001', '0.003', '1' -- three decimals, never '0.000' (same rule as engine.evaluation.compare)."""
-    if p is None:
-        return "n/a"
-    if p < 0.001:
-        return "< 0.001"
-    if p >= 0.9995:
-        return "1"
-    return f"{p:.3f}"
