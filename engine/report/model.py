@@ -19,33 +19,15 @@ from typing import Any, Sequence
 from engine.report.backbone import BackboneSection, _section
 from engine.report.comparisons import ComparisonRow, _comparisons
 from engine.report.ethics import EthicsView, _ethics_view
+from engine.report.external import ExternalView, _external
 from engine.report.integrity import IntegrityView, _integrity_view
 from engine.report.nightly import GatesView, TrendView, _gates, _trend
 from engine.report.summary import SummaryRow, _run_status_warning, _summary_row, best_label, best_sentence
-from engine.report.values import (Metric, _class_metric, _count, _display, _listed, _metric, _num,
-                                  _unreadable_text, format_duration, macro_note)
+from engine.report.values import _count, _display, _listed, _metric, _unreadable_text, format_duration
 
 
 # ------------------------------------------------------------------------------------------------
 # Report sections
-
-
-@dataclass(frozen=True)
-class ExternalRow:
-    display_name: str
-    n_images: int | None
-    accuracy: Metric
-    balanced_accuracy: Metric
-    macro_f1: Metric
-    pointing_game: str | None
-    recall_text: str
-    macro_note: str | None = None
-
-
-@dataclass(frozen=True)
-class ExternalView:
-    data: str
-    rows: list[ExternalRow]
 
 
 @dataclass(frozen=True)
@@ -96,28 +78,6 @@ class Report:
 
 # ------------------------------------------------------------------------------------------------
 # Builders
-
-
-def _external(results: dict, display: dict[str, str], class_names: Sequence[str]) -> list[ExternalView]:
-    views = []
-    for entry in results.get("external") or []:
-        rows = []
-        for b in entry.get("backbones") or []:
-            pg = b.get("pointing_game")
-            pointing = None
-            if isinstance(pg, dict) and pg.get("total"):
-                pointing = f"{pg.get('hits')} of {pg.get('total')} ({_metric(pg.get('rate'), 2).text})"
-            elif _num(pg) is not None:
-                pointing = _metric(pg, 2).text
-            per_class = b.get("per_class") or {}
-            recall = ", ".join(f"{c} {_class_metric(per_class.get(c), 'recall', 2, 'no images').text}"
-                               for c in class_names if c in per_class)
-            rows.append(ExternalRow(display.get(b.get("name"), str(b.get("name"))), _count(b.get("n_images")),
-                                    _metric(b.get("accuracy")), _metric(b.get("balanced_accuracy")),
-                                    _metric(b.get("macro_f1")), pointing, recall or "n/a",
-                                    macro_note(b, class_names, "this data")))
-        views.append(ExternalView(str(entry.get("data", "external data")), rows))
-    return views
 
 
 def _provenance(results: dict, manifest_text: str | None, class_names: Sequence[str]) -> Provenance:
