@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Sequence
+from typing import Any
 
 from engine.report.backbone import BackboneSection, _section
 from engine.report.comparisons import ComparisonRow, _comparisons
@@ -22,31 +22,13 @@ from engine.report.ethics import EthicsView, _ethics_view
 from engine.report.external import ExternalView, _external
 from engine.report.integrity import IntegrityView, _integrity_view
 from engine.report.nightly import GatesView, TrendView, _gates, _trend
+from engine.report.provenance import Provenance, _provenance
 from engine.report.summary import SummaryRow, _run_status_warning, _summary_row, best_label, best_sentence
-from engine.report.values import _count, _display, _listed, _metric, _unreadable_text, format_duration
+from engine.report.values import _display
 
 
 # ------------------------------------------------------------------------------------------------
 # Report sections
-
-
-@dataclass(frozen=True)
-class Provenance:
-    manifest_file: str
-    manifest_text: str | None
-    manifest_sha256: str | None
-    seed: Any
-    run_rows: list[tuple[str, str]]
-    environment_rows: list[tuple[str, str]]
-    packages: list[tuple[str, str]]
-    splits: list[str]
-    class_names: list[str]
-    counts: list[tuple[str, list[int], int]]  # split, per-class counts, total
-    count_totals: list[int]
-    data_rows: list[tuple[str, str]]
-    skipped: list[str]
-    skipped_more: int
-    timing_rows: list[tuple[str, str]]
 
 
 @dataclass
@@ -78,70 +60,6 @@ class Report:
 
 # ------------------------------------------------------------------------------------------------
 # Builders
-
-
-def _provenance(results: dict, manifest_text: str | None, class_names: Sequence[str]) -> Provenance:
-    experiment = results.get("experiment") or {}
-    run = results.get("run") or {}
-    env = results.get("environment") or {}
-    data = results.get("data") or {}
-    counts = data.get("counts") or {}
-    splits = [s for s in ("train", "val", "test") if s in counts] + [s for s in counts if s not in ("train", "val", "test")]
-    count_rows = []
-    for split in splits:
-        per = [_count((counts.get(split) or {}).get(c)) or 0 for c in class_names]
-        count_rows.append((split, per, sum(per)))
-    totals = [sum(row[1][i] for row in count_rows) for i in range(len(class_names))]
-    run_rows = [
-        ("Run id", str(run.get("id", "n/a"))),
-        ("Status", str(run.get("status", "n/a"))),
-        ("Started (UTC)", str(run.get("started_at", "n/a"))),
-        ("Finished (UTC)", str(run.get("finished_at", "n/a"))),
-        ("Wall time", format_duration(run.get("wall_time_s"))),
-        ("Seed", str(experiment.get("seed", "n/a"))),
-        ("Results schema version", str(results.get("schema_version", "n/a"))),
-    ]
-    env_rows = [
-        ("auditrun", str(env.get("auditrun") or "n/a")),
-        ("Git commit", str(env.get("git_commit") or "not recorded (not run from a git checkout)")),
-        ("Python", str(env.get("python") or "n/a")),
-        ("Platform", str(env.get("platform") or "n/a")),
-    ]
-    data_rows = [
-        ("Data root", str(data.get("root", "n/a"))),
-        ("Layout", str(data.get("layout", "n/a"))),
-        ("Validation fraction", _metric(data.get("validation_fraction"), 2).text),
-    ]
-    if data.get("fingerprint"):
-        data_rows.append(("Dataset fingerprint (SHA-256)", str(data["fingerprint"])))
-    skipped, skipped_more = _listed(data.get("skipped"), _unreadable_text)
-    timings = results.get("timings") or {}
-    timing_rows = [(label, format_duration(timings.get(key))) for key, label in
-                   (("data_s", "Data discovery and decoding"), ("integrity_s", "Integrity audit"),
-                    ("shift_s", "Distribution-shift check (decodes the first backbone's images)"),
-                    ("total_s", "Whole run")) if key in timings]
-    for b in results.get("backbones") or []:
-        t = b.get("timings") or {}
-        if t:
-            timing_rows.append((_display(b), f"training {format_duration(t.get('train_s'))}, evaluation "
-                                             f"{format_duration(t.get('evaluate_s'))}"))
-    return Provenance(
-        manifest_file=str(experiment.get("manifest_file") or "manifest.toml"),
-        manifest_text=manifest_text,
-        manifest_sha256=experiment.get("manifest_sha256"),
-        seed=experiment.get("seed"),
-        run_rows=run_rows,
-        environment_rows=env_rows,
-        packages=sorted((str(k), str(v)) for k, v in (env.get("packages") or {}).items()),
-        splits=splits,
-        class_names=list(class_names),
-        counts=count_rows,
-        count_totals=totals,
-        data_rows=data_rows,
-        skipped=skipped,
-        skipped_more=skipped_more,
-        timing_rows=timing_rows,
-    )
 
 
 def build_report(results: dict, *, manifest_text: str | None = None, now: datetime | None = None,
