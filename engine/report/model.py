@@ -1,9 +1,11 @@
-"""The report as one typed object, built from ``results.json`` (Model Card Toolkit style).
+"""The report as one typed object, assembled from ``results.json`` (Model Card Toolkit style).
 
-``build_report`` turns the run's results dict into dataclasses that hold machine values
-(``Metric.value``) apart from their display (``Metric.text``), so the template only lays things
-out and tests can check the numbers without parsing HTML. Nothing here imports TensorFlow or
-reads a model: ``auditrun render`` must work on a run directory whose models were deleted.
+``build_report`` calls one builder per report section (summary, backbone, integrity, ethics,
+comparisons, nightly, external, provenance: a module each beside this one) and gathers the
+warnings shown first. The views hold machine values (``Metric.value``) apart from their display
+(``Metric.text``), so the template only lays things out and tests can check the numbers without
+parsing HTML. Nothing here imports TensorFlow or reads a model: ``auditrun render`` must work on a
+run directory whose models were deleted.
 
 Optional blocks written by later stages (integrity, leakage_free, calibration, uncertainty,
 gradcam, comparisons, gates, trend, external) become ``None`` / empty when absent; the template
@@ -25,10 +27,6 @@ from engine.report.nightly import GatesView, TrendView, _gates, _trend
 from engine.report.provenance import Provenance, _provenance
 from engine.report.summary import SummaryRow, _run_status_warning, _summary_row, best_label, best_sentence
 from engine.report.values import _display
-
-
-# ------------------------------------------------------------------------------------------------
-# Report sections
 
 
 @dataclass
@@ -58,8 +56,31 @@ class Report:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-# ------------------------------------------------------------------------------------------------
-# Builders
+def _warnings(results: dict, summary: list[SummaryRow], failed: list[SummaryRow],
+              integrity: IntegrityView | None, gates: GatesView | None) -> list[str]:
+    """What the reader must see before any number: an unfinished run, data problems, leakage,
+    failed backbones, failed gates (in that order)."""
+    warnings = [w for w in [_run_status_warning(results.get("run") or {})] if w]
+    for text in (results.get("data") or {}).get("warnings") or []:
+        text = str(text).strip()
+        if text:
+            warnings.append("Warning: " + text + ("" if text.endswith(".") else "."))
+    if integrity and integrity.warning:
+        warnings.append(integrity.warning)
+    if failed:
+        warnings.append(f"Backbones that failed and have no results ({len(failed)} of {len(summary)}): "
+                        + ", ".join(r.display_name for r in failed) + ".")
+    if gates and gates.status == "FAIL":
+        warnings.append(f"Regression gates failed ({gates.counts}).")
+    return warnings
+
+
+def _utc(now: datetime | None) -> datetime:
+    """The "generated at" clock in UTC; a naive time is taken to be UTC already."""
+    now = now or datetime.now(timezone.utc)
+    if now.tzinfo is None:
+        now = now.replace(tzinfo=timezone.utc)
+    return now.astimezone(timezone.utc)
 
 
 def build_report(results: dict, *, manifest_text: str | None = None, now: datetime | None = None,
@@ -67,9 +88,7 @@ def build_report(results: dict, *, manifest_text: str | None = None, now: dateti
     """The typed report for one run's ``results.json`` dict. Figures are attached by the caller."""
     if not isinstance(results, dict) or not isinstance(results.get("backbones"), list):
         raise ValueError("results has no 'backbones' list")
-    now = now or datetime.now(timezone.utc)
-    if now.tzinfo is None:
-        now = now.replace(tzinfo=timezone.utc)
+    now = _utc(now)
     experiment = results.get("experiment") or {}
     run = results.get("run") or {}
     class_names = list((results.get("data") or {}).get("class_names") or [])
@@ -81,23 +100,8 @@ def build_report(results: dict, *, manifest_text: str | None = None, now: dateti
     label = best_label(best.get("selected_by"))
     rows = [_summary_row(b, class_names, best_name, label, by_name) for b in backbones]
     failed = [r for r in rows if r.status != "ok"]
-    sections = [_section(b, class_names) for b in backbones if b.get("status") == "ok"]
     integrity = _integrity_view(results, class_names)
-
-    warnings = [w for w in [_run_status_warning(run)] if w]
-    for text in (results.get("data") or {}).get("warnings") or []:
-        text = str(text).strip()
-        if text:
-            warnings.append("Warning: " + text + ("" if text.endswith(".") else "."))
-    if integrity and integrity.warning:
-        warnings.append(integrity.warning)
-    if failed:
-        warnings.append(f"Backbones that failed and have no results ({len(failed)} of {len(rows)}): "
-                        + ", ".join(r.display_name for r in failed) + ".")
     gates = _gates(results, display)
-    if gates and gates.status == "FAIL":
-        warnings.append(f"Regression gates failed ({gates.counts}).")
-    trend = _trend(results, display)
     name = experiment.get("name") or "unnamed experiment"
     return Report(
         title=title or f"Audit report: {name}",
@@ -107,18 +111,18 @@ def build_report(results: dict, *, manifest_text: str | None = None, now: dateti
         description=str(experiment.get("description") or ""),
         run_id=str(run.get("id", "n/a")),
         run_status=str(run.get("status", "n/a")),
-        generated_at=now.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        generated_iso=now.astimezone(timezone.utc).isoformat(timespec="seconds"),
+        generated_at=now.strftime("%Y-%m-%d %H:%M UTC"),
+        generated_iso=now.isoformat(timespec="seconds"),
         class_names=class_names,
         best_sentence=best_sentence(rows, best_name, label),
-        warnings=warnings,
+        warnings=_warnings(results, rows, failed, integrity, gates),
         summary=rows,
         failed=failed,
-        backbones=sections,
+        backbones=[_section(b, class_names) for b in backbones if b.get("status") == "ok"],
         integrity=integrity,
         comparisons=_comparisons(results, display),
         gates=gates,
-        trend=trend,
+        trend=_trend(results, display),
         external=_external(results, display, class_names),
         ethics=_ethics_view(backbones, class_names),
         provenance=_provenance(results, manifest_text, class_names),
