@@ -439,6 +439,27 @@ def test_report_package_does_not_import_tensorflow():
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []
 
 
+def test_report_leaves_the_matplotlib_backend_alone(tmp_path):
+    """Importing the report and drawing its figures (seaborn included) selects no backend for the
+    process: each figure prints on its own Agg canvas, never through matplotlib.use()."""
+    run = tmp_path / "run"
+    shutil.copytree(FIXTURE, run)
+    code = ("import json, matplotlib; from pathlib import Path\n"
+            "backend = lambda: repr(dict.__getitem__(matplotlib.rcParams, 'backend'))\n"
+            "before = backend()\n"
+            "from engine.report import prepare_report\n"
+            "imported = backend()\n"
+            f"prepare_report(Path({str(run)!r}))\n"
+            "print(json.dumps([before, imported, backend()]))\n")
+    env = {k: v for k, v in os.environ.items() if k != "MPLBACKEND"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         cwd=HERE.parent, env=env)
+    assert out.returncode == 0, out.stderr
+    before, imported, drawn = json.loads(out.stdout.strip().splitlines()[-1])
+    assert before == imported == drawn
+    assert len(list((run / "figures").glob("*_confusion*.png"))) == 4  # the seaborn heatmaps were drawn
+
+
 def test_build_report_keeps_values_apart_from_display():
     report = build_report(copy.deepcopy(fixture_results()), now=NOW)
     best = next(r for r in report.summary if r.best)
