@@ -143,7 +143,7 @@ def test_too_few_validation_images_skip_the_fit_and_say_why(tmp_path):
 
     from engine.evaluation.calibration import MIN_VALIDATION_IMAGES
     from engine.report.figures import reliability_diagram
-    from engine.report.model import _calibration_view
+    from engine.report.backbone import _calibration_view
 
     y_val, logits_val = _synthetic_overconfident(MIN_VALIDATION_IMAGES - 1, 4, 2.5, seed=4)
     y_test, logits_test = _synthetic_overconfident(200, 4, 2.5, seed=5)

@@ -56,6 +56,10 @@ def test_format_p():
     assert format_p(0.0034) == "p = 0.003"
     assert format_p(0.27) == "p = 0.270"
     assert format_p(1.0) == "p = 1"
+    assert format_p(None) == "p = n/a" and format_p(float("nan")) == "p = n/a"
+    # the report's table cells: the same rule without the "p ="
+    assert [format_p(p, prefix=False) for p in (2e-9, 0.0034, 0.27, 1.0, None)] == ["< 0.001", "0.003", "0.270", "1",
+                                                                                   "n/a"]
 
 
 def test_pairwise_all_pairs_in_order_with_holm():

@@ -36,9 +36,11 @@ from pathlib import Path
 import pytest
 
 from engine.errors import InputError
+from engine.integrity.audit import LEAKAGE_WARN_FRACTION
 from engine.report import TEMPLATES_DIR, build_report, load_results, prepare_report, render_html, render_report
+from engine.report.ethics import tumour_miss_counts
 from engine.report.figures import confusion_facts, training_curves
-from engine.report.model import LEAKAGE_WARNING_FRACTION, leakage_warning, tumour_miss_counts
+from engine.report.integrity import leakage_warning
 
 HERE = Path(__file__).parent
 FIXTURE = HERE / "fixtures" / "run_fixture"
@@ -323,7 +325,7 @@ def test_leakage_warning_function():
     assert leakage_warning(6, 100) is not None
     assert leakage_warning(5, 100) is None  # exactly 5 % is not "more than 5 %"
     assert leakage_warning(None, 100) is None and leakage_warning(3, 0) is None
-    assert LEAKAGE_WARNING_FRACTION == 0.05
+    assert LEAKAGE_WARN_FRACTION == 0.05
 
 
 def _summary_rows(html: str) -> list[str]:
@@ -435,6 +437,27 @@ def test_report_package_does_not_import_tensorflow():
                          cwd=HERE.parent)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+
+
+def test_report_leaves_the_matplotlib_backend_alone(tmp_path):
+    """Importing the report and drawing its figures (seaborn included) selects no backend for the
+    process: each figure prints on its own Agg canvas, never through matplotlib.use()."""
+    run = tmp_path / "run"
+    shutil.copytree(FIXTURE, run)
+    code = ("import json, matplotlib; from pathlib import Path\n"
+            "backend = lambda: repr(dict.__getitem__(matplotlib.rcParams, 'backend'))\n"
+            "before = backend()\n"
+            "from engine.report import prepare_report\n"
+            "imported = backend()\n"
+            f"prepare_report(Path({str(run)!r}))\n"
+            "print(json.dumps([before, imported, backend()]))\n")
+    env = {k: v for k, v in os.environ.items() if k != "MPLBACKEND"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         cwd=HERE.parent, env=env)
+    assert out.returncode == 0, out.stderr
+    before, imported, drawn = json.loads(out.stdout.strip().splitlines()[-1])
+    assert before == imported == drawn
+    assert len(list((run / "figures").glob("*_confusion*.png"))) == 4  # the seaborn heatmaps were drawn
 
 
 def test_build_report_keeps_values_apart_from_display():

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from engine.report.model import _shift_view
+from engine.report.integrity import _shift_view
 from engine.integrity.shift import MIN_IMAGES, domain_auc, image_descriptors, measure_shift
 
 CLASSES = ["glioma", "meningioma", "no_tumor", "pituitary"]

@@ -15,23 +15,31 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
-from statsmodels.stats.contingency_tables import mcnemar
-from statsmodels.stats.multitest import multipletests
 
 
-def format_p(p: float) -> str:
-    """'p < 0.001', 'p = 0.003', 'p = 0.270', 'p = 1' -- three decimals, never '0.000'."""
-    if p is None or not np.isfinite(p):
-        return "p = n/a"
-    if p < 0.001:
-        return "p < 0.001"
-    if p >= 0.9995:
-        return "p = 1"
-    return f"p = {p:.3f}"
+def format_p(p: float | None, *, prefix: bool = True) -> str:
+    """A p-value to three decimals, never '0.000': 'p < 0.001', 'p = 0.003', 'p = 0.270', 'p = 1'.
+
+    The one rule for p-values, in this module's sentences and in the report (engine.report.comparisons).
+    ``prefix=False`` gives the bare form for a table column headed "p": '< 0.001', '0.003', '1'.
+    None, NaN and infinities are 'n/a' ('p = n/a' with the prefix).
+    """
+    if p is None or not math.isfinite(p):
+        relation, text = "=", "n/a"
+    elif p < 0.001:
+        relation, text = "<", "0.001"
+    elif p >= 0.9995:
+        relation, text = "=", "1"
+    else:
+        relation, text = "=", f"{p:.3f}"
+    if prefix:
+        return f"p {relation} {text}"
+    return text if relation == "=" else f"{relation} {text}"
 
 
 @dataclass(frozen=True)
@@ -124,6 +132,9 @@ def mcnemar_pair(correct_a, correct_b, name_a: str = "A", name_b: str = "B") -> 
     if n10 + n01 == 0:
         p = 1.0  # no discordant image: no evidence either way
     else:
+        # statsmodels loads late: the report imports format_p from here and renders without it
+        from statsmodels.stats.contingency_tables import mcnemar
+
         p = float(mcnemar([[n11, n10], [n01, n00]], exact=True).pvalue)
     return McNemarResult(name_a, name_b, n11, n10, n01, n00, p)
 
@@ -143,6 +154,8 @@ def pairwise_mcnemar(correct: Mapping[str, object], holm: bool = True) -> list[M
         mcnemar_pair(correct[a], correct[b], name_a=a, name_b=b) for a, b in itertools.combinations(names, 2)
     ]
     if holm and len(results) > 1:
+        from statsmodels.stats.multitest import multipletests
+
         adjusted = multipletests([r.p_value for r in results], method="holm")[1]
         results = [
             dataclasses.replace(r, p_value_holm=float(p_adj), n_pairs=len(results))

@@ -7,9 +7,10 @@ reader of the printed caption get the facts without the picture.
 Accessibility choices (DEVELOPERS.md): Okabe-Ito colours, and every line also differs by dash and
 marker so the plots survive grey-scale printing and colour-vision deficiency; viridis for matrices.
 
-Determinism: the object API (``matplotlib.figure.Figure``, never pyplot) keeps no global state,
-a fixed rc context pins fonts and sizes, PNGs are saved at a fixed dpi without the "Software"
-metadata chunk, so the same data gives the same bytes on one matplotlib version.
+Determinism: the object API (``matplotlib.figure.Figure`` printed on its own Agg canvas; never
+pyplot nor ``matplotlib.use``) keeps no global state, so importing or drawing selects no backend
+for the process; a fixed rc context pins fonts and sizes, PNGs are saved at a fixed dpi without
+the "Software" metadata chunk, so the same data gives the same bytes on one matplotlib version.
 """
 
 from __future__ import annotations
@@ -21,13 +22,11 @@ from pathlib import Path
 from typing import Sequence
 
 import matplotlib
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")  # headless: no display on CI or the nightly host
-
-import numpy as np  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-
-from engine.atomic import write_bytes  # noqa: E402
+from engine.atomic import write_bytes
 
 FIGURES_DIR = "figures"
 DPI = 110
@@ -67,6 +66,11 @@ def safe_stem(name: str) -> str:
 
 def _save(fig: Figure, run_dir: Path, filename: str) -> str:
     rel = f"{FIGURES_DIR}/{filename}"
+    # The figure's own Agg canvas prints it headless (no display on CI or the nightly host) without
+    # matplotlib.use(), which would switch the backend for the whole process. It is attached only
+    # now: seaborn draws a figure early when it has a real canvas, which shifts the constrained
+    # layout by a few pixels and would change the PNGs.
+    FigureCanvasAgg(fig)
     buffer = io.BytesIO()
     # metadata Software=None drops the version-stamped tEXt chunk; fixed dpi and no bbox jitter.
     fig.savefig(buffer, format="png", dpi=DPI, metadata={"Software": None})

@@ -1,0 +1,340 @@
+"""One report section per backbone that finished: facts, headline metrics with bootstrap
+intervals and their leakage-free twins, per-class rows, ROC-AUC, calibration and the Grad-CAM
+gallery. Figures are attached afterwards by the renderer (engine.report.prepare_report)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+from engine.report.figures import FigureRecord
+from engine.report.values import (ImageRef, Metric, _anchor, _class_metric, _count, _display, _input_size,
+                                  _interval, _metric, _num, _weights_text, format_duration, macro_classes,
+                                  macro_note)
+
+
+@dataclass(frozen=True)
+class PerClassRow:
+    cls: str
+    precision: Metric
+    recall: Metric
+    f1: Metric
+    support: int | None
+    recall_ci: Metric | None = None
+    lf_precision: Metric | None = None
+    lf_recall: Metric | None = None
+    lf_f1: Metric | None = None
+    lf_support: int | None = None
+
+
+@dataclass(frozen=True)
+class HeadlineRow:
+    """One headline metric with its leakage-free twin and bootstrap intervals when measured."""
+
+    label: str
+    test: Metric
+    leakage_free: Metric | None
+    test_note: str | None = None
+    leakage_free_note: str | None = None
+
+
+@dataclass(frozen=True)
+class GradcamItem:
+    true_class: str
+    predicted_class: str
+    probability: Metric
+    correct: bool
+    description: str
+    images: list[ImageRef]
+
+
+@dataclass(frozen=True)
+class GradcamGallery:
+    layer: str
+    images_per_class: int | None
+    pointing_game: str | None
+    pointing_rate: Metric | None
+    items: list[GradcamItem]
+    #: Why this backbone has no gallery: the explanation stage failed for it (the run went on).
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class CalibrationView:
+    n_bins: int | None
+    temperature: Metric
+    ece_before: Metric
+    ece_after: Metric
+    sentence: str
+
+
+@dataclass
+class BackboneSection:
+    name: str
+    display_name: str
+    anchor: str
+    facts: list[tuple[str, str]]
+    headline: list[HeadlineRow]
+    per_class: list[PerClassRow]
+    has_leakage_free: bool
+    n_test: int | None
+    n_leakage_free: int | None
+    roc_auc: str | None
+    curves: FigureRecord | None = None
+    confusion: FigureRecord | None = None
+    confusion_normalised: FigureRecord | None = None
+    reliability: FigureRecord | None = None
+    calibration: CalibrationView | None = None
+    gradcam: GradcamGallery | None = None
+    uncertainty_note: str | None = None
+    #: stored intervals not shown because they were not computed around the value shown
+    interval_notes: list[str] = field(default_factory=list)
+
+
+def _uncertainty_blocks(backbone: dict) -> tuple[dict | None, dict | None]:
+    """(test, leakage_free) bootstrap blocks, whether nested under test/leakage_free or not."""
+    block = backbone.get("uncertainty")
+    if not isinstance(block, dict):
+        return None, None
+    if "accuracy" in block or "macro_f1" in block:
+        return block, None
+    return block.get("test"), block.get("leakage_free")
+
+
+def _recall_intervals(block: dict | None) -> dict:
+    if not block:
+        return {}
+    return block.get("per_class_recall") or block.get("recall") or {}
+
+
+#: Largest gap between a stored bootstrap value and the point value for the interval to count as
+#: computed around it: results.json rounds metrics to 6 decimals, intervals are stored unrounded.
+_SAME_POINT = 1e-6
+
+
+#: Headline metrics: (results.json key, label, name in a sentence, whether it averages over classes).
+_HEADLINE = (("accuracy", "Accuracy", "accuracy", False),
+             ("balanced_accuracy", "Balanced accuracy", "balanced accuracy", True),
+             ("macro_f1", "Macro-F1", "macro-F1", True), ("weighted_f1", "Weighted F1", "weighted F1", False))
+
+
+def _with_interval(point: Any, boot: Any, classes: list[str], boot_classes: Any) -> tuple[Metric, float | None]:
+    """The point value with the bootstrap interval when that interval was computed around it.
+
+    Returns (metric, the stored bootstrap value when it was not: the report says so instead of
+    showing an interval around another number).
+    """
+    value = _num(point)
+    interval = _interval(boot)
+    if value is None or interval is None or interval.value is None:
+        return _metric(point), None
+    same_classes = not isinstance(boot_classes, list) or [str(c) for c in boot_classes] == classes
+    if abs(interval.value - value) > _SAME_POINT or not same_classes:
+        return _metric(point), interval.value
+    return Metric(value, interval.low, interval.high), None
+
+
+def _headline_rows(backbone: dict, class_names: Sequence[str]) -> tuple[list[HeadlineRow], list[str]]:
+    """Rows of the headline table, and a note per stored interval left out (see _with_interval)."""
+    test = backbone.get("test") or {}
+    free = backbone.get("leakage_free")
+    u_test, u_free = _uncertainty_blocks(backbone)
+    rows, dropped = [], []
+    for key, label, name, is_macro in _HEADLINE:
+        if test.get(key) is None:
+            continue
+        cells = []
+        for block, boot, where in ((test, u_test, "the test split"), (free, u_free, "the leakage-free subset")):
+            if not block:
+                cells.append((None, None))
+                continue
+            metric, other = _with_interval(block.get(key), (boot or {}).get(key), macro_classes(block, class_names),
+                                           (boot or {}).get("classes_in_macro") if is_macro else None)
+            if other is not None:
+                dropped.append(f"The stored bootstrap interval of {name} "
+                               f"on {where} was computed around {other:.3f}, not the {metric.text} shown: results.json "
+                               "from an auditrun that defined the metric differently. It is not shown; rerun the "
+                               "audit for an interval around the value shown.")
+            cells.append((metric, macro_note(block, class_names, "the test split" if block is test else "this subset")
+                           if is_macro else None))
+        (t, t_note), (lf, lf_note) = cells
+        rows.append(HeadlineRow(label, t, lf, t_note, lf_note))
+    return rows, dropped
+
+
+def _per_class_rows(backbone: dict, class_names: Sequence[str]) -> list[PerClassRow]:
+    test = backbone.get("test") or {}
+    free = backbone.get("leakage_free") or {}
+    per_class = test.get("per_class") or {}
+    free_pc = free.get("per_class") or {}
+    u_test, _ = _uncertainty_blocks(backbone)
+    recall_ci = _recall_intervals(u_test)
+    rows = []
+    for cls in class_names:
+        pc = per_class.get(cls) or {}
+        fpc = free_pc.get(cls)
+        recall = _class_metric(pc, "recall")
+        interval, _ = _with_interval(recall.value, recall_ci.get(cls), [], None)
+        rows.append(PerClassRow(
+            cls=cls,
+            precision=_class_metric(pc, "precision"),
+            recall=recall,
+            f1=_class_metric(pc, "f1"),
+            support=_count(pc.get("support")),
+            recall_ci=interval if recall.known else None,
+            lf_precision=_class_metric(fpc, "precision") if fpc is not None else None,
+            lf_recall=_class_metric(fpc, "recall") if fpc is not None else None,
+            lf_f1=_class_metric(fpc, "f1") if fpc is not None else None,
+            lf_support=_count(fpc.get("support")) if fpc is not None else None,
+        ))
+    return rows
+
+
+def _facts(backbone: dict) -> list[tuple[str, str]]:
+    weights = backbone.get("weights") or {}
+    params = backbone.get("parameters") or {}
+    facts = [
+        ("Architecture", str(backbone.get("architecture") or "n/a")
+         + (f" (file {backbone['file']})" if backbone.get("file") else "")),
+        ("Weights", _weights_text(backbone) + (f" — {weights['note']}" if weights.get("note") else "")),
+        ("Input size", _input_size(backbone)),
+        ("Preprocessing", str(backbone.get("preprocessing") or "n/a")),
+    ]
+    if params:
+        total, trainable = params.get("total"), params.get("trainable")
+        facts.append(("Parameters", f"{total:,} total, {trainable:,} trainable"
+                      if isinstance(total, int) and isinstance(trainable, int) else "n/a"))
+    if backbone.get("fine_tuned_from"):
+        facts.append(("Fine-tuned from", str(backbone["fine_tuned_from"])))
+    for stage in backbone.get("stages") or []:
+        text = (f"{stage.get('epochs_run', 'n/a')} epochs run, best epoch {stage.get('best_epoch', 'n/a')}"
+                + (", stopped early" if stage.get("stopped_early") else "")
+                + f", {format_duration(stage.get('time_s'))}")
+        facts.append((f"Stage {stage.get('name', '?')}", text))
+    validation = backbone.get("validation") or {}
+    if validation:
+        facts.append(("Validation", f"accuracy {_metric(validation.get('accuracy')).text}, macro-F1 "
+                                    f"{_metric(validation.get('macro_f1')).text}"))
+    timings = backbone.get("timings") or {}
+    if timings:
+        facts.append(("Time", f"training {format_duration(timings.get('train_s'))}, evaluation "
+                              f"{format_duration(timings.get('evaluate_s'))}, total {format_duration(timings.get('total_s'))}"))
+    return facts
+
+
+def _roc_text(test: dict, class_names: Sequence[str]) -> str | None:
+    roc = test.get("roc_auc") or {}
+    if not roc:
+        return None
+    parts = [f"macro {_metric(roc.get('macro')).text}"]
+    per_class = roc.get("per_class") or {}
+    parts += [f"{c} {_metric(per_class.get(c)).text}" for c in class_names if c in per_class]
+    return "One-vs-rest ROC-AUC: " + ", ".join(parts) + "."
+
+
+def _calibration_view(backbone: dict) -> CalibrationView | None:
+    cal = backbone.get("calibration")
+    if not isinstance(cal, dict):
+        return None
+    before, after, t = _metric(cal.get("ece_before")), _metric(cal.get("ece_after")), _metric(cal.get("temperature"), 2)
+    if cal.get("not_fitted"):
+        sentence = (f"Expected calibration error ({cal.get('n_bins', 'n/a')} bins) on the test split: {before.text}. "
+                    f"Temperature scaling was not fitted: {cal['not_fitted']}.")
+        return CalibrationView(cal.get("n_bins"), t, before, after, sentence)
+    sentence = (f"Expected calibration error ({cal.get('n_bins', 'n/a')} bins) on the test split: {before.text} "
+                f"before and {after.text} after temperature scaling with T = {t.text}, fitted on the validation split.")
+    if cal.get("temperature_at_bound"):
+        sentence += " The fitted temperature sits at the edge of its search range; treat it with care."
+    return CalibrationView(cal.get("n_bins"), t, before, after, sentence)
+
+
+def _gradcam_gallery(backbone: dict) -> GradcamGallery | None:
+    block = backbone.get("gradcam")
+    if not isinstance(block, dict):
+        return None
+    if block.get("error"):
+        return GradcamGallery("n/a", None, None, None, [], error=str(block["error"]))
+    name = _display(backbone)
+    items = []
+    for item in block.get("items") or []:
+        true, pred = item.get("true_class", "?"), item.get("predicted_class", "?")
+        prob = _metric(item.get("probability"), 2)
+        correct = bool(item.get("correct", true == pred))
+        verdict = "correct" if correct else "misclassified"
+        facts = []
+        peak = item.get("peak")
+        if isinstance(peak, (list, tuple)) and len(peak) == 2 and None not in peak:
+            facts.append(f"heatmap peak at {float(peak[0]) * 100:.0f} % from the top and "
+                         f"{float(peak[1]) * 100:.0f} % from the left")
+        else:
+            facts.append("the heatmap is empty (no positive evidence)")
+        if item.get("peak_in_box") is True:
+            facts.append("inside the tumour box")
+        elif item.get("peak_in_box") is False:
+            facts.append("outside the tumour box")
+        area = _num(item.get("top20_area_fraction"))
+        if area is not None:
+            facts.append(f"the top 20 % of the heatmap covers {area * 100:.0f} % of the image")
+        what = f"{true} image predicted {pred} with probability {prob.text} ({verdict})"
+        description = what[0].upper() + what[1:] + "; " + ", ".join(facts) + "."
+        files = item.get("files") or {}
+        images = []
+        for key, label, alt in (
+            ("original", "original", f"Test image of true class {true} ({item.get('image', 'unnamed')})."),
+            ("heatmap", "heatmap", f"Grad-CAM heatmap of {name} for a {what}: " + ", ".join(facts) + "."),
+            ("overlay", "overlay", f"Grad-CAM overlay with contour lines of {name} on the {true} image: "
+                                   + ", ".join(facts) + "."),
+        ):
+            if files.get(key):
+                images.append(ImageRef(str(files[key]), alt, label))
+        items.append(GradcamItem(true, pred, prob, correct, description, images))
+    pg = block.get("pointing_game") or {}
+    pointing, rate = None, None
+    if pg.get("total"):
+        rate = _metric(pg.get("rate"), 2)
+        pointing = (f"Pointing game: the heatmap peak fell inside the tumour box on {pg.get('hits')} of "
+                    f"{pg.get('total')} tumour images (hit rate {rate.text}"
+                    + (f"; a random peak would hit {_num(pg['chance_rate']):.2f}" if _num(pg.get("chance_rate")) is not None else "")
+                    + ").")
+    elif pg:
+        pointing = "Pointing game: no test image in the gallery had a tumour box, so no hit rate was measured."
+    vg = block.get("pointing_game_validation") or {}
+    if pointing and vg.get("total"):
+        pointing += (f" On the validation split's boxed images: {vg.get('hits')} of {vg.get('total')} "
+                     f"(hit rate {_metric(vg.get('rate'), 2).text}).")
+    return GradcamGallery(str(block.get("layer") or "n/a"), block.get("images_per_class"), pointing, rate, items)
+
+
+def _section(backbone: dict, class_names: Sequence[str]) -> BackboneSection:
+    test = backbone.get("test") or {}
+    free = backbone.get("leakage_free")
+    u_test, u_free = _uncertainty_blocks(backbone)
+    note = None
+    if u_test:
+        n = (backbone.get("uncertainty") or {}).get("n_resamples") or u_test.get("n_resamples")
+        conf = u_test.get("confidence") or (backbone.get("uncertainty") or {}).get("confidence") or 0.95
+        note = (f"Intervals are {conf * 100:.0f} % percentile-bootstrap confidence intervals"
+                + (f" over {n:,} resamples" if isinstance(n, int) else "") + " of the test images.")
+        for block, where in ((u_test, "the test split"), (u_free, "the leakage-free subset")):
+            macro = (block or {}).get("macro_f1") or {}
+            kept, total = _count(macro.get("n_resamples_defined")), _count((block or {}).get("n_resamples"))
+            if kept is not None and total and kept < total:
+                note += (f" The macro-F1 interval on {where} rests on {kept:,} of {total:,} resamples: the others "
+                         "drew no image of one of its classes, where macro-F1 over those classes is undefined.")
+    headline, dropped = _headline_rows(backbone, class_names)
+    return BackboneSection(
+        name=backbone["name"],
+        display_name=_display(backbone),
+        anchor=_anchor(backbone["name"]),
+        facts=_facts(backbone),
+        headline=headline,
+        per_class=_per_class_rows(backbone, class_names),
+        has_leakage_free=bool(free),
+        n_test=_count(test.get("n_images")),
+        n_leakage_free=_count(free.get("n_images")) if free else None,
+        roc_auc=_roc_text(test, class_names),
+        calibration=_calibration_view(backbone),
+        gradcam=_gradcam_gallery(backbone),
+        uncertainty_note=note,
+        interval_notes=dropped,
+    )

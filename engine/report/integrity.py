@@ -1,0 +1,193 @@
+"""The data-integrity section: duplicate and leakage counts, the leakage warning, example
+duplicate pairs (thumbnails stored in the run directory), label conflicts, unreadable files and the
+distribution-shift check between leakage-free test images and training images."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+# One threshold for the audit's own warning and the report's: both say "more than 5 %".
+from engine.integrity.audit import LEAKAGE_WARN_FRACTION
+from engine.nightly.history import leakage_counts
+from engine.report.values import ImageRef, _count, _listed, _num, _percent, _unreadable_text
+
+
+
+@dataclass(frozen=True)
+class DuplicatePair:
+    distance: int | None
+    train: ImageRef | None
+    test: ImageRef | None
+    train_path: str
+    test_path: str
+    how: str
+
+
+@dataclass(frozen=True)
+class IntegrityView:
+    rows: list[tuple[str, str]]
+    leaked: int | None
+    n_test: int | None
+    fraction: float | None
+    warning: str | None
+    leakage_free_counts: list[tuple[str, int | None, int | None]]  # class, test images, leakage-free left
+    conflicts: list[str]
+    conflicts_more: int
+    unreadable: list[str]
+    unreadable_more: int
+    pairs: list[DuplicatePair]
+    shift: ShiftView | None = None
+
+
+@dataclass(frozen=True)
+class ShiftRow:
+    cls: str
+    n_test: int | None
+    auc: str
+    n_validation: int | None
+    control_auc: str
+
+
+@dataclass(frozen=True)
+class ShiftView:
+    """engine.integrity.shift's domain-classifier AUCs: leakage-free test vs training, validation as control."""
+    rows: list[ShiftRow]
+    sentence: str
+    method: str
+
+
+def _conflict_text(group: Any) -> str:
+    if isinstance(group, dict):
+        classes = group.get("classes")
+        files = group.get("files") or group.get("paths")
+        parts = []
+        if classes:
+            parts.append("classes " + ", ".join(map(str, classes)))
+        if files:
+            parts.append("files " + ", ".join(str(f.get("path", f)) if isinstance(f, dict) else str(f) for f in files))
+        return "; ".join(parts) or str(group)
+    if isinstance(group, (list, tuple)):
+        return ", ".join(map(str, group))
+    return str(group)
+
+
+def leakage_warning(leaked: int | None, n_test: int | None) -> str | None:
+    """The plain-language warning when more than 5 % of the test split has a twin in training."""
+    if not leaked or not n_test:
+        return None
+    fraction = leaked / n_test
+    if fraction <= LEAKAGE_WARN_FRACTION:
+        return None
+    return (f"Warning: {leaked} of {n_test} test images ({_percent(fraction)}) are copies or near-copies of "
+            f"training images. Test metrics on this split partly measure memory, not generalisation; read the "
+            f"leakage-free figures beside them.")
+
+
+def _duplicate_pair(pair: dict) -> DuplicatePair:
+    """One example test/train twin, its thumbnails' alt text saying how close the copy is."""
+    files = pair.get("files") or {}
+    distance = pair.get("distance")
+    if pair.get("byte_identical"):
+        how = "byte-identical copy"
+    elif pair.get("exact"):
+        how = "pixel-identical copy"
+    elif distance is not None:
+        how = f"near duplicate at perceptual-hash distance {distance}"
+    else:
+        how = "near duplicate"
+    train_path, test_path = str(pair.get("train", "?")), str(pair.get("test", "?"))
+    return DuplicatePair(
+        distance=_count(distance),
+        train=ImageRef(files["train"], f"Training image {train_path}, the twin of test image {test_path} "
+                                       f"({how}).", "training") if files.get("train") else None,
+        test=ImageRef(files["test"], f"Test image {test_path}, a copy of training image {train_path} "
+                                     f"({how}).", "test") if files.get("test") else None,
+        train_path=train_path, test_path=test_path, how=how,
+    )
+
+
+def _integrity_view(results: dict, class_names: Sequence[str]) -> IntegrityView | None:
+    integrity = results.get("integrity")
+    if not isinstance(integrity, dict):
+        return None
+    counts = leakage_counts(results)
+    leaked, n_test = counts if counts else (_count(integrity.get("cross_split_near")), None)
+    fraction = leaked / n_test if leaked is not None and n_test else None
+    rows = [
+        ("Test images byte- or pixel-identical to a training image", integrity.get("cross_split_exact")),
+        ("Test images with a near duplicate in training (exact copies included)", integrity.get("cross_split_near")),
+        ("Share of the test split with a twin in training", None),
+        ("Label conflicts (the same image under two classes)", integrity.get("label_conflicts")),
+        ("Unreadable or non-image files (skipped)", integrity.get("unreadable")),
+    ]
+    for key, value in sorted((integrity.get("counts") or {}).items()):
+        if not isinstance(value, (dict, list)):  # engine.integrity.audit nests counts per split: shown in provenance
+            rows.append((str(key).replace("_", " ").capitalize(), value))
+    for split, within in (integrity.get("within_split") or {}).items():
+        if isinstance(within, dict):
+            rows.append((f"Exact-duplicate groups within {split}", within.get("exact_groups")))
+            rows.append((f"Near-duplicate groups within {split}", within.get("near_groups")))
+    if integrity.get("near_threshold") is not None:
+        rows.append(("Near-duplicate threshold (perceptual-hash distance at most)", integrity["near_threshold"]))
+    shown = []
+    for label, value in rows:
+        if label.startswith("Share"):
+            shown.append((label, _percent(fraction) if fraction is not None else "n/a"))
+        elif value is not None:
+            shown.append((label, str(_count(value))))
+    test_counts = ((results.get("data") or {}).get("counts") or {}).get("test") or {}
+    lf_counts = integrity.get("leakage_free_test_counts") or {}
+    lf_rows = [(c, _count(test_counts.get(c)), _count(lf_counts.get(c))) for c in class_names] if lf_counts else []
+    conflicts, conflicts_more = _listed(integrity.get("label_conflicts"), _conflict_text)
+    unreadable, unreadable_more = _listed(integrity.get("unreadable"), _unreadable_text)
+    pairs = [_duplicate_pair(pair) for pair in integrity.get("example_pairs") or []]
+    return IntegrityView(shown, leaked, n_test, fraction, leakage_warning(leaked, n_test), lf_rows,
+                         conflicts, conflicts_more, unreadable, unreadable_more, pairs,
+                         _shift_view(integrity.get("shift"), class_names))
+
+
+#: Domain AUC from which the report calls a class's leakage-free test images clearly unlike its
+#: training images (0.8: the conventional threshold of "good" discrimination).
+SHIFTED_AUC = 0.8
+
+
+def _shift_view(block: Any, class_names: Sequence[str]) -> ShiftView | None:
+    if not isinstance(block, dict) or not isinstance(block.get("per_class"), dict):
+        return None
+    per_class = block["per_class"]
+    min_images = _count(block.get("min_images"))
+    too_few = f"n/a (fewer than {min_images} images)" if min_images else "n/a"
+    rows, measured, controls = [], [], []
+    for cls in class_names:
+        entry = per_class.get(cls)
+        if not isinstance(entry, dict):
+            continue
+        auc, control = _num(entry.get("auc")), _num(entry.get("control_auc"))
+        n_test = _count(entry.get("n_test"))
+        rows.append(ShiftRow(cls, n_test, f"{auc:.2f}" if auc is not None else too_few,
+                             _count(entry.get("n_validation")), f"{control:.2f}" if control is not None else too_few))
+        if auc is not None:
+            measured.append((cls, auc, n_test))
+        if control is not None:
+            controls.append(control)
+    if not rows:
+        return None
+    control_text = (f"validation images, drawn from the training folder, score {min(controls):.2f}–{max(controls):.2f}"
+                    if controls else "no validation control could be measured")
+    shifted = [(c, a, n) for c, a, n in measured if a >= SHIFTED_AUC]
+    if not measured:
+        sentence = (f"No class has {min_images or 'enough'} or more leakage-free test images, so the distance between "
+                    "test and training images was not measured.")
+    elif shifted:
+        listed = ", ".join(f"{a:.2f} for {c} ({n} images)" for c, a, n in shifted)
+        sentence = (f"The leakage-free test images are not like the training images of their class: a classifier on "
+                    f"simple image descriptors tells them apart with ROC AUC {listed}, where 0.5 would mean "
+                    f"indistinguishable; {control_text}. Validation cannot see this shift, so validation figures do "
+                    "not predict the leakage-free ones; data from another source is the check that can.")
+    else:
+        top = max(measured, key=lambda t: t[1])
+        sentence = (f"A classifier on simple image descriptors tells leakage-free test images from training images of "
+                    f"their class with ROC AUC at most {top[1]:.2f} ({top[0]}), where 0.5 would mean "
+                    f"indistinguishable; {control_text}. No large shift in brightness, contrast or framing was found.")
+    return ShiftView(rows, sentence, str(block.get("method") or "domain classifier"))

@@ -1,0 +1,113 @@
+"""The report's opening: the summary table (one row per backbone, the best one marked in words),
+the sentence naming the best backbone, and the warning when the run did not reach its end."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+from engine.report.values import (Metric, _class_metric, _display, _input_size, _metric, _num, _weights_text,
+                                  format_duration, macro_note)
+
+
+@dataclass(frozen=True)
+class SummaryRow:
+    name: str
+    display_name: str
+    status: str
+    error: str | None
+    best: bool
+    best_label: str
+    validation_macro_f1: Metric
+    accuracy: Metric
+    accuracy_lf: Metric | None
+    macro_f1: Metric
+    macro_f1_lf: Metric | None
+    per_class_f1: list[Metric]
+    weights: str
+    input_size: str
+    training_time: str
+    baseline_note: str | None
+    #: which classes macro-F1 averaged, where one is absent (see macro_note); None when all are in
+    macro_note: str | None = None
+    macro_note_lf: str | None = None
+
+
+def _run_status_warning(run: dict) -> str | None:
+    """First thing a reader sees when the run did not reach its end."""
+    status, error = run.get("status"), run.get("error")
+    because = f" ({error})" if error else ""
+    if status == "failed":
+        return f"This run failed and did not finish{because}. Every section below is incomplete."
+    if status == "interrupted":
+        command = run.get("resume_command")
+        return (f"This run was interrupted{because} and did not finish; every section below is incomplete."
+                + (f" Continue it with: {command}" if command else ""))
+    if status == "running":
+        return "This run had not finished when this report was rendered; every section below is incomplete."
+    return None
+
+
+def _training_seconds(backbone: dict) -> float | None:
+    timings = backbone.get("timings") or {}
+    if _num(timings.get("train_s")) is not None:
+        return _num(timings["train_s"])
+    stages = backbone.get("stages") or []
+    times = [_num(s.get("time_s")) for s in stages]
+    return sum(t for t in times if t is not None) if stages else None
+
+
+def best_label(selected_by: str | None) -> str:
+    """'best (validation macro-F1)': the words that mark the best row, never colour alone."""
+    basis = (selected_by or "validation macro_f1").replace("macro_f1", "macro-F1").replace("_", " ")
+    return f"best ({basis})"
+
+
+def _summary_row(backbone: dict, class_names: Sequence[str], best_name: str | None, label: str,
+                 by_name: dict[str, dict]) -> SummaryRow:
+    ok = backbone.get("status") == "ok"
+    test = (backbone.get("test") or {}) if ok else {}
+    free = backbone.get("leakage_free") if ok else None
+    per_class = test.get("per_class") or {}
+    baseline_note = None
+    parent = by_name.get(backbone.get("fine_tuned_from") or "")
+    if ok and parent and parent.get("status") == "ok":
+        mine, theirs = _num(test.get("macro_f1")), _num((parent.get("test") or {}).get("macro_f1"))
+        if mine is not None and theirs is not None:
+            diff = mine - theirs
+            word = "gain" if diff > 0 else "loss" if diff < 0 else "no change"
+            baseline_note = (f"{word} of {abs(diff):.3f} test macro-F1 against the frozen baseline {_display(parent)}"
+                             if diff else f"same test macro-F1 as the frozen baseline {_display(parent)}")
+    return SummaryRow(
+        name=backbone["name"],
+        display_name=_display(backbone),
+        status=backbone.get("status") or "unknown",
+        error=backbone.get("error"),
+        best=backbone["name"] == best_name,
+        best_label=label,
+        validation_macro_f1=_metric((backbone.get("validation") or {}).get("macro_f1")),
+        accuracy=_metric(test.get("accuracy")),
+        accuracy_lf=_metric(free.get("accuracy")) if free else None,
+        macro_f1=_metric(test.get("macro_f1")),
+        macro_f1_lf=_metric(free.get("macro_f1")) if free else None,
+        per_class_f1=[_class_metric(per_class.get(c), "f1") for c in class_names],
+        weights=_weights_text(backbone),
+        input_size=_input_size(backbone),
+        training_time=format_duration(_training_seconds(backbone)) if ok else "n/a",
+        baseline_note=baseline_note,
+        macro_note=macro_note(test, class_names, "the test split") if ok else None,
+        macro_note_lf=macro_note(free, class_names) if free else None,
+    )
+
+
+def best_sentence(rows: Sequence[SummaryRow], best_name: str | None, label: str) -> str | None:
+    """'The best backbone, chosen by validation macro-F1, is ...', with its test (and leakage-free) figures."""
+    if not best_name:
+        return None
+    row = next(r for r in rows if r.name == best_name)
+    return (f"The best backbone, chosen by {label[6:-1]}, is {row.display_name}: test accuracy "
+            f"{row.accuracy.text}, macro-F1 {row.macro_f1.text}"
+            + (f" ({row.macro_note})" if row.macro_note else "")
+            + (f" (leakage-free: accuracy {row.accuracy_lf.text}, macro-F1 {row.macro_f1_lf.text}"
+               + (f" over {row.macro_note_lf}" if row.macro_note_lf else "") + ")"
+               if row.macro_f1_lf else "") + ".")
