@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import importlib.resources
 import json
+import math
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -70,6 +71,18 @@ class BackboneResult:
         if kwargs.get("weights"):
             kwargs["weights"] = WeightsInfo(**kwargs["weights"])
         return cls(**kwargs, extra={k: v for k, v in d.items() if k not in known})
+
+
+def number(value: Any) -> float | None:
+    """A metric value read from results.json as a float; None for a missing, boolean, non-numeric
+    or NaN value (a value that was not measured must not pass for a number)."""
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(out) else out
 
 
 def read_results(run_dir: Path) -> dict:

@@ -30,13 +30,13 @@ evaluated", never PASS (nothing was shown) nor FAIL (nothing was missed).
 from __future__ import annotations
 
 import dataclasses
-import math
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from typing import Literal, Sequence
 
 from engine.errors import InputError
 from engine.nightly.history import leakage_counts, record_metric
+from engine.results import number as _num
 
 GATE_FAMILIES = ("all_backbones_finished", "min_accuracy", "min_macro_f1", "min_recall", "max_macro_f1_drop",
                  "max_leakage_fraction")
@@ -122,16 +122,6 @@ class GateResult:
 
 # ------------------------------------------------------------------------------------------------
 # Evaluation
-
-
-def _num(value) -> float | None:
-    if value is None or isinstance(value, bool):
-        return None
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        return None
-    return None if math.isnan(value) else value
 
 
 def _targets(results: dict, config: GatesConfig) -> list[tuple[str | None, dict | None, str]]:

@@ -7,9 +7,10 @@ wherever the report shows it.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Sequence
+
+from engine.results import number as _num
 
 #: At most this many file names are listed in the provenance / integrity tables (the rest counted).
 MAX_LISTED = 20
@@ -48,16 +49,6 @@ class ImageRef:
     path: str
     alt: str
     label: str = ""
-
-
-def _num(value: Any) -> float | None:
-    if value is None or isinstance(value, bool):
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return None if math.isnan(number) else number
 
 
 def _metric(value: Any, digits: int = 3) -> Metric:
