@@ -196,27 +196,34 @@ def _matrix(block: dict, class_names: Sequence[str]) -> np.ndarray | None:
     return arr
 
 
+def _confusion_heatmap(values: np.ndarray, class_names: Sequence[str], run_dir: Path, filename: str, title: str,
+                       cbar_label: str, **heatmap_kw) -> str:
+    """One annotated viridis heatmap of a confusion matrix (true class by row), saved as a PNG."""
+    import seaborn as sns  # imported lazily: seaborn pulls pandas, slow for callers that only build models
+
+    with matplotlib.rc_context(_RC):
+        fig = _new_figure(4.6, 3.9)
+        ax = fig.subplots()
+        sns.heatmap(values, annot=True, cmap="viridis", cbar=True, square=True, ax=ax, xticklabels=class_names,
+                    yticklabels=class_names, linewidths=0.5, linecolor="white", cbar_kws={"label": cbar_label},
+                    **heatmap_kw)
+        ax.set_xlabel("predicted class")
+        ax.set_ylabel("true class")
+        ax.set_title(title)
+        ax.tick_params(axis="x", rotation=30)
+        ax.tick_params(axis="y", rotation=0)
+        return _save(fig, run_dir, filename)
+
+
 def confusion_matrix_counts(backbone: dict, class_names: Sequence[str], run_dir: Path,
                             split: str = "test") -> FigureRecord | None:
     """Counts per (true, predicted) cell, annotated, viridis."""
-    import seaborn as sns  # imported lazily: seaborn pulls pandas, slow for callers that only build models
-
     cm = _matrix(backbone.get(split) or {}, class_names)
     if cm is None:
         return None
     name = backbone.get("display_name") or backbone["name"]
-    with matplotlib.rc_context(_RC):
-        fig = _new_figure(4.6, 3.9)
-        ax = fig.subplots()
-        sns.heatmap(cm, annot=True, fmt="d", cmap="viridis", cbar=True, square=True, ax=ax,
-                    xticklabels=class_names, yticklabels=class_names, linewidths=0.5, linecolor="white",
-                    cbar_kws={"label": "images"})
-        ax.set_xlabel("predicted class")
-        ax.set_ylabel("true class")
-        ax.set_title("Counts")
-        ax.tick_params(axis="x", rotation=30)
-        ax.tick_params(axis="y", rotation=0)
-        rel = _save(fig, run_dir, f"{safe_stem(backbone['name'])}_{split}_confusion.png")
+    rel = _confusion_heatmap(cm, class_names, run_dir, f"{safe_stem(backbone['name'])}_{split}_confusion.png",
+                             "Counts", "images", fmt="d")
     correct, total = int(np.trace(cm)), int(cm.sum())
     clauses = confusion_facts(cm, class_names)
     alt = f"Confusion matrix for {name}: " + "; ".join(clauses) + f". Overall {correct} of {total} correct."
@@ -229,8 +236,6 @@ def confusion_matrix_counts(backbone: dict, class_names: Sequence[str], run_dir:
 def confusion_matrix_normalised(backbone: dict, class_names: Sequence[str], run_dir: Path,
                                 split: str = "test") -> FigureRecord | None:
     """Each row divided by its total (per-class recall on the diagonal), viridis 0..1."""
-    import seaborn as sns
-
     cm = _matrix(backbone.get(split) or {}, class_names)
     if cm is None:
         return None
@@ -238,18 +243,9 @@ def confusion_matrix_normalised(backbone: dict, class_names: Sequence[str], run_
     totals = cm.sum(axis=1, keepdims=True)
     with np.errstate(invalid="ignore", divide="ignore"):
         norm = np.where(totals > 0, cm / np.maximum(totals, 1), np.nan)
-    with matplotlib.rc_context(_RC):
-        fig = _new_figure(4.6, 3.9)
-        ax = fig.subplots()
-        sns.heatmap(norm, annot=True, fmt=".2f", cmap="viridis", vmin=0.0, vmax=1.0, cbar=True, square=True,
-                    ax=ax, xticklabels=class_names, yticklabels=class_names, linewidths=0.5, linecolor="white",
-                    cbar_kws={"label": "share of the true class"})
-        ax.set_xlabel("predicted class")
-        ax.set_ylabel("true class")
-        ax.set_title("Share of each true class")
-        ax.tick_params(axis="x", rotation=30)
-        ax.tick_params(axis="y", rotation=0)
-        rel = _save(fig, run_dir, f"{safe_stem(backbone['name'])}_{split}_confusion_normalised.png")
+    rel = _confusion_heatmap(norm, class_names, run_dir,
+                             f"{safe_stem(backbone['name'])}_{split}_confusion_normalised.png",
+                             "Share of each true class", "share of the true class", fmt=".2f", vmin=0.0, vmax=1.0)
     recalls = [f"{cls} {_f(norm[i, i])}" for i, cls in enumerate(class_names)]
     off = np.where(np.eye(len(class_names), dtype=bool), -1.0, np.nan_to_num(norm, nan=-1.0))
     i, j = np.unravel_index(int(np.argmax(off)), off.shape)
