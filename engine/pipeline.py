@@ -54,6 +54,9 @@ class RunContext:
     dataset: data_mod.Dataset | None = None
     cache: data_mod.ImageCache | None = None
     leaked_test: set[Path] = field(default_factory=set)
+    #: Every backbone's typed results, in the order they ran; stages set their blocks on these and
+    #: save() serialises them (BackboneResult.to_dict) into results.json's "backbones".
+    backbones: list[BackboneResult] = field(default_factory=list)
     # per backbone name: arrays the later stages (explain, calibration, comparisons) need
     outputs: dict[str, dict] = field(default_factory=dict)
     #: perf_counter() when this process started the run, and seconds an interrupted run had already
@@ -74,9 +77,14 @@ class RunContext:
             return None
         return np.array([r.path not in self.leaked_test for r in self.dataset.test])
 
+    def finished(self) -> list[BackboneResult]:
+        return [b for b in self.backbones if b.status == "ok"]
+
     def save(self) -> None:
         if "run" in self.results:
             self.results["run"]["active_s"] = round(self.active_s(), 1)
+        if "backbones" in self.results:
+            self.results["backbones"] = [b.to_dict() for b in self.backbones]
         write_results(self.run_dir, self.results)
 
 
@@ -224,10 +232,9 @@ def _evaluate_and_store(ctx: RunContext, res: BackboneResult, model, size: int) 
         res.test = classification_metrics(y_te, p_te, ds.class_names).to_dict()
         lf = classification_metrics(y_te[keep], p_te[keep], ds.class_names).to_dict() \
             if keep is not None and keep.any() else None
-    if keep is not None:
-        if lf is not None:
-            lf["fraction_of_test"] = round(float(keep.mean()), 6)
-        res.extra["leakage_free"] = lf
+    if lf is not None:
+        lf["fraction_of_test"] = round(float(keep.mean()), 6)
+    res.leakage_free = lf
     files = prediction_files(slug(res.name))
     write_predictions(ctx.run_dir / files["test"], ds.test, y_te, p_te, ds.class_names, ds.root)
     # validation predictions let later stages (temperature scaling) run on a resumed/reused run
@@ -325,16 +332,15 @@ def fine_tune_entry(ctx: RunContext, cfg, frozen: BackboneResult, model, ft) -> 
     return res
 
 
-def fine_tune_saved(ctx: RunContext, cfg, frozen_entry: dict, ft) -> BackboneResult:
-    """Fine-tune a frozen entry's saved model (the study's "fine-tune the best" step)."""
+def fine_tune_saved(ctx: RunContext, cfg, frozen: BackboneResult, ft) -> BackboneResult:
+    """Fine-tune a frozen backbone's saved model (the study's "fine-tune the best" step)."""
     import keras
 
     from engine.training.backbones import load_saved_model
 
-    frozen = BackboneResult.from_dict(frozen_entry)
     try:
         keras.utils.set_random_seed(ctx.manifest.experiment.seed)
-        model = load_saved_model(ctx.run_dir / frozen_entry["artifacts"]["model"])
+        model = load_saved_model(ctx.run_dir / frozen.artifacts["model"])
     except Exception as exc:  # noqa: BLE001
         res = BackboneResult(name=f"{frozen.name}_ft", display_name=f"{frozen.display_name} (fine-tuned)",
                              architecture=frozen.architecture, source=frozen.source, file=frozen.file,
@@ -523,32 +529,31 @@ def _run_stages(ctx: RunContext, exp_dir: Path, manifest_sha: str, previous: dic
             continue
         with Timer(echo, f"backbone {cfg.name}"):
             entries = train_backbone(ctx, cfg)
-        results["backbones"] += [e.to_dict() for e in entries]
+        ctx.backbones += entries
         ctx.save()
 
     from engine.evaluation.selection import select_best
 
     ft_best = m.training.fine_tune_best
     if ft_best is not None:
-        frozen = [e for e in results["backbones"] if not e.get("fine_tuned_from")]
+        frozen = [b for b in ctx.backbones if not b.fine_tuned_from]
         best = select_best(frozen)
-        if best is not None and not any(e.get("fine_tuned_from") == best["name"] for e in results["backbones"]):
+        if best is not None and not any(b.fine_tuned_from == best["name"] for b in ctx.backbones):
             twin = f"{best['name']}_ft"
             if twin in done and (source_dir / done[twin]["artifacts"]["model"]).is_file():
                 _adopt(ctx, done[twin], source_dir)
             else:
                 cfg = next(c for c in m.backbones if c.name == best["name"])
-                frozen_entry = next(e for e in frozen if e["name"] == best["name"])
+                frozen_best = next(b for b in frozen if b.name == best["name"])
                 echo(f"fine-tuning the best backbone on validation: {cfg.name}")
                 with Timer(echo, f"fine-tune {cfg.name}"):
-                    entry = fine_tune_saved(ctx, cfg, frozen_entry, ft_best)
-                results["backbones"].append(entry.to_dict())
+                    ctx.backbones.append(fine_tune_saved(ctx, cfg, frozen_best, ft_best))
             ctx.save()
 
-    results["best_backbone"] = select_best(results["backbones"])
+    results["best_backbone"] = select_best(ctx.backbones)
     run_post_stages(ctx)
-    ok = [e for e in results["backbones"] if e["status"] == "ok"]
-    results["run"]["status"] = "ok" if len(ok) == len(results["backbones"]) else ("partial" if ok else "failed")
+    ok = ctx.finished()
+    results["run"]["status"] = "ok" if len(ok) == len(ctx.backbones) else ("partial" if ok else "failed")
     results["run"]["finished_at"] = now().isoformat(timespec="seconds")
     # On --resume: the interrupted part (up to its last save) plus this one.
     results["run"]["wall_time_s"] = round(ctx.active_s(), 1)
@@ -574,9 +579,9 @@ def _adopt(ctx: RunContext, entry: dict, source_dir: Path) -> None:
     """Take a finished entry (and its files) from an interrupted or reused run."""
     from engine.nightly.reuse import adopt_entry
 
-    entry = adopt_entry(entry, source_dir, ctx.run_dir)
-    ctx.results["backbones"].append(entry)
-    restore_outputs(ctx, entry)
+    res = BackboneResult.from_dict(adopt_entry(entry, source_dir, ctx.run_dir))
+    ctx.backbones.append(res)
+    restore_outputs(ctx, res)
 
 
 def finish_run(ctx: RunContext, exp_dir: Path) -> list:
@@ -619,15 +624,15 @@ def render_stage(ctx: RunContext) -> None:
         ctx.echo(f"report: {path}")
 
 
-def restore_outputs(ctx: RunContext, entry: dict) -> None:
+def restore_outputs(ctx: RunContext, res: BackboneResult) -> None:
     """Rebuild in-memory probabilities for a backbone finished by an earlier run."""
     from engine.evaluation.predictions import read_probabilities, validation_file
 
-    test_csv = entry["artifacts"]["predictions"]
-    ctx.outputs[entry["name"]] = {
+    test_csv = res.artifacts["predictions"]
+    ctx.outputs[res.name] = {
         "val_probs": read_probabilities(ctx.run_dir / validation_file(test_csv), ctx.class_names),
         "test_probs": read_probabilities(ctx.run_dir / test_csv, ctx.class_names),
-        "size": entry["input_size"][0],
+        "size": res.input_size,
     }
 
 
@@ -642,12 +647,12 @@ def run_post_stages(ctx: RunContext) -> None:
     ev = m.evaluation
     y_val, y_te = ds.labels("val"), ds.labels("test")
     keep = ctx.leakage_free_mask()
-    ok = [e for e in results["backbones"] if e["status"] == "ok" and e["name"] in ctx.outputs]
+    ok = [b for b in ctx.finished() if b.name in ctx.outputs]
     with Timer(ctx.echo, "calibration and confidence intervals", results["timings"], "statistics_s"):
-        for entry in ok:
-            out = ctx.outputs[entry["name"]]
+        for res in ok:
+            out = ctx.outputs[res.name]
             if ev.temperature_scaling and out["val_probs"] is not None:
-                entry["calibration"] = calibrate(y_val, out["val_probs"], y_te, out["test_probs"],
+                res.calibration = calibrate(y_val, out["val_probs"], y_te, out["test_probs"],
                                                  ev.ece_bins).to_dict()
             if ev.bootstrap_resamples:
                 pred = out["test_probs"].argmax(1)
@@ -659,9 +664,9 @@ def run_post_stages(ctx: RunContext) -> None:
                         unc["leakage_free"] = bootstrap_summary(y_te[keep], pred[keep], ds.class_names,
                                                                 ev.bootstrap_resamples, seed=m.experiment.seed,
                                                                 confidence=ev.confidence)
-                entry["uncertainty"] = unc
+                res.uncertainty = unc
         if len(ok) >= 2:
-            correct = {e["name"]: ctx.outputs[e["name"]]["test_probs"].argmax(1) == y_te for e in ok}
+            correct = {b.name: ctx.outputs[b.name]["test_probs"].argmax(1) == y_te for b in ok}
             results["comparisons"] = [r.to_dict() for r in pairwise_mcnemar(correct)]
             if keep is not None and keep.sum() > 0:
                 results["comparisons_leakage_free"] = [
@@ -671,35 +676,35 @@ def run_post_stages(ctx: RunContext) -> None:
         explain_stage(ctx, ok)
 
 
-def explain_stage(ctx: RunContext, entries: list[dict]) -> None:
+def explain_stage(ctx: RunContext, entries: list[BackboneResult]) -> None:
     """Grad-CAM galleries and the pointing game, per backbone, from the saved models."""
     from engine.explain.gallery import explain_backbone, pointing_game_on
     from engine.training.backbones import load_saved_model
 
     m, ds = ctx.manifest, ctx.dataset
     layers = {c.name: c.gradcam_layer for c in m.backbones}
-    for entry in entries:
-        with Timer(ctx.echo, f"Grad-CAM {entry['name']}"):
+    for res in entries:
+        with Timer(ctx.echo, f"Grad-CAM {res.name}"):
             try:
-                model = load_saved_model(ctx.run_dir / entry["artifacts"]["model"])
-                size = entry["input_size"][0]
-                out = ctx.outputs[entry["name"]]
-                layer = m.gradcam.layer or layers.get(entry.get("fine_tuned_from") or entry["name"])
-                entry["gradcam"] = explain_backbone(
+                model = load_saved_model(ctx.run_dir / res.artifacts["model"])
+                size = res.input_size
+                out = ctx.outputs[res.name]
+                layer = m.gradcam.layer or layers.get(res.fine_tuned_from or res.name)
+                res.gradcam = explain_backbone(
                     model, ctx.cache.load(ds.test, size, "test"), ds.labels("test"), out["test_probs"],
-                    [str(r.path) for r in ds.test], ds.class_names, ctx.run_dir / "gradcam" / slug(entry["name"]),
+                    [str(r.path) for r in ds.test], ds.class_names, ctx.run_dir / "gradcam" / slug(res.name),
                     m.gradcam.images_per_class, m.experiment.seed, layer=layer, data_root=ds.root,
                     run_dir=ctx.run_dir, pointing_max_images=m.gradcam.max_pointing_images)
                 # Boxed validation images score the explanation without the test split, so Grad-CAM
                 # settings (layer, input size) can be tuned on them.
                 val_game = pointing_game_on(
                     model, ctx.cache.load(ds.val, size, "validation"), ds.labels("val"), [str(r.path) for r in ds.val],
-                    ds.class_names, m.experiment.seed, layer=entry["gradcam"]["layer"],
+                    ds.class_names, m.experiment.seed, layer=res.gradcam["layer"],
                     max_images=m.gradcam.max_pointing_images) if ds.val else None
                 if val_game is not None:
-                    entry["gradcam"]["pointing_game_validation"] = val_game
+                    res.gradcam["pointing_game_validation"] = val_game
             except Exception as exc:  # noqa: BLE001 - one failed explanation must not lose the report
-                message = failure_message(ctx, exc, f"gradcam-{entry['name']}")
-                entry["gradcam"] = {"error": message}
-                ctx.echo(f"error: Grad-CAM for {entry['name']}: {message}")
+                message = failure_message(ctx, exc, f"gradcam-{res.name}")
+                res.gradcam = {"error": message}
+                ctx.echo(f"error: Grad-CAM for {res.name}: {message}")
         ctx.save()

@@ -33,6 +33,10 @@ class WeightsInfo:
     note: str
 
 
+#: BackboneResult blocks that results.json holds only when a stage measured them.
+OPTIONAL_BLOCKS = ("leakage_free", "calibration", "uncertainty", "gradcam")
+
+
 @dataclass
 class BackboneResult:
     name: str
@@ -53,11 +57,23 @@ class BackboneResult:
     test: dict | None = None
     timings: dict = field(default_factory=dict)
     artifacts: dict = field(default_factory=dict)
+    #: Blocks later stages add, each set by its own stage on this object (None: not measured,
+    #: and absent from results.json): the leakage-free twin of ``test`` (evaluation), ``calibration``
+    #: and ``uncertainty`` (statistics), ``gradcam`` (explain).
+    leakage_free: dict | None = None
+    calibration: dict | None = None
+    uncertainty: dict | None = None
+    gradcam: dict | None = None
+    #: Keys of a results.json entry this auditrun does not know (a newer writer's), kept on a round trip.
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
+        """The entry as results.json holds it: the one serializer of a backbone's results."""
         d = asdict(self)
         d.pop("extra")
+        for key in OPTIONAL_BLOCKS:
+            if d[key] is None:
+                d.pop(key)
         d["input_size"] = [self.input_size, self.input_size]
         d.update(self.extra)
         return d
