@@ -49,7 +49,7 @@ def _gates(results: dict, display: dict[str, str]) -> GatesView | None:
     block = results.get("gates")
     if block is None:
         return None
-    gates = block.get("gates", []) if isinstance(block, dict) else list(block)
+    gates = block.get("gates", [])  # the schema's one shape: {"summary": ..., "gates": [...]}
     rows = [GateRow(
         name=str(g.get("name")), backbone=display.get(g.get("backbone"), g.get("backbone") or "whole run"),
         status=str(g.get("status")), value=_metric(g.get("value")).text, threshold=_metric(g.get("threshold")).text,
