@@ -201,6 +201,26 @@ class ReportConfig:
 
 
 from engine.nightly.gates import GatesConfig  # noqa: E402 - the gates stage owns its section
+from engine.evaluation.subgroups import (  # noqa: E402 - the evaluation stage owns the definitions
+    DEFAULT_AGE_BANDS,
+    DEFAULT_MIN_N,
+    SUBGROUP_ATTRIBUTES,
+    age_bands_problem,
+)
+
+
+@dataclass
+class SubgroupsConfig:
+    """Performance by subgroup of the test images (engine.evaluation.subgroups); off while ``by`` is empty.
+
+    by: attributes to split by, from SUBGROUP_ATTRIBUTES (site, scanner, sex, age_band).
+    age_bands: edges of the age bands in years, e.g. [0, 40, 60, 200] -> <40, 40-59, 60+.
+    min_n: groups with fewer test images are pooled into "other".
+    """
+
+    by: list[str] = field(default_factory=list)
+    age_bands: list[int] = field(default_factory=lambda: list(DEFAULT_AGE_BANDS))
+    min_n: int = DEFAULT_MIN_N
 
 
 @dataclass
@@ -214,6 +234,7 @@ class Manifest:
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
     gates: GatesConfig = field(default_factory=GatesConfig)
+    subgroups: SubgroupsConfig = field(default_factory=SubgroupsConfig)
     #: Where the manifest was read from (not a TOML key).
     path: Path | None = None
     text: str = ""
@@ -342,6 +363,7 @@ def _check_ranges(m: Manifest) -> None:
     _check_names(m)
     _check_fine_tunes(m)
     _check_backbones(m.backbones)
+    _check_subgroups(m.subgroups)
 
 
 def _check_numbers(m: Manifest) -> None:
@@ -387,6 +409,16 @@ def _check_names(m: Manifest) -> None:
               f"maps to {target!r}, which is not in data.classes {classes}")
     for cls in m.gates.min_recall:
         _need(cls in classes, _dotted("gates.min_recall", cls), f"is not a class; classes: {classes}")
+
+
+def _check_subgroups(sub: SubgroupsConfig) -> None:
+    for i, name in enumerate(sub.by):
+        _need(name in SUBGROUP_ATTRIBUTES, f"subgroups.by[{i}]",
+              f"is {name!r}, not a subgroup attribute; use one of {', '.join(SUBGROUP_ATTRIBUTES)}")
+    _need(len(set(sub.by)) == len(sub.by), "subgroups.by", "must not repeat an attribute")
+    problem = age_bands_problem(sub.age_bands)
+    _need(problem is None, "subgroups.age_bands", f"{problem}")
+    _need(sub.min_n >= 1, "subgroups.min_n", "must be at least 1")
 
 
 def _check_fine_tunes(m: Manifest) -> None:

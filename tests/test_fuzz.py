@@ -250,14 +250,18 @@ REPORT = opt({"formats": st.lists(st.sampled_from(["html", "pdf"]), unique=True)
               "trend_window": st.integers(1, 100)})
 GATES = opt({
     "min_accuracy": unit_float(), "min_macro_f1": unit_float(), "max_macro_f1_drop": unit_float(),
-    "max_leakage_fraction": unit_float(),
+    "max_leakage_fraction": unit_float(), "max_subgroup_gap": unit_float(),
     "min_recall": st.dictionaries(st.sampled_from(CLASSES), unit_float(), max_size=4),
     "warn_only": st.lists(st.sampled_from(["min_accuracy", "min_macro_f1", "min_recall", "max_macro_f1_drop",
-                                           "max_leakage_fraction", "min_recall.glioma"]), max_size=3),
+                                           "max_leakage_fraction", "min_recall.glioma", "max_subgroup_gap"]),
+                          max_size=3),
     "applies_to": st.sampled_from(["best", "all"]),
 })
+SUBGROUPS = opt({"by": st.lists(st.sampled_from(["site", "scanner", "sex", "age_band"]), unique=True),
+                 "age_bands": st.lists(st.integers(0, 150), min_size=2, unique=True).map(sorted),
+                 "min_n": st.integers(1, 1000)})
 SECTIONS = {"experiment": EXPERIMENT, "training": TRAINING, "integrity": INTEGRITY, "gradcam": GRADCAM,
-            "evaluation": EVALUATION, "report": REPORT, "gates": GATES}
+            "evaluation": EVALUATION, "report": REPORT, "gates": GATES, "subgroups": SUBGROUPS}
 
 
 @st.composite
@@ -577,7 +581,9 @@ FULL = {
                    "tta_flip": False},
     "report": {"formats": ["html"], "title": "t", "author": "a", "trend_window": 5},
     "gates": {"min_accuracy": 0.5, "min_macro_f1": 0.5, "min_recall": {"glioma": 0.8}, "max_macro_f1_drop": 0.1,
-              "max_leakage_fraction": 0.5, "warn_only": ["min_recall"], "applies_to": "best"},
+              "max_leakage_fraction": 0.5, "max_subgroup_gap": 0.2, "warn_only": ["min_recall"],
+              "applies_to": "best"},
+    "subgroups": {"by": ["site", "age_band"], "age_bands": [0, 40, 60, 200], "min_n": 20},
 }
 
 WRONG_TYPES = [True, "1", [], {}, [{}], datetime.date(2024, 1, 1)]

@@ -3,7 +3,8 @@
 Takes the manifest's ``[data]`` section (a data root in the Kaggle ``Training/``+``Testing/`` or the
 folder-per-class layout, class aliases, split fractions, the seed). Gives ``ImageRecord`` lists, a
 ``Dataset`` (train / validation / test), decoded and resized uint8 arrays through ``ImageCache``,
-and synthetic phantom datasets (``write_dataset``). Imports nothing from later stages.
+synthetic phantom datasets (``write_dataset``), and patient pseudonyms under a per-experiment
+key kept outside the run directory (``identity``). Imports nothing from later stages.
 """
 
 from engine import lazy_exports
@@ -14,15 +15,19 @@ _EXPORTS = {
     "Dataset": "discovery",
     "ImageCache": "discovery",
     "ImageRecord": "discovery",
+    "Pseudonymizer": "identity",
     "class_coverage_warnings": "discovery",
     "decode_image": "discovery",
     "detect_layout": "discovery",
     "discover": "discovery",
+    "experiment_key": "identity",
+    "experiment_pseudonymizer": "identity",
     "fetch": "fetch",
     "images_by_class": "discovery",
     "min_class_images": "discovery",
     "min_training_images": "discovery",
     "phantom": "synth",
+    "pseudonym": "identity",
     "readable": "discovery",
     "split_validation": "discovery",
     "too_small_reason": "discovery",

@@ -2,7 +2,9 @@
 
 Takes true labels and predicted probabilities (validation and test). Gives the metrics, each with
 one definition (``metrics``), calibration and temperature scaling, bootstrap confidence intervals,
-McNemar comparisons between backbones, and external validation of a finished run's saved models.
+McNemar comparisons between backbones, performance by subgroup (site, scanner, sex, age band) with
+the largest gap between subgroups (``subgroups``), and external validation of a finished run's saved
+models.
 """
 
 from engine import lazy_exports
@@ -14,6 +16,7 @@ _EXPORTS = {
     "McNemarResult": "compare",
     "ReliabilityCurve": "calibration",
     "accuracy_from_confusion": "metrics",
+    "age_band": "subgroups",
     "apply_temperature": "calibration",
     "bootstrap_ci": "uncertainty",
     "bootstrap_summary": "uncertainty",
@@ -34,6 +37,9 @@ _EXPORTS = {
     "present_labels": "metrics",
     "reliability_curve": "calibration",
     "resampled_confusion_matrices": "uncertainty",
+    "subgroup_gap": "subgroups",
+    "subgroup_metrics": "subgroups",
+    "subgroup_results": "subgroups",
     "usable_images": "external",
 }
 

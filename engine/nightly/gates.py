@@ -16,15 +16,18 @@ min_macro_f1             test macro-F1                                          
 min_recall.<class>       test recall of <class> (e.g. min_recall.glioma)             backbone
 max_macro_f1_drop        previous run's test macro-F1 minus this run's               backbone
 max_leakage_fraction     test images with a twin in training / test images           run
+max_subgroup_gap         largest macro-F1 gap between two subgroups of an attribute  backbone
 =======================  ==========================================================  ===========
 
 A gate whose value cannot be measured (a failed backbone, no best backbone, no integrity block)
 FAILs, also when it is warn-only: a threshold may be advisory, an audit that did not measure is
 broken. Two exceptions, where the data rather than the audit leaves nothing to measure: the
 baseline of ``max_macro_f1_drop`` (with no previous run, or no previous result for that backbone,
-there is nothing to drop from, and the gate PASSes saying so), and ``min_recall.<class>`` for a
+there is nothing to drop from, and the gate PASSes saying so), ``min_recall.<class>`` for a
 class with no test images, whose recall is undefined (docs/metrics.md): the gate WARNs "not
-evaluated", never PASS (nothing was shown) nor FAIL (nothing was missed).
+evaluated", never PASS (nothing was shown) nor FAIL (nothing was missed), and ``max_subgroup_gap``
+for a backbone without a ``subgroup_gap`` block (no ``[subgroups]``, or no subgroup attributes in
+the data) or without two subgroups large enough to compare: it WARNs "not evaluated" too.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ from engine.nightly.history import leakage_counts, record_metric
 from engine.results import number as _num
 
 GATE_FAMILIES = ("all_backbones_finished", "min_accuracy", "min_macro_f1", "min_recall", "max_macro_f1_drop",
-                 "max_leakage_fraction")
+                 "max_leakage_fraction", "max_subgroup_gap")
 STATUSES = ("PASS", "WARN", "FAIL")
 
 #: Metrics from sklearn are exact ratios, but thresholds typed in TOML are decimal: 0.9 must pass 0.9.
@@ -56,6 +59,9 @@ class GatesConfig:
     max_macro_f1_drop: largest acceptable fall of test macro-F1 against the previous comparable run.
     max_leakage_fraction: largest acceptable fraction of test images with an exact or near twin in
         training (integrity.cross_split_near / number of test images).
+    max_subgroup_gap: largest acceptable macro-F1 gap between two subgroups (site, scanner, sex,
+        age band) of one attribute: the backbone's ``subgroup_gap.largest.gap``
+        (engine.evaluation.subgroups).
     warn_only: gate names or families that only WARN when violated (e.g. ["max_macro_f1_drop",
         "min_recall.meningioma"]).
     applies_to: "best" gates the backbone chosen on validation; "all" gates every listed backbone,
@@ -67,6 +73,7 @@ class GatesConfig:
     min_recall: dict[str, float] = field(default_factory=dict)
     max_macro_f1_drop: float | None = None
     max_leakage_fraction: float | None = None
+    max_subgroup_gap: float | None = None
     warn_only: list[str] = field(default_factory=list)
     applies_to: Literal["best", "all"] = "best"
     #: Built in and on by default: a backbone that failed to train, evaluate or explain FAILs the
@@ -82,6 +89,7 @@ class GatesConfig:
         unit("min_macro_f1", self.min_macro_f1)
         unit("max_macro_f1_drop", self.max_macro_f1_drop)
         unit("max_leakage_fraction", self.max_leakage_fraction)
+        unit("max_subgroup_gap", self.max_subgroup_gap)
         for cls, value in self.min_recall.items():
             unit(f"min_recall.{cls}", value)
         for i, name in enumerate(self.warn_only):
@@ -105,7 +113,8 @@ class GateResult:
 
     ``value`` is None when it could not be measured: then the gate FAILs, except max_macro_f1_drop
     without a baseline, which PASSes with a message saying there was nothing to compare, and
-    min_recall of a class with no test images, which WARNs "not evaluated".
+    min_recall of a class with no test images and max_subgroup_gap without subgroup results or
+    without two subgroups to compare, which WARN "not evaluated".
     """
 
     name: str
@@ -169,17 +178,20 @@ def evaluate_gates(results: dict, config: GatesConfig, previous: dict | None) ->
 
     ``previous``: the previous comparable history record (engine.nightly.history.previous_record), or None
     on the first run. Returns results in a stable order: all_backbones_finished; then per target
-    backbone, accuracy, macro-F1, recall per class (manifest order), drop; then the run-level
-    leakage gate.
+    backbone, accuracy, macro-F1, recall per class (manifest order), drop, subgroup gap; then the
+    run-level leakage gate.
     """
     out: list[GateResult] = []
     if config.all_backbones_finished:
         out.append(_all_finished(results, config))
     for backbone, entry, why in _targets(results, config):
-        target = _Target(backbone, why, {} if why else ((entry or {}).get("test") or {}))
+        target = _Target(backbone, why, {} if why else ((entry or {}).get("test") or {}),
+                         None if why else (entry or {}).get("subgroup_gap"))
         out += _minimum_gates(target, config)
         if config.max_macro_f1_drop is not None:
             out.append(_drop_gate(target, config, previous))
+        if config.max_subgroup_gap is not None:
+            out.append(_subgroup_gap_gate(target, config))
     if config.max_leakage_fraction is not None:
         out.append(_leakage_gate(results, config))
     return out
@@ -188,11 +200,13 @@ def evaluate_gates(results: dict, config: GatesConfig, previous: dict | None) ->
 @dataclass(frozen=True)
 class _Target:
     """One gated backbone: its name (None when there is none to gate), why its values cannot be
-    measured ("" when they can) and its ``test`` block ({} when unmeasurable)."""
+    measured ("" when they can), its ``test`` block ({} when unmeasurable) and its
+    ``subgroup_gap`` block (None when absent or unmeasurable)."""
 
     backbone: str | None
     why: str
     test: dict
+    subgroup_gap: dict | None = None
 
     @property
     def who(self) -> str:
@@ -272,6 +286,38 @@ def _drop_gate(target: _Target, config: GatesConfig, previous: dict | None) -> G
     return _judged(config, "max_macro_f1_drop", backbone, drop, limit, drop <= limit + _EPS,
                    f"{who} test macro-F1 {verb}: {before:.3f} in run {previous.get('run_id')} -> "
                    f"{now:.3f} now; allowed drop {limit:.3f}")
+
+
+def _subgroup_gap_gate(target: _Target, config: GatesConfig) -> GateResult:
+    """max_subgroup_gap of one target: its largest macro-F1 gap between two subgroups of an attribute."""
+    name, limit, who = "max_subgroup_gap", config.max_subgroup_gap, target.who
+    if target.why:
+        return _judged(config, name, target.backbone, None, limit, False,
+                       f"{who} subgroup gap is missing ({target.why}); allowed gap {limit:.3f}")
+    block = target.subgroup_gap
+    if not isinstance(block, dict):
+        return GateResult(name, target.backbone, "WARN", None, float(limit),
+                          f"{who}: not evaluated (no subgroup results: set [subgroups] by, with site, scanner, "
+                          f"sex or age in the data); allowed gap {limit:.3f}")
+    largest = block.get("largest") if isinstance(block.get("largest"), dict) else {}
+    gap = _num(largest.get("gap"))
+    if gap is None:
+        return GateResult(name, target.backbone, "WARN", None, float(limit),
+                          f"{who}: not evaluated (no attribute has two subgroups of at least "
+                          f"{block.get('min_n', '?')} test images); allowed gap {limit:.3f}")
+    lo, hi = _num(largest.get("ci_low")), _num(largest.get("ci_high"))
+    ci = f" [CI {lo:.3f}, {hi:.3f}]" if lo is not None and hi is not None else ""
+    higher, lower = largest.get("higher") or {}, largest.get("lower") or {}
+
+    def side(s: dict) -> str:
+        f1 = _num(s.get("macro_f1"))
+        return f"{s.get('group')} {f1:.3f} (n={s.get('n')})" if f1 is not None else str(s.get("group"))
+
+    ok = gap <= limit + _EPS
+    relation = "within" if ok else "above"
+    return _judged(config, name, target.backbone, gap, limit, ok,
+                   f"{who} test macro-F1 differs by {gap:.3f}{ci} between {largest.get('attribute')} groups "
+                   f"{side(higher)} and {side(lower)}; {relation} the allowed gap {limit:.3f}")
 
 
 def _leakage_gate(results: dict, config: GatesConfig) -> GateResult:

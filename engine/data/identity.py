@@ -1,0 +1,237 @@
+"""Patient pseudonyms: a keyed hash of the patient id, and the key that makes it.
+
+Hospital data carries patient ids; nothing auditrun writes may. Every id is replaced by
+``pseudonym(id, key)`` = ``"p-"`` + the first 16 hex digits of HMAC-SHA256(key, id) before it
+reaches a split, a CSV or the report. The same id under the same key always gives the same
+pseudonym (so a patient's images stay together across splits and runs); without the key the id
+cannot be recovered by hashing candidate ids, which a plain SHA-256 of a short, guessable id
+would allow. 16 hex digits are 64 bits: among a million patients the chance that any two share a
+pseudonym is about 3 in 100 million.
+
+The key: 32 random bytes per experiment, in one of two places, never in the run directory.
+
+* ``AUDITRUN_PSEUDONYM_KEY_FILE`` names a key file the hospital manages (exactly 32 bytes, e.g.
+  ``head -c 32 /dev/urandom > key``). When set it always wins, and the file must exist: auditrun
+  never creates a hospital's key.
+* Otherwise ``<output_root>/.keys/<experiment>.key``, created on first use with ``os.urandom``,
+  mode 0600 in a 0700 folder. Creation is atomic and exclusive: the key is written to a temporary
+  file, then hard-linked to its name, which fails when the name exists (the ``O_EXCL`` rule, but
+  the file appears complete), so two audits starting at once agree on one key: the loser reads
+  the winner's.
+
+Why not the run directory: run directories are the unit that gets shared, copied to a reviewer,
+attached to a ticket or archived, and whoever holds the key can test a guessed patient id against
+every pseudonym in the run. The output root holds the experiment's history and cache and stays on
+the audit machine; the key stays with it, so later runs of the experiment reuse it and their
+pseudonyms stay comparable. ``experiment_key(..., run_dir=...)`` refuses a key path inside the run
+directory, whichever way it was chosen.
+
+The key is never printed, logged or written anywhere but its file: errors name the file and its
+length, never its bytes, and :class:`Pseudonymizer` (the object the pipeline holds) shows where its
+key came from and a key id (an HMAC of a fixed label, so a report can say which key made its
+pseudonyms) in ``repr``, never the key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from engine.errors import InputError
+from engine.paths import is_inside, safe_name
+
+#: Environment variable naming a hospital-managed key file; it wins over the experiment's own key.
+KEY_ENV = "AUDITRUN_PSEUDONYM_KEY_FILE"
+#: Length of a key in bytes (HMAC-SHA256's block-size-independent security level).
+KEY_BYTES = 32
+#: Hex digits of the HMAC kept in a pseudonym (64 bits).
+PSEUDONYM_HEX = 16
+PREFIX = "p-"
+#: Folder under the output root that holds the experiments' keys.
+KEYS_DIR = ".keys"
+# How long a reader waits for a key another process is still writing (only on file systems
+# without hard links, where the exclusive create cannot publish a complete file at once).
+_WRITE_WAIT_S = 2.0
+
+
+def pseudonym(patient_id: str, key: bytes) -> str:
+    """``"p-"`` + 16 hex digits of HMAC-SHA256(key, patient_id as UTF-8).
+
+    The id is taken exactly as given (no trimming or case folding: ``"P001"`` and ``"p001"`` are
+    different patients unless the caller normalises them first).
+    """
+    if not isinstance(patient_id, str) or not patient_id:
+        raise ValueError("patient_id must be a non-empty string")
+    _check_key(key)
+    digest = hmac.new(key, patient_id.encode("utf-8"), hashlib.sha256).hexdigest()
+    return PREFIX + digest[:PSEUDONYM_HEX]
+
+
+def key_id(key: bytes) -> str:
+    """A short public name of ``key`` (``"k-"`` + 8 hex digits of HMAC(key, a fixed label)), for
+    records that must say which key made a run's pseudonyms; it reveals nothing about the key."""
+    _check_key(key)
+    return "k-" + hmac.new(key, b"auditrun key id", hashlib.sha256).hexdigest()[:8]
+
+
+def _check_key(key: object) -> None:
+    if not isinstance(key, (bytes, bytearray)) or len(key) != KEY_BYTES:
+        # the length only: never the value
+        length = len(key) if isinstance(key, (bytes, bytearray)) else type(key).__name__
+        raise ValueError(f"a pseudonym key is {KEY_BYTES} bytes, got {length}")
+
+
+def key_path(key_dir: Path, experiment: str) -> Path:
+    """``<key_dir>/<experiment>.key``, the experiment name checked as one path component."""
+    return Path(key_dir) / f"{safe_name(experiment, 'experiment name')}.key"
+
+
+def load_key(path: Path) -> bytes:
+    """The 32 bytes of a key file; InputError naming the file (never its content) otherwise."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise InputError(f"pseudonym key file {str(path)!r} does not exist") from None
+    except OSError as exc:
+        raise InputError(f"cannot read pseudonym key file {str(path)!r}: {exc.strerror or exc}") from None
+    if len(data) != KEY_BYTES:
+        raise InputError(f"pseudonym key file {str(path)!r} holds {len(data)} bytes; a key is exactly "
+                         f"{KEY_BYTES} random bytes (e.g. `head -c {KEY_BYTES} /dev/urandom > FILE`)")
+    return data
+
+
+def experiment_key(key_dir: Path, experiment: str, *, run_dir: Path | None = None) -> bytes:
+    """The experiment's pseudonym key: from ``$AUDITRUN_PSEUDONYM_KEY_FILE`` when set, else
+    ``<key_dir>/<experiment>.key``, created once (32 random bytes, mode 0600) if absent.
+
+    ``key_dir`` is normally ``<output_root>/.keys`` (:func:`default_key_dir`). ``run_dir``: the run
+    directory, which must not hold the key (InputError if the key file would lie inside it).
+    """
+    env = os.environ.get(KEY_ENV)
+    path = Path(env) if env else key_path(key_dir, experiment)
+    if run_dir is not None and is_inside(path, run_dir):
+        source = f"environment variable {KEY_ENV}" if env else "the key folder"
+        raise InputError(f"{source} puts the pseudonym key at {str(path)!r}, inside the run directory "
+                         f"{str(run_dir)!r}; run directories are shared and copied, the key must stay outside")
+    if env:
+        return load_key(path)
+    if not path.exists():
+        _create_key(path)
+    return _read_when_complete(path)
+
+
+def default_key_dir(output_root: Path) -> Path:
+    """``<output_root>/.keys``: beside the experiments, outside every run directory."""
+    return Path(output_root) / KEYS_DIR
+
+
+def _create_key(path: Path) -> None:
+    """Write a fresh random key at ``path`` unless one exists; exactly one concurrent creator wins."""
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create the pseudonym key folder {str(path.parent)!r}: "
+                         f"{exc.strerror or exc}") from None
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")  # mode 0600
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(os.urandom(KEY_BYTES))
+            fh.flush()
+            os.fsync(fh.fileno())
+        try:
+            os.link(tmp, path)  # atomic, and fails if the name exists: the O_EXCL rule for a complete file
+        except FileExistsError:
+            return  # another process created it first; everyone uses that one
+        except OSError:
+            _create_exclusive(path)  # a file system without hard links
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    _fsync_dir(path.parent)
+
+
+def _create_exclusive(path: Path) -> None:
+    """Fallback without hard links: ``O_CREAT | O_EXCL`` on the name itself, then write. A reader
+    may see the file before its bytes; :func:`_read_when_complete` waits for them."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(os.urandom(KEY_BYTES))
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _read_when_complete(path: Path) -> bytes:
+    deadline = time.monotonic() + _WRITE_WAIT_S
+    while True:
+        try:
+            return load_key(path)
+        except InputError:
+            # a short file may still be being written by the fallback creator; a stale one is an error
+            try:
+                short = path.stat().st_size < KEY_BYTES
+            except OSError:
+                short = False
+            if not short or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.02)
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+class Pseudonymizer:
+    """Replaces patient ids with pseudonyms under one key, which it never shows.
+
+    ``repr`` and ``str`` give the key's source (a file path) and :func:`key_id`, never the key;
+    the key is not a public attribute, so ``vars()`` and dataclass-style dumps do not reach it
+    either.
+    """
+
+    __slots__ = ("_key", "source", "key_id")
+
+    def __init__(self, key: bytes, source: str):
+        _check_key(key)
+        self._key = bytes(key)
+        self.source = str(source)
+        self.key_id = key_id(self._key)
+
+    def __call__(self, patient_id: str) -> str:
+        return pseudonym(patient_id, self._key)
+
+    def __repr__(self) -> str:
+        return f"Pseudonymizer(key_id={self.key_id!r}, source={self.source!r})"
+
+    __str__ = __repr__
+
+    def __reduce__(self):  # no pickling: a pickle would carry the key into whatever file it lands in
+        raise TypeError("a Pseudonymizer holds a secret key and cannot be pickled")
+
+
+def experiment_pseudonymizer(output_root: Path, experiment: str, *, run_dir: Path | None = None) -> Pseudonymizer:
+    """The :class:`Pseudonymizer` of an experiment: its key from :func:`experiment_key` with the
+    default key folder ``<output_root>/.keys``."""
+    env = os.environ.get(KEY_ENV)
+    key = experiment_key(default_key_dir(output_root), experiment, run_dir=run_dir)
+    source = env if env else str(key_path(default_key_dir(output_root), experiment))
+    return Pseudonymizer(key, source)
+
+
+__all__ = ["KEY_BYTES", "KEY_ENV", "Pseudonymizer", "default_key_dir", "experiment_key",
+           "experiment_pseudonymizer", "key_id", "key_path", "load_key", "pseudonym"]
