@@ -30,6 +30,20 @@ def write_bytes(path: Path | str, data: bytes) -> Path:
     return path
 
 
+def fsync_dir(directory: Path | str) -> None:
+    """Make a new directory entry durable (after creating a file in ``directory``)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # some platforms cannot open directories; durability there is best effort
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def write_text(path: Path | str, text: str) -> Path:
     return write_bytes(path, text.encode("utf-8"))
 

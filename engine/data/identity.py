@@ -41,6 +41,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from engine.atomic import fsync_dir
 from engine.errors import InputError
 from engine.paths import is_inside, safe_name
 
@@ -151,7 +152,7 @@ def _create_key(path: Path) -> None:
             _create_exclusive(path)  # a file system without hard links
     finally:
         Path(tmp).unlink(missing_ok=True)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def _create_exclusive(path: Path) -> None:
@@ -181,19 +182,6 @@ def _read_when_complete(path: Path) -> bytes:
             if not short or time.monotonic() >= deadline:
                 raise
             time.sleep(0.02)
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 class Pseudonymizer:

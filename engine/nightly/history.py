@@ -29,7 +29,7 @@ import os
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from engine.atomic import write_text as _write_text
+from engine.atomic import fsync_dir, write_text as _write_text
 from engine.errors import InputError
 from engine.results import schema_problem
 
@@ -186,7 +186,7 @@ def append_record(experiment_dir: Path, record: dict) -> Path:
     finally:
         os.close(fd)
     if created:
-        _fsync_dir(experiment_dir)
+        fsync_dir(experiment_dir)
     return path
 
 
@@ -256,19 +256,6 @@ def read_latest(experiment_dir: Path) -> str | None:
     except FileNotFoundError:
         return None
     return text or None
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # some platforms cannot open directories; durability there is best effort
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 # ------------------------------------------------------------------------------------------------
