@@ -165,15 +165,23 @@ def write_dataset(out: Path, *, per_class: int, size: int = 64, seed: int = 0,
     function wrote it earlier and nobody changed it since (see RECORD_FILE). Everything is checked
     before the first byte is written. Returns counts {split: {class: n}}.
     """
-    out = Path(out)
     files, counts = _generate(per_class=per_class, size=size, seed=seed, test_fraction=test_fraction,
                               kaggle_names=kaggle_names)
+    write_files(Path(out), files, force=force)
+    return counts
+
+
+def write_files(out: Path, files: dict[str, bytes], *, force: bool) -> None:
+    """Write ``files`` ({path relative to ``out``: bytes}) under ``out`` and record them in RECORD_FILE.
+
+    The refusals of ``write_dataset`` (a non-empty ``out`` without ``force``; a file auditrun did not
+    write, or that changed since) are checked for every file before the first byte is written.
+    """
     record = _check_target(out, files, force)
     for rel, data in files.items():
         write_bytes(out / rel, data)
         record[rel] = hashlib.sha256(data).hexdigest()
     write_text(out / RECORD_FILE, json.dumps(record, indent=1, sort_keys=True) + "\n")
-    return counts
 
 
 def _generate(*, per_class: int, size: int, seed: int, test_fraction: float,
