@@ -4,6 +4,10 @@ Takes the manifest's ``[data]`` section (a data root in the Kaggle ``Training/``
 folder-per-class layout, class aliases, split fractions, the seed). Gives ``ImageRecord`` lists, a
 ``Dataset`` (train / validation / test), decoded and resized uint8 arrays through ``ImageCache``,
 and synthetic phantom datasets (``write_dataset``). Imports nothing from later stages.
+
+``readers`` reads DICOM, NIfTI and 16-bit PNG/TIFF frames and their metadata behind one interface
+(``frames_of``, ``read_frame``, ``read_metadata``), and ``synth_hospital`` writes a synthetic hospital
+set (``write_hospital_dataset``); neither is wired into discovery yet (docs/data.md).
 """
 
 from engine import lazy_exports
@@ -12,6 +16,10 @@ from engine import lazy_exports
 _EXPORTS = {
     "Box": "synth",
     "Dataset": "discovery",
+    "FrameRef": "readers",
+    "ImageMeta": "readers",
+    "SliceSelection": "readers",
+    "Windowing": "readers",
     "ImageCache": "discovery",
     "ImageRecord": "discovery",
     "class_coverage_warnings": "discovery",
@@ -19,14 +27,18 @@ _EXPORTS = {
     "detect_layout": "discovery",
     "discover": "discovery",
     "fetch": "fetch",
+    "frames_of": "readers",
     "images_by_class": "discovery",
     "min_class_images": "discovery",
     "min_training_images": "discovery",
     "phantom": "synth",
+    "read_frame": "readers",
+    "read_metadata": "readers",
     "readable": "discovery",
     "split_validation": "discovery",
     "too_small_reason": "discovery",
     "write_dataset": "synth",
+    "write_hospital_dataset": "synth_hospital",
 }
 
 __all__ = sorted(_EXPORTS)
