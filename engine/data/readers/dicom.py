@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 from datetime import date
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -48,20 +49,21 @@ def is_dicom_file(path: Path) -> bool:
     return len(head) == 132 and head[128:] == b"DICM"
 
 
-def _pixel_tags() -> list[int]:
+@lru_cache(maxsize=1)
+def _pixel_tags() -> tuple[int, ...]:
     from pydicom.datadict import DicomDictionary, tag_for_keyword
 
     group_0028 = [tag for tag, entry in DicomDictionary.items() if tag >> 16 == 0x0028 and entry[3] == ""]
     extra = [tag_for_keyword(k) for k in _FUNCTIONAL_GROUPS + ("SOPClassUID",)]
-    return sorted(set(group_0028) | set(extra) | {0x7FE00001, 0x7FE00002, 0x7FE00008, 0x7FE00009, 0x7FE00010})
+    return tuple(sorted(set(group_0028) | set(extra) | {0x7FE00001, 0x7FE00002, 0x7FE00008, 0x7FE00009, 0x7FE00010}))
 
 
-def _read(path: Path, tags: list, *, pixels: bool):
+def _read(path: Path, tags: tuple[int, ...], *, pixels: bool):
     import pydicom
     from pydicom.errors import InvalidDicomError
 
     try:
-        return pydicom.dcmread(path, specific_tags=tags, defer_size=None if pixels else "64 KB")
+        return pydicom.dcmread(path, specific_tags=list(tags), defer_size=None if pixels else "64 KB")
     except InvalidDicomError:
         raise InputError(f"cannot read DICOM {str(path)!r}: not a DICOM file (no 'DICM' marker after the "
                          "128-byte preamble)") from None
