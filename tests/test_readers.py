@@ -11,7 +11,9 @@ import json
 from io import BytesIO
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
+import pydicom
 import pytest
 from click.testing import CliRunner
 
@@ -22,9 +24,6 @@ from engine.data.readers.dicom import parse_age
 from engine.data.synth import CLASSES, KAGGLE_FOLDERS
 from engine.data.synth_hospital import PLANTED_FIELDS, TRUTH_FILE, generate_hospital, write_hospital_dataset
 from engine.errors import InputError
-
-pydicom = pytest.importorskip("pydicom")
-nib = pytest.importorskip("nibabel")
 
 
 # ------------------------------------------------------------------------------------------------
