@@ -144,6 +144,7 @@ def main():
     auditrun check-data experiments/x.toml    data-integrity audit only (JSON on stdout)
     auditrun render reports/exp/RUN_ID        re-render report.html / report.pdf
     auditrun synth-data data/synth            write a synthetic phantom dataset
+    auditrun synth-data data/h --format dicom  ... a DICOM hospital set (patients, sites)
 
     Exit codes: 0 ok, 1 an audit gate failed, 2 usage or input error, 70 internal error (a bug),
     128+N stopped by signal N (130 Ctrl-C, 143 SIGTERM; the run is marked interrupted).
@@ -357,24 +358,66 @@ def _manifest_formats(run_dir: Path) -> tuple[str, ...]:
 @click.option("--size", default=64, show_default=True, help="Image side in pixels.")
 @click.option("--seed", default=0, show_default=True, help="Random seed.")
 @click.option("--test-fraction", default=0.25, show_default=True, help="Share of each class written to Testing/.")
+@click.option("--format", "fmt", type=click.Choice(["png", "png16", "dicom", "nifti"]), default="png",
+              show_default=True,
+              help="png: 8-bit RGB PNG; png16: 16-bit grey PNG; dicom: 16-bit DICOM with planted identifying "
+                   "header values; nifti: one .nii.gz volume per patient. Any format but png, or any of the "
+                   "three options below, writes the hospital set (patients, slices, sites; docs/data.md).")
+@click.option("--patients-per-class", type=int, help="Hospital set: patients per class (default 6).")
+@click.option("--slices-per-patient", type=int, help="Hospital set: neighbouring slices per patient (default 4).")
+@click.option("--sites", type=int, help="Hospital set: sites with their own scanner and intensity profile (default 2).")
 @click.option("--force", is_flag=True,
               help="Add to a non-empty OUT; only files synth-data wrote there itself (unchanged) are replaced.")
-def synth_data_cmd(out: Path, per_class: int, size: int, seed: int, test_fraction: float, force: bool):
+def synth_data_cmd(out: Path, per_class: int, size: int, seed: int, test_fraction: float, fmt: str,
+                   patients_per_class, slices_per_patient, sites, force: bool):
     """Write a synthetic Kaggle-layout dataset of brain-like phantoms to OUT.
 
     glioma, meningioma and pituitary images carry a tumour of their own typical shape and place
     and a YOLO box file (<image>.txt); no_tumor images have none.
-    """
-    from engine.data.synth import write_dataset
 
-    if per_class < 2 or size < 32:
-        raise click.BadParameter("need --per-class >= 2 and --size >= 32")
+    The hospital set (--format dicom|nifti|png16, or --patients-per-class/--slices-per-patient/--sites)
+    writes several slices per patient from two or more sites, some patients split across Training
+    and Testing, and OUT/.auditrun-hospital.json with the ground truth.
+    """
+    ctx = click.get_current_context()
+    hospital = fmt != "png" or any(v is not None for v in (patients_per_class, slices_per_patient, sites))
+    if not hospital:
+        from engine.data.synth import write_dataset
+
+        if per_class < 2 or size < 32:
+            raise click.BadParameter("need --per-class >= 2 and --size >= 32")
+        if not 0.0 < test_fraction < 1.0:
+            raise click.BadParameter("must be between 0 and 1", param_hint="--test-fraction")
+        ctx.meta["auditrun.output"] = out if out.is_dir() else None
+        counts = write_dataset(out, per_class=per_class, size=size, seed=seed, test_fraction=test_fraction,
+                               force=force)
+        click.echo(json.dumps(counts), err=True)
+        click.echo(str(out))
+        return
+
+    from engine.data.synth_hospital import write_hospital_dataset
+
+    if ctx.get_parameter_source("per_class") != click.core.ParameterSource.DEFAULT:
+        raise click.BadParameter("is for the plain phantom set; the hospital set counts --patients-per-class "
+                                 "and --slices-per-patient", param_hint="--per-class")
+    patients_per_class = 6 if patients_per_class is None else patients_per_class
+    slices_per_patient = 4 if slices_per_patient is None else slices_per_patient
+    sites = 2 if sites is None else sites
+    if patients_per_class < 2:
+        raise click.BadParameter("need at least 2", param_hint="--patients-per-class")
+    if slices_per_patient < 1:
+        raise click.BadParameter("need at least 1", param_hint="--slices-per-patient")
+    if sites < 2:
+        raise click.BadParameter("need at least 2", param_hint="--sites")
+    if size < 32:
+        raise click.BadParameter("need at least 32", param_hint="--size")
     if not 0.0 < test_fraction < 1.0:
         raise click.BadParameter("must be between 0 and 1", param_hint="--test-fraction")
-    click.get_current_context().meta["auditrun.output"] = out if out.is_dir() else None
-    counts = write_dataset(out, per_class=per_class, size=size, seed=seed, test_fraction=test_fraction,
-                           force=force)
-    click.echo(json.dumps(counts), err=True)
+    ctx.meta["auditrun.output"] = out if out.is_dir() else None
+    summary = write_hospital_dataset(out, fmt=fmt, patients_per_class=patients_per_class,
+                                     slices_per_patient=slices_per_patient, sites=sites, size=size, seed=seed,
+                                     test_fraction=test_fraction, force=force)
+    click.echo(json.dumps(summary), err=True)
     click.echo(str(out))
 
 

@@ -5,6 +5,10 @@ folder-per-class layout, class aliases, split fractions, the seed). Gives ``Imag
 ``Dataset`` (train / validation / test), decoded and resized uint8 arrays through ``ImageCache``,
 synthetic phantom datasets (``write_dataset``), and patient pseudonyms under a per-experiment
 key kept outside the run directory (``identity``). Imports nothing from later stages.
+
+``readers`` reads DICOM, NIfTI and 16-bit PNG/TIFF frames and their metadata behind one interface
+(``frames_of``, ``read_frame``, ``read_metadata``), and ``synth_hospital`` writes a synthetic hospital
+set (``write_hospital_dataset``); neither is wired into discovery yet (docs/data.md).
 """
 
 from engine import lazy_exports
@@ -13,6 +17,10 @@ from engine import lazy_exports
 _EXPORTS = {
     "Box": "synth",
     "Dataset": "discovery",
+    "FrameRef": "readers",
+    "ImageMeta": "readers",
+    "SliceSelection": "readers",
+    "Windowing": "readers",
     "ImageCache": "discovery",
     "ImageRecord": "discovery",
     "Pseudonymizer": "identity",
@@ -23,15 +31,19 @@ _EXPORTS = {
     "experiment_key": "identity",
     "experiment_pseudonymizer": "identity",
     "fetch": "fetch",
+    "frames_of": "readers",
     "images_by_class": "discovery",
     "min_class_images": "discovery",
     "min_training_images": "discovery",
     "phantom": "synth",
     "pseudonym": "identity",
+    "read_frame": "readers",
+    "read_metadata": "readers",
     "readable": "discovery",
     "split_validation": "discovery",
     "too_small_reason": "discovery",
     "write_dataset": "synth",
+    "write_hospital_dataset": "synth_hospital",
 }
 
 __all__ = sorted(_EXPORTS)

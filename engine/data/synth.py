@@ -48,50 +48,104 @@ def _smooth_noise(rng: np.random.Generator, size: int, scale: int) -> np.ndarray
     return up
 
 
-def phantom(label: str, size: int, rng: np.random.Generator) -> tuple[np.ndarray, Box | None]:
-    """One (size, size) uint8 phantom of class ``label`` and its tumour box (None for no_tumor)."""
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / (size - 1)
+@dataclass(frozen=True)
+class Tumour:
+    """A tumour of one patient: centre and radius (fractions of the image side) and its look."""
+
+    ty: float
+    tx: float
+    rad: float
+    phase: float = 0.0  # glioma: phase of the irregular outline
+    core: float = 0.0  # glioma: necrotic core intensity
+    grain: np.ndarray | None = None  # meningioma: (size, size) texture of the mass
+
+
+@dataclass(frozen=True)
+class Anatomy:
+    """One patient's head and tumour, drawn once by ``draw_anatomy``; ``render`` draws slices of it."""
+
+    label: str
+    size: int
+    cy: float
+    cx: float
+    ry: float
+    rx: float
+    texture: np.ndarray  # (size, size) brain texture
+    tumour: Tumour | None
+
+
+def draw_anatomy(label: str, size: int, rng: np.random.Generator) -> Anatomy:
+    """The random part of a phantom of class ``label``: head shape, brain texture, tumour."""
     cy, cx = 0.5 + rng.uniform(-0.03, 0.03), 0.5 + rng.uniform(-0.03, 0.03)
     ry, rx = rng.uniform(0.40, 0.45), rng.uniform(0.33, 0.38)
-    r = np.sqrt(((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2)
+    texture = 0.35 + 0.06 * _smooth_noise(rng, size, 4) + 0.04 * _smooth_noise(rng, size, 12)
+    tumour = None
+    if label == "glioma":
+        side = rng.choice([-1, 1])
+        ty, tx = cy + rng.uniform(-0.2, 0.05), cx + side * rng.uniform(0.12, 0.17)
+        rad = rng.uniform(0.12, 0.16)
+        phase = rng.uniform(0, 6)
+        tumour = Tumour(ty, tx, rad, phase=phase, core=0.18 + 0.05 * rng.random())
+    elif label == "meningioma":
+        ang = rng.uniform(-np.pi * 0.9, -np.pi * 0.1)  # upper convexity
+        rad = rng.uniform(0.10, 0.13)
+        ty, tx = cy + (ry - rad) * 0.92 * np.sin(ang), cx + (rx - rad) * 0.92 * np.cos(ang)
+        tumour = Tumour(ty, tx, rad, grain=_smooth_noise(rng, size, 6))
+    elif label == "pituitary":
+        ty, tx = cy + rng.uniform(0.13, 0.18), cx + rng.uniform(-0.02, 0.02)
+        rad = rng.uniform(0.085, 0.105)
+        tumour = Tumour(ty, tx, rad)
+    return Anatomy(label, size, cy, cx, ry, rx, texture, tumour)
+
+
+def render(anatomy: Anatomy, z: float = 0.0) -> tuple[np.ndarray, Box | None]:
+    """The noiseless (size, size) float32 slice at ``z`` of ``anatomy`` (about 0..1) and its tumour box.
+
+    ``z`` in [-1, 1] is the slice's place in the patient's slab, 0 its middle: away from the middle
+    the head narrows a little, the tumour's cross-section shrinks (to 0.87 of its radius at the slab's
+    ends), drifts and turns, and the texture shifts, so neighbouring slices look alike but not the same.
+    """
+    a, size = anatomy, anatomy.size
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / (size - 1)
+    ry, rx = a.ry * (1.0 - 0.04 * z * z), a.rx * (1.0 - 0.04 * z * z)
+    r = np.sqrt(((yy - a.cy) / ry) ** 2 + ((xx - a.cx) / rx) ** 2)
     img = np.zeros((size, size), np.float32)
     img[(r > 0.90) & (r <= 1.0)] = 0.85  # skull
     brain = r <= 0.88
-    texture = 0.35 + 0.06 * _smooth_noise(rng, size, 4) + 0.04 * _smooth_noise(rng, size, 12)
+    texture = np.roll(a.texture, int(round(2 * z)), axis=0)
     img[brain] = texture[brain]
     # ventricles: two dark ellipses near the centre
     for side in (-1, 1):
-        v = ((yy - cy + 0.02) / 0.09) ** 2 + ((xx - cx - side * 0.05) / 0.03) ** 2
+        v = ((yy - a.cy + 0.02) / (0.09 * (1.0 - 0.3 * z * z))) ** 2 + ((xx - a.cx - side * 0.05) / 0.03) ** 2
         img[(v <= 1) & brain] = 0.12
 
     box = None
-    if label != "no_tumor":
-        if label == "glioma":
-            side = rng.choice([-1, 1])
-            ty, tx = cy + rng.uniform(-0.2, 0.05), cx + side * rng.uniform(0.12, 0.17)
-            rad = rng.uniform(0.12, 0.16)
-        elif label == "meningioma":
-            ang = rng.uniform(-np.pi * 0.9, -np.pi * 0.1)  # upper convexity
-            rad = rng.uniform(0.10, 0.13)
-            ty, tx = cy + (ry - rad) * 0.92 * np.sin(ang), cx + (rx - rad) * 0.92 * np.cos(ang)
-        else:  # pituitary
-            ty, tx = cy + rng.uniform(0.13, 0.18), cx + rng.uniform(-0.02, 0.02)
-            rad = rng.uniform(0.085, 0.105)
+    t = a.tumour
+    if t is not None:
+        label = a.label
+        ty, tx = t.ty + 0.02 * z, t.tx
+        rad = t.rad * np.sqrt(1.0 - 0.25 * z * z)
         # irregular outline for gliomas, round otherwise
         theta = np.arctan2(yy - ty, xx - tx)
-        wobble = 1.0 + (0.25 * np.sin(3 * theta + rng.uniform(0, 6)) if label == "glioma" else 0.0)
+        wobble = 1.0 + (0.25 * np.sin(3 * theta + (t.phase + 0.3 * z)) if label == "glioma" else 0.0)
         d = np.sqrt((yy - ty) ** 2 + (xx - tx) ** 2) / (rad * wobble)
         mass = d <= 1.0
         if label == "glioma":
             img[mass] = 0.95  # enhancing rim
-            img[d <= 0.6] = 0.18 + 0.05 * rng.random()  # necrotic core
+            img[d <= 0.6] = t.core  # necrotic core
         elif label == "meningioma":
-            img[mass] = 0.90 + 0.02 * _smooth_noise(rng, size, 6)[mass]
+            img[mass] = 0.90 + 0.02 * t.grain[mass]
         else:
             img[mass] = 1.0
         ys, xs = np.nonzero(mass)
         y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
         box = Box((x0 + x1) / 2 / size, (y0 + y1) / 2 / size, (x1 - x0) / size, (y1 - y0) / size)
+    return img, box
+
+
+def phantom(label: str, size: int, rng: np.random.Generator) -> tuple[np.ndarray, Box | None]:
+    """One (size, size) uint8 phantom of class ``label`` and its tumour box (None for no_tumor)."""
+    img, box = render(draw_anatomy(label, size, rng))
     img += rng.normal(0, 0.03, img.shape).astype(np.float32)
     return (np.clip(img, 0, 1) * 255).astype(np.uint8), box
 
@@ -111,15 +165,23 @@ def write_dataset(out: Path, *, per_class: int, size: int = 64, seed: int = 0,
     function wrote it earlier and nobody changed it since (see RECORD_FILE). Everything is checked
     before the first byte is written. Returns counts {split: {class: n}}.
     """
-    out = Path(out)
     files, counts = _generate(per_class=per_class, size=size, seed=seed, test_fraction=test_fraction,
                               kaggle_names=kaggle_names)
+    write_files(Path(out), files, force=force)
+    return counts
+
+
+def write_files(out: Path, files: dict[str, bytes], *, force: bool) -> None:
+    """Write ``files`` ({path relative to ``out``: bytes}) under ``out`` and record them in RECORD_FILE.
+
+    The refusals of ``write_dataset`` (a non-empty ``out`` without ``force``; a file auditrun did not
+    write, or that changed since) are checked for every file before the first byte is written.
+    """
     record = _check_target(out, files, force)
     for rel, data in files.items():
         write_bytes(out / rel, data)
         record[rel] = hashlib.sha256(data).hexdigest()
     write_text(out / RECORD_FILE, json.dumps(record, indent=1, sort_keys=True) + "\n")
-    return counts
 
 
 def _generate(*, per_class: int, size: int, seed: int, test_fraction: float,
