@@ -120,12 +120,14 @@ def test_dicom_files_at_any_depth_and_without_suffix_are_discovered_and_multifra
     root = tmp_path / "root"
     src = sorted((tmp / "data" / "Training" / "glioma_tumor").glob("*.dcm"))
     for cls in ALIASES:
-        (root / cls / "series" / "deeper").mkdir(parents=True)
-        shutil.copy(src[0], root / cls / "series" / "deeper" / "IM0001")  # no suffix, DICOM preamble
-        shutil.copy(src[1], root / cls / "series" / "slice.dcm")
-        shutil.copy(src[2], root / cls / "1.2.840.99")  # a UID-like name
-        (root / cls / "notes.txt").write_text("not an image")
-    _, records = discover(root, layout="imagefolder", train_dir="Training", test_dir="Testing", classes=CLASSES,
+        train, test = root / "Training" / cls, root / "Testing" / cls
+        (train / "series" / "deeper").mkdir(parents=True)
+        test.mkdir(parents=True)
+        shutil.copy(src[0], train / "series" / "deeper" / "IM0001")  # no suffix, DICOM preamble
+        shutil.copy(src[1], train / "series" / "slice.dcm")
+        shutil.copy(src[2], test / "1.2.840.99")  # a UID-like name
+        (train / "notes.txt").write_text("not an image")
+    _, records = discover(root, layout="kaggle", train_dir="Training", test_dir="Testing", classes=CLASSES,
                           aliases=ALIASES, test_fraction=0.34, seed=0)
     assert len(records) == 12
     assert {r.path.name for r in records} == {"IM0001", "slice.dcm", "1.2.840.99"}
@@ -228,3 +230,22 @@ def test_a_run_on_dicom_groups_validation_by_patient_and_leaks_no_identity(hospi
     html = (run_dir / "report.html").read_text()
     assert "Patients with images in more than one split" in html
     assert all(i in html for i in results["integrity"]["cross_split_patient_ids"])
+
+
+def test_the_folder_per_class_layout_splits_test_by_patient(hospital, tmp_path):
+    # mutation: `_patient_keys` returns None -> the per-file split puts some patient's slices in both splits
+    tmp, truth = hospital
+    root = tmp_path / "flat"
+    for p in truth["patients"]:
+        for files in p["files"].values():
+            for f in files:
+                dest = root / Path(f).parts[1] / p["key"] / Path(f).name  # a folder per patient
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(tmp / "data" / f, dest)
+    layout, records = discover(root, layout="auto", train_dir="Training", test_dir="Testing", classes=CLASSES,
+                               aliases=ALIASES, test_fraction=0.25, seed=0,
+                               pseudonymizer=lambda: (lambda pid: "p-" + str(abs(hash(pid)))))
+    assert layout == "imagefolder" and len(records) == 48
+    by_split = {s: {r.patient for r in records if r.split == s} for s in ("train", "test")}
+    assert by_split["test"] and not by_split["train"] & by_split["test"]
+    assert {r.label for r in records if r.split == "test"} == set(CLASSES)

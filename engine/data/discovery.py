@@ -228,8 +228,12 @@ def _discover(root: Path, *, layout: str, train_dir: str, test_dir: str, classes
             raise InputError(f"data root {str(root)!r} holds only {len(paths)} images")
         _check_test_split_sizes(root, {c: len(by_class[c]) for c in sorted(by_class)}, test_fraction,
                                 validation_fraction)
-        tr, te, ytr, yte = train_test_split(paths, labels, test_size=test_fraction, random_state=seed,
-                                            stratify=labels)
+        patients = _patient_keys(paths)
+        if patients is not None:
+            tr, te, ytr, yte = _grouped_test_split(paths, labels, patients, test_fraction, seed)
+        else:
+            tr, te, ytr, yte = train_test_split(paths, labels, test_size=test_fraction, random_state=seed,
+                                                stratify=labels)
         records = [ImageRecord(p.resolve(), "train", y) for p, y in zip(tr, ytr)]
         records += [ImageRecord(p.resolve(), "test", y) for p, y in zip(te, yte)]
     missing = [c for c in classes if not any(r.label == c and r.split == "train" for r in records)]
@@ -237,6 +241,45 @@ def _discover(root: Path, *, layout: str, train_dir: str, test_dir: str, classes
         raise InputError(f"data root {str(root)!r}: no training images for class(es) {', '.join(map(repr, missing))}")
     records.sort(key=lambda r: (r.split, r.label, str(r.path)))
     return layout, records
+
+
+def _patient_keys(paths: Sequence[Path]) -> list[object] | None:
+    """A group key per path for the imagefolder test split: the DICOM PatientID (raw, kept in this
+    list only and never returned elsewhere), or the path itself for a file without one. None when no
+    two files share a patient (the ungrouped split is then the same thing)."""
+    if not any(is_dicom_path(p) for p in paths):
+        return None
+    from engine.data.readers import read_metadata
+
+    keys: list[object] = []
+    for p in paths:
+        patient_id = None
+        if is_dicom_path(p):
+            try:
+                patient_id = read_metadata(p).patient_id
+            except InputError:
+                pass  # listed as unreadable later, with the reader's reason
+        keys.append(("patient", patient_id) if patient_id else ("file", str(p)))
+    return keys if len(set(keys)) < len(keys) else None
+
+
+def _grouped_test_split(paths, labels, keys, test_fraction: float, seed: int):
+    """The imagefolder test split with each patient on one side: the first fold of a seeded
+    StratifiedGroupKFold with round(1 / test_fraction) folds."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    codes: dict[object, int] = {}
+    groups = np.array([codes.setdefault(k, len(codes)) for k in keys])
+    n_splits = max(2, round(_inverse(test_fraction)))
+    try:
+        tr_idx, te_idx = next(StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+                              .split(np.zeros(len(paths)), labels, groups))
+    except ValueError as exc:
+        raise InputError(f"{len(paths)} images of {len(codes)} patients: cannot hold out data.test_fraction = "
+                         f"{test_fraction:g} by patient: {exc}") from None
+    del keys, codes  # the raw ids go no further
+    return ([paths[i] for i in tr_idx], [paths[i] for i in te_idx],
+            [labels[i] for i in tr_idx], [labels[i] for i in te_idx])
 
 
 def _inverse(fraction: float) -> float:
