@@ -255,13 +255,15 @@ def check_data_cmd(manifest: Path, output_dir, quiet):
     from engine import manifest as manifest_mod
     from engine.atomic import dumps_json
 
+    from engine.data.identity import experiment_pseudonymizer
+
     try:
         m = manifest_mod.load(manifest)
+        root = Path(output_dir) if output_dir else m.experiment.output_dir
         _, records = data_mod.discover(
             m.data.root, layout=m.data.layout, train_dir=m.data.train_dir, test_dir=m.data.test_dir,
             classes=m.data.classes, aliases=manifest_mod.class_aliases(m), test_fraction=m.data.test_fraction,
-            seed=m.experiment.seed)
-        root = Path(output_dir) if output_dir else m.experiment.output_dir
+            seed=m.experiment.seed, pseudonymizer=lambda: experiment_pseudonymizer(root, m.experiment.name))
         report = integrity.audit(records, manifest_mod.integrity_options(m.integrity), cache_dir=root / ".cache",
                                  class_names=m.data.classes)
     except AuditrunError as exc:

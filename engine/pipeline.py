@@ -111,13 +111,16 @@ class Timer:
 
 
 def prepare_data(ctx: RunContext) -> None:
+    from engine.data.identity import experiment_pseudonymizer
+
     m = ctx.manifest
     root = m.data.root.resolve()  # records are resolved too; relative paths in results need both
     with Timer(ctx.echo, "data discovery", ctx.results["timings"], "data_s"):
         layout, records = data_mod.discover(
             root, layout=m.data.layout, train_dir=m.data.train_dir, test_dir=m.data.test_dir,
             classes=m.data.classes, aliases=class_aliases(m), test_fraction=m.data.test_fraction,
-            seed=m.experiment.seed, validation_fraction=m.data.validation_fraction)
+            seed=m.experiment.seed, validation_fraction=m.data.validation_fraction,
+            pseudonymizer=lambda: experiment_pseudonymizer(ctx.output_root, m.experiment.name, run_dir=ctx.run_dir))
     groups = None
     skipped: list[dict] = []
     if m.integrity.enabled:
@@ -130,7 +133,7 @@ def prepare_data(ctx: RunContext) -> None:
         from engine.report.thumbnails import add_pair_thumbnails
 
         add_pair_thumbnails(ctx.results, ctx.run_dir, data_root=root)
-        ctx.leaked_test = set(report.leaked_test_paths)
+        ctx.leaked_test = set(report.excluded_test_paths)  # twins in training, and patients in training
         bad = set(report.unreadable_paths)
         skipped = [dict(u) for u in ctx.results["integrity"].get("unreadable", [])]
         records = [r for r in records if r.path not in bad]
@@ -145,6 +148,8 @@ def prepare_data(ctx: RunContext) -> None:
     test = [r for r in records if r.split == "test"]
     if not test:
         raise InputError(f"data root {str(root)!r}: the test split is empty")
+    duplicate_grouped = bool(groups)
+    groups = data_mod.patient_groups(train, groups)  # a patient's images stay on one side too
     train, val = data_mod.split_validation(train, m.data.validation_fraction, m.experiment.seed, groups,
                                            classes=m.data.classes)
     ctx.dataset = data_mod.Dataset(root, layout, list(m.data.classes), train, val, test, skipped)
@@ -155,7 +160,8 @@ def prepare_data(ctx: RunContext) -> None:
     ctx.results["data"] = {
         "root": str(root), "layout": layout, "class_names": list(m.data.classes), "fingerprint": fingerprint,
         "counts": ctx.dataset.counts(), "validation_fraction": m.data.validation_fraction,
-        "validation_grouped_by_duplicates": bool(groups), "skipped": skipped,
+        "validation_grouped_by_duplicates": duplicate_grouped,
+        "validation_grouped_by_patient": any(r.patient for r in train + val), "skipped": skipped,
     }
     warnings = data_mod.class_coverage_warnings(ctx.dataset.class_names, ctx.dataset.counts(),
                                                 (ctx.results.get("integrity") or {}).get("leakage_free_test_counts"))

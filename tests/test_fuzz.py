@@ -975,16 +975,17 @@ def test_check_data_lists_each_bad_file_as_unreadable(env, tmp_path):
     # A name that is not UTF-8 (Linux allows any bytes): JSON and the summary must still print.
     (folder / os.fsdecode(b"latin-1 \xe9.png")).write_bytes(b"\x00" * 10)
     (folder / "a directory.png").mkdir()  # not a file, not an image
-    (folder / "scan.dcm").write_bytes(seeds["png"])  # not an image suffix, not listed
+    # a .dcm file is DICOM to discovery (issue 17): one that is not is listed with the reader's reason
+    (folder / "scan.dcm").write_bytes(seeds["png"])
     manifest_path = tmp_path / "m.toml"
     manifest_path.write_text(f'[data]\nroot = "{root}"\n[[backbones]]\nname = "VGG16"\n', encoding="utf-8")
     result = CliRunner().invoke(main, ["check-data", str(manifest_path), "--output-dir", str(tmp_path / "out")])
     assert result.exit_code == 0, result.output
     block = json.loads(result.stdout)["integrity"]
     unreadable = {Path(u["path"]).name: u["reason"] for u in block["unreadable"]}
-    assert set(unreadable) == set(bad) | {os.fsdecode(b"latin-1 \xe9.png")}
+    assert set(unreadable) == set(bad) | {os.fsdecode(b"latin-1 \xe9.png"), "scan.dcm"}
     assert all(reason.strip() and len(reason.splitlines()) == 1 for reason in unreadable.values())
-    assert block["n_readable"] == env.n_kaggle and block["n_files"] == env.n_kaggle + len(bad) + 1
+    assert block["n_readable"] == env.n_kaggle and block["n_files"] == env.n_kaggle + len(bad) + 2
 
 
 # ------------------------------------------------------------------------------- regressions

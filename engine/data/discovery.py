@@ -10,7 +10,7 @@ import hashlib
 import math
 import os
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
@@ -26,6 +26,14 @@ class ImageRecord:
     path: Path  # absolute
     split: str  # "train" | "test" (validation is carved from "train" later)
     label: str  # canonical class name
+    # Frame of a multi-frame file. Always 0 today: a multi-frame DICOM is listed as unreadable
+    # ("multi-frame DICOM not supported yet"), so ``path`` alone still identifies a record.
+    frame: int = 0
+    # The patient's pseudonym (engine.data.identity: HMAC of the DICOM PatientID), never the raw id;
+    # None when the file carries no patient id (plain images).
+    patient: str | None = field(default=None, compare=False)
+    # site / scanner / sex / age where the file's header has them (DICOM); never identifying fields.
+    meta: dict | None = field(default=None, compare=False, hash=False)
 
 
 @dataclass
@@ -50,8 +58,28 @@ class Dataset:
         return np.array([index[r.label] for r in getattr(self, split)], dtype=np.int64)
 
 
+DICOM_SUFFIXES = {".dcm", ".dicom"}
+
+
+def is_dicom_path(path: Path) -> bool:
+    """A DICOM file by suffix, or a file named without a known suffix (``IM0001``, a UID such as
+    ``1.2.840.1234``) that starts like DICOM (``DICM`` after the 128-byte preamble)."""
+    suffix = path.suffix.lower()
+    if suffix in DICOM_SUFFIXES:
+        return True
+    if suffix in IMAGE_SUFFIXES or not (suffix == "" or suffix[1:].isdigit()):
+        return False
+    from engine.data.readers.dicom import is_dicom_file
+
+    return is_dicom_file(path)
+
+
+def _is_image_file(p: Path) -> bool:
+    return p.suffix.lower() in IMAGE_SUFFIXES or is_dicom_path(p)
+
+
 def _image_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    return sorted(p for p in folder.rglob("*") if p.is_file() and _is_image_file(p))
 
 
 def images_by_class(folder: Path, aliases: dict[str, str]) -> dict[str, list[Path]]:
@@ -59,7 +87,8 @@ def images_by_class(folder: Path, aliases: dict[str, str]) -> dict[str, list[Pat
     folder, named by ``aliases`` (lower-cased folder name -> canonical class, as
     ``engine.manifest.class_aliases`` gives it).
 
-    A class's images are the files with an image suffix anywhere below its folder, sorted; folders
+    A class's images are the files with an image suffix (or DICOM files, ``.dcm``/``.dicom`` or
+    suffix-less with a DICOM preamble) anywhere below its folder, sorted; folders
     that map to one class are merged in folder-name order. Hidden sub-folders (``.name``) and files
     directly in ``folder`` are ignored. A sub-folder that maps to no class is an InputError naming it and the
     known names.
@@ -88,8 +117,14 @@ def detect_layout(root: Path, train_dir: str, test_dir: str) -> str:
 
 def discover(root: Path, *, layout: str, train_dir: str, test_dir: str, classes: Sequence[str],
              aliases: dict[str, str], test_fraction: float, seed: int,
-             validation_fraction: float | None = None) -> tuple[str, list[ImageRecord]]:
+             validation_fraction: float | None = None,
+             pseudonymizer: Callable[[], Callable[[str], str]] | None = None) -> tuple[str, list[ImageRecord]]:
     """Find every image and its canonical class. Returns (layout, records with split train/test).
+
+    ``pseudonymizer``: a factory called once, only when the data holds DICOM files, returning the
+    function that turns a patient id into its pseudonym (``engine.data.identity``); DICOM records
+    then carry ``patient`` (the pseudonym) and ``meta`` (site, scanner, sex, age). Without it DICOM
+    records carry neither.
 
     imagefolder layout: a class too small for the stratified test split (and, when
     ``validation_fraction`` is given, for the validation split carved later) is an InputError
@@ -114,7 +149,59 @@ def discover(root: Path, *, layout: str, train_dir: str, test_dir: str, classes:
                              f"{other.label} and as {r.split}/{r.label}; data.train_dir, data.test_dir and the "
                              "class folders must be different folders, not links to one another")
         first[r.path] = r
+    if pseudonymizer is not None and any(is_dicom_path(r.path) for r in records):
+        records = with_patients(records, pseudonymizer())
     return layout, records
+
+
+def with_patients(records: Sequence[ImageRecord], pseudonym: Callable[[str], str]) -> list[ImageRecord]:
+    """DICOM records with their patient pseudonym and metadata (site, scanner, sex, age) from the
+    header; the raw patient id never leaves this function. A header that cannot be read leaves the
+    record as it is (the integrity audit or ``readable`` lists the file with the reader's reason)."""
+    from engine.data.readers import read_metadata
+
+    out = []
+    for r in records:
+        if not is_dicom_path(r.path):
+            out.append(r)
+            continue
+        try:
+            meta = read_metadata(r.path)
+        except InputError:
+            out.append(r)
+            continue
+        patient = pseudonym(meta.patient_id) if meta.patient_id else None
+        scanner = " ".join(x for x in (meta.manufacturer, meta.model) if x) or None
+        info = {k: v for k, v in (("site", meta.site), ("scanner", scanner), ("sex", meta.sex),
+                                  ("age", meta.age)) if v is not None}
+        out.append(replace(r, patient=patient, meta=info or None))
+    return out
+
+
+def patient_groups(records: Sequence[ImageRecord], groups: dict[Path, int] | None) -> dict[Path, int] | None:
+    """Group ids for ``split_validation`` that keep both a near-duplicate group (``groups``) and a
+    patient's images on one side: groups that share a patient are merged (union-find). Without
+    patients, ``groups`` itself (so splits of plain images do not change)."""
+    if not any(r.patient for r in records):
+        return groups
+    parent: dict[object, object] = {}
+
+    def find(x):
+        parent.setdefault(x, x)
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for r in records:
+        node = ("path", r.path)
+        find(node)
+        if groups and r.path in groups:
+            parent[find(node)] = find(("dup", groups[r.path]))
+        if r.patient:
+            parent[find(node)] = find(("patient", r.patient))
+    ids: dict[object, int] = {}
+    return {r.path: ids.setdefault(find(("path", r.path)), len(ids)) for r in records}
 
 
 def _discover(root: Path, *, layout: str, train_dir: str, test_dir: str, classes: Sequence[str],
@@ -141,8 +228,12 @@ def _discover(root: Path, *, layout: str, train_dir: str, test_dir: str, classes
             raise InputError(f"data root {str(root)!r} holds only {len(paths)} images")
         _check_test_split_sizes(root, {c: len(by_class[c]) for c in sorted(by_class)}, test_fraction,
                                 validation_fraction)
-        tr, te, ytr, yte = train_test_split(paths, labels, test_size=test_fraction, random_state=seed,
-                                            stratify=labels)
+        patients = _patient_keys(paths)
+        if patients is not None:
+            tr, te, ytr, yte = _grouped_test_split(paths, labels, patients, test_fraction, seed)
+        else:
+            tr, te, ytr, yte = train_test_split(paths, labels, test_size=test_fraction, random_state=seed,
+                                                stratify=labels)
         records = [ImageRecord(p.resolve(), "train", y) for p, y in zip(tr, ytr)]
         records += [ImageRecord(p.resolve(), "test", y) for p, y in zip(te, yte)]
     missing = [c for c in classes if not any(r.label == c and r.split == "train" for r in records)]
@@ -150,6 +241,45 @@ def _discover(root: Path, *, layout: str, train_dir: str, test_dir: str, classes
         raise InputError(f"data root {str(root)!r}: no training images for class(es) {', '.join(map(repr, missing))}")
     records.sort(key=lambda r: (r.split, r.label, str(r.path)))
     return layout, records
+
+
+def _patient_keys(paths: Sequence[Path]) -> list[object] | None:
+    """A group key per path for the imagefolder test split: the DICOM PatientID (raw, kept in this
+    list only and never returned elsewhere), or the path itself for a file without one. None when no
+    two files share a patient (the ungrouped split is then the same thing)."""
+    if not any(is_dicom_path(p) for p in paths):
+        return None
+    from engine.data.readers import read_metadata
+
+    keys: list[object] = []
+    for p in paths:
+        patient_id = None
+        if is_dicom_path(p):
+            try:
+                patient_id = read_metadata(p).patient_id
+            except InputError:
+                pass  # listed as unreadable later, with the reader's reason
+        keys.append(("patient", patient_id) if patient_id else ("file", str(p)))
+    return keys if len(set(keys)) < len(keys) else None
+
+
+def _grouped_test_split(paths, labels, keys, test_fraction: float, seed: int):
+    """The imagefolder test split with each patient on one side: the first fold of a seeded
+    StratifiedGroupKFold with round(1 / test_fraction) folds."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    codes: dict[object, int] = {}
+    groups = np.array([codes.setdefault(k, len(codes)) for k in keys])
+    n_splits = max(2, round(_inverse(test_fraction)))
+    try:
+        tr_idx, te_idx = next(StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+                              .split(np.zeros(len(paths)), labels, groups))
+    except ValueError as exc:
+        raise InputError(f"{len(paths)} images of {len(codes)} patients: cannot hold out data.test_fraction = "
+                         f"{test_fraction:g} by patient: {exc}") from None
+    del keys, codes  # the raw ids go no further
+    return ([paths[i] for i in tr_idx], [paths[i] for i in te_idx],
+            [labels[i] for i in tr_idx], [labels[i] for i in te_idx])
 
 
 def _inverse(fraction: float) -> float:
@@ -236,8 +366,9 @@ def split_validation(train: Sequence[ImageRecord], fraction: float, seed: int,
                      classes: Sequence[str] | None = None) -> tuple[list[ImageRecord], list[ImageRecord]]:
     """Stratified, seeded train/validation split; images of one group never straddle it.
 
-    With ``groups`` (near-duplicate group id per path) StratifiedGroupKFold keeps each group on
-    one side, so no image trains while its copy validates.
+    With ``groups`` (group id per path: near-duplicates, and a patient's images, see
+    ``patient_groups``) StratifiedGroupKFold keeps each group on one side, so no image trains while
+    its copy, or another slice of its patient, validates.
 
     Raises InputError naming the class when a class of ``classes`` (default: the labels present)
     has fewer than ``min_training_images(fraction)`` images, or the split leaves it without a
@@ -267,16 +398,21 @@ def split_validation(train: Sequence[ImageRecord], fraction: float, seed: int,
         # Too few training images per class for this fraction; sklearn's message gives the counts.
         raise InputError(f"{len(train)} training images: cannot hold out data.validation_fraction = {fraction} "
                          f"of every class: {exc}") from None
-    tr = [ImageRecord(train[i].path, "train", train[i].label) for i in sorted(tr_idx)]
-    va = [ImageRecord(train[i].path, "val", train[i].label) for i in sorted(va_idx)]
+    tr = [replace(train[i], split="train") for i in sorted(tr_idx)]
+    va = [replace(train[i], split="val") for i in sorted(va_idx)]
     n_tr, n_va = Counter(r.label for r in tr), Counter(r.label for r in va)
     for cls in sorted(count):
         if not n_tr[cls] or not n_va[cls]:
             why = ""
             if groups:
                 n_groups = len({g[i] for i in idx if labels[i] == cls})
-                why = (f": its {count[cls]} images form {n_groups} near-duplicate group(s), and "
-                       "integrity.group_validation_split keeps each group on one side")
+                if any(r.patient for r in train):
+                    why = (f": its {count[cls]} images form {n_groups} group(s) (a patient's images, merged "
+                           "with their near-duplicates), and a patient is never split between training and "
+                           "validation")
+                else:
+                    why = (f": its {count[cls]} images form {n_groups} near-duplicate group(s), and "
+                           "integrity.group_validation_split keeps each group on one side")
             raise InputError(f"class {cls!r}: the validation split (data.validation_fraction = {fraction:g}) "
                              f"leaves it {n_tr[cls]} training and {n_va[cls]} validation images{why}; "
                              "add images to that class")
@@ -290,9 +426,15 @@ def split_validation(train: Sequence[ImageRecord], fraction: float, seed: int,
 def decode_image(path: Path, size: int) -> np.ndarray:
     """Read any image (any mode, any size) as (size, size, 3) uint8 RGB.
 
-    Raises InputError naming the file when it cannot be decoded.
+    DICOM files are read through ``engine.data.readers`` (window "auto"); a multi-frame DICOM is
+    refused (not supported yet). Raises InputError naming the file when it cannot be decoded.
     """
     from PIL import Image, ImageOps
+
+    if is_dicom_path(Path(path)):
+        grey = read_dicom_frame(Path(path))
+        im = Image.fromarray(grey, mode="L").convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
+        return np.asarray(im, dtype=np.uint8)
 
     from engine.integrity.hashing import check_pixel_limit, strict_decoding
 
@@ -311,6 +453,20 @@ def decode_image(path: Path, size: int) -> np.ndarray:
             return np.asarray(im, dtype=np.uint8)
     except Exception as exc:  # noqa: BLE001 - PIL raises many types for broken files
         raise InputError(f"cannot decode image {str(path)!r}: {exc}") from None
+
+
+MULTIFRAME_REASON = "multi-frame DICOM not supported yet"
+
+
+def read_dicom_frame(path: Path) -> np.ndarray:
+    """The single frame of a DICOM file as (H, W) uint8 grey (``Windowing()``, mode "auto").
+    InputError with the reader's reason, or ``MULTIFRAME_REASON`` for a file of several frames."""
+    from engine.data.readers import Windowing, frames_of, read_frame
+
+    refs = frames_of(path)
+    if len(refs) != 1:
+        raise InputError(f"cannot read {str(path)!r}: {MULTIFRAME_REASON} ({len(refs)} frames)")
+    return read_frame(refs[0], Windowing())
 
 
 def _cache_key(paths: Sequence[Path], size: int) -> str:
@@ -389,10 +545,14 @@ def readable(records: Iterable[ImageRecord], min_size: int = 1) -> tuple[list[Im
             try:
                 if r.path.stat().st_size == 0:
                     raise ValueError("zero-byte file")
-                with Image.open(r.path) as im:
-                    check_pixel_limit(im)
-                    im.load()
-                    small = too_small_reason(im.width, im.height, min_size)
+                if is_dicom_path(r.path):
+                    height, width = read_dicom_frame(r.path).shape
+                    small = too_small_reason(width, height, min_size)
+                else:
+                    with Image.open(r.path) as im:
+                        check_pixel_limit(im)
+                        im.load()
+                        small = too_small_reason(im.width, im.height, min_size)
                 if small:
                     skipped.append({"path": str(r.path), "reason": small})
                     continue

@@ -40,6 +40,8 @@ TEST_SPLIT = "test"
 #: Above this share of leaked test images the report prints a plain-language warning (issue 4).
 LEAKAGE_WARN_FRACTION = 0.05
 MAX_HASH_SIZE = 64
+#: Most patient pseudonyms listed in ``cross_split_patient_ids`` (the count is always complete).
+MAX_PATIENT_IDS = 100
 
 
 class ImageRecordLike(Protocol):
@@ -218,6 +220,11 @@ class IntegrityReport:
     leaked_test_paths: frozenset[Path]
     leakage_free_test_counts: Mapping[str, int]
     group_ids: Mapping[Path, int]  # within-split duplicate component per readable file
+    # Patients (pseudonyms, from records' ``patient``) per split among readable files, the
+    # pseudonyms found in more than one split, and the test files whose patient has training images.
+    patients: Mapping[str, int] = field(default_factory=dict)
+    cross_split_patient_ids: tuple[str, ...] = ()
+    patient_leaked_test_paths: frozenset[Path] = frozenset()
     timings_s: Mapping[str, float] = field(default_factory=dict)
     cache_stats: Mapping[str, int] = field(default_factory=dict)
 
@@ -236,6 +243,12 @@ class IntegrityReport:
     @property
     def cross_split_near(self) -> int:
         return len(self.leaked_test_paths)
+
+    @property
+    def excluded_test_paths(self) -> frozenset[Path]:
+        """Test files left out of the leakage-free subset: a twin in training, or a patient with
+        training images."""
+        return self.leaked_test_paths | self.patient_leaked_test_paths
 
     @property
     def leakage_fraction(self) -> float | None:
@@ -342,6 +355,11 @@ class IntegrityReport:
             "cross_split_near_fraction": None if fraction is None else round(fraction, 6),
             "leakage_warning": bool(fraction is not None and fraction > LEAKAGE_WARN_FRACTION),
             "leaked_test_files": sorted(rel(p) for p in self.leaked_test_paths),
+            "patients": dict(self.patients),
+            "cross_split_patients": len(self.cross_split_patient_ids),
+            # pseudonyms only (engine.data.identity), never a raw patient id; at most MAX_PATIENT_IDS
+            "cross_split_patient_ids": list(self.cross_split_patient_ids[:MAX_PATIENT_IDS]),
+            "patient_leaked_test_files": sorted(rel(p) for p in self.patient_leaked_test_paths),
         }
 
 
@@ -428,6 +446,7 @@ def audit(
     cross_pairs = _cross_split_pairs(table)
     leaked, exact_leaked, byte_leaked = _leaked_test_paths(cross_pairs)
     conflicts = _label_conflicts(table)
+    patients, cross_patients, patient_leaked = _patients(records, refs, splits)
     t_end = time.perf_counter()
     return IntegrityReport(
         config=config,
@@ -443,8 +462,11 @@ def audit(
         exact_leaked_test_paths=frozenset(exact_leaked),
         byte_leaked_test_paths=frozenset(byte_leaked),
         leaked_test_paths=frozenset(leaked),
-        leakage_free_test_counts=_leakage_free_counts(refs, leaked, classes),
+        leakage_free_test_counts=_leakage_free_counts(refs, leaked | patient_leaked, classes),
         group_ids=_stable_group_ids(refs, near_group_of),
+        patients=patients,
+        cross_split_patient_ids=cross_patients,
+        patient_leaked_test_paths=frozenset(patient_leaked),
         timings_s={"fingerprint": t_hash - t0, "search": t_search - t_hash, "total": t_end - t0},
         cache_stats={"hits": cache.hits, "misses": cache.misses},
     )
@@ -636,6 +658,24 @@ def _leaked_test_paths(cross_pairs: Iterable[MatchPair]) -> tuple[set[Path], set
     return leaked, exact_leaked, byte_leaked
 
 
+def _patients(records: Sequence[ImageRecordLike], refs: Sequence[FileRef],
+              splits: Sequence[str]) -> tuple[dict[str, int], tuple[str, ...], set[Path]]:
+    """({split: patients among readable files}, sorted pseudonyms in more than one split, test files
+    whose patient has a readable training file). Empty when no record carries a patient."""
+    patient_of = {r.path: p for r in records if (p := getattr(r, "patient", None))}
+    if not patient_of:
+        return {}, (), set()
+    by_split: dict[str, set[str]] = defaultdict(set)
+    for f in refs:
+        if f.path in patient_of:
+            by_split[f.split].add(patient_of[f.path])
+    seen: Counter = Counter(p for members in by_split.values() for p in members)
+    cross = tuple(sorted(p for p, n in seen.items() if n > 1))
+    in_train = by_split.get(TRAIN_SPLIT, set())
+    leaked = {f.path for f in refs if f.split == TEST_SPLIT and patient_of.get(f.path) in in_train}
+    return {s: len(by_split.get(s, ())) for s in splits}, cross, leaked
+
+
 def _leakage_free_counts(refs: Sequence[FileRef], leaked: set[Path], classes: Sequence[str]) -> dict[str, int]:
     test_left = Counter(f.label for f in refs if f.split == TEST_SPLIT and f.path not in leaked)
     return {c: test_left.get(c, 0) for c in classes}
@@ -723,8 +763,12 @@ def summary_text(report: IntegrityReport) -> str:
             f"{report.cross_split_near} ({frac:.1%}) have an exact or near twin in training "
             f"(phash {cfg.hash_bits}-bit, distance <= {cfg.near_threshold})"
         )
+        if report.patients:
+            lines.append(f"patients: " + ", ".join(f"{s} {n}" for s, n in report.patients.items())
+                         + f"; {len(report.cross_split_patient_ids)} in more than one split, "
+                         f"{len(report.patient_leaked_test_paths)} test images of patients with training images")
         free = ", ".join(f"{c} {n}" for c, n in report.leakage_free_test_counts.items())
-        lines.append(f"leakage-free test subset: {n_test - report.cross_split_near} images ({free})")
+        lines.append(f"leakage-free test subset: {n_test - len(report.excluded_test_paths)} images ({free})")
         if frac > LEAKAGE_WARN_FRACTION:
             lines.append(
                 f"WARNING: {frac:.0%} of the test split has a copy in training; headline test "

@@ -160,6 +160,38 @@ def fingerprint_bytes(data: bytes, hash_size: int, *, sha256: str | None = None)
     )
 
 
+def fingerprint_dicom(path: Path, data: bytes, hash_size: int, *, sha256: str | None = None) -> ImageFingerprint:
+    """Fingerprint a single-frame DICOM file read through ``engine.data.readers`` (window "auto"):
+    the pixel hash and the perceptual hash are of the windowed 8-bit grey frame. Raises
+    ``UnreadableImage`` with the reader's reason (or "multi-frame DICOM not supported yet")."""
+    from engine.data.discovery import read_dicom_frame
+
+    if not data:
+        raise UnreadableImage("zero-byte file")
+    try:
+        grey = read_dicom_frame(Path(path))
+    except InputError as exc:
+        raise UnreadableImage(_reason(str(exc), path)) from None
+    img = Image.fromarray(grey, mode="L")
+    return ImageFingerprint(
+        file_sha256=sha256 or file_sha256(data),
+        file_bytes=len(data),
+        pixel_sha256=_pixel_sha256(img),
+        phash_hex=pack_bits(imagehash.phash(img, hash_size=hash_size).hash),
+        width=img.width,
+        height=img.height,
+        mode="L",
+        format="DICOM",
+    )
+
+
+def _reason(message: str, path: Path) -> str:
+    """The reader's one-line message without its "cannot read ... '<path>': " prefix (the audit lists
+    the path beside the reason)."""
+    marker = f"{str(path)!r}: "
+    return message.split(marker, 1)[1] if marker in message else message
+
+
 # --------------------------------------------------------------------------------------- cache
 
 
@@ -265,6 +297,8 @@ def strict_decoding():
 def _fingerprint_files(paths: list[Path], hash_size: int, *, cache, progress, workers):
     from concurrent.futures import ThreadPoolExecutor
 
+    from engine.data.discovery import is_dicom_path
+
     total = len(paths)
 
     def one(path: Path) -> ImageFingerprint | UnreadableImage:
@@ -275,16 +309,23 @@ def _fingerprint_files(paths: list[Path], hash_size: int, *, cache, progress, wo
         if not data:
             return UnreadableImage("zero-byte file")
         sha = file_sha256(data)
+        dicom = is_dicom_path(Path(path))
+        # DICOM bytes are read by another reader (windowed): their entries get their own key, so
+        # the same bytes under a .png name and under a .dcm name are never confused.
+        entry = f"dicom:{sha}" if dicom else sha
         if cache is not None:
-            cached = cache.get(sha)
+            cached = cache.get(entry)
             if cached is not None:
                 return cached
         try:
-            result: ImageFingerprint | UnreadableImage = fingerprint_bytes(data, hash_size, sha256=sha)
+            if dicom:
+                result: ImageFingerprint | UnreadableImage = fingerprint_dicom(path, data, hash_size, sha256=sha)
+            else:
+                result = fingerprint_bytes(data, hash_size, sha256=sha)
         except UnreadableImage as exc:
             result = exc
         if cache is not None:
-            cache.put(sha, result)
+            cache.put(entry, result)
         return result
 
     n_workers = workers if workers is not None else min(4, os.cpu_count() or 1)

@@ -107,6 +107,27 @@ def _duplicate_pair(pair: dict) -> DuplicatePair:
     )
 
 
+#: Pseudonyms of cross-split patients the report lists (results.json keeps up to 100).
+PATIENT_IDS_SHOWN = 10
+
+
+def _patient_rows(integrity: dict) -> list[tuple[str, str]]:
+    """Patients per split and those in more than one split (by pseudonym), when the data had
+    patient ids (DICOM); nothing otherwise."""
+    patients = integrity.get("patients")
+    if not isinstance(patients, dict) or not patients:
+        return []
+    rows = [(f"Patients in {split}", str(_count(n))) for split, n in patients.items()]
+    rows.append(("Patients with images in more than one split (test images of training patients are "
+                 "left out of the leakage-free subset)", str(_count(integrity.get("cross_split_patients")))))
+    ids = [str(i) for i in integrity.get("cross_split_patient_ids") or []]
+    if ids:
+        more = len(ids) - PATIENT_IDS_SHOWN
+        rows.append(("Their pseudonyms (keyed hashes, not patient ids)",
+                     ", ".join(ids[:PATIENT_IDS_SHOWN]) + (f" and {more} more" if more > 0 else "")))
+    return rows
+
+
 def _integrity_view(results: dict, class_names: Sequence[str]) -> IntegrityView | None:
     integrity = results.get("integrity")
     if not isinstance(integrity, dict):
@@ -136,6 +157,7 @@ def _integrity_view(results: dict, class_names: Sequence[str]) -> IntegrityView 
             shown.append((label, _percent(fraction) if fraction is not None else "n/a"))
         elif value is not None:
             shown.append((label, str(_count(value))))
+    shown += _patient_rows(integrity)
     test_counts = ((results.get("data") or {}).get("counts") or {}).get("test") or {}
     lf_counts = integrity.get("leakage_free_test_counts") or {}
     lf_rows = [(c, _count(test_counts.get(c)), _count(lf_counts.get(c))) for c in class_names] if lf_counts else []

@@ -13,7 +13,8 @@ broken, no pixel data, compressed without an installed decoder, a selection that
 raises ``engine.errors.InputError`` with one line naming the file and the reason, and nothing else:
 callers list it as unreadable with that reason.
 
-The readers are not wired into discovery, integrity or training yet (docs/data.md).
+Discovery, integrity and training read single-frame DICOM through them; NIfTI and multi-frame
+DICOM are not wired yet (docs/data.md).
 Format modules: ``dicom`` (pydicom), ``nifti`` (nibabel), ``plain`` (PIL); each loads its library
 only when a file of its type is read.
 """

@@ -1,0 +1,251 @@
+"""Issue 17, first wiring: DICOM class folders through discovery, the integrity audit, check-data and a
+run, with patients counted and grouped by pseudonym and no patient identity in any artefact.
+
+The data is ``auditrun synth-data --format dicom`` (4 patients per class, 3 slices, 2 sites, 64 px):
+its truth file ``.auditrun-hospital.json`` says which patients are in which split, which are leaked
+(slices in both Training and Testing), and the identifying values planted in every header.
+The full run trains a tiny CNN for one epoch at 32 px (about 10 s on 2 cores).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from engine.cli import main
+from engine.data import discovery
+from engine.data.discovery import ImageRecord, discover, patient_groups
+from engine.integrity.audit import IntegrityConfig, audit
+
+from conftest import write_manifest
+from test_nightly_e2e import tiny_backbone
+
+TRUTH = ".auditrun-hospital.json"
+ALIASES = {"glioma_tumor": "glioma", "meningioma_tumor": "meningioma", "no_tumor": "no_tumor",
+           "pituitary_tumor": "pituitary"}
+CLASSES = ["glioma", "meningioma", "no_tumor", "pituitary"]
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def hospital(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("hospital")
+    result = invoke("synth-data", tmp / "data", "--format", "dicom", "--patients-per-class", 4,
+                    "--slices-per-patient", 3, "--sites", 2, "--size", 64)
+    assert result.exit_code == 0, result.output
+    truth = json.loads((tmp / "data" / TRUTH).read_text())
+    tiny_backbone(tmp / "tiny.keras")
+    return tmp, truth
+
+
+def planted_values(truth: dict) -> set[str]:
+    values = set()
+    for p in truth["patients"]:
+        for field, value in p.get("identifiers", {}).items():
+            values.add(str(value))
+            if field == "PatientName" or "^" in str(value):
+                values.update(part for part in str(value).split("^") if len(part) >= 4)
+    assert len(values) > 40  # the truth file holds them: the searches below are not empty
+    return values
+
+
+def assert_no_planted_value(texts: dict[str, bytes], truth: dict) -> None:
+    for value in planted_values(truth):
+        needle = value.encode()
+        hits = [name for name, data in texts.items() if needle in data]
+        assert not hits, f"planted identifying value found in {hits}"
+
+
+def files_under(folder: Path) -> dict[str, bytes]:
+    return {str(p): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def hospital_manifest(tmp: Path, out: Path) -> Path:
+    return write_manifest(tmp / f"{out.name}.toml", f"""
+[experiment]
+name = "hospital"
+seed = 3
+output_dir = "{out}"
+[data]
+root = "{tmp / 'data'}"
+validation_fraction = 0.34
+[training]
+epochs = 1
+batch_size = 8
+[[backbones]]
+name = "tiny"
+file = "{tmp / 'tiny.keras'}"
+preprocessing = "unit"
+input_size = 32
+train_backbone = true
+[gradcam]
+enabled = false
+[evaluation]
+bootstrap_resamples = 50
+[integrity]
+shift = false
+[report]
+formats = ["html"]
+""")
+
+
+def truth_patients(truth: dict) -> dict[str, int]:
+    """{split: patients} as the audit names its splits."""
+    names = {"Training": "train", "Testing": "test"}
+    out = {"train": 0, "test": 0}
+    for p in truth["patients"]:
+        for split in p["files"]:
+            out[names[split]] += 1
+    return out
+
+
+def key_of_file(truth: dict) -> dict[str, str]:
+    return {f: p["key"] for p in truth["patients"] for files in p["files"].values() for f in files}
+
+
+# ------------------------------------------------------------------------------ discovery, unit level
+
+
+def test_dicom_files_at_any_depth_and_without_suffix_are_discovered_and_multiframe_is_listed(hospital, tmp_path):
+    # mutation: drop `or is_dicom_path(p)` in discovery._is_image_file -> no record, the test fails
+    tmp, truth = hospital
+    root = tmp_path / "root"
+    src = sorted((tmp / "data" / "Training" / "glioma_tumor").glob("*.dcm"))
+    for cls in ALIASES:
+        train, test = root / "Training" / cls, root / "Testing" / cls
+        (train / "series" / "deeper").mkdir(parents=True)
+        test.mkdir(parents=True)
+        shutil.copy(src[0], train / "series" / "deeper" / "IM0001")  # no suffix, DICOM preamble
+        shutil.copy(src[1], train / "series" / "slice.dcm")
+        shutil.copy(src[2], test / "1.2.840.99")  # a UID-like name
+        (train / "notes.txt").write_text("not an image")
+    _, records = discover(root, layout="kaggle", train_dir="Training", test_dir="Testing", classes=CLASSES,
+                          aliases=ALIASES, test_fraction=0.34, seed=0)
+    assert len(records) == 12
+    assert {r.path.name for r in records} == {"IM0001", "slice.dcm", "1.2.840.99"}
+    assert all(r.frame == 0 and r.patient is None for r in records)  # no pseudonymizer: no patient
+
+    from engine.data.synth_hospital import write_hospital_dataset
+
+    multi = tmp_path / "multi"
+    write_hospital_dataset(multi, patients_per_class=2, slices_per_patient=2, sites=2, size=32,
+                           multiframe=True, leaked_per_class=0)
+    one = next((multi / "Training").rglob("*.dcm"))
+    ok, skipped = discovery.readable([ImageRecord(one, "train", "glioma")])
+    assert not ok and "multi-frame DICOM not supported yet" in skipped[0]["reason"]
+    report = audit([ImageRecord(one, "train", "glioma")], IntegrityConfig())
+    assert report.unreadable[0].reason.startswith("multi-frame DICOM not supported yet")
+
+
+def test_a_png_named_dcm_is_unreadable_even_when_its_bytes_are_cached_as_a_png(tmp_path):
+    # mutation: key the fingerprint cache by the bytes' sha256 alone for DICOM too -> the second
+    # audit takes the PNG's cached fingerprint and calls scan.dcm readable
+    from PIL import Image
+
+    Image.new("L", (40, 40), 128).save(tmp_path / "a.png")
+    (tmp_path / "scan.dcm").write_bytes((tmp_path / "a.png").read_bytes())
+    cache = tmp_path / "cache"
+    audit([ImageRecord(tmp_path / "a.png", "train", "glioma")], IntegrityConfig(), cache_dir=cache)
+    report = audit([ImageRecord(tmp_path / "scan.dcm", "train", "glioma")], IntegrityConfig(), cache_dir=cache)
+    assert [u.path.name for u in report.unreadable] == ["scan.dcm"]
+    assert "scan.dcm" not in report.unreadable[0].reason  # the reason, without the path again
+
+
+def test_patient_groups_merge_duplicate_groups_and_patients():
+    # mutation: skip `parent[...] = find(("patient", ...))` -> the two patient-p files get different ids
+    recs = [ImageRecord(Path(f"/x/{i}.dcm"), "train", "glioma", patient=p)
+            for i, p in enumerate(["p-a", "p-a", "p-b", "p-c", None])]
+    dup = {Path("/x/2.dcm"): 7, Path("/x/3.dcm"): 7, Path("/x/4.dcm"): 9}
+    g = patient_groups(recs, dup)
+    assert g[Path("/x/0.dcm")] == g[Path("/x/1.dcm")]
+    assert g[Path("/x/2.dcm")] == g[Path("/x/3.dcm")]  # p-b and p-c share a duplicate group
+    assert len({g[Path("/x/0.dcm")], g[Path("/x/2.dcm")], g[Path("/x/4.dcm")]}) == 3
+    assert patient_groups([ImageRecord(Path("/y.png"), "train", "glioma")], None) is None
+
+
+# ------------------------------------------------------------------------------ check-data
+
+
+def test_check_data_counts_patients_and_cross_split_patients_with_no_identity(hospital):
+    # mutations: audit._patients returns cross = () -> cross_split_patients 0 != 4;
+    # with_patients stores meta.patient_id instead of its pseudonym -> the MRN is found in stdout
+    tmp, truth = hospital
+    out = tmp / "check-out"
+    result = invoke("check-data", hospital_manifest(tmp, out), "--quiet")
+    assert result.exit_code == 0, result.output
+    integrity = json.loads(result.stdout)["integrity"]
+    assert integrity["patients"] == truth_patients(truth)
+    assert integrity["cross_split_patients"] == truth["leaked_patients"] == 4
+    ids = integrity["cross_split_patient_ids"]
+    assert len(ids) == 4 and all(i.startswith("p-") and len(i) == 18 for i in ids)
+    assert integrity["n_readable"] == integrity["n_files"] == 48 and not integrity["unreadable"]
+    leaked_test = [f for p in truth["patients"] if p["leaked"] for f in p["files"]["Testing"]]
+    assert sorted(integrity["patient_leaked_test_files"]) == sorted(leaked_test)
+    assert sum(integrity["leakage_free_test_counts"].values()) == integrity["n_test"] - len(leaked_test)
+    # the key lives under <output>/.keys, never printed
+    key = (out / ".keys" / "hospital.key").read_bytes()
+    assert len(key) == 32 and key.hex() not in result.output
+    assert_no_planted_value({"check-data output": result.output.encode(), **files_under(out)}, truth)
+
+
+# ------------------------------------------------------------------------------ a full run
+
+
+def test_a_run_on_dicom_groups_validation_by_patient_and_leaks_no_identity(hospital):
+    # mutations: pipeline drops `groups = data_mod.patient_groups(train, groups)` -> a patient straddles
+    # training and validation; ctx.leaked_test = report.leaked_test_paths only -> leakage_free n is 16, not 12
+    tmp, truth = hospital
+    out = tmp / "run-out"
+    result = invoke("run", hospital_manifest(tmp, out), "--quiet")
+    assert result.exit_code in (0, 1), (result.exit_code, result.output, result.exception)
+    run_dir = Path(result.stdout.strip().splitlines()[-1])
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["data"]["validation_grouped_by_patient"] is True
+    assert results["integrity"]["cross_split_patients"] == truth["leaked_patients"]
+
+    key_of = key_of_file(truth)
+    with open(run_dir / "predictions" / "tiny.validation.csv", newline="") as fh:
+        val_files = {row["path"] for row in csv.DictReader(fh)}
+    train_files = {f for f in key_of if f.startswith("Training/")} - val_files
+    assert val_files and train_files
+    assert not {key_of[f] for f in val_files} & {key_of[f] for f in train_files}
+
+    leaked_test = [f for p in truth["patients"] if p["leaked"] for f in p["files"]["Testing"]]
+    n_test = sum(results["data"]["counts"]["test"].values())
+    backbone = results["backbones"][0]
+    assert backbone["status"] == "ok"
+    assert backbone["leakage_free"]["n_images"] == n_test - len(leaked_test) == 12
+
+    assert not any(p.is_relative_to(run_dir) for p in (out / ".keys").rglob("*"))
+    assert_no_planted_value({"run output": result.output.encode(), **files_under(run_dir)}, truth)
+    # the report lists the patients too (by pseudonym)
+    html = (run_dir / "report.html").read_text()
+    assert "Patients with images in more than one split" in html
+    assert all(i in html for i in results["integrity"]["cross_split_patient_ids"])
+
+
+def test_the_folder_per_class_layout_splits_test_by_patient(hospital, tmp_path):
+    # mutation: `_patient_keys` returns None -> the per-file split puts some patient's slices in both splits
+    tmp, truth = hospital
+    root = tmp_path / "flat"
+    for p in truth["patients"]:
+        for files in p["files"].values():
+            for f in files:
+                dest = root / Path(f).parts[1] / p["key"] / Path(f).name  # a folder per patient
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(tmp / "data" / f, dest)
+    layout, records = discover(root, layout="auto", train_dir="Training", test_dir="Testing", classes=CLASSES,
+                               aliases=ALIASES, test_fraction=0.25, seed=0,
+                               pseudonymizer=lambda: (lambda pid: "p-" + str(abs(hash(pid)))))
+    assert layout == "imagefolder" and len(records) == 48
+    by_split = {s: {r.patient for r in records if r.split == s} for s in ("train", "test")}
+    assert by_split["test"] and not by_split["train"] & by_split["test"]
+    assert {r.label for r in records if r.split == "test"} == set(CLASSES)
