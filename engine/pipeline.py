@@ -367,12 +367,17 @@ def failure_message(ctx: RunContext, exc: BaseException, what: str) -> str:
     if isinstance(exc, OSError):
         return f"{type(exc).__name__}: {exc}"
     name = f"traceback-{slug(what)}.txt"
-    try:
-        write_text(ctx.run_dir / name, "".join(traceback.format_exception(exc)))
-        where = f"traceback in {name}"
-    except OSError:
-        where = "the traceback could not be saved"
+    where = f"traceback in {name}" if save_traceback(ctx.run_dir, name, exc) else "the traceback could not be saved"
     return f"internal error (a bug in auditrun) {type(exc).__name__}: {exc} ({where})"
+
+
+def save_traceback(run_dir: Path, name: str, exc: BaseException) -> Path | None:
+    """Keep ``exc``'s whole traceback in the run folder for the bug report; None when it cannot be
+    written (a full disk must not replace the bug it was reporting)."""
+    try:
+        return write_text(run_dir / name, "".join(traceback.format_exception(exc)))
+    except OSError:
+        return None
 
 
 def _fail(ctx: RunContext, res: BackboneResult, message: str) -> None:
@@ -468,7 +473,7 @@ def _run_locked(m: Manifest, exp_dir: Path, run_id, echo: Echo, now, resume) -> 
     echo(f"run directory: {run_dir}")
     try:
         return _run_stages(ctx, exp_dir, manifest_sha, previous)
-    except InputError as exc:
+    except (InputError, OSError) as exc:  # the user's input or file system: the CLI exits 2
         _record_end(ctx, exp_dir, "failed", str(exc))
         raise
     except (RunInterrupted, KeyboardInterrupt) as exc:
@@ -481,10 +486,11 @@ def _run_locked(m: Manifest, exp_dir: Path, run_id, echo: Echo, now, resume) -> 
         raise stop from None
     except Exception as exc:
         # A bug, not the user's input: keep the whole traceback where the user will look for it.
-        trace = write_text(run_dir / TRACEBACK_FILE, traceback.format_exc())
-        exc.auditrun_traceback = trace  # type: ignore[attr-defined]
-        _record_end(ctx, exp_dir, "failed", f"internal error {type(exc).__name__}: {exc} "
-                                            f"(traceback in {TRACEBACK_FILE})")
+        trace = save_traceback(run_dir, TRACEBACK_FILE, exc)
+        if trace is not None:
+            exc.auditrun_traceback = trace  # type: ignore[attr-defined]
+        where = f"traceback in {TRACEBACK_FILE}" if trace else "the traceback could not be saved"
+        _record_end(ctx, exp_dir, "failed", f"internal error {type(exc).__name__}: {exc} ({where})")
         raise
 
 

@@ -203,6 +203,21 @@ def test_engine_bug_exits_70_with_traceback_saved_in_the_run(assets, tmp_path, m
     assert not (tmp_path / "out" / "hard" / ".lock").exists()
 
 
+def test_file_system_error_inside_a_run_is_recorded_as_such_not_as_a_bug(assets, tmp_path, monkeypatch):
+    import engine.pipeline
+
+    def unwritable(ctx):
+        raise PermissionError(13, "Permission denied", str(tmp_path / "somewhere"))
+
+    monkeypatch.setattr(engine.pipeline, "prepare_data", unwritable)
+    result = invoke(manifest(assets, tmp_path), "--output-dir", tmp_path / "out", "--run-id", "r1", "--quiet")
+    assert_clean_error(result, 2, "somewhere", "Permission denied")
+    run = tmp_path / "out" / "hard" / "r1"
+    results = json.loads((run / "results.json").read_text())
+    assert results["run"]["status"] == "failed" and "Permission denied" in results["run"]["error"]
+    assert "internal error" not in results["run"]["error"] and not (run / "traceback.txt").exists()
+
+
 def test_bug_outside_a_run_saves_its_traceback_and_exits_70(tmp_path, monkeypatch):
     import engine.nightly.history
 
