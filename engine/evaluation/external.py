@@ -50,18 +50,18 @@ def _run_manifest(run_dir: Path) -> dict:
         return {}
 
 
-def _aliases_from_run(run_dir: Path, class_names: list[str]) -> dict[str, str]:
+def _aliases_from_run(manifest: dict, class_names: list[str]) -> dict[str, str]:
     """The folder-name aliases the run itself used (``engine.manifest.class_aliases``)."""
     from engine.manifest import folder_aliases
 
-    return folder_aliases(class_names, _run_manifest(run_dir).get("data", {}).get("aliases", {}))
+    return folder_aliases(class_names, manifest.get("data", {}).get("aliases", {}))
 
 
-def _min_image_size_from_run(run_dir: Path) -> int:
+def _min_image_size_from_run(manifest: dict) -> int:
     """The run's ``integrity.min_image_size``: external images are held to the run's own rule."""
     from engine.integrity.audit import IntegrityConfig
 
-    value = _run_manifest(run_dir).get("integrity", {}).get("min_image_size", IntegrityConfig.min_image_size)
+    value = manifest.get("integrity", {}).get("min_image_size", IntegrityConfig.min_image_size)
     return IntegrityConfig(min_image_size=value).min_image_size  # validated: InputError naming the key
 
 
@@ -103,10 +103,11 @@ def evaluate_external(run_dir: Path, data: Path, backbone: str | None = None, *,
     class_names = results["data"]["class_names"]
     seed = results["experiment"]["seed"] if seed is None else seed
     entries = _finished_backbones(results, backbone)
-    paths, y = discover_folder(data, class_names, _aliases_from_run(run_dir, class_names))
-    paths, y, skipped = usable_images(data, paths, y, _min_image_size_from_run(run_dir), warn)
+    run_manifest = _run_manifest(run_dir)  # the run's own settings: aliases, image size, TTA
+    paths, y = discover_folder(data, class_names, _aliases_from_run(run_manifest, class_names))
+    paths, y, skipped = usable_images(data, paths, y, _min_image_size_from_run(run_manifest), warn)
     images = _ExternalImages(paths, y, class_names, *_pointing_sample(paths, y, class_names, seed, max_pointing))
-    tta = bool(_run_manifest(run_dir).get("evaluation", {}).get("tta_flip", False))
+    tta = bool(run_manifest.get("evaluation", {}).get("tta_flip", False))
     out = [_evaluate_backbone(run_dir, e, images, echo, tta) for e in entries]
     counts = {c: int((y == i).sum()) for i, c in enumerate(class_names)}
     report = {"data": str(data.resolve()), "evaluated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
