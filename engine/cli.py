@@ -330,11 +330,9 @@ def render_cmd(run_dir: Path, formats):
     Needs no model and no TensorFlow: any copied run directory can be re-rendered.
     """
     from engine.report import render_report
-    from engine.results import read_results
 
     click.get_current_context().meta["auditrun.output"] = run_dir
     try:
-        read_results(run_dir)
         if not formats:
             formats = _manifest_formats(run_dir)
         written = render_report(run_dir, tuple(formats))
