@@ -10,7 +10,6 @@ here, in one mechanism, rather than as a list of forbidden strings at each call 
 
 from __future__ import annotations
 
-import os
 import unicodedata
 from pathlib import Path
 
@@ -29,7 +28,7 @@ def name_problem(name: object) -> str | None:
         return "must not be '.' or '..'"
     if "\x00" in name:
         return "must not contain a NUL character"
-    if "/" in name or "\\" in name or (os.sep in name) or (os.altsep and os.altsep in name):
+    if "/" in name or "\\" in name:  # both, whatever this OS's separator: runs are copied between hosts
         return "must not contain a path separator ('/' or '\\')"
     if name != name.strip():
         return "must not start or end with white space"
