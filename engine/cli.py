@@ -257,17 +257,14 @@ def check_data_cmd(manifest: Path, output_dir, quiet):
 
     from engine.data.identity import experiment_pseudonymizer
 
-    try:
-        m = manifest_mod.load(manifest)
-        root = Path(output_dir) if output_dir else m.experiment.output_dir
-        _, records = data_mod.discover(
-            m.data.root, layout=m.data.layout, train_dir=m.data.train_dir, test_dir=m.data.test_dir,
-            classes=m.data.classes, aliases=manifest_mod.class_aliases(m), test_fraction=m.data.test_fraction,
-            seed=m.experiment.seed, pseudonymizer=lambda: experiment_pseudonymizer(root, m.experiment.name))
-        report = integrity.audit(records, manifest_mod.integrity_options(m.integrity), cache_dir=root / ".cache",
-                                 class_names=m.data.classes)
-    except AuditrunError as exc:
-        _fail(exc)
+    m = manifest_mod.load(manifest)
+    root = Path(output_dir) if output_dir else m.experiment.output_dir
+    _, records = data_mod.discover(
+        m.data.root, layout=m.data.layout, train_dir=m.data.train_dir, test_dir=m.data.test_dir,
+        classes=m.data.classes, aliases=manifest_mod.class_aliases(m), test_fraction=m.data.test_fraction,
+        seed=m.experiment.seed, pseudonymizer=lambda: experiment_pseudonymizer(root, m.experiment.name))
+    report = integrity.audit(records, manifest_mod.integrity_options(m.integrity), cache_dir=root / ".cache",
+                             class_names=m.data.classes)
     if not quiet:
         click.echo(integrity.summary_text(report), err=True)
     click.echo(dumps_json({"integrity": report.to_dict(root=m.data.root.resolve())}), nl=False)
@@ -293,12 +290,9 @@ def evaluate_cmd(run_dir: Path, data: Path, backbone, quiet):
 
     _silence_tensorflow()
     click.get_current_context().meta["auditrun.output"] = run_dir
-    try:
-        # skipped images are reported even with --quiet: the figures leave them out
-        report = evaluate_external(run_dir, data, backbone, echo=_Echo(quiet),
-                                   warn=lambda msg: click.echo(f"auditrun: warning: {msg}", err=True))
-    except AuditrunError as exc:
-        _fail(exc)
+    # skipped images are reported even with --quiet: the figures leave them out
+    report = evaluate_external(run_dir, data, backbone, echo=_Echo(quiet),
+                               warn=lambda msg: click.echo(f"auditrun: warning: {msg}", err=True))
     click.echo(dumps_json({"backbones": report["backbones"], "data": report["data"], "counts": report["counts"],
                            "skipped": report["skipped"]}), nl=False)
 
@@ -312,11 +306,8 @@ def history_cmd(experiment_dir: Path, fmt: str):
 
     path = experiment_dir / "history.jsonl"
     if not path.is_file():
-        _fail(InputError(f"{str(path)!r} does not exist: no finished run of this experiment yet"))
-    try:
-        records = history.read_history(experiment_dir, validate=True)
-    except AuditrunError as exc:
-        _fail(exc)
+        raise InputError(f"{str(path)!r} does not exist: no finished run of this experiment yet")
+    records = history.read_history(experiment_dir, validate=True)
     click.echo(history.history_table(records, fmt), nl=False)
 
 
@@ -332,12 +323,9 @@ def render_cmd(run_dir: Path, formats):
     from engine.report import render_report
 
     click.get_current_context().meta["auditrun.output"] = run_dir
-    try:
-        if not formats:
-            formats = _manifest_formats(run_dir)
-        written = render_report(run_dir, tuple(formats))
-    except AuditrunError as exc:
-        _fail(exc)
+    if not formats:
+        formats = _manifest_formats(run_dir)
+    written = render_report(run_dir, tuple(formats))
     for path in written.values():
         click.echo(str(path))
 
@@ -430,10 +418,7 @@ def fetch_data_cmd(dest: Path):
     """
     from engine.data.fetch import fetch
 
-    try:
-        click.echo(str(fetch(dest)))
-    except AuditrunError as exc:
-        _fail(exc)
+    click.echo(str(fetch(dest)))
 
 
 if __name__ == "__main__":  # pragma: no cover
