@@ -75,12 +75,17 @@ class SyntheticConfig:
 @dataclass
 class DataConfig:
     root: Path | None = None
-    layout: Literal["auto", "kaggle", "imagefolder"] = "auto"
+    layout: Literal["auto", "kaggle", "imagefolder", "csv"] = "auto"
     train_dir: str = "Training"
     test_dir: str = "Testing"
     classes: list[str] = field(default_factory=lambda: list(CANONICAL_CLASSES))
     #: Extra folder-name -> class mappings, merged over DEFAULT_ALIASES.
     aliases: dict[str, str] = field(default_factory=dict)
+    #: A CSV of image paths, labels and metadata ("csv" layout): relative to the data root (not to
+    #: the manifest, so it moves with AUDITRUN_DATA_ROOT), or absolute.
+    labels: str | None = None
+    #: CSV role (path, label, split, patient, ...; engine.data.labels_csv.ROLES) -> column name.
+    columns: dict[str, str] = field(default_factory=dict)
     validation_fraction: float = 0.15
     #: imagefolder layout only: fraction of images held out as the test split.
     test_fraction: float = 0.2
@@ -364,6 +369,7 @@ def _check_ranges(m: Manifest) -> None:
     _check_fine_tunes(m)
     _check_backbones(m.backbones)
     _check_subgroups(m.subgroups)
+    _check_labels(m.data)
 
 
 def _check_numbers(m: Manifest) -> None:
@@ -409,6 +415,21 @@ def _check_names(m: Manifest) -> None:
               f"maps to {target!r}, which is not in data.classes {classes}")
     for cls in m.gates.min_recall:
         _need(cls in classes, _dotted("gates.min_recall", cls), f"is not a class; classes: {classes}")
+
+
+def _check_labels(data: DataConfig) -> None:
+    from engine.data.labels_csv import ROLES
+
+    _need(data.labels != "", "data.labels", "must name the labels CSV, got an empty string")
+    if data.labels is not None:
+        _need(data.layout in ("auto", "csv"), "data.layout",
+              f"is {data.layout!r}, but data.labels takes the labels from a CSV; use \"csv\" or \"auto\"")
+    else:
+        _need(data.layout != "csv", "data.layout", "is \"csv\": set data.labels to the CSV of images and labels")
+        _need(not data.columns, "data.columns", "maps CSV columns, which needs data.labels")
+    for role, column in data.columns.items():
+        _need(role in ROLES, _dotted("data.columns", role), f"is not a column role; use one of {', '.join(ROLES)}")
+        _need(bool(column.strip()), _dotted("data.columns", role), "must name a column, got an empty string")
 
 
 def _check_subgroups(sub: SubgroupsConfig) -> None:

@@ -120,7 +120,8 @@ def prepare_data(ctx: RunContext) -> None:
             root, layout=m.data.layout, train_dir=m.data.train_dir, test_dir=m.data.test_dir,
             classes=m.data.classes, aliases=class_aliases(m), test_fraction=m.data.test_fraction,
             seed=m.experiment.seed, validation_fraction=m.data.validation_fraction,
-            pseudonymizer=lambda: experiment_pseudonymizer(ctx.output_root, m.experiment.name, run_dir=ctx.run_dir))
+            pseudonymizer=lambda: experiment_pseudonymizer(ctx.output_root, m.experiment.name, run_dir=ctx.run_dir),
+            labels=m.data.labels, columns=m.data.columns)
     groups = None
     skipped: list[dict] = []
     if m.integrity.enabled:
@@ -155,8 +156,10 @@ def prepare_data(ctx: RunContext) -> None:
     ctx.dataset = data_mod.Dataset(root, layout, list(m.data.classes), train, val, test, skipped)
     from engine.nightly.history import dataset_fingerprint
 
-    fingerprint = dataset_fingerprint((relative_to_root(r.path, root), r.path.stat().st_size, r.path.stat().st_mtime_ns)
-                                      for r in records)
+    from engine.data.labels_csv import fingerprint_entries
+
+    fingerprint = dataset_fingerprint([(relative_to_root(r.path, root), r.path.stat().st_size, r.path.stat().st_mtime_ns)
+                                       for r in records] + fingerprint_entries(root, m.data.labels))
     ctx.results["data"] = {
         "root": str(root), "layout": layout, "class_names": list(m.data.classes), "fingerprint": fingerprint,
         "counts": ctx.dataset.counts(), "validation_fraction": m.data.validation_fraction,

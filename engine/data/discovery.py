@@ -118,8 +118,13 @@ def detect_layout(root: Path, train_dir: str, test_dir: str) -> str:
 def discover(root: Path, *, layout: str, train_dir: str, test_dir: str, classes: Sequence[str],
              aliases: dict[str, str], test_fraction: float, seed: int,
              validation_fraction: float | None = None,
-             pseudonymizer: Callable[[], Callable[[str], str]] | None = None) -> tuple[str, list[ImageRecord]]:
+             pseudonymizer: Callable[[], Callable[[str], str]] | None = None,
+             labels: str | os.PathLike | None = None,
+             columns: dict[str, str] | None = None) -> tuple[str, list[ImageRecord]]:
     """Find every image and its canonical class. Returns (layout, records with split train/test).
+
+    ``labels`` (``[data] labels``) and ``columns`` (``[data.columns]``): the "csv" layout, where a
+    CSV lists the images, their labels and metadata (``engine.data.labels_csv``).
 
     ``pseudonymizer``: a factory called once, only when the data holds DICOM files, returning the
     function that turns a patient id into its pseudonym (``engine.data.identity``); DICOM records
@@ -131,6 +136,11 @@ def discover(root: Path, *, layout: str, train_dir: str, test_dir: str, classes:
     naming the class, its count and the minimum. Each file is listed once; raises InputError
     naming the folder or file otherwise.
     """
+    if labels is not None or layout == "csv":
+        from engine.data.labels_csv import discover_csv
+
+        return discover_csv(root, labels, columns, classes=classes, aliases=aliases, test_fraction=test_fraction,
+                            seed=seed, validation_fraction=validation_fraction, pseudonymizer=pseudonymizer)
     try:
         layout, records = _discover(root, layout=layout, train_dir=train_dir, test_dir=test_dir, classes=classes,
                                     aliases=aliases, test_fraction=test_fraction, seed=seed,
