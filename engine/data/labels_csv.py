@@ -175,8 +175,9 @@ def _number(cells: _Cells, role: str, unit: str, low: float, high: float) -> flo
 
         value = parse_age(text)
     if value is None or not (low <= value <= high):
-        raise cells.error(role, f"{text!r} is not a {role.replace('_', ' ')} between {low:g} and {high:g}"
-                                f"{' years (or a DICOM age such as 045Y)' if role == 'age' else ' tesla'}; "
+        what = "an age" if role == "age" else "a field strength"
+        unit_text = " years (or a DICOM age such as 045Y)" if role == "age" else " tesla"
+        raise cells.error(role, f"{text!r} is not {what} between {low:g} and {high:g}{unit_text}; "
                                 "leave the cell empty where it is not recorded")
     return round(value, 2)
 
