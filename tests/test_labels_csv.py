@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import random
+import re
 from pathlib import Path
 
 import pytest
@@ -245,19 +246,18 @@ def test_a_bad_csv_exits_2_naming_the_file_row_and_column(hospital, case):
     result = invoke("check-data", manifest(tmp, tmp / "bad-out", labels=name), "--quiet")
     assert result.exit_code == 2, result.output
     assert f"{root / name}:" in result.output
-    import re
-
     assert re.search(expected, result.output), result.output
     assert "Traceback" not in result.output
     assert_no_raw_id({"output": result.output.encode()}, truth)
 
 
 def test_manifest_keys_are_checked(tmp_path):
-    (tmp_path / "b.keras").write_bytes(b"")  # only its existence is checked here
+    backbone = tmp_path / "b.keras"
+    backbone.write_bytes(b"")  # only its existence is checked here
 
     def load(data: str):
-        return loads(f'[data]\nroot = "{tmp_path}"\n{data}\n[[backbones]]\nname = "x"\nfile = "{tmp_path / "b.keras"}"\n',
-                     base=tmp_path, check_data=False)
+        text = f'[data]\nroot = "{tmp_path}"\n{data}\n[[backbones]]\nname = "x"\nfile = "{backbone}"\n'
+        return loads(text, base=tmp_path, check_data=False)
 
     with pytest.raises(InputError, match=r"data.columns.mrn' is not a column role"):
         load('labels = "l.csv"\n[data.columns]\nmrn = "MRN"')

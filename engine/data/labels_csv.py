@@ -122,7 +122,7 @@ class _Cells:
         return InputError(f"{self.where}: row {self.row}, column {self.cols[role]!r}: {what}")
 
 
-def _path(cells: _Cells, root: Path, exists: Callable[[Path], bool | None]) -> Path:
+def _path(cells: _Cells, root: Path) -> Path:
     text = cells.get("path")
     if not text:
         raise cells.error("path", "the path is empty")
@@ -134,7 +134,7 @@ def _path(cells: _Cells, root: Path, exists: Callable[[Path], bool | None]) -> P
     except ValueError:
         raise cells.error("path", f"{text!r} lies outside the data root {str(root)!r}; paths are relative "
                                   "to the data root and must stay below it") from None
-    if exists(path) is None:
+    if _exists(path) is None:
         raise cells.error("path", f"{text!r} is a folder, not an image file")
     return path.resolve()
 
@@ -222,7 +222,7 @@ def read_rows(csv_file: Path, root: Path, columns: Mapping[str, str], aliases: M
         if not any(values.values()):
             continue
         cells = _Cells(where, i + 2, values, cols)
-        path = _path(cells, root, _exists)
+        path = _path(cells, root)
         if path in first:
             raise cells.error("path", f"{cells.get('path')!r} is the file of row {first[path]} too; list each "
                                       "image once")
