@@ -87,7 +87,7 @@ class DataConfig:
     #: CSV role (path, label, split, patient, ...; engine.data.labels_csv.ROLES) -> column name.
     columns: dict[str, str] = field(default_factory=dict)
     validation_fraction: float = 0.15
-    #: imagefolder layout only: fraction of images held out as the test split.
+    #: imagefolder layout (and csv without a split column): fraction of images held out as the test split.
     test_fraction: float = 0.2
     #: Cache decoded, resized images on disk under <output_dir>/.cache between runs.
     cache: bool = True
@@ -421,6 +421,7 @@ def _check_labels(data: DataConfig) -> None:
     from engine.data.labels_csv import ROLES
 
     _need(data.labels != "", "data.labels", "must name the labels CSV, got an empty string")
+    _need("\0" not in (data.labels or ""), "data.labels", "must not contain a NUL character")
     if data.labels is not None:
         _need(data.layout in ("auto", "csv"), "data.layout",
               f"is {data.layout!r}, but data.labels takes the labels from a CSV; use \"csv\" or \"auto\"")
