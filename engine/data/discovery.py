@@ -319,7 +319,7 @@ def frame_records(path: Path, split: str, label: str, slices: SliceSelection | N
                 raise InputError(f"cannot read DICOM {str(path)!r}: the slice selection ({selection}) selects none "
                                  f"of its frames")
     except InputError as exc:
-        return [ImageRecord(path, split, label, 0, name if kind == "nifti" else None, unreadable=str(exc))]
+        return [ImageRecord(path, split, label, unreadable=str(exc))]  # the whole file, no frame of it
     if kind == "dicom" and indices == [0]:
         name = None  # one frame: shown as the file, as before frames were counted
     return [ImageRecord(path, split, label, i, name) for i in indices]
