@@ -25,6 +25,7 @@ from engine.data import discovery
 from engine.data.discovery import ImageCache, decode_image, discover, patient_groups, readable, split_validation
 from engine.data.readers import SliceSelection, Windowing
 from engine.data.synth_hospital import write_hospital_dataset
+from engine.errors import InputError
 from engine.integrity.audit import IntegrityConfig, audit, duplicate_groups
 from engine.integrity.hashing import FingerprintCache, fingerprint_files
 
@@ -248,40 +249,68 @@ def test_check_data_on_a_nifti_set_counts_slices_and_windowing_dicom_refuses_vol
 # ------------------------------------------------------------------------------ a full run and evaluate
 
 
-def test_a_run_and_evaluate_on_multiframe_dicom_go_frame_by_frame(sets):
-    # mutations: the pipeline filters unreadable records by path -> ...; leakage_free_mask by path ->
-    # the leaked patients' frames are not excluded; predictions keep the bare path -> no "[frame k]"
-    tmp, truth = sets
-    run_tmp = tmp / "run"
-    run_tmp.mkdir()
-    (run_tmp / "data").symlink_to(tmp / "multi")
-    tiny_backbone(run_tmp / "tiny.keras")
-    result = invoke("run", hospital_manifest(run_tmp, run_tmp / "out"), "--quiet")
+def test_a_run_and_evaluate_on_multiframe_dicom_go_frame_by_frame(tmp_path):
+    # mutations: leakage_free_mask by path -> a KeyError-free but wrong mask (every frame kept: 16, not
+    # 12); predictions keep the bare path -> no "[frame k]"; patient_groups by path -> a patient
+    # straddles training and validation
+    write_hospital_dataset(tmp_path / "data", fmt="dicom", multiframe=True, patients_per_class=4,
+                           slices_per_patient=3, sites=2, size=32)
+    truth = json.loads((tmp_path / "data" / TRUTH).read_text())
+    tiny_backbone(tmp_path / "tiny.keras")
+    result = invoke("run", hospital_manifest(tmp_path, tmp_path / "out"), "--quiet")
     assert result.exit_code in (0, 1), (result.exit_code, result.output, result.exception)
     run_dir = Path(result.stdout.strip().splitlines()[-1])
     results = json.loads((run_dir / "results.json").read_text())
-    per_file = slices_per_file(truth["multi"])
+    per_file = slices_per_file(truth)
     n_test = sum(n for f, n in per_file.items() if f.startswith("Testing/"))
-    assert sum(results["data"]["counts"]["test"].values()) == n_test == 24
-    assert sum(sum(c.values()) for c in results["data"]["counts"].values()) == 48
+    assert sum(results["data"]["counts"]["test"].values()) == n_test == 16
+    assert sum(sum(c.values()) for c in results["data"]["counts"].values()) == sum(per_file.values()) == 48
     assert results["data"]["validation_grouped_by_patient"] is True
     backbone = results["backbones"][0]
     assert backbone["status"] == "ok"
-    leaked = sum(len(p["slices"]["Testing"]) for p in truth["multi"]["patients"] if p["leaked"])
-    assert backbone["leakage_free"]["n_images"] == n_test - leaked == 16
+    leaked = sum(len(p["slices"]["Testing"]) for p in truth["patients"] if p["leaked"])
+    assert backbone["leakage_free"]["n_images"] == n_test - leaked == 12
 
     with open(run_dir / "predictions" / "tiny.csv", newline="") as fh:
-        test_paths = [row["path"] for row in csv.DictReader(fh)]
-    assert len(test_paths) == len(set(test_paths)) == n_test
-    assert all(p.startswith("Testing/") and " [frame " in p for p in test_paths)
+        rows = list(csv.DictReader(fh))
+    test_paths = [row["path"] for row in rows]
+    assert len(set(test_paths)) == n_test
+    # a file of several frames is shown with the frame; a leaked patient's one-frame test file by its path
+    assert sorted(test_paths) == sorted(f if per_file[f] == 1 else f"{f} [frame {k}]"
+                                        for f, n in per_file.items() if f.startswith("Testing/") for k in range(n))
     with open(run_dir / "predictions" / "tiny.validation.csv", newline="") as fh:
         val_files = {row["path"].split(" [")[0] for row in csv.DictReader(fh)}
-    key_of = {files[0]: p["key"] for p in truth["multi"]["patients"] for files in p["files"].values()}
+    key_of = {files[0]: p["key"] for p in truth["patients"] for files in p["files"].values()}
     train_files = {f for f in key_of if f.startswith("Training/")} - val_files
     assert val_files and not {key_of[f] for f in val_files} & {key_of[f] for f in train_files}
 
-    result = invoke("evaluate", run_dir, "--data", tmp / "multi" / "Testing", "--quiet")
+    result = invoke("evaluate", run_dir, "--data", tmp_path / "data" / "Testing", "--quiet")
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert sum(report["counts"].values()) == n_test and not report["skipped"]
     assert report["backbones"][0]["n_images"] == n_test
+    # the same frames, decoded as the run decoded them: the run's test accuracy is reproduced
+    assert report["backbones"][0]["accuracy"] == pytest.approx(backbone["test"]["accuracy"], abs=1e-6)
+
+
+def test_evaluate_reads_an_external_folder_frame_by_frame_with_the_runs_windowing(sets):
+    # mutations: _ExternalImages decodes frame 0 of every file -> the rows of one file's frames are
+    # equal; _readers_from_run ignores data.windowing -> the pixels are the "auto" ones
+    from engine.evaluation.external import _ExternalImages, _readers_from_run, discover_folder, usable_images
+
+    tmp, truth = sets
+    folder = tmp / "multi" / "Testing"
+    windowing, slices = _readers_from_run({"data": {"windowing": "percentile", "window_percentiles": [5, 95],
+                                                    "slices": [0, 2]}})
+    records, y = discover_folder(folder, CLASSES, ALIASES, slices)
+    per_file = {f: n for f, n in slices_per_file(truth["multi"]).items() if f.startswith("Testing/")}
+    assert len(records) == len(y) == sum(min(n, 2) for n in per_file.values())
+    records, y, skipped = usable_images(folder, records, y, 32, lambda _m: None, windowing)
+    assert not skipped
+    x = _ExternalImages(records, y, CLASSES, [[]] * len(records), [], windowing=windowing).pixels(32)
+    first = next(i for i, r in enumerate(records) if r.frame == 1)
+    assert records[first - 1].path == records[first].path and not np.array_equal(x[first - 1], x[first])
+    assert np.array_equal(x[first], decode_image(records[first].path, 32, 1, Windowing("percentile", (5, 95))))
+    assert not np.array_equal(x[first], decode_image(records[first].path, 32, 1))
+    with pytest.raises(InputError, match="data.slices"):
+        _readers_from_run({"data": {"slices": [3, 1]}})
