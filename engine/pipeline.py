@@ -134,7 +134,7 @@ def prepare_data(ctx: RunContext) -> None:
         ctx.results["integrity"] = report.to_dict(root=root)
         from engine.report.thumbnails import add_pair_thumbnails
 
-        add_pair_thumbnails(ctx.results, ctx.run_dir, data_root=root)
+        add_pair_thumbnails(ctx.results, ctx.run_dir, data_root=root, windowing=windowing)
         ctx.leaked_test = set(report.excluded_test_paths)  # twins in training, and patients in training
         bad = set(report.unreadable_paths)
         skipped = [dict(u) for u in ctx.results["integrity"].get("unreadable", [])]

@@ -173,8 +173,9 @@ def test_windowing_changes_pixels_and_is_part_of_every_cache_key(sets, tmp_path)
 
 
 def test_two_frames_of_one_file_are_not_byte_twins_but_a_copied_file_pairs_frame_for_frame(sets, tmp_path):
-    # mutation: fingerprint_frame keeps the file's sha256 for every frame -> the frames of one volume
-    # are byte-identical twins of each other and every test frame leaks to every training frame
+    # mutations: fingerprint_frame keeps the file's sha256 for every frame -> the frames of one volume
+    # are byte-identical twins of each other and every test frame leaks to every training frame;
+    # thumbnails open the labelled path with PIL -> no thumbnail
     tmp, _ = sets
     src = next((tmp / "multi" / "Training" / "glioma_tumor").glob("*.dcm"))
     for split in ("Training", "Testing"):
@@ -190,6 +191,19 @@ def test_two_frames_of_one_file_are_not_byte_twins_but_a_copied_file_pairs_frame
     assert byte_pairs == {(k, k) for k in range(n)}
     d = report.to_dict(root=tmp_path.resolve())
     assert sorted(d["leaked_test_files"]) == sorted(f"Testing/glioma_tumor/{src.name} [frame {k}]" for k in range(n))
+
+    # the report's thumbnails of example pairs read the named frame (PIL alone cannot open DICOM)
+    from PIL import Image
+
+    from engine.report.thumbnails import add_pair_thumbnails
+
+    results = {"integrity": d}
+    assert d["example_pairs"] and add_pair_thumbnails(results, tmp_path / "run", data_root=tmp_path) == len(
+        d["example_pairs"])
+    pair = d["example_pairs"][0]
+    assert pair["test"].endswith("]")
+    with Image.open(tmp_path / "run" / pair["files"]["test"]) as thumb:
+        assert thumb.size == (32, 32)
 
 
 # ------------------------------------------------------------------------------ manifest keys, commands
