@@ -8,7 +8,11 @@ Three fingerprints per file:
   * ``phash``        - ``imagehash.phash`` (DCT perceptual hash, ``hash_size**2`` bits) packed
     into uint64 words: resized / re-encoded copies sit at a small Hamming distance.
 
-No TensorFlow here; PIL + numpy + imagehash only.
+A DICOM frame or NIfTI slice (``(path, frame)`` in ``fingerprint_files``) is decoded by
+``engine.data.readers`` with the run's windowing; its ``file_sha256`` is the file's for frame 0 and
+derived from it and the frame otherwise (``frame_sha256``).
+
+No TensorFlow here; PIL + numpy + imagehash only (the readers load pydicom / nibabel on demand).
 """
 
 from __future__ import annotations
