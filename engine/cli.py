@@ -263,9 +263,9 @@ def check_data_cmd(manifest: Path, output_dir, quiet):
         m.data.root, layout=m.data.layout, train_dir=m.data.train_dir, test_dir=m.data.test_dir,
         classes=m.data.classes, aliases=manifest_mod.class_aliases(m), test_fraction=m.data.test_fraction,
         seed=m.experiment.seed, pseudonymizer=lambda: experiment_pseudonymizer(root, m.experiment.name),
-        labels=m.data.labels, columns=m.data.columns)
+        labels=m.data.labels, columns=m.data.columns, slices=manifest_mod.slice_selection(m.data))
     report = integrity.audit(records, manifest_mod.integrity_options(m.integrity), cache_dir=root / ".cache",
-                             class_names=m.data.classes)
+                             class_names=m.data.classes, windowing=manifest_mod.windowing_options(m.data))
     if not quiet:
         click.echo(integrity.summary_text(report), err=True)
     click.echo(dumps_json({"integrity": report.to_dict(root=m.data.root.resolve())}), nl=False)

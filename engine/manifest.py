@@ -95,6 +95,14 @@ class DataConfig:
     #: A nightly audit would otherwise leave one array per dataset version and input size.
     cache_max_age_days: int = 30
     synthetic: SyntheticConfig | None = None
+    #: How DICOM frames and NIfTI slices become 8-bit grey (engine.data.readers.Windowing): "auto"
+    #: the stored window (VOI LUT, WindowCenter/Width, NIfTI cal_min/cal_max) else the percentile
+    #: window, "dicom" the stored window only, "percentile" always the percentile window.
+    windowing: Literal["auto", "dicom", "percentile"] = "auto"
+    window_percentiles: list[float] = field(default_factory=lambda: [0.5, 99.5])
+    #: NIfTI axial slices (and frames of a multi-frame DICOM) that become images: "all",
+    #: [start, stop] (stop exclusive) or k (every k-th slice from 0).
+    slices: str | int | list[int] = "all"
 
 
 @dataclass
@@ -286,6 +294,8 @@ def _convert(value: Any, tp: Any, key: str, base: Path) -> Any:
                 return _convert(value, arg, key, base)
             except InputError as exc:
                 errors.append(exc)
+        if len(args) > 1:  # "must be a string", when an integer would do too, would mislead
+            raise InputError(f"manifest key '{key}' must be a {_type_name(tp)}, got {value!r}")
         raise errors[0]
     if origin is Literal:
         allowed = typing.get_args(tp)
@@ -388,6 +398,8 @@ def _check_numbers(m: Manifest) -> None:
     # sklearn's random_state and numpy's legacy seeding (keras.utils.set_random_seed) take 32 bits.
     need(0 <= m.experiment.seed < 2**32, "experiment.seed", f"must be in [0, {2**32 - 1}]")
     need(m.data.cache_max_age_days >= 0, "data.cache_max_age_days", "must be >= 0")
+    windowing_options(m.data)  # InputError naming data.windowing / data.window_percentiles
+    slice_selection(m.data)  # InputError naming data.slices
 
 
 def _check_synthetic(syn: SyntheticConfig | None) -> None:
@@ -475,6 +487,39 @@ def _check_backbones(backbones: list[BackboneConfig]) -> None:
         _need(b.input_size >= spec.min_size, f"{key}.input_size", f"must be at least {spec.min_size} for {b.name}")
         _need(b.preprocessing == "auto", f"{key}.preprocessing",
               f"is fixed by keras.applications for {b.name} ({spec.preprocessing}); remove the key")
+
+
+def windowing_options(data: DataConfig | Mapping[str, Any]):
+    """``engine.data.readers.Windowing`` from ``[data]`` (a ``DataConfig`` or the raw TOML table of a
+    run's manifest copy); InputError naming ``data.windowing`` or ``data.window_percentiles``."""
+    from engine.data.readers import WINDOW_MODES, Windowing
+
+    get = data.get if isinstance(data, Mapping) else (lambda key, default: getattr(data, key, default))
+    mode, percentiles = get("windowing", "auto"), get("window_percentiles", [0.5, 99.5])
+    if mode not in WINDOW_MODES:
+        raise InputError(f"manifest key 'data.windowing': {mode!r} is not allowed; use one of "
+                         f"{', '.join(map(repr, WINDOW_MODES))}")
+    if (not isinstance(percentiles, (list, tuple)) or len(percentiles) != 2
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in percentiles)):
+        raise InputError(f"manifest key 'data.window_percentiles' must be two numbers [low, high], got {percentiles!r}")
+    try:
+        return Windowing(mode, tuple(percentiles))
+    except InputError:
+        raise InputError(f"manifest key 'data.window_percentiles' must satisfy 0 <= low < high <= 100, "
+                         f"got {list(percentiles)!r}") from None
+
+
+def slice_selection(data: DataConfig | Mapping[str, Any]):
+    """``engine.data.readers.SliceSelection`` from ``[data] slices`` (``DataConfig`` or raw table);
+    InputError naming ``data.slices``."""
+    from engine.data.readers import SliceSelection
+
+    value = data.get("slices", "all") if isinstance(data, Mapping) else data.slices
+    try:
+        return SliceSelection.parse(value)
+    except InputError as exc:
+        raise InputError(f"manifest key 'data.slices': {exc}; e.g. \"all\", [10, 60] (slices 10 to 59) or 2 "
+                         "(every second slice)") from None
 
 
 def integrity_options(cfg: IntegrityConfig):

@@ -21,8 +21,8 @@ import numpy as np
 from engine.data import discovery as data_mod
 from engine.atomic import save_keras_model, write_text
 from engine.errors import InputError, RunInterrupted
-from engine.manifest import Manifest, class_aliases, integrity_options
-from engine.paths import child, relative_to_root, safe_name
+from engine.manifest import Manifest, class_aliases, integrity_options, slice_selection, windowing_options
+from engine.paths import child, safe_name
 from engine.results import SCHEMA_VERSION, BackboneResult, WeightsInfo, read_results, write_results
 
 Echo = Callable[[str], None]
@@ -53,7 +53,7 @@ class RunContext:
     results: dict = field(default_factory=dict)
     dataset: data_mod.Dataset | None = None
     cache: data_mod.ImageCache | None = None
-    leaked_test: set[Path] = field(default_factory=set)
+    leaked_test: set[tuple[Path, int]] = field(default_factory=set)  # record keys (path, frame)
     #: Every backbone's typed results, in the order they ran; stages set their blocks on these and
     #: save() serialises them (BackboneResult.to_dict) into results.json's "backbones".
     backbones: list[BackboneResult] = field(default_factory=list)
@@ -75,7 +75,7 @@ class RunContext:
         """(n_test,) bool, True for test images with no copy in training; None without an integrity audit."""
         if "integrity" not in self.results:
             return None
-        return np.array([r.path not in self.leaked_test for r in self.dataset.test])
+        return np.array([r.key not in self.leaked_test for r in self.dataset.test])
 
     def finished(self) -> list[BackboneResult]:
         return [b for b in self.backbones if b.status == "ok"]
@@ -121,7 +121,8 @@ def prepare_data(ctx: RunContext) -> None:
             classes=m.data.classes, aliases=class_aliases(m), test_fraction=m.data.test_fraction,
             seed=m.experiment.seed, validation_fraction=m.data.validation_fraction,
             pseudonymizer=lambda: experiment_pseudonymizer(ctx.output_root, m.experiment.name, run_dir=ctx.run_dir),
-            labels=m.data.labels, columns=m.data.columns)
+            labels=m.data.labels, columns=m.data.columns, slices=slice_selection(m.data))
+    windowing = windowing_options(m.data)
     groups = None
     skipped: list[dict] = []
     if m.integrity.enabled:
@@ -129,20 +130,20 @@ def prepare_data(ctx: RunContext) -> None:
 
         with Timer(ctx.echo, "integrity audit", ctx.results["timings"], "integrity_s"):
             report = integrity.audit(records, integrity_options(m.integrity), cache_dir=ctx.output_root / ".cache",
-                                     class_names=m.data.classes)
+                                     class_names=m.data.classes, windowing=windowing)
         ctx.results["integrity"] = report.to_dict(root=root)
         from engine.report.thumbnails import add_pair_thumbnails
 
-        add_pair_thumbnails(ctx.results, ctx.run_dir, data_root=root)
+        add_pair_thumbnails(ctx.results, ctx.run_dir, data_root=root, windowing=windowing)
         ctx.leaked_test = set(report.excluded_test_paths)  # twins in training, and patients in training
         bad = set(report.unreadable_paths)
         skipped = [dict(u) for u in ctx.results["integrity"].get("unreadable", [])]
-        records = [r for r in records if r.path not in bad]
+        records = [r for r in records if r.key not in bad]
         if m.integrity.group_validation_split:
             groups = integrity.duplicate_groups(records, report)
         ctx.echo(integrity.summary_text(report))
     else:
-        records, skipped = data_mod.readable(records, min_size=m.integrity.min_image_size)
+        records, skipped = data_mod.readable(records, min_size=m.integrity.min_image_size, windowing=windowing)
     for s in skipped:
         ctx.echo(f"warning: skipped image {s['path']}: {s['reason']}")
     train = [r for r in records if r.split == "train"]
@@ -158,8 +159,9 @@ def prepare_data(ctx: RunContext) -> None:
 
     from engine.data.labels_csv import fingerprint_entries
 
-    fingerprint = dataset_fingerprint([(relative_to_root(r.path, root), r.path.stat().st_size, r.path.stat().st_mtime_ns)
-                                       for r in records] + fingerprint_entries(root, m.data.labels))
+    fingerprint = dataset_fingerprint([(data_mod.record_label(r, root), r.path.stat().st_size,
+                                        r.path.stat().st_mtime_ns) for r in records]
+                                      + fingerprint_entries(root, m.data.labels))
     ctx.results["data"] = {
         "root": str(root), "layout": layout, "class_names": list(m.data.classes), "fingerprint": fingerprint,
         "counts": ctx.dataset.counts(), "validation_fraction": m.data.validation_fraction,
@@ -171,7 +173,8 @@ def prepare_data(ctx: RunContext) -> None:
     ctx.results["data"]["warnings"] = warnings
     for w in warnings:
         ctx.echo(f"warning: {w}")
-    ctx.cache = data_mod.ImageCache(ctx.output_root / ".cache" if m.data.cache else None, progress=ctx.echo)
+    ctx.cache = data_mod.ImageCache(ctx.output_root / ".cache" if m.data.cache else None, progress=ctx.echo,
+                                    windowing=windowing)
     counts = ctx.dataset.counts()
     ctx.echo("data: " + ", ".join(f"{s} {sum(c.values())}" for s, c in counts.items()) + f" images ({layout} layout)")
 
@@ -691,6 +694,12 @@ def run_post_stages(ctx: RunContext) -> None:
         explain_stage(ctx, ok)
 
 
+def _box_paths(records) -> list[str | None]:
+    """Where each record's YOLO box file (``<image>.txt``) would lie: none for a frame of a
+    multi-image file, since one box file cannot say which of its frames it boxes."""
+    return [None if r.frame_name else str(r.path) for r in records]
+
+
 def explain_stage(ctx: RunContext, entries: list[BackboneResult]) -> None:
     """Grad-CAM galleries and the pointing game, per backbone, from the saved models."""
     from engine.explain.gallery import explain_backbone, pointing_game_on
@@ -707,15 +716,17 @@ def explain_stage(ctx: RunContext, entries: list[BackboneResult]) -> None:
                 layer = m.gradcam.layer or layers.get(res.fine_tuned_from or res.name)
                 res.gradcam = explain_backbone(
                     model, ctx.cache.load(ds.test, size, "test"), ds.labels("test"), out["test_probs"],
-                    [str(r.path) for r in ds.test], ds.class_names, ctx.run_dir / "gradcam" / slug(res.name),
+                    [data_mod.record_label(r) for r in ds.test], ds.class_names, ctx.run_dir / "gradcam" / slug(res.name),
                     m.gradcam.images_per_class, m.experiment.seed, layer=layer, data_root=ds.root,
-                    run_dir=ctx.run_dir, pointing_max_images=m.gradcam.max_pointing_images)
+                    run_dir=ctx.run_dir, pointing_max_images=m.gradcam.max_pointing_images,
+                    box_paths=_box_paths(ds.test))
                 # Boxed validation images score the explanation without the test split, so Grad-CAM
                 # settings (layer, input size) can be tuned on them.
                 val_game = pointing_game_on(
-                    model, ctx.cache.load(ds.val, size, "validation"), ds.labels("val"), [str(r.path) for r in ds.val],
-                    ds.class_names, m.experiment.seed, layer=res.gradcam["layer"],
-                    max_images=m.gradcam.max_pointing_images) if ds.val else None
+                    model, ctx.cache.load(ds.val, size, "validation"), ds.labels("val"),
+                    [data_mod.record_label(r) for r in ds.val], ds.class_names, m.experiment.seed,
+                    layer=res.gradcam["layer"], max_images=m.gradcam.max_pointing_images,
+                    box_paths=_box_paths(ds.val)) if ds.val else None
                 if val_game is not None:
                     res.gradcam["pointing_game_validation"] = val_game
             except Exception as exc:  # noqa: BLE001 - one failed explanation must not lose the report

@@ -123,7 +123,7 @@ def test_validation_split_is_stratified_and_seeded():
 
 def test_validation_split_keeps_duplicate_groups_together():
     recs = _records()
-    groups = {recs[i].path: 1000 + i // 2 for i in range(0, 80)}  # pairs of copies
+    groups = {recs[i].key: 1000 + i // 2 for i in range(0, 80)}  # pairs of copies
     tr, va = data.split_validation(recs, 0.2, seed=0, groups=groups)
     side = {r.path: "tr" for r in tr} | {r.path: "va" for r in va}
     for i in range(0, 80, 2):
@@ -138,7 +138,7 @@ def test_image_cache_decodes_once(tmp_path, monkeypatch):
         recs.append(data.ImageRecord(p, "train", "glioma"))
     calls = []
     real = data.decode_image
-    monkeypatch.setattr(data, "decode_image", lambda p, s: calls.append(p) or real(p, s))
+    monkeypatch.setattr(data, "decode_image", lambda p, s, *a: calls.append(p) or real(p, s, *a))
     cache = data.ImageCache(tmp_path / "cache")
     a = cache.load(recs, 32)
     b = cache.load(recs, 32)
@@ -178,7 +178,7 @@ def test_validation_split_names_a_class_with_no_training_images():
 def test_validation_split_at_the_minimum_gives_every_class_both_sides(fraction, grouped):
     n = data.min_training_images(fraction)
     recs = _records(n)
-    groups = {r.path: i for i, r in enumerate(recs)} if grouped else None
+    groups = {r.key: i for i, r in enumerate(recs)} if grouped else None
     for seed in range(5):
         tr, va = data.split_validation(recs, fraction, seed=seed, groups=groups, classes=CLASSES)
         assert set(Counter(r.label for r in tr)) == set(CLASSES) == set(Counter(r.label for r in va))
@@ -186,7 +186,7 @@ def test_validation_split_at_the_minimum_gives_every_class_both_sides(fraction, 
 
 def test_validation_split_names_a_class_whose_copies_cannot_be_split():
     recs = _records(10)
-    groups = {r.path: (0 if r.label == "glioma" else 1 + i) for i, r in enumerate(recs)}  # glioma: one group
+    groups = {r.key: (0 if r.label == "glioma" else 1 + i) for i, r in enumerate(recs)}  # glioma: one group
     with pytest.raises(InputError, match=r"class 'glioma'.* 10 images form 1 near-duplicate group"):
         data.split_validation(recs, 0.15, seed=0, groups=groups)
 

@@ -1152,7 +1152,7 @@ def test_regression_validation_split_of_too_few_images(fraction, groups):
     # ValueError (2 validation images for 4 classes; 7 folds of 3 images; 2 folds of 1 image).
     per_class = 1 if fraction == 0.5 else 3
     recs = [data_mod.ImageRecord(Path(f"/x/{c}/{i}.png"), "train", c) for c in CLASSES for i in range(per_class)]
-    group_ids = {r.path: i for i, r in enumerate(recs)} if groups else None
+    group_ids = {r.key: i for i, r in enumerate(recs)} if groups else None
     with pytest.raises(InputError, match="data.validation_fraction"):
         data_mod.split_validation(recs, fraction, 0, group_ids)
 

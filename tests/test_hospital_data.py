@@ -18,7 +18,6 @@ import pytest
 from click.testing import CliRunner
 
 from engine.cli import main
-from engine.data import discovery
 from engine.data.discovery import ImageRecord, discover, patient_groups
 from engine.integrity.audit import IntegrityConfig, audit
 
@@ -114,7 +113,7 @@ def key_of_file(truth: dict) -> dict[str, str]:
 # ------------------------------------------------------------------------------ discovery, unit level
 
 
-def test_dicom_files_at_any_depth_and_without_suffix_are_discovered_and_multiframe_is_listed(hospital, tmp_path):
+def test_dicom_files_at_any_depth_and_without_suffix_are_discovered(hospital, tmp_path):
     # mutation: drop `or is_dicom_path(p)` in discovery._is_image_file -> no record, the test fails
     tmp, truth = hospital
     root = tmp_path / "root"
@@ -132,17 +131,6 @@ def test_dicom_files_at_any_depth_and_without_suffix_are_discovered_and_multifra
     assert len(records) == 12
     assert {r.path.name for r in records} == {"IM0001", "slice.dcm", "1.2.840.99"}
     assert all(r.frame == 0 and r.patient is None for r in records)  # no pseudonymizer: no patient
-
-    from engine.data.synth_hospital import write_hospital_dataset
-
-    multi = tmp_path / "multi"
-    write_hospital_dataset(multi, patients_per_class=2, slices_per_patient=2, sites=2, size=32,
-                           multiframe=True, leaked_per_class=0)
-    one = next((multi / "Training").rglob("*.dcm"))
-    ok, skipped = discovery.readable([ImageRecord(one, "train", "glioma")])
-    assert not ok and "multi-frame DICOM not supported yet" in skipped[0]["reason"]
-    report = audit([ImageRecord(one, "train", "glioma")], IntegrityConfig())
-    assert report.unreadable[0].reason.startswith("multi-frame DICOM not supported yet")
 
 
 def test_a_png_named_dcm_is_unreadable_even_when_its_bytes_are_cached_as_a_png(tmp_path):
@@ -164,7 +152,7 @@ def test_patient_groups_merge_duplicate_groups_and_patients():
     recs = [ImageRecord(Path(f"/x/{i}.dcm"), "train", "glioma", patient=p)
             for i, p in enumerate(["p-a", "p-a", "p-b", "p-c", None])]
     dup = {Path("/x/2.dcm"): 7, Path("/x/3.dcm"): 7, Path("/x/4.dcm"): 9}
-    g = patient_groups(recs, dup)
+    g = {path: v for (path, _frame), v in patient_groups(recs, {(k, 0): v for k, v in dup.items()}).items()}
     assert g[Path("/x/0.dcm")] == g[Path("/x/1.dcm")]
     assert g[Path("/x/2.dcm")] == g[Path("/x/3.dcm")]  # p-b and p-c share a duplicate group
     assert len({g[Path("/x/0.dcm")], g[Path("/x/2.dcm")], g[Path("/x/4.dcm")]}) == 3

@@ -96,7 +96,7 @@ def test_audit_finds_each_planted_defect_and_nothing_else(planted, tmp_path):
     assert "truncated" in reasons[p["truncated"]]
     assert reasons[p["empty"]] == "zero-byte file"
     assert "not a recognised image" in reasons[p["text"]]
-    assert report.unreadable_paths == set(reasons)
+    assert report.unreadable_paths == {(path, 0) for path in reasons}  # record keys: (path, frame)
 
     pairs = {(x.a.path, x.b.path): x for x in report.cross_split_pairs}
     assert set(pairs) == {
@@ -111,7 +111,7 @@ def test_audit_finds_each_planted_defect_and_nothing_else(planted, tmp_path):
     assert not resized_pair.exact and 0 < resized_pair.distance <= IntegrityConfig().near_threshold
 
     assert report.cross_split_exact == 2
-    assert report.leaked_test_paths == {p["exact_copy"], p["resaved"], p["resized"]}
+    assert report.leaked_test_paths == {(p[k], 0) for k in ("exact_copy", "resaved", "resized")}
     assert report.cross_split_near == 3
 
     assert len(report.label_conflicts) == 1
@@ -210,10 +210,10 @@ def test_near_duplicate_pair_stays_in_one_validation_group(tmp_path):
     report = audit(records, IntegrityConfig())
     groups = duplicate_groups(records, report)
 
-    assert set(groups) == {r.path for r in records}
-    assert groups[src] == groups[twin]
-    others = [g for path, g in groups.items() if path not in (src, twin)]
-    assert len(set(others)) == len(others) and groups[src] not in others
+    assert set(groups) == {(r.path, 0) for r in records}  # record keys: (path, frame)
+    assert groups[(src, 0)] == groups[(twin, 0)]
+    others = [g for key, g in groups.items() if key not in ((src, 0), (twin, 0))]
+    assert len(set(others)) == len(others) and groups[(src, 0)] not in others
     assert sorted(set(groups.values())) == list(range(len(records) - 1))
     [near] = report.within_split_groups
     assert not near.exact and {f.path for f in near.files} == {src, twin}
@@ -277,7 +277,7 @@ def test_audit_stays_strict_after_weasyprint_import(planted):
     ImageFile.LOAD_TRUNCATED_IMAGES = True
     try:
         report = audit(planted["records"], IntegrityConfig())
-        assert Path(planted["truncated"]) in report.unreadable_paths
+        assert (Path(planted["truncated"]), 0) in report.unreadable_paths
         assert ImageFile.LOAD_TRUNCATED_IMAGES is True  # restored for the caller
     finally:
         ImageFile.LOAD_TRUNCATED_IMAGES = before

@@ -7,8 +7,9 @@ synthetic phantom datasets (``write_dataset``), and patient pseudonyms under a p
 key kept outside the run directory (``identity``). Imports nothing from later stages.
 
 ``readers`` reads DICOM, NIfTI and 16-bit PNG/TIFF frames and their metadata behind one interface
-(``frames_of``, ``read_frame``, ``read_metadata``), and ``synth_hospital`` writes a synthetic hospital
-set (``write_hospital_dataset``); neither is wired into discovery yet (docs/data.md).
+(``frames_of``, ``read_frame``, ``read_metadata``); discovery makes one ``ImageRecord`` per DICOM
+frame and per selected NIfTI slice, keyed by (path, frame). ``synth_hospital`` writes a synthetic
+hospital set (``write_hospital_dataset``; docs/data.md).
 """
 
 from engine import lazy_exports

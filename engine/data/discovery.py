@@ -12,11 +12,14 @@ import os
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 
 import numpy as np
 
 from engine.errors import InputError
+
+if TYPE_CHECKING:
+    from engine.data.readers import SliceSelection, Windowing
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
@@ -26,14 +29,39 @@ class ImageRecord:
     path: Path  # absolute
     split: str  # "train" | "test" (validation is carved from "train" later)
     label: str  # canonical class name
-    # Frame of a multi-frame file. Always 0 today: a multi-frame DICOM is listed as unreadable
-    # ("multi-frame DICOM not supported yet"), so ``path`` alone still identifies a record.
+    # The image inside the file: a DICOM frame or a NIfTI canonical axial slice (0 for a file of one
+    # image). A record is identified by ``key`` = (path, frame), never by ``path`` alone.
     frame: int = 0
+    # What a frame is called where people read it ("slice" for NIfTI, "frame" for a multi-frame
+    # DICOM); None for a file of one image, shown by its path alone (``record_label``).
+    frame_name: str | None = field(default=None, compare=False)
+    # Why discovery could not list the file's frames (the reader's one line, e.g. a slice selection
+    # that selects none of a volume's slices): ``readable`` and the integrity audit list the record
+    # as unreadable with it instead of decoding some frame the selection did not ask for.
+    unreadable: str | None = field(default=None, compare=False)
     # The patient's pseudonym (engine.data.identity: HMAC of the DICOM PatientID), never the raw id;
     # None when the file carries no patient id (plain images).
     patient: str | None = field(default=None, compare=False)
     # site / scanner / sex / age where the file's header has them (DICOM); never identifying fields.
     meta: dict | None = field(default=None, compare=False, hash=False)
+
+    @property
+    def key(self) -> tuple[Path, int]:
+        """The record's identity: one file can hold many records (frames, slices)."""
+        return (self.path, self.frame)
+
+
+def frame_label(path: str, frame: int, frame_name: str | None) -> str:
+    """``path`` as people read it, with the frame for a multi-image file: ``a/b.nii.gz [slice 12]``."""
+    return path if frame_name is None else f"{path} [{frame_name} {frame}]"
+
+
+def record_label(r: ImageRecord, root: Path | None = None) -> str:
+    """The record's path (relative to ``root`` when given, see ``relative_to_root``) and its frame."""
+    from engine.paths import relative_to_root
+
+    text = relative_to_root(r.path, root) if root is not None else str(r.path)
+    return frame_label(text, r.frame, r.frame_name)
 
 
 @dataclass
@@ -59,6 +87,7 @@ class Dataset:
 
 
 DICOM_SUFFIXES = {".dcm", ".dicom"}
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
 
 def is_dicom_path(path: Path) -> bool:
@@ -74,8 +103,21 @@ def is_dicom_path(path: Path) -> bool:
     return is_dicom_file(path)
 
 
+def is_nifti_path(path: Path) -> bool:
+    """A NIfTI volume by name: ``.nii`` or ``.nii.gz``."""
+    return Path(path).name.lower().endswith(NIFTI_SUFFIXES)
+
+
+def reader_kind(path: Path) -> str | None:
+    """"nifti" or "dicom" for a file decoded through ``engine.data.readers`` (windowed, possibly
+    several frames); None for a plain image, which PIL decodes."""
+    if is_nifti_path(path):
+        return "nifti"
+    return "dicom" if is_dicom_path(path) else None
+
+
 def _is_image_file(p: Path) -> bool:
-    return p.suffix.lower() in IMAGE_SUFFIXES or is_dicom_path(p)
+    return p.suffix.lower() in IMAGE_SUFFIXES or is_nifti_path(p) or is_dicom_path(p)
 
 
 def _image_files(folder: Path) -> list[Path]:
@@ -87,8 +129,9 @@ def images_by_class(folder: Path, aliases: dict[str, str]) -> dict[str, list[Pat
     folder, named by ``aliases`` (lower-cased folder name -> canonical class, as
     ``engine.manifest.class_aliases`` gives it).
 
-    A class's images are the files with an image suffix (or DICOM files, ``.dcm``/``.dicom`` or
-    suffix-less with a DICOM preamble) anywhere below its folder, sorted; folders
+    A class's images are the files with an image suffix, NIfTI volumes (``.nii``/``.nii.gz``) and
+    DICOM files (``.dcm``/``.dicom`` or suffix-less with a DICOM preamble) anywhere below its
+    folder, sorted (``frame_records`` expands a file into its frames); folders
     that map to one class are merged in folder-name order. Hidden sub-folders (``.name``) and files
     directly in ``folder`` are ignored. A sub-folder that maps to no class is an InputError naming it and the
     known names.
@@ -120,11 +163,17 @@ def discover(root: Path, *, layout: str, train_dir: str, test_dir: str, classes:
              validation_fraction: float | None = None,
              pseudonymizer: Callable[[], Callable[[str], str]] | None = None,
              labels: str | os.PathLike | None = None,
-             columns: dict[str, str] | None = None) -> tuple[str, list[ImageRecord]]:
+             columns: dict[str, str] | None = None,
+             slices: SliceSelection | None = None) -> tuple[str, list[ImageRecord]]:
     """Find every image and its canonical class. Returns (layout, records with split train/test).
 
     ``labels`` (``[data] labels``) and ``columns`` (``[data.columns]``): the "csv" layout, where a
     CSV lists the images, their labels and metadata (``engine.data.labels_csv``).
+
+    A DICOM file gives one record per frame and a NIfTI volume one per axial slice that ``slices``
+    (``engine.data.readers.SliceSelection``, the manifest's ``data.slices``; default all) selects;
+    the selection applies to multi-frame DICOM too (``frame_records``). The frames of one file are
+    one group in the folder-per-class test split, as a patient's files are.
 
     ``pseudonymizer``: a factory called once, only when the data holds DICOM files, returning the
     function that turns a patient id into its pseudonym (``engine.data.identity``); DICOM records
@@ -139,26 +188,30 @@ def discover(root: Path, *, layout: str, train_dir: str, test_dir: str, classes:
     if labels is not None or layout == "csv":
         from engine.data.labels_csv import discover_csv
 
-        return discover_csv(root, labels, columns, classes=classes, aliases=aliases, test_fraction=test_fraction,
-                            seed=seed, validation_fraction=validation_fraction, pseudonymizer=pseudonymizer)
+        layout, files = discover_csv(root, labels, columns, classes=classes, aliases=aliases,
+                                     test_fraction=test_fraction, seed=seed, validation_fraction=validation_fraction,
+                                     pseudonymizer=pseudonymizer)
+        # The CSV splits files (a volume stays on one side); its frames inherit the file's patient and metadata.
+        return layout, [replace(f, patient=r.patient, meta=r.meta) for r in files
+                        for f in frame_records(r.path, r.split, r.label, slices)]
     try:
         layout, records = _discover(root, layout=layout, train_dir=train_dir, test_dir=test_dir, classes=classes,
                                     aliases=aliases, test_fraction=test_fraction, seed=seed,
-                                    validation_fraction=validation_fraction)
+                                    validation_fraction=validation_fraction, slices=slices)
     except OSError as exc:
         # The walk meets what the user's folders hold: a name too long, a symlink loop, no permission.
         raise InputError(f"data root {str(root)!r}: cannot read {str(exc.filename or root)!r}: "
                          f"{exc.strerror or exc}") from None
-    first: dict[Path, ImageRecord] = {}
+    first: dict[tuple[Path, int], ImageRecord] = {}
     for r in records:
         # Train and test folders that are one folder (or link to it), or two class folders linked to
         # one: the same file would train and test, and the audit refuses a file listed twice.
-        if r.path in first:
-            other = first[r.path]
+        if r.key in first:
+            other = first[r.key]
             raise InputError(f"data root {str(root)!r}: {str(r.path)!r} is found twice, as {other.split}/"
                              f"{other.label} and as {r.split}/{r.label}; data.train_dir, data.test_dir and the "
                              "class folders must be different folders, not links to one another")
-        first[r.path] = r
+        first[r.key] = r
     if pseudonymizer is not None and any(is_dicom_path(r.path) for r in records):
         records = with_patients(records, pseudonymizer())
     return layout, records
@@ -171,28 +224,34 @@ def with_patients(records: Sequence[ImageRecord], pseudonym: Callable[[str], str
     from engine.data.readers import read_metadata
 
     out = []
+    known: dict[Path, tuple[str | None, dict | None] | None] = {}  # the frames of a file share its header
     for r in records:
         if not is_dicom_path(r.path):
             out.append(r)
             continue
-        try:
-            meta = read_metadata(r.path)
-        except InputError:
-            out.append(r)
-            continue
-        patient = pseudonym(meta.patient_id) if meta.patient_id else None
-        scanner = " ".join(x for x in (meta.manufacturer, meta.model) if x) or None
-        info = {k: v for k, v in (("site", meta.site), ("scanner", scanner), ("sex", meta.sex),
-                                  ("age", meta.age)) if v is not None}
-        out.append(replace(r, patient=patient, meta=info or None))
+        if r.path not in known:
+            try:
+                meta = read_metadata(r.path)
+            except InputError:
+                known[r.path] = None
+            else:
+                scanner = " ".join(x for x in (meta.manufacturer, meta.model) if x) or None
+                info = {k: v for k, v in (("site", meta.site), ("scanner", scanner), ("sex", meta.sex),
+                                          ("age", meta.age)) if v is not None}
+                known[r.path] = (pseudonym(meta.patient_id) if meta.patient_id else None, info or None)
+        found = known[r.path]
+        out.append(r if found is None else replace(r, patient=found[0], meta=found[1]))
     return out
 
 
-def patient_groups(records: Sequence[ImageRecord], groups: dict[Path, int] | None) -> dict[Path, int] | None:
-    """Group ids for ``split_validation`` that keep both a near-duplicate group (``groups``) and a
-    patient's images on one side: groups that share a patient are merged (union-find). Without
-    patients, ``groups`` itself (so splits of plain images do not change)."""
-    if not any(r.patient for r in records):
+def patient_groups(records: Sequence[ImageRecord],
+                   groups: dict[tuple[Path, int], int] | None) -> dict[tuple[Path, int], int] | None:
+    """Group ids by record ``key`` for ``split_validation`` that keep a near-duplicate group
+    (``groups``, by key), a patient's images and the frames of one file (a volume's slices, which
+    carry no patient id in NIfTI) on one side: groups that share a patient or a file are merged
+    (union-find). Without patients and multi-frame files, ``groups`` itself (so splits of plain
+    images do not change)."""
+    if not any(r.patient or r.frame_name for r in records):
         return groups
     parent: dict[object, object] = {}
 
@@ -204,19 +263,20 @@ def patient_groups(records: Sequence[ImageRecord], groups: dict[Path, int] | Non
         return x
 
     for r in records:
-        node = ("path", r.path)
+        node = ("path", r.path)  # one node per file: its frames are merged by construction
         find(node)
-        if groups and r.path in groups:
-            parent[find(node)] = find(("dup", groups[r.path]))
+        if groups and r.key in groups:
+            parent[find(node)] = find(("dup", groups[r.key]))
         if r.patient:
             parent[find(node)] = find(("patient", r.patient))
     ids: dict[object, int] = {}
-    return {r.path: ids.setdefault(find(("path", r.path)), len(ids)) for r in records}
+    return {r.key: ids.setdefault(find(("path", r.path)), len(ids)) for r in records}
 
 
 def _discover(root: Path, *, layout: str, train_dir: str, test_dir: str, classes: Sequence[str],
               aliases: dict[str, str], test_fraction: float, seed: int,
-              validation_fraction: float | None = None) -> tuple[str, list[ImageRecord]]:
+              validation_fraction: float | None = None,
+              slices: SliceSelection | None = None) -> tuple[str, list[ImageRecord]]:
     if layout == "auto":
         layout = detect_layout(root, train_dir, test_dir)
     records: list[ImageRecord] = []
@@ -227,55 +287,82 @@ def _discover(root: Path, *, layout: str, train_dir: str, test_dir: str, classes
                 raise InputError(f"data root {str(root)!r} has no {sub!r} folder (layout = \"kaggle\"; "
                                  f"set data.train_dir / data.test_dir or layout = \"imagefolder\")")
             for label, files in images_by_class(folder, aliases).items():
-                records += [ImageRecord(p.resolve(), split, label) for p in files]
+                records += [r for p in files for r in frame_records(p.resolve(), split, label, slices)]
     else:
         by_class = images_by_class(root, aliases)
-        from sklearn.model_selection import train_test_split
-
-        paths = [p for c in sorted(by_class) for p in by_class[c]]
-        labels = [c for c in sorted(by_class) for _ in by_class[c]]
-        if len(paths) < 4:
-            raise InputError(f"data root {str(root)!r} holds only {len(paths)} images")
-        _check_test_split_sizes(root, {c: len(by_class[c]) for c in sorted(by_class)}, test_fraction,
+        items = [r for c in sorted(by_class) for p in by_class[c] for r in frame_records(p.resolve(), "", c, slices)]
+        if len(items) < 4:
+            raise InputError(f"data root {str(root)!r} holds only {len(items)} images")
+        _check_test_split_sizes(root, dict(sorted(Counter(r.label for r in items).items())), test_fraction,
                                 validation_fraction)
-        patients = _patient_keys(paths)
-        if patients is not None:
-            tr, te, ytr, yte = _grouped_test_split(paths, labels, patients, test_fraction, seed)
+        labels = [r.label for r in items]
+        keys = _group_keys(items)
+        if keys is not None:
+            tr, te = _grouped_test_split(items, labels, keys, test_fraction, seed)
         else:
-            tr, te, ytr, yte = train_test_split(paths, labels, test_size=test_fraction, random_state=seed,
-                                                stratify=labels)
-        records = [ImageRecord(p.resolve(), "train", y) for p, y in zip(tr, ytr)]
-        records += [ImageRecord(p.resolve(), "test", y) for p, y in zip(te, yte)]
+            from sklearn.model_selection import train_test_split
+
+            tr, te = train_test_split(items, test_size=test_fraction, random_state=seed, stratify=labels)
+        records = [replace(r, split="train") for r in tr] + [replace(r, split="test") for r in te]
     missing = [c for c in classes if not any(r.label == c and r.split == "train" for r in records)]
     if missing:
         raise InputError(f"data root {str(root)!r}: no training images for class(es) {', '.join(map(repr, missing))}")
-    records.sort(key=lambda r: (r.split, r.label, str(r.path)))
+    records.sort(key=lambda r: (r.split, r.label, str(r.path), r.frame))
     return layout, records
 
 
-def _patient_keys(paths: Sequence[Path]) -> list[object] | None:
-    """A group key per path for the imagefolder test split: the DICOM PatientID (raw, kept in this
-    list only and never returned elsewhere), or the path itself for a file without one. None when no
-    two files share a patient (the ungrouped split is then the same thing)."""
-    if not any(is_dicom_path(p) for p in paths):
-        return None
+def frame_records(path: Path, split: str, label: str, slices: SliceSelection | None = None) -> list[ImageRecord]:
+    """The records of one file: one per DICOM frame, one per NIfTI axial slice that ``slices``
+    selects (also applied to the frames of a multi-frame DICOM; a single-frame file always gives its
+    one image), one for a plain image (a multi-page TIFF: its first page, as PIL decodes it).
+
+    Reads headers only. A file whose frames cannot be listed gives one record carrying the
+    reader's reason in ``unreadable``, so that it is listed, not lost."""
+    kind = reader_kind(path)
+    if kind is None:
+        return [ImageRecord(path, split, label)]
+    from engine.data.readers import SliceSelection, frames_of
+
+    name = "slice" if kind == "nifti" else "frame"
+    try:
+        selection = SliceSelection.parse(slices)
+        indices = [ref.index for ref in frames_of(path, selection if kind == "nifti" else None)]
+        if kind == "dicom" and len(indices) > 1:
+            indices = selection.indices(len(indices))
+            if not indices:
+                raise InputError(f"cannot read DICOM {str(path)!r}: the slice selection ({selection}) selects none "
+                                 f"of its frames")
+    except InputError as exc:
+        return [ImageRecord(path, split, label, unreadable=str(exc))]  # the whole file, no frame of it
+    if kind == "dicom" and indices == [0]:
+        name = None  # one frame: shown as the file, as before frames were counted
+    return [ImageRecord(path, split, label, i, name) for i in indices]
+
+
+def _group_keys(items: Sequence[ImageRecord]) -> list[object] | None:
+    """A group key per record for the imagefolder test split: the DICOM PatientID (raw, kept in this
+    list only and never returned elsewhere), or the file for a file without one (so a volume's
+    slices stay together). None when every group is one record (the ungrouped split is then the
+    same thing, and the split of plain images does not change)."""
     from engine.data.readers import read_metadata
 
+    ids: dict[Path, str | None] = {}
     keys: list[object] = []
-    for p in paths:
-        patient_id = None
-        if is_dicom_path(p):
-            try:
-                patient_id = read_metadata(p).patient_id
-            except InputError:
-                pass  # listed as unreadable later, with the reader's reason
-        keys.append(("patient", patient_id) if patient_id else ("file", str(p)))
+    for r in items:
+        if r.path not in ids:
+            ids[r.path] = None
+            if is_dicom_path(r.path) and not r.unreadable:
+                try:
+                    ids[r.path] = read_metadata(r.path).patient_id
+                except InputError:
+                    pass  # listed as unreadable later, with the reader's reason
+        keys.append(("patient", ids[r.path]) if ids[r.path] else ("file", str(r.path)))
     return keys if len(set(keys)) < len(keys) else None
 
 
-def _grouped_test_split(paths, labels, keys, test_fraction: float, seed: int):
-    """The imagefolder test split with each patient on one side: the first fold of a seeded
-    StratifiedGroupKFold with round(1 / test_fraction) folds."""
+def _grouped_test_split(items, labels, keys, test_fraction: float, seed: int):
+    """The imagefolder test split with each patient (and each file's frames) on one side: the first
+    fold of a seeded StratifiedGroupKFold with round(1 / test_fraction) folds."""
     from sklearn.model_selection import StratifiedGroupKFold
 
     codes: dict[object, int] = {}
@@ -283,13 +370,12 @@ def _grouped_test_split(paths, labels, keys, test_fraction: float, seed: int):
     n_splits = max(2, round(_inverse(test_fraction)))
     try:
         tr_idx, te_idx = next(StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-                              .split(np.zeros(len(paths)), labels, groups))
+                              .split(np.zeros(len(items)), labels, groups))
     except ValueError as exc:
-        raise InputError(f"{len(paths)} images of {len(codes)} patients: cannot hold out data.test_fraction = "
-                         f"{test_fraction:g} by patient: {exc}") from None
+        raise InputError(f"{len(items)} images of {len(codes)} patients or files: cannot hold out "
+                         f"data.test_fraction = {test_fraction:g} by patient: {exc}") from None
     del keys, codes  # the raw ids go no further
-    return ([paths[i] for i in tr_idx], [paths[i] for i in te_idx],
-            [labels[i] for i in tr_idx], [labels[i] for i in te_idx])
+    return [items[i] for i in tr_idx], [items[i] for i in te_idx]
 
 
 def _inverse(fraction: float) -> float:
@@ -372,13 +458,13 @@ def class_coverage_warnings(class_names: Sequence[str], counts: dict[str, dict[s
 
 
 def split_validation(train: Sequence[ImageRecord], fraction: float, seed: int,
-                     groups: dict[Path, int] | None = None,
+                     groups: dict[tuple[Path, int], int] | None = None,
                      classes: Sequence[str] | None = None) -> tuple[list[ImageRecord], list[ImageRecord]]:
     """Stratified, seeded train/validation split; images of one group never straddle it.
 
-    With ``groups`` (group id per path: near-duplicates, and a patient's images, see
-    ``patient_groups``) StratifiedGroupKFold keeps each group on one side, so no image trains while
-    its copy, or another slice of its patient, validates.
+    With ``groups`` (group id per record ``key``: near-duplicates, a patient's images and a file's
+    frames, see ``patient_groups``) StratifiedGroupKFold keeps each group on one side, so no image
+    trains while its copy, or another slice of its patient or volume, validates.
 
     Raises InputError naming the class when a class of ``classes`` (default: the labels present)
     has fewer than ``min_training_images(fraction)`` images, or the split leaves it without a
@@ -399,7 +485,7 @@ def split_validation(train: Sequence[ImageRecord], fraction: float, seed: int,
     try:
         if groups:
             n_splits = max(2, round(_inverse(fraction)))
-            g = np.array([groups.get(r.path, -1 - i) for i, r in enumerate(train)])
+            g = np.array([groups.get(r.key, -1 - i) for i, r in enumerate(train)])
             splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
             tr_idx, va_idx = next(splitter.split(idx, labels, g))
         else:
@@ -416,10 +502,10 @@ def split_validation(train: Sequence[ImageRecord], fraction: float, seed: int,
             why = ""
             if groups:
                 n_groups = len({g[i] for i in idx if labels[i] == cls})
-                if any(r.patient for r in train):
-                    why = (f": its {count[cls]} images form {n_groups} group(s) (a patient's images, merged "
-                           "with their near-duplicates), and a patient is never split between training and "
-                           "validation")
+                if any(r.patient or r.frame_name for r in train):
+                    why = (f": its {count[cls]} images form {n_groups} group(s) (a patient's images or one "
+                           "file's frames, merged with their near-duplicates), and a patient or a volume is "
+                           "never split between training and validation")
                 else:
                     why = (f": its {count[cls]} images form {n_groups} near-duplicate group(s), and "
                            "integrity.group_validation_split keeps each group on one side")
@@ -433,16 +519,18 @@ def split_validation(train: Sequence[ImageRecord], fraction: float, seed: int,
 # Decoding
 
 
-def decode_image(path: Path, size: int) -> np.ndarray:
+def decode_image(path: Path, size: int, frame: int = 0, windowing: Windowing | None = None) -> np.ndarray:
     """Read any image (any mode, any size) as (size, size, 3) uint8 RGB.
 
-    DICOM files are read through ``engine.data.readers`` (window "auto"); a multi-frame DICOM is
-    refused (not supported yet). Raises InputError naming the file when it cannot be decoded.
+    DICOM frames and NIfTI slices (``frame``) are read through ``engine.data.readers`` with
+    ``windowing`` (the manifest's ``data.windowing``; default "auto"). Plain images are decoded by
+    PIL (``frame`` 0; a 16-bit one is min-max scaled). Raises InputError naming the file when it
+    cannot be decoded.
     """
     from PIL import Image, ImageOps
 
-    if is_dicom_path(Path(path)):
-        grey = read_dicom_frame(Path(path))
+    if reader_kind(Path(path)):
+        grey = read_volume_frame(Path(path), frame, windowing)
         im = Image.fromarray(grey, mode="L").convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
         return np.asarray(im, dtype=np.uint8)
 
@@ -465,46 +553,55 @@ def decode_image(path: Path, size: int) -> np.ndarray:
         raise InputError(f"cannot decode image {str(path)!r}: {exc}") from None
 
 
-MULTIFRAME_REASON = "multi-frame DICOM not supported yet"
+def read_volume_frame(path: Path, frame: int = 0, windowing: Windowing | None = None) -> np.ndarray:
+    """Frame ``frame`` of a DICOM file or axial slice ``frame`` of a NIfTI volume as (H, W) uint8 grey
+    (``windowing``, default ``Windowing()``). InputError with the reader's reason."""
+    from engine.data.readers import FrameRef, Windowing, read_frame
+
+    kind = reader_kind(Path(path))
+    if kind is None:
+        raise InputError(f"cannot read {str(path)!r}: not a DICOM or NIfTI file")
+    return read_frame(FrameRef(Path(path), int(frame), kind), windowing or Windowing())
 
 
-def read_dicom_frame(path: Path) -> np.ndarray:
-    """The single frame of a DICOM file as (H, W) uint8 grey (``Windowing()``, mode "auto").
-    InputError with the reader's reason, or ``MULTIFRAME_REASON`` for a file of several frames."""
-    from engine.data.readers import Windowing, frames_of, read_frame
+def windowing_key(windowing: Windowing | None) -> str:
+    """The windowing as text for cache keys: decoded pixels depend on it."""
+    from engine.data.readers import Windowing
 
-    refs = frames_of(path)
-    if len(refs) != 1:
-        raise InputError(f"cannot read {str(path)!r}: {MULTIFRAME_REASON} ({len(refs)} frames)")
-    return read_frame(refs[0], Windowing())
+    w = windowing or Windowing()
+    return f"{w.mode}:{w.percentiles[0]!r}-{w.percentiles[1]!r}"
 
 
-def _cache_key(paths: Sequence[Path], size: int) -> str:
-    h = hashlib.sha256(f"v1|{size}".encode())
-    for p in paths:
-        st = p.stat()
-        h.update(f"{p}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+def _cache_key(records: Sequence[ImageRecord], size: int, windowing: Windowing | None) -> str:
+    h = hashlib.sha256(f"v2|{size}|{windowing_key(windowing)}".encode())
+    stats: dict[Path, os.stat_result] = {}
+    for r in records:
+        st = stats.get(r.path) or stats.setdefault(r.path, r.path.stat())
+        h.update(f"{r.path}|{r.frame}|{st.st_size}|{st.st_mtime_ns}\n".encode())
     return h.hexdigest()[:24]
 
 
 class ImageCache:
-    """Decode each image once per (file, size): in memory for the run, on disk across runs.
+    """Decode each image once per (file, frame, size, windowing): in memory for the run, on disk
+    across runs.
 
-    Backbones with the same input size share arrays; epochs never re-decode.
+    Backbones with the same input size share arrays; epochs never re-decode. ``windowing`` (the
+    manifest's ``data.windowing``) decodes DICOM and NIfTI frames and is part of every key.
     """
 
     #: Every on-disk array (and an interrupted write's leftover) matches this; retention prunes by it.
     FILE_GLOB = "images-*.npy"
 
-    def __init__(self, cache_dir: Path | None = None, progress: Callable[[str], None] | None = None):
+    def __init__(self, cache_dir: Path | None = None, progress: Callable[[str], None] | None = None,
+                 windowing: Windowing | None = None):
         self.cache_dir = cache_dir
+        self.windowing = windowing
         self._mem: dict[tuple[str, int], np.ndarray] = {}
         self._progress = progress or (lambda msg: None)
 
     def load(self, records: Sequence[ImageRecord], size: int, name: str = "") -> np.ndarray:
         """Returns (n, size, size, 3) uint8 for ``records``, in order."""
-        paths = [r.path for r in records]
-        key = _cache_key(paths, size)
+        key = _cache_key(records, size, self.windowing)
         if (key, size) in self._mem:
             return self._mem[(key, size)]
         arr = None
@@ -512,17 +609,17 @@ class ImageCache:
         if file is not None and file.is_file():
             try:
                 arr = np.load(file, mmap_mode=None, allow_pickle=False)
-                if arr.shape != (len(paths), size, size, 3):
+                if arr.shape != (len(records), size, size, 3):
                     arr = None
                 else:
                     os.utime(file)  # "last used", which cache retention (prune_cache) goes by
             except (OSError, ValueError):
                 arr = None
         if arr is None:
-            arr = np.empty((len(paths), size, size, 3), dtype=np.uint8)
-            for i, p in enumerate(paths):
-                arr[i] = decode_image(p, size)
-            self._progress(f"decoded {len(paths)} {name} images at {size}px")
+            arr = np.empty((len(records), size, size, 3), dtype=np.uint8)
+            for i, r in enumerate(records):
+                arr[i] = decode_image(r.path, size, r.frame, self.windowing)
+            self._progress(f"decoded {len(records)} {name} images at {size}px")
             if file is not None:
                 file.parent.mkdir(parents=True, exist_ok=True)
                 tmp = file.with_suffix(f".tmp{os.getpid()}.npy")
@@ -539,11 +636,14 @@ def too_small_reason(width: int, height: int, min_size: int) -> str | None:
     return None
 
 
-def readable(records: Iterable[ImageRecord], min_size: int = 1) -> tuple[list[ImageRecord], list[dict]]:
+def readable(records: Iterable[ImageRecord], min_size: int = 1,
+             windowing: Windowing | None = None) -> tuple[list[ImageRecord], list[dict]]:
     """Split records into decodable ones and a skipped list with reasons (full decode).
 
     An image narrower or shorter than ``min_size`` pixels is skipped too, with the same reason the
-    integrity audit gives, so a run without the audit trains on the same images.
+    integrity audit gives, so a run without the audit trains on the same images. DICOM frames and
+    NIfTI slices are decoded with ``windowing``. A skipped entry is ``{"path", "reason"}`` with the
+    frame in the path for a multi-image file (``record_label``: ``/abs/x.nii.gz [slice 3]``).
     """
     from PIL import Image
 
@@ -553,10 +653,12 @@ def readable(records: Iterable[ImageRecord], min_size: int = 1) -> tuple[list[Im
     with strict_decoding():  # a truncated file must fail here, whatever PIL's global switch says
         for r in records:
             try:
+                if r.unreadable:
+                    raise InputError(r.unreadable)
                 if r.path.stat().st_size == 0:
                     raise ValueError("zero-byte file")
-                if is_dicom_path(r.path):
-                    height, width = read_dicom_frame(r.path).shape
+                if reader_kind(r.path):
+                    height, width = read_volume_frame(r.path, r.frame, windowing).shape
                     small = too_small_reason(width, height, min_size)
                 else:
                     with Image.open(r.path) as im:
@@ -564,9 +666,9 @@ def readable(records: Iterable[ImageRecord], min_size: int = 1) -> tuple[list[Im
                         im.load()
                         small = too_small_reason(im.width, im.height, min_size)
                 if small:
-                    skipped.append({"path": str(r.path), "reason": small})
+                    skipped.append({"path": record_label(r), "reason": small})
                     continue
                 ok.append(r)
             except Exception as exc:  # noqa: BLE001
-                skipped.append({"path": str(r.path), "reason": str(exc) or type(exc).__name__})
+                skipped.append({"path": record_label(r), "reason": str(exc) or type(exc).__name__})
     return ok, skipped

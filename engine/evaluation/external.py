@@ -1,7 +1,8 @@
 """External validation: a run's saved models on another labelled folder (``auditrun evaluate``).
 
 The folder holds one sub-folder per class (same aliases as the run's manifest), images of any
-size. Where YOLO box files (``<image>.txt``: ``class x_center y_center width height``, normalised)
+size; DICOM files and NIfTI volumes give one image per frame or selected slice, decoded with the
+run's ``data.windowing``, ``data.window_percentiles`` and ``data.slices``. Where YOLO box files (``<image>.txt``: ``class x_center y_center width height``, normalised)
 lie beside tumour images, each backbone also gets the Grad-CAM pointing game on them.
 """
 
@@ -22,21 +23,25 @@ from engine.manifest import POINTING_MAX_IMAGES
 from engine.results import read_results, write_results
 
 
-def discover_folder(folder: Path, class_names: list[str], aliases: dict[str, str]) -> tuple[list[Path], np.ndarray]:
-    """(paths, labels) for a folder-per-class tree; unknown class folders are an error naming them."""
-    from engine.data.discovery import images_by_class
+def discover_folder(folder: Path, class_names: list[str], aliases: dict[str, str],
+                    slices=None) -> tuple[list, np.ndarray]:
+    """(records, labels) for a folder-per-class tree, one record per image (a DICOM frame, a NIfTI
+    slice that ``slices`` selects; ``engine.data.discovery.frame_records``); unknown class folders
+    are an error naming them."""
+    from engine.data.discovery import frame_records, images_by_class
 
     if not folder.is_dir():
         raise InputError(f"--data {str(folder)!r} is not a folder")
     by_class = images_by_class(folder, aliases)
-    paths, labels = [], []
+    records, labels = [], []
     for i, c in enumerate(class_names):
         for p in by_class.get(c, []):
-            paths.append(p)
-            labels.append(i)
-    if not paths:
+            found = frame_records(p, "test", c, slices)
+            records += found
+            labels += [i] * len(found)
+    if not records:
         raise InputError(f"--data {str(folder)!r} holds no images in class folders ({', '.join(class_names)})")
-    return paths, np.array(labels, dtype=np.int64)
+    return records, np.array(labels, dtype=np.int64)
 
 
 def _run_manifest(run_dir: Path) -> dict:
@@ -65,26 +70,35 @@ def _min_image_size_from_run(manifest: dict) -> int:
     return IntegrityConfig(min_image_size=value).min_image_size  # validated: InputError naming the key
 
 
-def usable_images(folder: Path, paths: list[Path], y: np.ndarray, min_size: int,
-                  warn: Callable[[str], None]) -> tuple[list[Path], np.ndarray, list[dict]]:
-    """Drop unreadable and too-small images, each listed as ``{"path", "reason"}`` (path relative
-    to ``folder``) and warned about; InputError when none is left."""
-    from engine.data.discovery import ImageRecord, readable
+def _readers_from_run(manifest: dict):
+    """The run's ``data.windowing``/``data.window_percentiles`` and ``data.slices``: external images
+    are decoded as the run's own were (InputError naming the key when the copy holds a bad value)."""
+    from engine.manifest import slice_selection, windowing_options
 
-    records = [ImageRecord(p, "test", str(i)) for p, i in zip(paths, y)]
-    ok, bad = readable(records, min_size=min_size)
+    data = manifest.get("data", {})
+    data = data if isinstance(data, dict) else {}
+    return windowing_options(data), slice_selection(data)
+
+
+def usable_images(folder: Path, records: list, y: np.ndarray, min_size: int,
+                  warn: Callable[[str], None], windowing=None) -> tuple[list, np.ndarray, list[dict]]:
+    """Drop unreadable and too-small images (``records`` from ``discover_folder``; DICOM and NIfTI
+    frames decoded with ``windowing``), each listed as ``{"path", "reason"}`` (path relative to
+    ``folder``, with the frame of a multi-image file) and warned about; InputError when none is left."""
+    from engine.data.discovery import readable, record_label
+
+    ok, bad = readable(records, min_size=min_size, windowing=windowing)
+    labels = {r.key: record_label(r, folder) for r in records}
+    keep = {r.key for r in ok}
     skipped = []
-    for entry in bad:
-        path = Path(entry["path"])
-        rel = path.relative_to(folder).as_posix() if path.is_relative_to(folder) else str(path)
-        skipped.append({"path": rel, "reason": entry["reason"]})
-        warn(f"skipped image {rel}: {entry['reason']}")
+    for r, entry in zip((r for r in records if r.key not in keep), bad):
+        skipped.append({"path": labels[r.key], "reason": entry["reason"]})
+        warn(f"skipped image {labels[r.key]}: {entry['reason']}")
     if not ok:
-        raise InputError(f"--data {str(folder)!r}: none of its {len(paths)} images can be used; first: "
+        raise InputError(f"--data {str(folder)!r}: none of its {len(records)} images can be used; first: "
                          f"{skipped[0]['path']}: {skipped[0]['reason']}")
-    keep = {r.path for r in ok}
-    mask = np.array([p in keep for p in paths])
-    return [p for p in paths if p in keep], y[mask], skipped
+    mask = np.array([r.key in keep for r in records])
+    return [r for r in records if r.key in keep], y[mask], skipped
 
 
 def evaluate_external(run_dir: Path, data: Path, backbone: str | None = None, *,
@@ -103,10 +117,12 @@ def evaluate_external(run_dir: Path, data: Path, backbone: str | None = None, *,
     class_names = results["data"]["class_names"]
     seed = results["experiment"]["seed"] if seed is None else seed
     entries = _finished_backbones(results, backbone)
-    run_manifest = _run_manifest(run_dir)  # the run's own settings: aliases, image size, TTA
-    paths, y = discover_folder(data, class_names, _aliases_from_run(run_manifest, class_names))
-    paths, y, skipped = usable_images(data, paths, y, _min_image_size_from_run(run_manifest), warn)
-    images = _ExternalImages(paths, y, class_names, *_pointing_sample(paths, y, class_names, seed, max_pointing))
+    run_manifest = _run_manifest(run_dir)  # the run's own settings: aliases, image size, TTA, windowing
+    windowing, slices = _readers_from_run(run_manifest)
+    records, y = discover_folder(data, class_names, _aliases_from_run(run_manifest, class_names), slices)
+    records, y, skipped = usable_images(data, records, y, _min_image_size_from_run(run_manifest), warn, windowing)
+    images = _ExternalImages(records, y, class_names, *_pointing_sample(records, y, class_names, seed, max_pointing),
+                             windowing=windowing)
     tta = bool(run_manifest.get("evaluation", {}).get("tta_flip", False))
     out = [_evaluate_backbone(run_dir, e, images, echo, tta) for e in entries]
     counts = {c: int((y == i).sum()) for i, c in enumerate(class_names)}
@@ -136,15 +152,16 @@ def _finished_backbones(results: dict, backbone: str | None) -> list[dict]:
     return entries
 
 
-def _pointing_sample(paths: list[Path], y: np.ndarray, class_names: list[str], seed: int,
+def _pointing_sample(records: list, y: np.ndarray, class_names: list[str], seed: int,
                      max_pointing: int) -> tuple[list, list[int]]:
     """(YOLO boxes per image, the indexes of the tumour images with boxes that play the pointing
-    game: at most ``max_pointing``, drawn with ``seed``)."""
+    game: at most ``max_pointing``, drawn with ``seed``). A frame of a multi-image file has none:
+    one box file beside it cannot say which frame it boxes."""
     from engine.explain.gradcam import read_yolo_boxes
 
     from engine.explain.gallery import boxed_sample
 
-    boxes = [read_yolo_boxes(p) for p in paths]
+    boxes = [[] if r.frame_name else read_yolo_boxes(r.path) for r in records]
     no_tumor = class_names.index("no_tumor") if "no_tumor" in class_names else -1
     # The run's own sample rule (engine.explain.gallery), over the tumour images with a box.
     tumour_boxes = [b if y[i] != no_tumor else [] for i, b in enumerate(boxes)]
@@ -153,20 +170,23 @@ def _pointing_sample(paths: list[Path], y: np.ndarray, class_names: list[str], s
 
 @dataclass
 class _ExternalImages:
-    """The usable images of the external folder, their labels and boxes; pixels decoded once per size."""
+    """The usable images of the external folder (records), their labels and boxes; pixels decoded
+    once per size, DICOM and NIfTI frames with the run's ``windowing``."""
 
-    paths: list[Path]
+    records: list
     y: np.ndarray
     class_names: list[str]
     boxes: list
     boxed: list[int]
+    windowing: object = None
     _decoded: dict[int, np.ndarray] = field(default_factory=dict)
 
     def pixels(self, size: int) -> np.ndarray:
         from engine.data.discovery import decode_image
 
         if size not in self._decoded:
-            self._decoded[size] = np.stack([decode_image(p, size) for p in self.paths])
+            self._decoded[size] = np.stack([decode_image(r.path, size, r.frame, self.windowing)
+                                            for r in self.records])
         return self._decoded[size]
 
 

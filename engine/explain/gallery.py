@@ -182,18 +182,28 @@ def _safe(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-") or "x"
 
 
+def _boxes(paths: Sequence[str], box_paths: Sequence[str | None] | None) -> list:
+    if box_paths is not None and len(box_paths) != len(paths):
+        raise ValueError("box_paths and paths must have the same length")
+    return [gradcam.read_yolo_boxes(p) if p else [] for p in (paths if box_paths is None else box_paths)]
+
+
 def explain_backbone(model, images: np.ndarray, y_true, probs: np.ndarray, paths: Sequence[str],
                      class_names: Sequence[str], out_dir: Path | str, n_per_class: int, seed: int,
                      layer: str | None = None, data_root: Path | str | None = None,
                      run_dir: Path | str | None = None, batch_size: int = 16,
-                     pointing_max_images: int = POINTING_MAX_IMAGES) -> dict:
+                     pointing_max_images: int = POINTING_MAX_IMAGES,
+                     box_paths: Sequence[str | None] | None = None) -> dict:
     """Grad-CAM gallery and pointing game for one trained backbone; returns its ``gradcam`` block.
 
     Args:
         model: the trained classifier (saved-model structure).
         images: (n, H, W, 3) uint8 test images at the model input size, RGB 0..255.
         y_true: (n,) true class indices (or names); probs: (n, k) predicted probabilities.
-        paths: (n,) image file paths; YOLO boxes are read from ``<image>.txt`` beside each.
+        paths: (n,) image file paths (a frame of a multi-image file as ``record_label`` shows it:
+            ``x.nii.gz [slice 3]``); YOLO boxes are read from ``<image>.txt`` beside each.
+        box_paths: (n,) the image files whose ``.txt`` boxes apply (None: no boxes for that image);
+            default ``paths``.
         out_dir: folder for the PNGs (e.g. ``<run>/gradcam/<backbone name>``).
         n_per_class, seed: gallery size and the experiment seed (see ``select_gallery``).
         layer: Grad-CAM target layer (None: automatic).
@@ -219,7 +229,7 @@ def explain_backbone(model, images: np.ndarray, y_true, probs: np.ndarray, paths
     target = gradcam.find_target_layer(model, layer)
 
     gallery = select_gallery(y_true, y_pred, paths, class_names, n_per_class, seed)
-    boxes = [gradcam.read_yolo_boxes(p) for p in paths]
+    boxes = _boxes(paths, box_paths)
     boxed = boxed_sample(boxes, seed, pointing_max_images)
 
     # One Grad-CAM pass over the unique (image, class) pairs both uses need.
@@ -280,12 +290,14 @@ def _game(stats_by_index: dict[int, dict], y_true: np.ndarray, class_names: Sequ
 
 def pointing_game_on(model, images: np.ndarray, y_true, paths: Sequence[str], class_names: Sequence[str],
                      seed: int, layer: str | None = None, batch_size: int = 16,
-                     max_images: int = POINTING_MAX_IMAGES) -> dict | None:
+                     max_images: int = POINTING_MAX_IMAGES,
+                     box_paths: Sequence[str | None] | None = None) -> dict | None:
     """The pointing game alone (no gallery) on any labelled image set, e.g. the validation split.
 
     Args:
         images: (n, H, W, 3) RGB 0..255 at the model input size; y_true: (n,) class indices or
-            names; paths: (n,) image files, boxes read from ``<image>.txt`` beside each.
+            names; paths: (n,) image files, boxes read from ``<image>.txt`` beside each (or beside
+            ``box_paths[i]``, None for no boxes, as in ``explain_backbone``).
 
     Returns the same block as ``explain_backbone``'s ``pointing_game`` (hits, total, rate,
     chance_rate, explained_class, per_class), or None when no image has a box. Scoring the
@@ -295,7 +307,7 @@ def pointing_game_on(model, images: np.ndarray, y_true, paths: Sequence[str], cl
     y_true = _class_indices(y_true, class_names, "pointing game y_true")
     if not len(images) == len(y_true) == len(paths):
         raise ValueError("images, y_true and paths must have the same length")
-    boxes = [gradcam.read_yolo_boxes(p) for p in paths]
+    boxes = _boxes(paths, box_paths)
     boxed = boxed_sample(boxes, seed, max_images)
     if not boxed:
         return None

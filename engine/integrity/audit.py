@@ -24,7 +24,7 @@ import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from engine.data.discovery import too_small_reason
+from engine.data.discovery import frame_label, reader_kind, too_small_reason
 from engine.errors import InputError
 from engine.integrity.hashing import (
     PHASH_ALGORITHM,
@@ -33,6 +33,7 @@ from engine.integrity.hashing import (
     UnreadableImage,
     fingerprint_files,
     hamming_pairs,
+    reader_reason,
 )
 
 TRAIN_SPLIT = "train"
@@ -44,8 +45,14 @@ MAX_HASH_SIZE = 64
 MAX_PATIENT_IDS = 100
 
 
+#: A record's identity: (path, frame). One file can hold many records (DICOM frames, NIfTI slices).
+Key = tuple[Path, int]
+
+
 class ImageRecordLike(Protocol):
-    """What the audit reads from ``engine.data.discovery.ImageRecord``."""
+    """What the audit reads from ``engine.data.discovery.ImageRecord``. ``frame``, ``frame_name``,
+    ``unreadable`` and ``patient`` are read when present (``getattr``): frame 0 of a one-image file
+    otherwise."""
 
     @property
     def path(self) -> Path: ...
@@ -118,6 +125,11 @@ class FileRef:
     path: Path
     split: str
     label: str
+    frame: int = 0  # DICOM frame / NIfTI slice of a multi-image file
+
+    @property
+    def key(self) -> Key:
+        return (self.path, self.frame)
 
 
 @dataclass(frozen=True)
@@ -126,6 +138,19 @@ class UnreadableFile:
     split: str
     label: str
     reason: str
+    frame: int = 0
+
+    @property
+    def key(self) -> Key:
+        return (self.path, self.frame)
+
+
+def record_key(r: ImageRecordLike) -> Key:
+    return (r.path, int(getattr(r, "frame", 0)))
+
+
+def _order(f: FileRef) -> tuple[str, int]:
+    return (str(f.path), f.frame)
 
 
 @dataclass(frozen=True)
@@ -215,22 +240,26 @@ class IntegrityReport:
     within_split_groups: tuple[DuplicateGroup, ...]
     cross_split_pairs: tuple[MatchPair, ...]
     label_conflicts: tuple[LabelConflict, ...]
-    exact_leaked_test_paths: frozenset[Path]
-    byte_leaked_test_paths: frozenset[Path]
-    leaked_test_paths: frozenset[Path]
+    # The ``*_paths`` sets and ``group_ids`` hold record keys (path, frame), see ``record_key``.
+    exact_leaked_test_paths: frozenset[Key]
+    byte_leaked_test_paths: frozenset[Key]
+    leaked_test_paths: frozenset[Key]
     leakage_free_test_counts: Mapping[str, int]
-    group_ids: Mapping[Path, int]  # within-split duplicate component per readable file
+    group_ids: Mapping[Key, int]  # within-split duplicate component per readable record
     # Patients (pseudonyms, from records' ``patient``) per split among readable files, the
     # pseudonyms found in more than one split, and the test files whose patient has training images.
     patients: Mapping[str, int] = field(default_factory=dict)
     cross_split_patient_ids: tuple[str, ...] = ()
-    patient_leaked_test_paths: frozenset[Path] = frozenset()
+    patient_leaked_test_paths: frozenset[Key] = frozenset()
+    #: "slice" / "frame" per key of a multi-image file: how ``to_dict`` names its frames.
+    frame_names: Mapping[Key, str] = field(default_factory=dict)
     timings_s: Mapping[str, float] = field(default_factory=dict)
     cache_stats: Mapping[str, int] = field(default_factory=dict)
 
     @property
-    def unreadable_paths(self) -> set[Path]:
-        return {u.path for u in self.unreadable}
+    def unreadable_paths(self) -> set[Key]:
+        """The unreadable records' keys (path, frame)."""
+        return {u.key for u in self.unreadable}
 
     @property
     def n_test(self) -> int:
@@ -245,7 +274,7 @@ class IntegrityReport:
         return len(self.leaked_test_paths)
 
     @property
-    def excluded_test_paths(self) -> frozenset[Path]:
+    def excluded_test_paths(self) -> frozenset[Key]:
         """Test files left out of the leakage-free subset: a twin in training, or a patient with
         training images."""
         return self.leaked_test_paths | self.patient_leaked_test_paths
@@ -259,24 +288,26 @@ class IntegrityReport:
         """A few test->train pairs worth showing side by side: a byte-identical copy, a
         pixel-identical re-save, then the near copies farthest apart (the threshold's edge, where a
         reader can judge whether "near" still means "copy"). Deterministic; at most ``n``."""
-        best: dict[Path, MatchPair] = {}
+        best: dict[Key, MatchPair] = {}
         for p in self.cross_split_pairs:
             if p.a.split == TEST_SPLIT and p.b.split == TRAIN_SPLIT:
-                cur = best.get(p.a.path)
+                cur = best.get(p.a.key)
                 if cur is None or (not p.exact, p.distance) < (not cur.exact, cur.distance):
-                    best[p.a.path] = p
-        ordered = [best[k] for k in sorted(best, key=str)]
+                    best[p.a.key] = p
+        ordered = [best[k] for k in sorted(best, key=lambda k: (str(k[0]), k[1]))]
         picks = [next((p for p in ordered if p.byte_identical), None),
                  next((p for p in ordered if p.exact and not p.byte_identical), None)]
-        near = sorted((p for p in ordered if not p.exact), key=lambda p: (-p.distance, str(p.a.path)))
+        near = sorted((p for p in ordered if not p.exact), key=lambda p: (-p.distance, _order(p.a)))
         chosen = [p for p in picks if p is not None]
         return (chosen + near)[:n]
 
     def to_dict(self, root: Path | None = None) -> dict:
-        """The results.json ``integrity`` block; paths relative to ``root`` when given."""
+        """The results.json ``integrity`` block; paths relative to ``root`` when given, with the frame
+        of a multi-image file (``a/b.nii.gz [slice 12]``)."""
 
-        def rel(path: Path) -> str:
-            return _relative(path, root)
+        def rel(item: FileRef | UnreadableFile | Key) -> str:
+            path, frame = item if isinstance(item, tuple) else (item.path, item.frame)
+            return frame_label(_relative(path, root), frame, self.frame_names.get((path, frame)))
 
         return {
             **self._settings_dict(),
@@ -295,7 +326,7 @@ class IntegrityReport:
             "leakage_free_test_counts": dict(self.leakage_free_test_counts),
             # Paths only: the report stage writes the thumbnails and adds "files".
             "example_pairs": [
-                {"test": rel(p.a.path), "train": rel(p.b.path), "test_class": p.a.label,
+                {"test": rel(p.a), "train": rel(p.b), "test_class": p.a.label,
                  "train_class": p.b.label, "distance": p.distance, "exact": p.exact,
                  "byte_identical": p.byte_identical}
                 for p in self.example_pairs()
@@ -313,29 +344,29 @@ class IntegrityReport:
             "near_threshold": self.config.near_threshold,
         }
 
-    def _inventory_dict(self, rel: Callable[[Path], str]) -> dict:
+    def _inventory_dict(self, rel: Callable[..., str]) -> dict:
         return {
             "n_files": sum(sum(c.values()) for c in self.listed_counts.values()),
             "n_readable": sum(sum(c.values()) for c in self.counts.values()),
             "listed_counts": _plain(self.listed_counts),
             "counts": _plain(self.counts),
             "unreadable": [
-                {"path": rel(u.path), "split": u.split, "class": u.label, "reason": u.reason}
+                {"path": rel(u), "split": u.split, "class": u.label, "reason": u.reason}
                 for u in self.unreadable
             ],
             "image_stats": {s: self.image_stats[s].to_dict() for s in self.splits},
         }
 
-    def _within_split_dict(self, split: str, rel: Callable[[Path], str]) -> dict:
+    def _within_split_dict(self, split: str, rel: Callable[..., str]) -> dict:
         groups = [g for g in self.within_split_groups if g.split == split]
         exact = [g for g in groups if g.exact]
         near = [g for g in groups if not g.exact]
         return {
             "exact_groups": [
-                {"files": [rel(f.path) for f in g.files], "classes": list(g.classes)} for g in exact
+                {"files": [rel(f) for f in g.files], "classes": list(g.classes)} for g in exact
             ],
             "near_groups": [
-                {"files": [rel(f.path) for f in g.files], "classes": list(g.classes),
+                {"files": [rel(f) for f in g.files], "classes": list(g.classes),
                  "max_distance": g.max_distance}
                 for g in near
             ],
@@ -344,7 +375,7 @@ class IntegrityReport:
             "n_images_in_near_groups": sum(len(g.files) for g in near),
         }
 
-    def _leakage_dict(self, rel: Callable[[Path], str]) -> dict:
+    def _leakage_dict(self, rel: Callable[..., str]) -> dict:
         fraction = self.leakage_fraction
         return {
             "cross_split_pairs": [_pair_dict(p, rel) for p in self.cross_split_pairs],
@@ -373,13 +404,13 @@ def _relative(path: Path, root: Path | None) -> str:
     return str(path)
 
 
-def _ref_dict(f: FileRef, rel: Callable[[Path], str]) -> dict:
-    return {"path": rel(f.path), "split": f.split, "class": f.label}
+def _ref_dict(f: FileRef, rel: Callable[..., str]) -> dict:
+    return {"path": rel(f), "split": f.split, "class": f.label}
 
 
-def _pair_dict(p: MatchPair, rel: Callable[[Path], str]) -> dict:
+def _pair_dict(p: MatchPair, rel: Callable[..., str]) -> dict:
     return {
-        "files": [rel(p.a.path), rel(p.b.path)],
+        "files": [rel(p.a), rel(p.b)],
         "splits": [p.a.split, p.b.split],
         "classes": [p.a.label, p.b.label],
         "distance": p.distance,
@@ -417,6 +448,7 @@ def audit(
     cache_dir: Path | None = None,
     class_names: Sequence[str] | None = None,
     workers: int | None = None,
+    windowing=None,
 ) -> IntegrityReport:
     """Audit ``records`` (every split at once) and return the typed report.
 
@@ -424,19 +456,20 @@ def audit(
     ``config.fail_on_unreadable`` they raise ``InputError`` naming them instead. ``progress`` is
     called as ``progress(done, total)`` while files are fingerprinted. ``cache_dir`` keeps
     fingerprints keyed by file sha256 between runs. ``class_names`` fixes the class order of the
-    count tables (default: sorted labels). ``config.enabled`` is the caller's switch; it is not
-    consulted here.
+    count tables (default: sorted labels). ``windowing`` (``engine.data.readers.Windowing``, the
+    manifest's ``data.windowing``) decodes DICOM frames and NIfTI slices; a record is one frame of
+    its file (``record_key``). ``config.enabled`` is the caller's switch; it is not consulted here.
     """
     t0 = time.perf_counter()
     _refuse_repeated(records)
     classes = _class_order(records, class_names)
     splits = _split_order([r.split for r in records] + [TRAIN_SPLIT, TEST_SPLIT])
-    results, cache = _fingerprints(records, config.hash_size, progress, cache_dir, workers)
+    results, cache = _fingerprints(records, config.hash_size, progress, cache_dir, workers, windowing)
     t_hash = time.perf_counter()
     results = _too_small_as_unreadable(results, config.min_image_size)
     unreadable = _unreadable_files(records, results, config.fail_on_unreadable)
     good = [(r, res) for r, res in zip(records, results) if isinstance(res, ImageFingerprint)]
-    refs = [FileRef(r.path, r.split, r.label) for r, _ in good]
+    refs = [FileRef(r.path, r.split, r.label, record_key(r)[1]) for r, _ in good]
     fps = [fp for _, fp in good]
     listed_counts, counts = _count_tables(records, refs, splits, classes)
     image_stats = {s: _split_stats([fp for f, fp in zip(refs, fps) if f.split == s]) for s in splits}
@@ -467,6 +500,7 @@ def audit(
         patients=patients,
         cross_split_patient_ids=cross_patients,
         patient_leaked_test_paths=frozenset(patient_leaked),
+        frame_names={record_key(r): name for r in records if (name := getattr(r, "frame_name", None))},
         timings_s={"fingerprint": t_hash - t0, "search": t_search - t_hash, "total": t_end - t0},
         cache_stats={"hits": cache.hits, "misses": cache.misses},
     )
@@ -476,11 +510,11 @@ def audit(
 
 
 def _refuse_repeated(records: Sequence[ImageRecordLike]) -> None:
-    seen: set[Path] = set()
+    seen: set[Key] = set()
     for r in records:
-        if r.path in seen:
-            raise ValueError(f"record listed twice: {r.path}")
-        seen.add(r.path)
+        if record_key(r) in seen:
+            raise ValueError(f"record listed twice: {r.path} (frame {record_key(r)[1]})")
+        seen.add(record_key(r))
 
 
 def _class_order(records: Sequence[ImageRecordLike], class_names: Sequence[str] | None) -> tuple[str, ...]:
@@ -496,14 +530,23 @@ def _fingerprints(
     progress: Callable[[int, int], None] | None,
     cache_dir: Path | None,
     workers: int | None,
+    windowing=None,
 ) -> tuple[list[ImageFingerprint | UnreadableImage], FingerprintCache]:
-    """One fingerprint (or the reason there is none) per record, in order; the cache is saved."""
+    """One fingerprint (or the reason there is none) per record, in order; the cache is saved. A
+    record whose frames discovery could not list (``unreadable``) keeps that reason undecoded."""
     cache = FingerprintCache(cache_dir, hash_size)
-    results = fingerprint_files(
-        [r.path for r in records], hash_size, cache=cache, progress=progress, workers=workers
+    todo = [k for k, r in enumerate(records) if not getattr(r, "unreadable", None)]
+    found = fingerprint_files(
+        [record_key(records[k]) if reader_kind(records[k].path) else records[k].path for k in todo], hash_size,
+        cache=cache, progress=progress, workers=workers, windowing=windowing,
     )
+    results: list[ImageFingerprint | UnreadableImage] = [
+        UnreadableImage(reader_reason(str(getattr(r, "unreadable", None)), r.path)) for r in records]
+    for k, res in zip(todo, found):
+        results[k] = res
     cache.save()
     return results, cache
+
 
 
 def _too_small_as_unreadable(
@@ -527,12 +570,13 @@ def _unreadable_files(
 ) -> tuple[UnreadableFile, ...]:
     """The unreadable records with their reasons; InputError naming them if any and ``fail_on_unreadable``."""
     unreadable = tuple(
-        UnreadableFile(r.path, r.split, r.label, res.reason)
+        UnreadableFile(r.path, r.split, r.label, res.reason, record_key(r)[1])
         for r, res in zip(records, results)
         if isinstance(res, UnreadableImage)
     )
     if unreadable and fail_on_unreadable:
-        shown = "; ".join(f"{u.path}: {u.reason}" for u in unreadable[:20])
+        names = {record_key(r): getattr(r, "frame_name", None) for r in records}
+        shown = "; ".join(f"{frame_label(str(u.path), u.frame, names[u.key])}: {u.reason}" for u in unreadable[:20])
         more = f" (and {len(unreadable) - 20} more)" if len(unreadable) > 20 else ""
         raise InputError(
             f"{len(unreadable)} unreadable image file(s) and integrity.fail_on_unreadable = true: "
@@ -630,7 +674,7 @@ def _within_split_groups(table: _PairTable) -> tuple[list[DuplicateGroup], np.nd
         if len(members) > 1 and len(distinct_contents) > 1:
             groups.append(DuplicateGroup(refs[members[0]].split, _sorted_refs(refs, members), False,
                                          int(max_dist[g])))
-    groups.sort(key=lambda g: (table.rank[g.split], not g.exact, str(g.files[0].path)))
+    groups.sort(key=lambda g: (table.rank[g.split], not g.exact, _order(g.files[0])))
     return groups, near_ids
 
 
@@ -639,45 +683,46 @@ def _cross_split_pairs(table: _PairTable) -> list[MatchPair]:
     rank = table.rank
     return sorted(
         (table.pair(int(k)) for k in np.nonzero(~table.same_split)[0]),
-        key=lambda p: (rank[p.a.split], rank[p.b.split], str(p.a.path), p.distance, str(p.b.path)),
+        key=lambda p: (rank[p.a.split], rank[p.b.split], _order(p.a), p.distance, _order(p.b)),
     )
 
 
-def _leaked_test_paths(cross_pairs: Iterable[MatchPair]) -> tuple[set[Path], set[Path], set[Path]]:
-    """Test files with a twin in train: (any twin, an exact twin, a byte-identical twin)."""
-    leaked: set[Path] = set()
-    exact_leaked: set[Path] = set()
-    byte_leaked: set[Path] = set()
+def _leaked_test_paths(cross_pairs: Iterable[MatchPair]) -> tuple[set[Key], set[Key], set[Key]]:
+    """Test records (keys) with a twin in train: (any twin, an exact twin, a byte-identical twin)."""
+    leaked: set[Key] = set()
+    exact_leaked: set[Key] = set()
+    byte_leaked: set[Key] = set()
     for p in cross_pairs:
         if p.a.split == TEST_SPLIT and p.b.split == TRAIN_SPLIT:
-            leaked.add(p.a.path)
+            leaked.add(p.a.key)
             if p.exact:
-                exact_leaked.add(p.a.path)
+                exact_leaked.add(p.a.key)
             if p.byte_identical:
-                byte_leaked.add(p.a.path)
+                byte_leaked.add(p.a.key)
     return leaked, exact_leaked, byte_leaked
 
 
 def _patients(records: Sequence[ImageRecordLike], refs: Sequence[FileRef],
-              splits: Sequence[str]) -> tuple[dict[str, int], tuple[str, ...], set[Path]]:
-    """({split: patients among readable files}, sorted pseudonyms in more than one split, test files
-    whose patient has a readable training file). Empty when no record carries a patient."""
-    patient_of = {r.path: p for r in records if (p := getattr(r, "patient", None))}
+              splits: Sequence[str]) -> tuple[dict[str, int], tuple[str, ...], set[Key]]:
+    """({split: patients among readable files}, sorted pseudonyms in more than one split, test
+    records (keys) whose patient has a readable training file). Empty when no record carries a
+    patient."""
+    patient_of = {record_key(r): p for r in records if (p := getattr(r, "patient", None))}
     if not patient_of:
         return {}, (), set()
     by_split: dict[str, set[str]] = defaultdict(set)
     for f in refs:
-        if f.path in patient_of:
-            by_split[f.split].add(patient_of[f.path])
+        if f.key in patient_of:
+            by_split[f.split].add(patient_of[f.key])
     seen: Counter = Counter(p for members in by_split.values() for p in members)
     cross = tuple(sorted(p for p, n in seen.items() if n > 1))
     in_train = by_split.get(TRAIN_SPLIT, set())
-    leaked = {f.path for f in refs if f.split == TEST_SPLIT and patient_of.get(f.path) in in_train}
+    leaked = {f.key for f in refs if f.split == TEST_SPLIT and patient_of.get(f.key) in in_train}
     return {s: len(by_split.get(s, ())) for s in splits}, cross, leaked
 
 
-def _leakage_free_counts(refs: Sequence[FileRef], leaked: set[Path], classes: Sequence[str]) -> dict[str, int]:
-    test_left = Counter(f.label for f in refs if f.split == TEST_SPLIT and f.path not in leaked)
+def _leakage_free_counts(refs: Sequence[FileRef], leaked: set[Key], classes: Sequence[str]) -> dict[str, int]:
+    test_left = Counter(f.label for f in refs if f.split == TEST_SPLIT and f.key not in leaked)
     return {c: test_left.get(c, 0) for c in classes}
 
 
@@ -694,21 +739,21 @@ def _label_conflicts(table: _PairTable) -> list[LabelConflict]:
     conflicts = []
     for g, plist in conflict_pairs.items():
         members = np.nonzero(all_ids == g)[0].tolist()
-        plist.sort(key=lambda p: (str(p.a.path), str(p.b.path)))
+        plist.sort(key=lambda p: (_order(p.a), _order(p.b)))
         conflicts.append(LabelConflict(_sorted_refs(table.refs, members), tuple(plist)))
-    conflicts.sort(key=lambda c: str(c.files[0].path))
+    conflicts.sort(key=lambda c: _order(c.files[0]))
     return conflicts
 
 
-def _stable_group_ids(refs: Sequence[FileRef], near_group_of: np.ndarray) -> dict[Path, int]:
-    """Group ids unique across splits, in record order (stable for StratifiedGroupKFold)."""
-    group_of = {refs[idx].path: (refs[idx].split, int(g)) for idx, g in enumerate(near_group_of)}
+def _stable_group_ids(refs: Sequence[FileRef], near_group_of: np.ndarray) -> dict[Key, int]:
+    """Group ids by record key, unique across splits, in record order (stable for StratifiedGroupKFold)."""
+    group_of = {refs[idx].key: (refs[idx].split, int(g)) for idx, g in enumerate(near_group_of)}
     renumber: dict[tuple[str, int], int] = {}
     return {path: renumber.setdefault(key, len(renumber)) for path, key in group_of.items()}
 
 
 def _sorted_refs(refs: list[FileRef], members: Iterable[int]) -> tuple[FileRef, ...]:
-    return tuple(sorted((refs[m] for m in members), key=lambda f: (f.split, str(f.path))))
+    return tuple(sorted((refs[m] for m in members), key=lambda f: (f.split, *_order(f))))
 
 
 def _split_stats(fps: list[ImageFingerprint]) -> SplitImageStats:
@@ -724,21 +769,22 @@ def _split_stats(fps: list[ImageFingerprint]) -> SplitImageStats:
 
 def duplicate_groups(
     records: Sequence[ImageRecordLike], report: IntegrityReport, split: str = TRAIN_SPLIT
-) -> dict[Path, int]:
-    """Group id per record of ``split`` such that exact/near duplicates share an id (for
+) -> dict[Key, int]:
+    """Group id per record key of ``split`` such that exact/near duplicates share an id (for
     ``sklearn.model_selection.StratifiedGroupKFold(groups=...)`` when carving validation from
-    training). Ids are 0..k-1 in record order; unreadable files get singleton ids."""
-    out: dict[Path, int] = {}
+    training). Ids are 0..k-1 in record order; unreadable records get singleton ids."""
+    out: dict[Key, int] = {}
     renumber: dict[object, int] = {}
+    unreadable = report.unreadable_paths
     for r in records:
         if r.split != split:
             continue
-        key: object = report.group_ids.get(r.path)
+        key: object = report.group_ids.get(record_key(r))
         if key is None:
-            if r.path not in report.unreadable_paths:
-                raise ValueError(f"{r.path} was not part of the integrity audit")
-            key = ("unreadable", r.path)
-        out[r.path] = renumber.setdefault(key, len(renumber))
+            if record_key(r) not in unreadable:
+                raise ValueError(f"{r.path} (frame {record_key(r)[1]}) was not part of the integrity audit")
+            key = ("unreadable", record_key(r))
+        out[record_key(r)] = renumber.setdefault(key, len(renumber))
     return out
 
 
@@ -751,7 +797,7 @@ def summary_text(report: IntegrityReport) -> str:
     )
     lines = [f"integrity: {n_files} files ({per_split}); {len(report.unreadable)} unreadable"]
     for u in report.unreadable[:5]:
-        lines.append(f"  unreadable: {u.path} ({u.reason})")
+        lines.append(f"  unreadable: {frame_label(str(u.path), u.frame, report.frame_names.get(u.key))} ({u.reason})")
     if len(report.unreadable) > 5:
         lines.append(f"  ... and {len(report.unreadable) - 5} more unreadable")
     n_test = report.n_test
@@ -786,7 +832,9 @@ def summary_text(report: IntegrityReport) -> str:
     n_conf_files = sum(len(c.files) for c in report.label_conflicts)
     lines.append(f"label conflicts: {len(report.label_conflicts)} groups ({n_conf_files} files)")
     for c in report.label_conflicts[:5]:
-        names = ", ".join(f"{f.split}/{f.label}/{f.path.name}" for f in c.files[:4])
+        names = ", ".join(f"{f.split}/{f.label}/{frame_label(f.path.name, f.frame, report.frame_names.get(f.key))}"
+                          for f in c.files[:4])
         more = f", +{len(c.files) - 4}" if len(c.files) > 4 else ""
         lines.append(f"  {c.kind}: {' vs '.join(c.classes)}: {names}{more}")
     return "\n".join(lines)
+

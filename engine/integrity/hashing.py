@@ -8,7 +8,11 @@ Three fingerprints per file:
   * ``phash``        - ``imagehash.phash`` (DCT perceptual hash, ``hash_size**2`` bits) packed
     into uint64 words: resized / re-encoded copies sit at a small Hamming distance.
 
-No TensorFlow here; PIL + numpy + imagehash only.
+A DICOM frame or NIfTI slice (``(path, frame)`` in ``fingerprint_files``) is decoded by
+``engine.data.readers`` with the run's windowing; its ``file_sha256`` is the file's for frame 0 and
+derived from it and the frame otherwise (``frame_sha256``).
+
+No TensorFlow here; PIL + numpy + imagehash only (the readers load pydicom / nibabel on demand).
 """
 
 from __future__ import annotations
@@ -160,32 +164,40 @@ def fingerprint_bytes(data: bytes, hash_size: int, *, sha256: str | None = None)
     )
 
 
-def fingerprint_dicom(path: Path, data: bytes, hash_size: int, *, sha256: str | None = None) -> ImageFingerprint:
-    """Fingerprint a single-frame DICOM file read through ``engine.data.readers`` (window "auto"):
-    the pixel hash and the perceptual hash are of the windowed 8-bit grey frame. Raises
-    ``UnreadableImage`` with the reader's reason (or "multi-frame DICOM not supported yet")."""
-    from engine.data.discovery import read_dicom_frame
+def frame_sha256(file_sha: str, frame: int) -> str:
+    """The "file" hash of one frame: the file's own for frame 0, a derived one for frame k > 0, so
+    that two frames of one volume are never byte-identical twins while a byte copy of a volume pairs
+    frame for frame."""
+    return file_sha if frame == 0 else hashlib.sha256(f"{file_sha}#frame{frame}".encode()).hexdigest()
 
-    if not data:
+
+def fingerprint_frame(path: Path, frame: int, n_bytes: int, hash_size: int, *, sha256: str,
+                      windowing=None) -> ImageFingerprint:
+    """Fingerprint DICOM frame (or NIfTI axial slice) ``frame`` of ``path``, read through
+    ``engine.data.readers`` with ``windowing`` (default "auto"): the pixel hash and the perceptual
+    hash are of the windowed 8-bit grey frame. Raises ``UnreadableImage`` with the reader's reason."""
+    from engine.data.discovery import is_nifti_path, read_volume_frame
+
+    if not n_bytes:
         raise UnreadableImage("zero-byte file")
     try:
-        grey = read_dicom_frame(Path(path))
+        grey = read_volume_frame(Path(path), frame, windowing)
     except InputError as exc:
-        raise UnreadableImage(_reason(str(exc), path)) from None
+        raise UnreadableImage(reader_reason(str(exc), path)) from None
     img = Image.fromarray(grey, mode="L")
     return ImageFingerprint(
-        file_sha256=sha256 or file_sha256(data),
-        file_bytes=len(data),
+        file_sha256=frame_sha256(sha256, frame),
+        file_bytes=n_bytes,
         pixel_sha256=_pixel_sha256(img),
         phash_hex=pack_bits(imagehash.phash(img, hash_size=hash_size).hash),
         width=img.width,
         height=img.height,
         mode="L",
-        format="DICOM",
+        format="NIfTI" if is_nifti_path(Path(path)) else "DICOM",
     )
 
 
-def _reason(message: str, path: Path) -> str:
+def reader_reason(message: str, path: Path) -> str:
     """The reader's one-line message without its "cannot read ... '<path>': " prefix (the audit lists
     the path beside the reason)."""
     marker = f"{str(path)!r}: "
@@ -205,6 +217,8 @@ def _environment_key(hash_size: int) -> str:
 
 class FingerprintCache:
     """Fingerprints on disk keyed by file sha256, so nightly re-runs read bytes but never decode.
+    A DICOM frame or NIfTI slice is keyed by its kind, the file's sha256, the frame and the
+    windowing (``fingerprint_files``): its pixels depend on all four.
 
     One JSON file per hash size. Unreadable files are cached too (their reason), since the same
     bytes fail the same way. The file is only trusted when its environment key matches.
@@ -266,19 +280,23 @@ class FingerprintCache:
 
 
 def fingerprint_files(
-    paths: Iterable[Path],
+    paths: Iterable[Path | tuple[Path, int]],
     hash_size: int,
     *,
     cache: FingerprintCache | None = None,
     progress: Callable[[int, int], None] | None = None,
     workers: int | None = None,
+    windowing=None,
 ) -> list[ImageFingerprint | UnreadableImage]:
-    """Fingerprint every path, in order. A file that cannot be read at all (permissions, vanished)
-    becomes ``UnreadableImage`` like a corrupt one. PIL decoding and hashlib release the GIL, so
-    a small thread pool uses the cores without pickling images between processes."""
-    paths = list(paths)
+    """Fingerprint every path, in order; an item ``(path, frame)`` is one frame of a DICOM file or
+    one axial slice of a NIfTI volume, decoded with ``windowing`` (``engine.data.readers.Windowing``,
+    default "auto"). A file that cannot be read at all (permissions, vanished) becomes
+    ``UnreadableImage`` like a corrupt one. PIL decoding and hashlib release the GIL, so a small
+    thread pool uses the cores without pickling images between processes."""
+    items = [(Path(p[0]), int(p[1])) if isinstance(p, tuple) else (Path(p), 0) for p in paths]
     with strict_decoding():
-        return _fingerprint_files(paths, hash_size, cache=cache, progress=progress, workers=workers)
+        return _fingerprint_files(items, hash_size, cache=cache, progress=progress, workers=workers,
+                                  windowing=windowing)
 
 
 @contextlib.contextmanager
@@ -294,32 +312,64 @@ def strict_decoding():
         ImageFile.LOAD_TRUNCATED_IMAGES = before
 
 
-def _fingerprint_files(paths: list[Path], hash_size: int, *, cache, progress, workers):
+class _FileHashes:
+    """sha256 and size of each file, read once however many of its frames are fingerprinted."""
+
+    def __init__(self):
+        self._known: dict[Path, tuple[str, int] | UnreadableImage] = {}
+        self._lock = threading.Lock()
+
+    def get(self, path: Path) -> tuple[str, int] | UnreadableImage:
+        with self._lock:
+            known = self._known.get(path)
+        if known is None:
+            try:
+                data = path.read_bytes()
+                known = (file_sha256(data), len(data)) if data else UnreadableImage("zero-byte file")
+            except OSError as exc:
+                known = UnreadableImage(f"cannot read file: {exc.strerror or exc}")
+            with self._lock:
+                self._known[path] = known
+        return known
+
+
+def _fingerprint_files(items: list[tuple[Path, int]], hash_size: int, *, cache, progress, workers, windowing):
     from concurrent.futures import ThreadPoolExecutor
 
-    from engine.data.discovery import is_dicom_path
+    from engine.data.discovery import reader_kind, windowing_key
 
-    total = len(paths)
+    total = len(items)
+    hashes = _FileHashes()
+    window = windowing_key(windowing)
 
-    def one(path: Path) -> ImageFingerprint | UnreadableImage:
-        try:
-            data = Path(path).read_bytes()
-        except OSError as exc:
-            return UnreadableImage(f"cannot read file: {exc.strerror or exc}")
-        if not data:
-            return UnreadableImage("zero-byte file")
-        sha = file_sha256(data)
-        dicom = is_dicom_path(Path(path))
-        # DICOM bytes are read by another reader (windowed): their entries get their own key, so
-        # the same bytes under a .png name and under a .dcm name are never confused.
-        entry = f"dicom:{sha}" if dicom else sha
+    def one(item: tuple[Path, int]) -> ImageFingerprint | UnreadableImage:
+        path, frame = item
+        kind = reader_kind(path)
+        if kind is None:
+            try:
+                data = path.read_bytes()
+            except OSError as exc:
+                return UnreadableImage(f"cannot read file: {exc.strerror or exc}")
+            if not data:
+                return UnreadableImage("zero-byte file")
+            sha, n_bytes = file_sha256(data), len(data)
+        else:
+            known = hashes.get(path)
+            if isinstance(known, UnreadableImage):
+                return known
+            sha, n_bytes = known
+        # DICOM and NIfTI bytes are read by another reader (windowed, one frame of several): their
+        # entries get their own key, so the same bytes under a .png name and under a .dcm name are
+        # never confused, and another windowing or frame is decoded afresh.
+        entry = f"{kind}:{sha}:{frame}:{window}" if kind else sha
         if cache is not None:
             cached = cache.get(entry)
             if cached is not None:
                 return cached
         try:
-            if dicom:
-                result: ImageFingerprint | UnreadableImage = fingerprint_dicom(path, data, hash_size, sha256=sha)
+            if kind:
+                result: ImageFingerprint | UnreadableImage = fingerprint_frame(
+                    path, frame, n_bytes, hash_size, sha256=sha, windowing=windowing)
             else:
                 result = fingerprint_bytes(data, hash_size, sha256=sha)
         except UnreadableImage as exc:
@@ -331,13 +381,13 @@ def _fingerprint_files(paths: list[Path], hash_size: int, *, cache, progress, wo
     n_workers = workers if workers is not None else min(4, os.cpu_count() or 1)
     out: list[ImageFingerprint | UnreadableImage] = []
     if n_workers <= 1:
-        for k, p in enumerate(paths, 1):
-            out.append(one(p))
+        for k, item in enumerate(items, 1):
+            out.append(one(item))
             if progress is not None:
                 progress(k, total)
         return out
     with ThreadPoolExecutor(max_workers=n_workers) as pool:
-        for k, result in enumerate(pool.map(one, paths), 1):
+        for k, result in enumerate(pool.map(one, items), 1):
             out.append(result)
             if progress is not None:
                 progress(k, total)

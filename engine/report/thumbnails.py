@@ -11,27 +11,44 @@ from __future__ import annotations
 
 import io
 import logging
+import re
 from pathlib import Path
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from engine.atomic import write_bytes
+from engine.errors import InputError
 
 log = logging.getLogger(__name__)
 
 THUMBNAIL_DIR = "integrity"
 
 
-def _thumbnail_png(source: Path, size: int) -> bytes:
-    with Image.open(source) as image:
-        image = ImageOps.exif_transpose(image).convert("RGB")
-        image.thumbnail((size, size))
-        buffer = io.BytesIO()
-        image.save(buffer, format="PNG", optimize=True)
+#: How the audit names a frame of a multi-image file: ``a/b.nii.gz [slice 12]`` (discovery.frame_label).
+_FRAME = re.compile(r"^(?P<path>.+) \[(?:slice|frame) (?P<frame>\d+)\]$")
+
+
+def _thumbnail_png(source: str, root: Path, size: int, windowing=None) -> bytes:
+    """A thumbnail of ``source`` (a path relative to ``root`` or absolute; a DICOM frame or NIfTI
+    slice as the audit names it), read as training reads it: DICOM and NIfTI through the readers."""
+    from engine.data.discovery import read_volume_frame, reader_kind
+
+    match = _FRAME.match(source)
+    path, frame = (Path(match["path"]), int(match["frame"])) if match else (Path(source), 0)
+    path = path if path.is_absolute() else root / path
+    if reader_kind(path):
+        image = Image.fromarray(read_volume_frame(path, frame, windowing), mode="L").convert("RGB")
+    else:
+        with Image.open(path) as opened:
+            image = ImageOps.exif_transpose(opened).convert("RGB")
+    image.thumbnail((size, size))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", optimize=True)
     return buffer.getvalue()
 
 
-def add_pair_thumbnails(results: dict, run_dir: Path, data_root: Path | None = None, size: int = 192) -> int:
+def add_pair_thumbnails(results: dict, run_dir: Path, data_root: Path | None = None, size: int = 192,
+                        windowing=None) -> int:
     """Write ``integrity/pair<i>_{train,test}.png`` for every example pair without ``"files"``.
 
     Args:
@@ -40,6 +57,8 @@ def add_pair_thumbnails(results: dict, run_dir: Path, data_root: Path | None = N
         run_dir: the run directory.
         data_root: folder the pair paths are relative to (default: ``results["data"]["root"]``).
         size: longest side of a thumbnail in pixels.
+        windowing: ``engine.data.readers.Windowing`` for DICOM frames and NIfTI slices (the run's
+            ``data.windowing``; default "auto").
 
     Returns the number of pairs that got thumbnails. A pair whose images cannot be read keeps no
     ``"files"`` (the report then lists its paths) and is logged, never fatal.
@@ -56,12 +75,10 @@ def add_pair_thumbnails(results: dict, run_dir: Path, data_root: Path | None = N
         files: dict[str, str] = {}
         try:
             for side in ("train", "test"):
-                source = Path(pair[side])
-                source = source if source.is_absolute() else root / source
                 rel = f"{THUMBNAIL_DIR}/pair{index}_{side}.png"
-                write_bytes(Path(run_dir) / rel, _thumbnail_png(source, size))
+                write_bytes(Path(run_dir) / rel, _thumbnail_png(pair[side], root, size, windowing))
                 files[side] = rel
-        except (KeyError, OSError, UnidentifiedImageError, ValueError) as exc:
+        except (KeyError, OSError, UnidentifiedImageError, ValueError, InputError) as exc:
             log.warning("no thumbnail for duplicate pair %d (%s): %s", index, pair.get(side), exc)
             continue
         pair["files"] = files

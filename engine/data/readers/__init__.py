@@ -13,8 +13,9 @@ broken, no pixel data, compressed without an installed decoder, a selection that
 raises ``engine.errors.InputError`` with one line naming the file and the reason, and nothing else:
 callers list it as unreadable with that reason.
 
-Discovery, integrity and training read single-frame DICOM through them; NIfTI and multi-frame
-DICOM are not wired yet (docs/data.md).
+Discovery expands DICOM files and NIfTI volumes into frames with ``frames_of``; integrity, training
+and ``evaluate`` read each frame with ``read_frame`` and the manifest's windowing (docs/data.md,
+"Frames in the audit").
 Format modules: ``dicom`` (pydicom), ``nifti`` (nibabel), ``plain`` (PIL); each loads its library
 only when a file of its type is read.
 """
