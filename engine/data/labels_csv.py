@@ -313,7 +313,7 @@ def _carve_test(root: Path, records, rows: Sequence[CsvRow], test_fraction: floa
     labels = [r.label for r in records]
     idx = list(range(len(records)))
     if len(set(keys)) < len(keys):
-        tr, te, _, _ = _grouped_test_split(idx, labels, keys, test_fraction, seed)
+        tr, te = _grouped_test_split(idx, labels, keys, test_fraction, seed)
     else:
         tr, te = train_test_split(idx, test_size=test_fraction, random_state=seed, stratify=labels)
     del raw, keys
