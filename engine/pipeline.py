@@ -676,7 +676,7 @@ def run_post_stages(ctx: RunContext) -> None:
                 # its point values come from sklearn; an interval too small to compute says so itself
                 with hold_back():
                     unc = {"test": bootstrap_summary(y_te, pred, ds.class_names, ev.bootstrap_resamples,
-                                                     seed=m.experiment.seed, confidence=ev.confidence)}
+                                                     seed=m.experiment.seed, confidence=ev.confidence, age_bands=sub.age_bands)}
                     if keep is not None and keep.any():
                         unc["leakage_free"] = bootstrap_summary(y_te[keep], pred[keep], ds.class_names,
                                                                 ev.bootstrap_resamples, seed=m.experiment.seed,
@@ -709,7 +709,7 @@ def subgroup_stage(ctx: RunContext, entries: list[BackboneResult]) -> None:
         with hold_back():
             block = audit_subgroups(y_te, ctx.outputs[res.name]["test_probs"].argmax(1), values, ds.class_names,
                                     sub.by, min_n=sub.min_n, n_resamples=ev.bootstrap_resamples,
-                                    seed=m.experiment.seed, confidence=ev.confidence)
+                                    seed=m.experiment.seed, confidence=ev.confidence, age_bands=sub.age_bands)
         res.subgroups, res.subgroup_gap = block["subgroups"], block["subgroup_gap"]
         largest = res.subgroup_gap["largest"]
         if largest is not None:

@@ -512,13 +512,15 @@ def audit_subgroups(
     n_resamples: int = DEFAULT_RESAMPLES,
     seed: int = 0,
     confidence: float = 0.95,
+    age_bands: Sequence[int] | None = DEFAULT_AGE_BANDS,
 ) -> dict:
     """:func:`subgroup_results` over the attributes of ``by`` that at least one test image records.
 
     An attribute no image records (plain PNG or JPEG sets have no site, sex or age) is not split into
     one group ``"unknown"`` of every image: it is listed as unavailable, with an empty list under
     ``subgroups`` and a gap entry whose ``note`` says so, and named in ``subgroup_gap.unavailable``.
-    Attributes keep the order of ``by``.
+    Attributes keep the order of ``by``; the groups of ``age_band`` are listed youngest first
+    (``age_bands``, the edges the values were banded with), then ``"unknown"`` and ``"other"``.
     """
     available = {a: values[a] for a in by if any(_label(v) != UNKNOWN for v in values[a])}
     unavailable = [a for a in by if a not in available]
@@ -529,6 +531,10 @@ def audit_subgroups(
         out = {"subgroups": {}, "subgroup_gap": _gap_block({}, class_names, min_n, n_resamples, seed, confidence)}
     gap = out["subgroup_gap"]
     out["subgroups"] = {a: out["subgroups"].get(a, []) for a in by}
+    if out["subgroups"].get("age_band") and age_bands is not None:
+        # age bands read youngest first, not in the string order of their labels ("<40" after "60+")
+        rank = {label: i for i, label in enumerate(age_band_labels(age_bands))}
+        out["subgroups"]["age_band"].sort(key=lambda e: (rank.get(e["group"], len(rank)), _order(e["group"])))
     gap["attributes"] = {a: gap["attributes"].get(a) or _unavailable_gap(a) for a in by}
     gap["unavailable"] = unavailable
     return out
