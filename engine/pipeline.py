@@ -676,7 +676,7 @@ def run_post_stages(ctx: RunContext) -> None:
                 # its point values come from sklearn; an interval too small to compute says so itself
                 with hold_back():
                     unc = {"test": bootstrap_summary(y_te, pred, ds.class_names, ev.bootstrap_resamples,
-                                                     seed=m.experiment.seed, confidence=ev.confidence, age_bands=sub.age_bands)}
+                                                     seed=m.experiment.seed, confidence=ev.confidence)}
                     if keep is not None and keep.any():
                         unc["leakage_free"] = bootstrap_summary(y_te[keep], pred[keep], ds.class_names,
                                                                 ev.bootstrap_resamples, seed=m.experiment.seed,
