@@ -320,8 +320,8 @@ def test_the_forest_plot_and_the_section_name_pooled_groups(tmp_path):
     view = subgroup_view(backbone)
     (table,) = view.tables
     assert [r.group for r in table.rows] == ["A", "B", "other"]
-    assert table.pooled_note.startswith("Site groups with fewer than 10 test images are pooled into “other” (6 images): "
-                                        "tiny-site.")
+    assert table.pooled_note.startswith("Site groups with fewer than 10 test images are pooled into “other” "
+                                        "(6 images): tiny-site.")
     assert "“other” itself has fewer than 10 images" in table.pooled_note
     assert "higher for A (1.000, 30 images) than for B (0.000, 34 images)" in table.gap_sentence
     assert "The interval excludes 0" in table.gap_sentence
@@ -341,3 +341,32 @@ def test_an_age_outside_the_bands_names_the_file(tmp_path):
     young = ImageRecord(tmp_path / "b.dcm", "test", "glioma", meta={"age": 30.0, "site": "X"})
     values = record_values([young, ImageRecord(tmp_path / "c.png", "test", "glioma")], (0, 18, 65, 120))
     assert values == {"site": ["X", None], "scanner": [None, None], "sex": [None, None], "age_band": ["18-64", None]}
+
+
+def test_a_run_on_plain_images_lists_the_attributes_as_unavailable_and_gates_warn(tmp_path):
+    # mutation: audit_subgroups passing every attribute on -> "site" gets one group "unknown" of
+    # every test image instead of an empty list (max_subgroup_gap would WARN either way)
+    result = invoke("synth-data", tmp_path / "data", "--format", "png16", "--patients-per-class", 4,
+                    "--slices-per-patient", 3)
+    assert result.exit_code == 0, result.output
+    tiny_backbone(tmp_path / "tiny.keras")
+    m = manifest(tmp_path, "plain", backbone=TINY.format(tmp=tmp_path),
+                 gates="max_patient_leakage = 0\nmax_subgroup_gap = 0.1")
+    result = invoke("run", m)
+    assert result.exit_code == 0, result.output  # both gates WARN "not evaluated", none FAILs
+    run = run_dir_of(result)
+    results = json.loads((run / "results.json").read_text())
+    backbone = results["backbones"][0]
+    assert backbone["subgroups"] == {a: [] for a in BY}
+    assert backbone["subgroup_gap"]["unavailable"] == BY and backbone["subgroup_gap"]["largest"] is None
+    statuses = {g["name"]: (g["status"], g["message"]) for g in results["gates"]["gates"]}
+    status, message = statuses["max_patient_leakage"]
+    assert status == "WARN" and "no image carries a patient id" in message
+    assert statuses["max_subgroup_gap"][0] == "WARN"
+    assert "warning: subgroups: no test image records site, scanner, sex, age_band" in result.stderr
+    html = (run / "report.html").read_text()
+    assert "Not available: no test image records its site, scanner, sex, age band" in html
+    assert "patients have images in both training and test" not in html
+    with open(run / "predictions" / "tiny.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert rows and all(r[c] == "" for r in rows for c in METADATA_COLUMNS[1:])

@@ -76,4 +76,5 @@ def read_probabilities(path: Path, class_names: Sequence[str]) -> np.ndarray | N
     return pd.read_csv(path)[[f"prob_{c}" for c in class_names]].to_numpy()
 
 
-__all__ = ["METADATA_COLUMNS", "PREDICTIONS_DIR", "prediction_files", "read_probabilities", "validation_file", "write_predictions"]
+__all__ = ["METADATA_COLUMNS", "PREDICTIONS_DIR", "prediction_files", "read_probabilities", "validation_file",
+           "write_predictions"]

@@ -489,7 +489,8 @@ def record_values(records: Sequence, age_bands: Sequence[int] = DEFAULT_AGE_BAND
             try:
                 band = age_band(age, age_bands)
             except InputError as exc:
-                raise InputError(f"{relative_to_root(r.path, root)}: {exc} (subgroups.age_bands {list(age_bands)})") from None
+                raise InputError(f"{relative_to_root(r.path, root)}: {exc} "
+                                 f"(subgroups.age_bands {list(age_bands)})") from None
             out["age_band"].append(None if band == UNKNOWN else band)
         else:
             out["age_band"].append(_in_bands(age, age_bands))

@@ -381,7 +381,8 @@ def _forest_text(attribute: str, e: dict, confidence: float) -> str:
     lo, hi = ci.get("low"), ci.get("high")
     interval = f", {confidence * 100:.0f} % CI {lo:.2f}–{hi:.2f}" if lo is not None and hi is not None else ""
     pooled = f", pooled from {', '.join(map(str, e['pooled']))}" if e.get("pooled") else ""
-    return f"{_ATTRIBUTE_NAMES.get(attribute, attribute)} {e['group']} {e['macro_f1']:.2f}{interval} (n={e['n']}{pooled})"
+    name = _ATTRIBUTE_NAMES.get(attribute, attribute)
+    return f"{name} {e['group']} {e['macro_f1']:.2f}{interval} (n={e['n']}{pooled})"
 
 
 def subgroup_forest(backbone: dict, run_dir: Path) -> FigureRecord | None:

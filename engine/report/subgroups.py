@@ -62,7 +62,8 @@ def _row(entry: dict, recall_classes: list[str]) -> SubgroupRow:
     recall, recall_ci = entry.get("recall") or {}, ci.get("recall") or {}
     recalls = [_with_ci(recall.get(c), recall_ci.get(c)) for c in recall_classes]
     recalls = [r if r.known else Metric(None, missing="no images") for r in recalls]
-    return SubgroupRow(str(entry.get("group", "?")), _count(entry.get("n")), _with_ci(entry.get("accuracy"), ci.get("accuracy")),
+    return SubgroupRow(str(entry.get("group", "?")), _count(entry.get("n")),
+                       _with_ci(entry.get("accuracy"), ci.get("accuracy")),
                        _with_ci(entry.get("macro_f1"), ci.get("macro_f1")), recalls,
                        [str(g) for g in entry.get("pooled") or []])
 
