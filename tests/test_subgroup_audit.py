@@ -190,6 +190,8 @@ def test_patient_leakage_is_counted_dropped_from_leakage_free_figures_and_gated(
         (g,) = evaluate_gates(results, GatesConfig(all_backbones_finished=False, max_patient_leakage=limit), None)
         assert (g.name, g.status, g.value) == ("max_patient_leakage", status, 4.0), limit
     html = (run / "report.html").read_text()
+    assert ('<th scope="row">max_patient_leakage</th><td>whole run</td><td><span class="status-FAIL">FAIL</span></td>'
+            '<td class="num">4</td><td class="num">0</td>') in html
     assert (f"4 patients have images in both training and test; their {len(leaked_test)} test images are "
             "left out of the leakage-free figures.") in html
 
@@ -370,3 +372,12 @@ def test_a_run_on_plain_images_lists_the_attributes_as_unavailable_and_gates_war
     with open(run / "predictions" / "tiny.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert rows and all(r[c] == "" for r in rows for c in METADATA_COLUMNS[1:])
+
+
+def test_site_noise_is_checked_and_recorded(site_data, tmp_path):
+    _, truth = site_data
+    assert {s["code"]: s["noise"] for s in truth["site_profiles"]} == {"S1": 0.02, "S2": 1.0}
+    for value, needle in (("S9=1", "site 'S9' (site noise) is not one of S1, S2"), ("S2", "is not SITE=NOISE"),
+                          ("S2=11", "must be a number in [0, 10]")):
+        result = invoke("synth-data", tmp_path / value, "--format", "dicom", "--site-noise", value)
+        assert result.exit_code == 2 and needle in result.output, (value, result.output)
