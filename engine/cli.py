@@ -355,10 +355,13 @@ def _manifest_formats(run_dir: Path) -> tuple[str, ...]:
 @click.option("--patients-per-class", type=int, help="Hospital set: patients per class (default 6).")
 @click.option("--slices-per-patient", type=int, help="Hospital set: neighbouring slices per patient (default 4).")
 @click.option("--sites", type=int, help="Hospital set: sites with their own scanner and intensity profile (default 2).")
+@click.option("--site-noise", "site_noise", multiple=True, metavar="SITE=NOISE",
+              help="Hospital set: replace a site's noise (sd as a fraction of its signal scale), e.g. S2=0.8 "
+                   "for a planted site effect; repeatable.")
 @click.option("--force", is_flag=True,
               help="Add to a non-empty OUT; only files synth-data wrote there itself (unchanged) are replaced.")
 def synth_data_cmd(out: Path, per_class: int, size: int, seed: int, test_fraction: float, fmt: str,
-                   patients_per_class, slices_per_patient, sites, force: bool):
+                   patients_per_class, slices_per_patient, sites, site_noise: tuple[str, ...], force: bool):
     """Write a synthetic Kaggle-layout dataset of brain-like phantoms to OUT.
 
     glioma, meningioma and pituitary images carry a tumour of their own typical shape and place
@@ -369,7 +372,8 @@ def synth_data_cmd(out: Path, per_class: int, size: int, seed: int, test_fractio
     and Testing, and OUT/.auditrun-hospital.json with the ground truth.
     """
     ctx = click.get_current_context()
-    hospital = fmt != "png" or any(v is not None for v in (patients_per_class, slices_per_patient, sites))
+    hospital = fmt != "png" or bool(site_noise) or any(v is not None for v in (patients_per_class,
+                                                                                 slices_per_patient, sites))
     if not hospital:
         from engine.data.synth import write_dataset
 
@@ -402,12 +406,27 @@ def synth_data_cmd(out: Path, per_class: int, size: int, seed: int, test_fractio
         raise click.BadParameter("need at least 32", param_hint="--size")
     if not 0.0 < test_fraction < 1.0:
         raise click.BadParameter("must be between 0 and 1", param_hint="--test-fraction")
+    noise = _site_noise(site_noise)
     ctx.meta["auditrun.output"] = out if out.is_dir() else None
     summary = write_hospital_dataset(out, fmt=fmt, patients_per_class=patients_per_class,
                                      slices_per_patient=slices_per_patient, sites=sites, size=size, seed=seed,
-                                     test_fraction=test_fraction, force=force)
+                                     test_fraction=test_fraction, site_noise=noise, force=force)
     click.echo(json.dumps(summary), err=True)
     click.echo(str(out))
+
+
+def _site_noise(values: tuple[str, ...]) -> dict[str, float]:
+    """``("S2=0.8", ...)`` -> ``{"S2": 0.8}``; the site codes and ranges are checked by the writer."""
+    out: dict[str, float] = {}
+    for value in values:
+        code, sep, number = value.partition("=")
+        try:
+            out[code.strip()] = float(number)
+        except ValueError:
+            sep = ""
+        if not sep or not code.strip():
+            raise click.BadParameter(f"{value!r} is not SITE=NOISE (e.g. S2=0.8)", param_hint="--site-noise")
+    return out
 
 
 @main.command("fetch-data")

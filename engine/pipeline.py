@@ -155,6 +155,10 @@ def prepare_data(ctx: RunContext) -> None:
     train, val = data_mod.split_validation(train, m.data.validation_fraction, m.experiment.seed, groups,
                                            classes=m.data.classes)
     ctx.dataset = data_mod.Dataset(root, layout, list(m.data.classes), train, val, test, skipped)
+    if "age_band" in m.subgroups.by:
+        from engine.evaluation.subgroups import record_values
+
+        record_values(test, m.subgroups.age_bands, root=root, strict=True)  # a bad age stops the run here, exit 2
     from engine.nightly.history import dataset_fingerprint
 
     from engine.data.labels_csv import fingerprint_entries
@@ -248,9 +252,10 @@ def _evaluate_and_store(ctx: RunContext, res: BackboneResult, model, size: int) 
         lf["fraction_of_test"] = round(float(keep.mean()), 6)
     res.leakage_free = lf
     files = prediction_files(slug(res.name))
-    write_predictions(ctx.run_dir / files["test"], ds.test, y_te, p_te, ds.class_names, ds.root)
+    bands = m.subgroups.age_bands
+    write_predictions(ctx.run_dir / files["test"], ds.test, y_te, p_te, ds.class_names, ds.root, bands)
     # validation predictions let later stages (temperature scaling) run on a resumed/reused run
-    write_predictions(ctx.run_dir / files["val"], ds.val, ds.labels("val"), p_va, ds.class_names, ds.root)
+    write_predictions(ctx.run_dir / files["val"], ds.val, ds.labels("val"), p_va, ds.class_names, ds.root, bands)
     pred_file = files["test"]
     model_file = f"models/{slug(res.name)}.keras"
     save_keras_model(model, ctx.run_dir / model_file)
@@ -683,6 +688,8 @@ def run_post_stages(ctx: RunContext) -> None:
                                                                 ev.bootstrap_resamples, seed=m.experiment.seed,
                                                                 confidence=ev.confidence)
                 res.uncertainty = unc
+        if m.subgroups.by:
+            subgroup_stage(ctx, ok)
         if len(ok) >= 2:
             correct = {b.name: ctx.outputs[b.name]["test_probs"].argmax(1) == y_te for b in ok}
             results["comparisons"] = [r.to_dict() for r in pairwise_mcnemar(correct)]
@@ -698,6 +705,34 @@ def _box_paths(records) -> list[str | None]:
     """Where each record's YOLO box file (``<image>.txt``) would lie: none for a frame of a
     multi-image file, since one box file cannot say which of its frames it boxes."""
     return [None if r.frame_name else str(r.path) for r in records]
+
+
+def subgroup_stage(ctx: RunContext, entries: list[BackboneResult]) -> None:
+    """Performance by subgroup (``[subgroups] by``) on the test split, per backbone, and the largest
+    gap between subgroups (engine.evaluation.subgroups)."""
+    from engine.evaluation.subgroups import audit_subgroups, record_values
+    from engine.sklearn_warnings import hold_back
+
+    m, ds = ctx.manifest, ctx.dataset
+    sub, ev = m.subgroups, m.evaluation
+    values = record_values(ds.test, sub.age_bands)
+    y_te = ds.labels("test")
+    for res in entries:
+        with hold_back():
+            block = audit_subgroups(y_te, ctx.outputs[res.name]["test_probs"].argmax(1), values, ds.class_names,
+                                    sub.by, min_n=sub.min_n, n_resamples=ev.bootstrap_resamples,
+                                    seed=m.experiment.seed, confidence=ev.confidence, age_bands=sub.age_bands)
+        res.subgroups, res.subgroup_gap = block["subgroups"], block["subgroup_gap"]
+        largest = res.subgroup_gap["largest"]
+        if largest is not None:
+            ci = (f" [{largest['ci_low']:.3f}, {largest['ci_high']:.3f}]"
+                  if largest["ci_low"] is not None and largest["ci_high"] is not None else "")
+            ctx.echo(f"  {res.display_name}: largest subgroup gap in macro-F1 {largest['gap']:.3f}{ci}, "
+                     f"{largest['attribute']} {largest['higher']['group']} vs {largest['lower']['group']}")
+    unavailable = entries[0].subgroup_gap["unavailable"] if entries else []
+    if unavailable:
+        ctx.echo(f"warning: subgroups: no test image records {', '.join(unavailable)}; "
+                 "those attributes are listed as unavailable")
 
 
 def explain_stage(ctx: RunContext, entries: list[BackboneResult]) -> None:

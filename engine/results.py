@@ -34,7 +34,7 @@ class WeightsInfo:
 
 
 #: BackboneResult blocks that results.json holds only when a stage measured them.
-OPTIONAL_BLOCKS = ("leakage_free", "calibration", "uncertainty", "gradcam")
+OPTIONAL_BLOCKS = ("leakage_free", "calibration", "uncertainty", "gradcam", "subgroups", "subgroup_gap")
 
 
 @dataclass
@@ -59,11 +59,16 @@ class BackboneResult:
     artifacts: dict = field(default_factory=dict)
     #: Blocks later stages add, each set by its own stage on this object (None: not measured,
     #: and absent from results.json): the leakage-free twin of ``test`` (evaluation), ``calibration``
-    #: and ``uncertainty`` (statistics), ``gradcam`` (explain).
+    #: and ``uncertainty`` (statistics), ``gradcam`` (explain), ``subgroups`` and ``subgroup_gap``
+    #: (statistics, with ``[subgroups] by``: engine.evaluation.subgroups.audit_subgroups).
     leakage_free: dict | None = None
     calibration: dict | None = None
     uncertainty: dict | None = None
     gradcam: dict | None = None
+    #: {attribute: [{"group", "n", "accuracy", "macro_f1", "recall": {class: value}, "ci": {...}}]}
+    subgroups: dict[str, list[dict]] | None = None
+    #: the largest macro-F1 gap between two groups, per attribute and overall, with its interval
+    subgroup_gap: dict | None = None
     #: Keys of a results.json entry this auditrun does not know (a newer writer's), kept on a round trip.
     extra: dict[str, Any] = field(default_factory=dict)
 

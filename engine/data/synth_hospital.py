@@ -31,6 +31,7 @@ from dataclasses import dataclass, replace
 from datetime import date, timedelta
 from io import BytesIO
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 
@@ -104,6 +105,16 @@ def hospital_sites(n: int) -> list[Site]:
     return out
 
 
+def _with_noise(site_list: list[Site], site_noise: Mapping[str, float]) -> list[Site]:
+    codes = [s.code for s in site_list]
+    for code, noise in site_noise.items():
+        if code not in codes:
+            raise InputError(f"synth-data: site {code!r} (site noise) is not one of {', '.join(codes)}")
+        if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not 0 <= noise <= 10:
+            raise InputError(f"synth-data: noise of site {code} must be a number in [0, 10], got {noise!r}")
+    return [replace(s, noise=float(site_noise[s.code])) if s.code in site_noise else s for s in site_list]
+
+
 _SURNAMES = ("ABERNETHY", "BLACKWOOD", "CARRINGTON", "DELACROIX", "ELLINGHAM", "FAIRWEATHER", "GALLOWAY",
              "HAWTHORNE", "INGLEBY", "JARROW", "KINGSLEY", "LOCKHART", "MONTAGUE", "NORTHCOTE", "OAKENSHAW",
              "PEMBERTON", "QUENNELL", "RAVENSWORTH", "SUTHERLAND", "THISTLEWOOD")
@@ -131,11 +142,13 @@ class _Patient:
 def write_hospital_dataset(out: Path, *, fmt: str = "dicom", patients_per_class: int = 6,
                            slices_per_patient: int = 4, sites: int = 2, size: int = 64, seed: int = 0,
                            test_fraction: float = 0.25, leaked_per_class: int = 1, multiframe: bool = False,
-                           force: bool = False) -> dict:
+                           site_noise: Mapping[str, float] | None = None, force: bool = False) -> dict:
     """Write the synthetic hospital set under ``out`` (module docstring); return its summary:
     format, image counts and patient counts per split and class, site codes, leaked_patients.
 
-    A non-empty ``out`` is refused unless ``force`` (as ``synth.write_dataset``).
+    ``site_noise`` ({site code: noise sd as a fraction of the signal scale}) replaces those sites'
+    noise: a planted site effect (``{"S2": 0.8}`` makes S2's phantoms much harder to read), for
+    testing subgroup gaps. A non-empty ``out`` is refused unless ``force`` (as ``synth.write_dataset``).
     """
     if fmt not in FORMATS:
         raise InputError(f"synth-data: format {fmt!r} is not one of {', '.join(FORMATS)}")
@@ -146,7 +159,7 @@ def write_hospital_dataset(out: Path, *, fmt: str = "dicom", patients_per_class:
     files, summary = generate_hospital(fmt=fmt, patients_per_class=patients_per_class,
                                        slices_per_patient=slices_per_patient, sites=sites, size=size, seed=seed,
                                        test_fraction=test_fraction, leaked_per_class=leaked_per_class,
-                                       multiframe=multiframe)
+                                       multiframe=multiframe, site_noise=site_noise)
     write_files(Path(out), files, force=force)
     return summary
 
@@ -197,11 +210,11 @@ def _patients(*, patients_per_class, slices_per_patient, site_list, size, rng, t
 
 
 def generate_hospital(*, fmt: str, patients_per_class: int, slices_per_patient: int, sites: int, size: int,
-                      seed: int, test_fraction: float, leaked_per_class: int,
-                      multiframe: bool = False) -> tuple[dict[str, bytes], dict]:
+                      seed: int, test_fraction: float, leaked_per_class: int, multiframe: bool = False,
+                      site_noise: Mapping[str, float] | None = None) -> tuple[dict[str, bytes], dict]:
     """The dataset's files in memory ({relative path: bytes}, the truth file included) and its summary."""
     rng = np.random.default_rng(seed)
-    site_list = hospital_sites(sites)
+    site_list = _with_noise(hospital_sites(sites), site_noise or {})
     patients = _patients(patients_per_class=patients_per_class, slices_per_patient=slices_per_patient,
                          site_list=site_list, size=size, rng=rng, test_fraction=test_fraction,
                          leaked_per_class=leaked_per_class)
@@ -255,7 +268,7 @@ def generate_hospital(*, fmt: str, patients_per_class: int, slices_per_patient: 
     truth["site_profiles"] = [
         {"code": s.code, "institution": s.institution, "manufacturer": s.manufacturer, "model": s.model,
          "field_strength": s.field_strength, "photometric": "MONOCHROME1" if s.monochrome1 else "MONOCHROME2",
-         "window_stored": s.window, "rescale": [s.slope, s.intercept]} for s in site_list]
+         "window_stored": s.window, "rescale": [s.slope, s.intercept], "noise": s.noise} for s in site_list]
     truth["planted_fields"] = list(PLANTED_FIELDS) if fmt == "dicom" else []
     truth["patients"] = truth_patients
     files[TRUTH_FILE] = (json.dumps(truth, indent=1, sort_keys=True) + "\n").encode("utf-8")

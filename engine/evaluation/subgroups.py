@@ -455,5 +455,92 @@ def subgroup_results(
             "subgroup_gap": _gap_block(analysis, class_names, min_n, n_resamples, seed, confidence)}
 
 
+# ------------------------------------------------------------------------------------------------
+# The run's images: their attribute values, and the analysis the pipeline stores
+
+
+def _in_bands(age: object, bands: Sequence[int]) -> str | None:
+    """The band of ``age``, or None when it is missing, not a number or outside the bands."""
+    try:
+        band = age_band(age, bands)
+    except InputError:
+        return None
+    return None if band == UNKNOWN else band
+
+
+def record_values(records: Sequence, age_bands: Sequence[int] = DEFAULT_AGE_BANDS, *, root=None,
+                  strict: bool = False) -> dict[str, list[str | None]]:
+    """Each record's value of every attribute in SUBGROUP_ATTRIBUTES (None where its header had none).
+
+    ``records`` are engine.data ImageRecords (``meta``: site, scanner, sex, age). ``age_band`` is
+    the band of the age; with ``strict`` an age that is not a number or lies outside the bands is an
+    InputError naming the file (relative to ``root``), otherwise its band is None.
+    """
+    from engine.paths import relative_to_root
+
+    out: dict[str, list[str | None]] = {a: [] for a in SUBGROUP_ATTRIBUTES}
+    for r in records:
+        meta = getattr(r, "meta", None) or {}
+        for attribute in ("site", "scanner", "sex"):
+            value = meta.get(attribute)
+            out[attribute].append(None if value is None or str(value).strip() == "" else str(value))
+        age = meta.get("age")
+        if strict:
+            try:
+                band = age_band(age, age_bands)
+            except InputError as exc:
+                raise InputError(f"{relative_to_root(r.path, root)}: {exc} "
+                                 f"(subgroups.age_bands {list(age_bands)})") from None
+            out["age_band"].append(None if band == UNKNOWN else band)
+        else:
+            out["age_band"].append(_in_bands(age, age_bands))
+    return out
+
+
+def _unavailable_gap(attribute: str) -> dict:
+    return {"gap": None, "ci_low": None, "ci_high": None, "n_resamples_defined": 0, "higher": None, "lower": None,
+            "groups_compared": [], "note": f"not available: no test image records its {attribute.replace('_', ' ')}"}
+
+
+def audit_subgroups(
+    y_true,
+    y_pred,
+    values: Mapping[str, Sequence[str | None]],
+    class_names: Sequence[str],
+    by: Sequence[str],
+    *,
+    min_n: int = DEFAULT_MIN_N,
+    n_resamples: int = DEFAULT_RESAMPLES,
+    seed: int = 0,
+    confidence: float = 0.95,
+    age_bands: Sequence[int] | None = DEFAULT_AGE_BANDS,
+) -> dict:
+    """:func:`subgroup_results` over the attributes of ``by`` that at least one test image records.
+
+    An attribute no image records (plain PNG or JPEG sets have no site, sex or age) is not split into
+    one group ``"unknown"`` of every image: it is listed as unavailable, with an empty list under
+    ``subgroups`` and a gap entry whose ``note`` says so, and named in ``subgroup_gap.unavailable``.
+    Attributes keep the order of ``by``; the groups of ``age_band`` are listed youngest first
+    (``age_bands``, the edges the values were banded with), then ``"unknown"`` and ``"other"``.
+    """
+    available = {a: values[a] for a in by if any(_label(v) != UNKNOWN for v in values[a])}
+    unavailable = [a for a in by if a not in available]
+    if available:
+        out = subgroup_results(y_true, y_pred, available, class_names, min_n=min_n, n_resamples=n_resamples,
+                               seed=seed, confidence=confidence)
+    else:
+        out = {"subgroups": {}, "subgroup_gap": _gap_block({}, class_names, min_n, n_resamples, seed, confidence)}
+    gap = out["subgroup_gap"]
+    out["subgroups"] = {a: out["subgroups"].get(a, []) for a in by}
+    if out["subgroups"].get("age_band") and age_bands is not None:
+        # age bands read youngest first, not in the string order of their labels ("<40" after "60+")
+        rank = {label: i for i, label in enumerate(age_band_labels(age_bands))}
+        out["subgroups"]["age_band"].sort(key=lambda e: (rank.get(e["group"], len(rank)), _order(e["group"])))
+    gap["attributes"] = {a: gap["attributes"].get(a) or _unavailable_gap(a) for a in by}
+    gap["unavailable"] = unavailable
+    return out
+
+
 __all__ = ["DEFAULT_AGE_BANDS", "DEFAULT_MIN_N", "SUBGROUP_ATTRIBUTES", "age_band", "age_band_labels",
-           "age_bands_problem", "subgroup_gap", "subgroup_metrics", "subgroup_results"]
+           "age_bands_problem", "audit_subgroups", "record_values", "subgroup_gap", "subgroup_metrics",
+           "subgroup_results"]

@@ -17,6 +17,7 @@ min_recall.<class>       test recall of <class> (e.g. min_recall.glioma)        
 max_macro_f1_drop        previous run's test macro-F1 minus this run's               backbone
 max_leakage_fraction     test images with a twin in training / test images           run
 max_subgroup_gap         largest macro-F1 gap between two subgroups of an attribute  backbone
+max_patient_leakage      patients with images in more than one split (a count)       run
 =======================  ==========================================================  ===========
 
 A gate whose value cannot be measured (a failed backbone, no best backbone, no integrity block)
@@ -27,7 +28,8 @@ there is nothing to drop from, and the gate PASSes saying so), ``min_recall.<cla
 class with no test images, whose recall is undefined (docs/metrics.md): the gate WARNs "not
 evaluated", never PASS (nothing was shown) nor FAIL (nothing was missed), and ``max_subgroup_gap``
 for a backbone without a ``subgroup_gap`` block (no ``[subgroups]``, or no subgroup attributes in
-the data) or without two subgroups large enough to compare: it WARNs "not evaluated" too.
+the data) or without two subgroups large enough to compare: it WARNs "not evaluated" too, and
+``max_patient_leakage`` when the data carry no patient ids (plain images: no patient to count).
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from engine.nightly.history import leakage_counts, record_metric
 from engine.results import number as _num
 
 GATE_FAMILIES = ("all_backbones_finished", "min_accuracy", "min_macro_f1", "min_recall", "max_macro_f1_drop",
-                 "max_leakage_fraction", "max_subgroup_gap")
+                 "max_leakage_fraction", "max_subgroup_gap", "max_patient_leakage")
 STATUSES = ("PASS", "WARN", "FAIL")
 
 #: Metrics from sklearn are exact ratios, but thresholds typed in TOML are decimal: 0.9 must pass 0.9.
@@ -62,6 +64,8 @@ class GatesConfig:
     max_subgroup_gap: largest acceptable macro-F1 gap between two subgroups (site, scanner, sex,
         age band) of one attribute: the backbone's ``subgroup_gap.largest.gap``
         (engine.evaluation.subgroups).
+    max_patient_leakage: largest acceptable number of patients with images in more than one split
+        (integrity.cross_split_patients; 0: no patient may have images in both training and test).
     warn_only: gate names or families that only WARN when violated (e.g. ["max_macro_f1_drop",
         "min_recall.meningioma"]).
     applies_to: "best" gates the backbone chosen on validation; "all" gates every listed backbone,
@@ -74,6 +78,7 @@ class GatesConfig:
     max_macro_f1_drop: float | None = None
     max_leakage_fraction: float | None = None
     max_subgroup_gap: float | None = None
+    max_patient_leakage: int | None = None
     warn_only: list[str] = field(default_factory=list)
     applies_to: Literal["best", "all"] = "best"
     #: Built in and on by default: a backbone that failed to train, evaluate or explain FAILs the
@@ -90,6 +95,10 @@ class GatesConfig:
         unit("max_macro_f1_drop", self.max_macro_f1_drop)
         unit("max_leakage_fraction", self.max_leakage_fraction)
         unit("max_subgroup_gap", self.max_subgroup_gap)
+        limit = self.max_patient_leakage
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+            raise InputError(f"manifest key 'gates.max_patient_leakage' must be a whole number of patients >= 0, "
+                             f"got {limit!r}")
         for cls, value in self.min_recall.items():
             unit(f"min_recall.{cls}", value)
         for i, name in enumerate(self.warn_only):
@@ -179,7 +188,7 @@ def evaluate_gates(results: dict, config: GatesConfig, previous: dict | None) ->
     ``previous``: the previous comparable history record (engine.nightly.history.previous_record), or None
     on the first run. Returns results in a stable order: all_backbones_finished; then per target
     backbone, accuracy, macro-F1, recall per class (manifest order), drop, subgroup gap; then the
-    run-level leakage gate.
+    run-level leakage gates (images, then patients).
     """
     out: list[GateResult] = []
     if config.all_backbones_finished:
@@ -194,6 +203,8 @@ def evaluate_gates(results: dict, config: GatesConfig, previous: dict | None) ->
             out.append(_subgroup_gap_gate(target, config))
     if config.max_leakage_fraction is not None:
         out.append(_leakage_gate(results, config))
+    if config.max_patient_leakage is not None:
+        out.append(_patient_leakage_gate(results, config))
     return out
 
 
@@ -302,8 +313,10 @@ def _subgroup_gap_gate(target: _Target, config: GatesConfig) -> GateResult:
     largest = block.get("largest") if isinstance(block.get("largest"), dict) else {}
     gap = _num(largest.get("gap"))
     if gap is None:
+        unavailable = [str(a) for a in block.get("unavailable") or []]
+        missing = f"no test image records {', '.join(unavailable)}; " if unavailable else ""
         return GateResult(name, target.backbone, "WARN", None, float(limit),
-                          f"{who}: not evaluated (no attribute has two subgroups of at least "
+                          f"{who}: not evaluated ({missing}no attribute has two subgroups of at least "
                           f"{block.get('min_n', '?')} test images); allowed gap {limit:.3f}")
     lo, hi = _num(largest.get("ci_low")), _num(largest.get("ci_high"))
     ci = f" [CI {lo:.3f}, {hi:.3f}]" if lo is not None and hi is not None else ""
@@ -334,6 +347,34 @@ def _leakage_gate(results: dict, config: GatesConfig) -> GateResult:
     return _judged(config, "max_leakage_fraction", None, fraction, limit, fraction <= limit + _EPS,
                    f"{fraction:.1%} of test images ({near} of {n_test}) have an exact or near twin in training; "
                    f"{relation} the allowed {limit:.1%}")
+
+
+#: Pseudonyms a patient-leakage gate message names (the integrity block lists up to 100).
+_PATIENTS_NAMED = 5
+
+
+def _patient_leakage_gate(results: dict, config: GatesConfig) -> GateResult:
+    """max_patient_leakage: the run-level gate on patients with images in more than one split."""
+    name, limit = "max_patient_leakage", config.max_patient_leakage
+    integrity = results.get("integrity")
+    count = integrity.get("cross_split_patients") if isinstance(integrity, dict) else None
+    if isinstance(count, bool) or not isinstance(count, int):
+        return _judged(config, name, None, None, limit, False,
+                       f"patients in more than one split are unknown (no integrity block with cross_split_patients); "
+                       f"allowed at most {limit}")
+    if not integrity.get("patients"):
+        return GateResult(name, None, "WARN", None, float(limit),
+                          f"not evaluated (no image carries a patient id, e.g. plain images without DICOM headers); "
+                          f"allowed at most {limit}")
+    ids = [str(i) for i in integrity.get("cross_split_patient_ids") or []]
+    named = f" ({', '.join(ids[:_PATIENTS_NAMED])}{', ...' if count > _PATIENTS_NAMED else ''})" if ids else ""
+    leaked = len(integrity.get("patient_leaked_test_files") or [])
+    ok = count <= limit
+    return _judged(config, name, None, float(count), limit, ok,
+                   f"{count} patient{'' if count == 1 else 's'}{named} {'has' if count == 1 else 'have'} images in "
+                   f"more than one split ({leaked} test images of training "
+                   f"patients, left out of the leakage-free figures); {'within' if ok else 'above'} the allowed "
+                   f"{limit}")
 
 
 # ------------------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from engine.nightly.history import find_reusable, read_history
 from engine.results import read_results
 
 #: Blocks a later stage of the adopting run computes again (they depend on every backbone of it).
-RECOMPUTED_BLOCKS = ("gradcam", "calibration", "uncertainty")
+RECOMPUTED_BLOCKS = ("gradcam", "calibration", "uncertainty", "subgroups", "subgroup_gap")
 
 
 def reusable_run(exp_dir: Path, results: dict, manifest_sha: str) -> str | None:

@@ -112,6 +112,8 @@ def _attach_figures(report: Report, results: dict, run_dir: Path) -> None:
         section.confusion = figures.confusion_matrix_counts(backbone, class_names, run_dir)
         section.confusion_normalised = figures.confusion_matrix_normalised(backbone, class_names, run_dir)
         section.reliability = figures.reliability_diagram(backbone, run_dir)
+        if section.subgroups is not None:
+            section.subgroups.forest = figures.subgroup_forest(backbone, run_dir)
     if isinstance(report.trend, TrendView):
         display = {b["name"]: b.get("display_name") or b["name"] for b in results["backbones"]}
         report.trend.figure = figures.trend_plot(report.trend.series, display, run_dir)

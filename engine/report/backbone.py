@@ -1,6 +1,6 @@
 """One report section per backbone that finished: facts, headline metrics with bootstrap
-intervals and their leakage-free twins, per-class rows, ROC-AUC, calibration and the Grad-CAM
-gallery. Figures are attached afterwards by the renderer (engine.report.prepare_report)."""
+intervals and their leakage-free twins, per-class rows, ROC-AUC, calibration, performance by
+subgroup (engine.report.subgroups) and the Grad-CAM gallery. Figures are attached afterwards by the renderer (engine.report.prepare_report)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from engine.report.figures import FigureRecord
+from engine.report.subgroups import SubgroupView, subgroup_view
 from engine.report.values import (ImageRef, Metric, _anchor, _class_metric, _count, _display, _input_size,
                                   _interval, _metric, _num, _weights_text, format_duration, macro_classes,
                                   macro_note)
@@ -89,6 +90,8 @@ class BackboneSection:
     uncertainty_note: str | None = None
     #: stored intervals not shown because they were not computed around the value shown
     interval_notes: list[str] = field(default_factory=list)
+    #: performance by subgroup (with ``[subgroups] by``); its forest plot is attached with the figures
+    subgroups: SubgroupView | None = None
 
 
 def _uncertainty_blocks(backbone: dict) -> tuple[dict | None, dict | None]:
@@ -337,4 +340,5 @@ def _section(backbone: dict, class_names: Sequence[str]) -> BackboneSection:
         gradcam=_gradcam_gallery(backbone),
         uncertainty_note=note,
         interval_notes=dropped,
+        subgroups=subgroup_view(backbone),
     )

@@ -361,3 +361,79 @@ def trend_plot(series: dict[str, list[tuple[str, float | None]]], display: dict[
     caption = (f"Test macro-F1 of each backbone over the last {len(run_ids)} runs, oldest on the left; each "
                f"backbone has its own colour, line style and marker. " + "; ".join(parts) + ".")
     return FigureRecord(rel, alt, caption, "trend")
+
+
+# ------------------------------------------------------------------------------------------------
+# Performance by subgroup
+
+
+_ATTRIBUTE_NAMES = {"site": "site", "scanner": "scanner", "sex": "sex", "age_band": "age band"}
+
+
+def _forest_rows(groups: dict) -> list[tuple[str, dict]]:
+    """(attribute, entry) of every group with a macro-F1, attributes in order, groups in order."""
+    return [(attribute, e) for attribute, entries in groups.items() for e in entries or []
+            if isinstance(e, dict) and e.get("macro_f1") is not None]
+
+
+def _forest_text(attribute: str, e: dict, confidence: float) -> str:
+    ci = ((e.get("ci") or {}).get("macro_f1") or {})
+    lo, hi = ci.get("low"), ci.get("high")
+    interval = f", {confidence * 100:.0f} % CI {lo:.2f}–{hi:.2f}" if lo is not None and hi is not None else ""
+    pooled = f", pooled from {', '.join(map(str, e['pooled']))}" if e.get("pooled") else ""
+    name = _ATTRIBUTE_NAMES.get(attribute, attribute)
+    return f"{name} {e['group']} {e['macro_f1']:.2f}{interval} (n={e['n']}{pooled})"
+
+
+def subgroup_forest(backbone: dict, run_dir: Path) -> FigureRecord | None:
+    """Forest plot: test macro-F1 of every subgroup with its bootstrap interval, one row per group,
+    grouped by attribute, and the backbone's macro-F1 on the whole test split as a dotted line.
+
+    Groups are blue circles; the pooled group "other" is a vermilion square, so the two differ by
+    shape as well as colour. None when the backbone has no subgroup with a macro-F1.
+    """
+    groups = backbone.get("subgroups")
+    rows = _forest_rows(groups) if isinstance(groups, dict) else []
+    if not rows:
+        return None
+    gap = backbone.get("subgroup_gap") or {}
+    confidence = float(gap.get("confidence") or 0.95)
+    overall = (backbone.get("test") or {}).get("macro_f1")
+    name = backbone.get("display_name") or backbone["name"]
+    with matplotlib.rc_context(_RC):
+        fig = _new_figure(6.4, 1.0 + 0.32 * len(rows))
+        ax = fig.subplots()
+        for y, (attribute, e) in enumerate(rows):
+            ci = (e.get("ci") or {}).get("macro_f1") or {}
+            other = e["group"] == "other"
+            style = dict(color=OKABE_ITO[1] if other else OKABE_ITO[0], marker="s" if other else "o", markersize=5)
+            if ci.get("low") is not None and ci.get("high") is not None:
+                ax.errorbar([e["macro_f1"]], [y], xerr=[[e["macro_f1"] - ci["low"]], [ci["high"] - e["macro_f1"]]],
+                            capsize=3, linewidth=1.2, **style)
+            else:
+                ax.plot([e["macro_f1"]], [y], linestyle="none", **style)
+        if overall is not None:
+            ax.axvline(overall, color="#000000", linestyle=":", linewidth=1)
+        ax.set_yticks(range(len(rows)))
+        ax.set_yticklabels([f"{_ATTRIBUTE_NAMES.get(a, a)}: {e['group']} (n={e['n']})" for a, e in rows])
+        ax.invert_yaxis()
+        ax.set_xlim(0, 1)
+        ax.set_xlabel(f"test macro-F1 with {confidence * 100:.0f} % bootstrap interval")
+        ax.set_title(f"Macro-F1 by subgroup: {name}")
+        ax.grid(True, axis="x", color="#dddddd", linewidth=0.5)
+        rel = _save(fig, run_dir, f"{safe_stem(backbone['name'])}_subgroups.png")
+    parts = "; ".join(_forest_text(a, e, confidence) for a, e in rows)
+    largest = gap.get("largest") if isinstance(gap.get("largest"), dict) else None
+    gap_text = ""
+    if largest and largest.get("gap") is not None:
+        interval = (f" ({confidence * 100:.0f} % CI {largest['ci_low']:.2f} to {largest['ci_high']:.2f})"
+                    if largest.get("ci_low") is not None and largest.get("ci_high") is not None else "")
+        gap_text = (f" Largest gap: {largest['gap']:.2f}{interval} between "
+                    f"{_ATTRIBUTE_NAMES.get(largest.get('attribute'), largest.get('attribute'))} "
+                    f"{largest['higher']['group']} and {largest['lower']['group']}.")
+    line = f" Dotted line: macro-F1 on the whole test split, {overall:.2f}." if overall is not None else ""
+    alt = f"Forest plot of test macro-F1 by subgroup for {name}: {parts}.{gap_text}{line}"
+    caption = (f"Test macro-F1 of {name} per subgroup, each point with its {confidence * 100:.0f} % bootstrap "
+               f"interval (resampled within the group); blue circles are groups, a vermilion square the pooled "
+               f"group “other”.{gap_text}{line}")
+    return FigureRecord(rel, alt, caption, "subgroups")

@@ -38,6 +38,9 @@ class IntegrityView:
     unreadable_more: int
     pairs: list[DuplicatePair]
     shift: ShiftView | None = None
+    #: "N patients have images in both training and test; ..." when the data carry patient ids
+    patient_sentence: str | None = None
+    patients_leaked: int | None = None
 
 
 @dataclass(frozen=True)
@@ -128,6 +131,22 @@ def _patient_rows(integrity: dict) -> list[tuple[str, str]]:
     return rows
 
 
+def patient_leakage_sentence(integrity: dict) -> str | None:
+    """How many patients have images in both training and test, and how many test images that
+    keeps out of the leakage-free figures; None without patient ids (plain images)."""
+    if not isinstance(integrity.get("patients"), dict) or not integrity["patients"]:
+        return None
+    n = _count(integrity.get("cross_split_patients"))
+    if n is None:
+        return None
+    if n == 0:
+        return "No patient has images in both training and test."
+    m = len(integrity.get("patient_leaked_test_files") or [])
+    return (f"{n} patient{' has' if n == 1 else 's have'} images in both training and test; "
+            f"{'its' if n == 1 else 'their'} {m} test image{'' if m == 1 else 's'} "
+            f"{'is' if m == 1 else 'are'} left out of the leakage-free figures.")
+
+
 def _integrity_view(results: dict, class_names: Sequence[str]) -> IntegrityView | None:
     integrity = results.get("integrity")
     if not isinstance(integrity, dict):
@@ -166,7 +185,8 @@ def _integrity_view(results: dict, class_names: Sequence[str]) -> IntegrityView 
     pairs = [_duplicate_pair(pair) for pair in integrity.get("example_pairs") or []]
     return IntegrityView(shown, leaked, n_test, fraction, leakage_warning(leaked, n_test), lf_rows,
                          conflicts, conflicts_more, unreadable, unreadable_more, pairs,
-                         _shift_view(integrity.get("shift"), class_names))
+                         _shift_view(integrity.get("shift"), class_names), patient_leakage_sentence(integrity),
+                         _count(integrity.get("cross_split_patients")) if integrity.get("patients") else None)
 
 
 #: Domain AUC from which the report calls a class's leakage-free test images clearly unlike its

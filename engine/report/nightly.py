@@ -45,6 +45,10 @@ class TrendView:
     figure: FigureRecord | None = None
 
 
+#: Gates whose value and threshold are counts (of patients), shown as whole numbers.
+_COUNT_GATES = ("max_patient_leakage",)
+
+
 def _gates(results: dict, display: dict[str, str]) -> GatesView | None:
     block = results.get("gates")
     if block is None:
@@ -52,7 +56,8 @@ def _gates(results: dict, display: dict[str, str]) -> GatesView | None:
     gates = block.get("gates", [])  # the schema's one shape: {"summary": ..., "gates": [...]}
     rows = [GateRow(
         name=str(g.get("name")), backbone=display.get(g.get("backbone"), g.get("backbone") or "whole run"),
-        status=str(g.get("status")), value=_metric(g.get("value")).text, threshold=_metric(g.get("threshold")).text,
+        status=str(g.get("status")), value=_metric(g.get("value"), 0 if g.get("name") in _COUNT_GATES else 3).text,
+        threshold=_metric(g.get("threshold"), 0 if g.get("name") in _COUNT_GATES else 3).text,
         message=str(g.get("message") or ""),
     ) for g in gates]
     if not rows:
