@@ -59,14 +59,25 @@ def _pixel_tags() -> tuple[int, ...]:
 
 
 def _pydicom():
-    """pydicom, with value validation on reading switched off. pydicom validates each value as it
-    converts it and warns (and logs) about an invalid one by quoting it: "Invalid value for VR UI:
-    '<the study UID>'". Such a warning would carry a header value to stderr and into a run's log,
-    which the identity policy forbids; the reader never relies on the validation, it checks what
-    it uses. Set on every read (the same value each time, so threads cannot disagree)."""
+    """pydicom, quiet about the files it reads.
+
+    * Value validation on reading is off: pydicom validates each value as it converts it and warns
+      (and logs) about an invalid one by quoting it: "Invalid value for VR UI: '<the study UID>'".
+      The reader never relies on that validation; it checks what it uses.
+    * Its other warnings about a file ("End of file reached before delimiter found in file
+      /data/DOE_JOHN/IM1") name the file, whose name may identify a patient.
+    Both would reach stderr, the pydicom logger and a run's log, which the identity policy
+    forbids; the reader's InputError is the one message a user gets. Set on every read (the same
+    values each time), so a caller that resets the warning filters cannot undo it.
+    """
+    import logging
+    import warnings
+
     import pydicom
 
     pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+    warnings.filterwarnings("ignore", module=r"pydicom(\.|$)")
+    logging.getLogger("pydicom").setLevel(logging.ERROR)
     return pydicom
 
 
@@ -110,30 +121,35 @@ def _check_image(ds, path: Path) -> int:
     n = int(frames) if frames not in (None, "") else 1
     if n < 1:
         raise InputError(f"{where}: NumberOfFrames is {n}")
-    _check_frames_fit(ds, n, tsyntax.is_encapsulated, path, where)
+    _check_frames_fit(ds, n, tsyntax, path, where)
     return n
 
 
-def _check_frames_fit(ds, n: int, encapsulated: bool, path: Path, where: str) -> None:
+def _check_frames_fit(ds, n: int, tsyntax, path: Path, where: str) -> None:
     """Refuse a frame larger than PIL's decompression-bomb limit, and a NumberOfFrames the file
     is too small to hold. A corrupt count (99,999,999 in a
     6 kB file) would otherwise make ``frames_of`` list that many frames, for minutes, before any
     decode could fail. Each native frame needs its full size; each compressed one at least an
-    8-byte item header."""
+    8-byte item header (the
+    data set of a deflated file is inflated first)."""
     from PIL import Image
 
     rows, columns = int(ds.get("Rows") or 0), int(ds.get("Columns") or 0)
     samples, bits = int(ds.get("SamplesPerPixel") or 1), int(ds.get("BitsAllocated") or 0)
+    if str(ds.get("PhotometricInterpretation", "")).strip().upper() == "YBR_FULL_422":
+        samples = 2  # chroma subsampled: Y Y Cb Cr per two pixels
     if Image.MAX_IMAGE_PIXELS and rows * columns > Image.MAX_IMAGE_PIXELS:
         # the limit plain images have: a decoder allocates the whole frame (8 GB for 65535 x 65535
         # 16-bit) before it finds that a few kB of compressed data cannot fill it
         raise InputError(f"{where}: a frame of {columns}x{rows} pixels exceeds the decompression-bomb limit "
                          f"({Image.MAX_IMAGE_PIXELS} pixels)")
-    per_frame = 8 if encapsulated else max(1, (rows * columns * samples * bits + 7) // 8)
+    per_frame = 8 if tsyntax.is_encapsulated else max(1, (rows * columns * samples * bits + 7) // 8)
     size = path.stat().st_size
-    if n * per_frame > size:
-        raise InputError(f"{where}: NumberOfFrames is {n}, but the file holds only {size} bytes "
-                         f"(at least {per_frame} per frame); the header is corrupt or the file truncated")
+    # a deflated dataset holds up to 1032 times its size (deflate's largest ratio)
+    room = size * (1032 if tsyntax.is_deflated else 1)
+    if n * per_frame > room:
+        raise InputError(f"{where}: NumberOfFrames is {n}, but the file ({size} bytes) cannot hold that many "
+                         f"frames of {per_frame} bytes; the header is corrupt or the file truncated")
 
 
 def _install_hint(tsyntax) -> str:
