@@ -34,6 +34,10 @@ class ImageRecord:
     patient: str | None = field(default=None, compare=False)
     # site / scanner / sex / age where the file's header has them (DICOM); never identifying fields.
     meta: dict | None = field(default=None, compare=False, hash=False)
+    # How artefacts name the file when the data holds patient ids (``identity.file_reference``:
+    # "<patient pseudonym>/f-<keyed hash>.dcm"), since file names may carry identity; None: the
+    # path relative to the data root. Always shown through ``identity.display_path``.
+    ref: str | None = field(default=None, compare=False)
 
 
 @dataclass
@@ -150,31 +154,38 @@ def discover(root: Path, *, layout: str, train_dir: str, test_dir: str, classes:
                              "class folders must be different folders, not links to one another")
         first[r.path] = r
     if pseudonymizer is not None and any(is_dicom_path(r.path) for r in records):
-        records = with_patients(records, pseudonymizer())
+        records = with_patients(records, pseudonymizer(), root)
     return layout, records
 
 
-def with_patients(records: Sequence[ImageRecord], pseudonym: Callable[[str], str]) -> list[ImageRecord]:
+def with_patients(records: Sequence[ImageRecord], pseudonym: Callable[[str], str],
+                  root: Path | None = None) -> list[ImageRecord]:
     """DICOM records with their patient pseudonym and metadata (site, scanner, sex, age) from the
     header; the raw patient id never leaves this function. A header that cannot be read leaves the
-    record as it is (the integrity audit or ``readable`` lists the file with the reader's reason)."""
+    record without them (the integrity audit or ``readable`` lists the file with the reader's reason).
+
+    With ``root``, every record (DICOM or not: any file name of a patient data set may carry
+    identity) also gets ``ref``, the neutral name artefacts show (``identity.file_reference``)."""
+    from engine.data.identity import file_reference
     from engine.data.readers import read_metadata
+    from engine.paths import relative_to_root
 
     out = []
     for r in records:
-        if not is_dicom_path(r.path):
-            out.append(r)
-            continue
-        try:
-            meta = read_metadata(r.path)
-        except InputError:
-            out.append(r)
-            continue
-        patient = pseudonym(meta.patient_id) if meta.patient_id else None
-        scanner = " ".join(x for x in (meta.manufacturer, meta.model) if x) or None
-        info = {k: v for k, v in (("site", meta.site), ("scanner", scanner), ("sex", meta.sex),
-                                  ("age", meta.age)) if v is not None}
-        out.append(replace(r, patient=patient, meta=info or None))
+        if is_dicom_path(r.path):
+            try:
+                meta = read_metadata(r.path)
+            except InputError:
+                meta = None
+            if meta is not None:
+                patient = pseudonym(meta.patient_id) if meta.patient_id else None
+                scanner = " ".join(x for x in (meta.manufacturer, meta.model) if x) or None
+                info = {k: v for k, v in (("site", meta.site), ("scanner", scanner), ("sex", meta.sex),
+                                          ("age", meta.age)) if v is not None}
+                r = replace(r, patient=patient, meta=info or None)
+        if root is not None:
+            r = replace(r, ref=file_reference(relative_to_root(r.path, root), r.patient, pseudonym))
+        out.append(r)
     return out
 
 
@@ -529,15 +540,23 @@ def too_small_reason(width: int, height: int, min_size: int) -> str | None:
     return None
 
 
-def readable(records: Iterable[ImageRecord], min_size: int = 1) -> tuple[list[ImageRecord], list[dict]]:
+def readable(records: Iterable[ImageRecord], min_size: int = 1,
+             root: Path | None = None) -> tuple[list[ImageRecord], list[dict]]:
     """Split records into decodable ones and a skipped list with reasons (full decode).
 
     An image narrower or shorter than ``min_size`` pixels is skipped too, with the same reason the
-    integrity audit gives, so a run without the audit trains on the same images.
+    integrity audit gives, so a run without the audit trains on the same images. With ``root``, a
+    skipped file's ``path`` is the name artefacts show (``identity.display_path``) and its reason
+    leaves out the path, as the audit's list does; without it, the absolute path and the full message.
     """
+    from engine.data.identity import display_path
+
     from PIL import Image
 
     from engine.integrity.hashing import check_pixel_limit, strict_decoding
+
+    def shown(r: ImageRecord) -> str:
+        return display_path(r, root) if root is not None else str(r.path)
 
     ok, skipped = [], []
     with strict_decoding():  # a truncated file must fail here, whatever PIL's global switch says
@@ -554,9 +573,12 @@ def readable(records: Iterable[ImageRecord], min_size: int = 1) -> tuple[list[Im
                         im.load()
                         small = too_small_reason(im.width, im.height, min_size)
                 if small:
-                    skipped.append({"path": str(r.path), "reason": small})
+                    skipped.append({"path": shown(r), "reason": small})
                     continue
                 ok.append(r)
             except Exception as exc:  # noqa: BLE001
-                skipped.append({"path": str(r.path), "reason": str(exc) or type(exc).__name__})
+                reason = str(exc) or type(exc).__name__
+                if root is not None:
+                    reason = reason.split(f"{str(r.path)!r}: ", 1)[-1]
+                skipped.append({"path": shown(r), "reason": reason})
     return ok, skipped

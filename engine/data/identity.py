@@ -37,13 +37,15 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import re
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 from engine.atomic import fsync_dir
 from engine.errors import InputError
-from engine.paths import is_inside, safe_name
+from engine.paths import is_inside, relative_to_root, safe_name
 
 #: Environment variable naming a hospital-managed key file; it wins over the experiment's own key.
 KEY_ENV = "AUDITRUN_PSEUDONYM_KEY_FILE"
@@ -221,5 +223,40 @@ def experiment_pseudonymizer(output_root: Path, experiment: str, *, run_dir: Pat
     return Pseudonymizer(key, source)
 
 
-__all__ = ["KEY_BYTES", "KEY_ENV", "Pseudonymizer", "default_key_dir", "experiment_key",
-           "experiment_pseudonymizer", "key_id", "key_path", "load_key", "pseudonym"]
+# ---------------------------------------------------------------------------------------------
+# Files of patients: how artefacts name them
+
+#: Prefix of a file reference (``f-`` + 16 hex digits), as ``p-`` is of a patient's pseudonym.
+FILE_PREFIX = "f-"
+# A suffix kept on a reference: a short alphabetic one (.dcm, .png, .gz), never a UID's last number.
+_KEPT_SUFFIX = re.compile(r"^\.[A-Za-z]{2,5}$")
+
+
+def file_reference(relative: str, patient: str | None, pseudonymize: Callable[[str], str]) -> str:
+    """The name artefacts give a file of a data set that holds patient ids: ``<patient pseudonym>/
+    f-<16 hex digits>.<suffix>`` (``f-...`` alone for a file without a patient id).
+
+    DICOM exports are often named after the patient (``DOE_JOHN_12345/IM0001``), so when the data
+    holds patient ids no relative path leaves the data stage: the hex digits are the keyed hash
+    (HMAC, the experiment's key, ``pseudonymize``) of ``"file:" + relative`` (the path relative to
+    the data root, with forward slashes). The same file under the same key keeps its reference
+    across runs; without the key the path cannot be guessed back; ``auditrun locate`` turns a
+    reference back into the path on the machine that holds the key and the data.
+    """
+    digest = pseudonymize("file:" + relative)[len(PREFIX):]
+    suffix = Path(relative).suffix
+    name = FILE_PREFIX + digest + (suffix.lower() if _KEPT_SUFFIX.match(suffix) else "")
+    return f"{patient}/{name}" if patient else name
+
+
+def display_path(record, root: Path | str | None) -> str:
+    """How every artefact (results.json, CSVs, report, log) names ``record``'s file: its neutral
+    reference (``record.ref``, set by discovery when the data holds patient ids, see
+    :func:`file_reference`), else its path relative to ``root``."""
+    ref = getattr(record, "ref", None)
+    return ref if ref else relative_to_root(record.path, root)
+
+
+__all__ = ["FILE_PREFIX", "KEY_BYTES", "KEY_ENV", "Pseudonymizer", "default_key_dir", "display_path",
+           "experiment_key", "experiment_pseudonymizer", "file_reference", "key_id", "key_path", "load_key",
+           "pseudonym"]

@@ -2,7 +2,8 @@
 
 ``predictions/<backbone>.csv`` holds the test split, ``predictions/<backbone>.validation.csv`` the
 validation split (later stages, temperature scaling among them, need it on a resumed or reused run).
-Paths are relative to the data root; probabilities are rounded to 6 places.
+Paths are relative to the data root (neutral file references when the data holds patient ids,
+``identity.display_path``); probabilities are rounded to 6 places.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Sequence
 import numpy as np
 
 from engine.atomic import write_text
-from engine.paths import relative_to_root
+from engine.data.identity import display_path
 
 PREDICTIONS_DIR = "predictions"
 
@@ -34,7 +35,7 @@ def write_predictions(path: Path, records, y_true: np.ndarray, probs: np.ndarray
     import pandas as pd
 
     df = pd.DataFrame({
-        "path": [relative_to_root(r.path, root) for r in records],
+        "path": [display_path(r, root) for r in records],
         "true_class": [class_names[i] for i in y_true],
         "predicted_class": [class_names[i] for i in probs.argmax(1)],
     })

@@ -225,6 +225,9 @@ class IntegrityReport:
     patients: Mapping[str, int] = field(default_factory=dict)
     cross_split_patient_ids: tuple[str, ...] = ()
     patient_leaked_test_paths: frozenset[Path] = frozenset()
+    # The neutral name of each file whose record carries one (``ImageRecord.ref``: the data holds
+    # patient ids, and file names may identify them); every other file is shown relative to the root.
+    display: Mapping[Path, str] = field(default_factory=dict)
     timings_s: Mapping[str, float] = field(default_factory=dict)
     cache_stats: Mapping[str, int] = field(default_factory=dict)
 
@@ -272,11 +275,15 @@ class IntegrityReport:
         chosen = [p for p in picks if p is not None]
         return (chosen + near)[:n]
 
+    def shown(self, path: Path, root: Path | None = None) -> str:
+        """How artefacts name ``path``: its neutral reference, else relative to ``root``."""
+        return self.display.get(path) or _relative(path, root)
+
     def to_dict(self, root: Path | None = None) -> dict:
         """The results.json ``integrity`` block; paths relative to ``root`` when given."""
 
         def rel(path: Path) -> str:
-            return _relative(path, root)
+            return self.shown(path, root)
 
         return {
             **self._settings_dict(),
@@ -467,6 +474,7 @@ def audit(
         patients=patients,
         cross_split_patient_ids=cross_patients,
         patient_leaked_test_paths=frozenset(patient_leaked),
+        display={r.path: ref for r in records if (ref := getattr(r, "ref", None))},
         timings_s={"fingerprint": t_hash - t0, "search": t_search - t_hash, "total": t_end - t0},
         cache_stats={"hits": cache.hits, "misses": cache.misses},
     )
@@ -751,7 +759,7 @@ def summary_text(report: IntegrityReport) -> str:
     )
     lines = [f"integrity: {n_files} files ({per_split}); {len(report.unreadable)} unreadable"]
     for u in report.unreadable[:5]:
-        lines.append(f"  unreadable: {u.path} ({u.reason})")
+        lines.append(f"  unreadable: {report.shown(u.path)} ({u.reason})")
     if len(report.unreadable) > 5:
         lines.append(f"  ... and {len(report.unreadable) - 5} more unreadable")
     n_test = report.n_test
@@ -786,7 +794,7 @@ def summary_text(report: IntegrityReport) -> str:
     n_conf_files = sum(len(c.files) for c in report.label_conflicts)
     lines.append(f"label conflicts: {len(report.label_conflicts)} groups ({n_conf_files} files)")
     for c in report.label_conflicts[:5]:
-        names = ", ".join(f"{f.split}/{f.label}/{f.path.name}" for f in c.files[:4])
+        names = ", ".join(f"{f.split}/{f.label}/{report.display.get(f.path) or f.path.name}" for f in c.files[:4])
         more = f", +{len(c.files) - 4}" if len(c.files) > 4 else ""
         lines.append(f"  {c.kind}: {' vs '.join(c.classes)}: {names}{more}")
     return "\n".join(lines)

@@ -12,26 +12,39 @@ from __future__ import annotations
 import io
 import logging
 from pathlib import Path
+from typing import Mapping
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from engine.atomic import write_bytes
+from engine.errors import InputError
 
 log = logging.getLogger(__name__)
 
 THUMBNAIL_DIR = "integrity"
 
 
-def _thumbnail_png(source: Path, size: int) -> bytes:
+def _open(source: Path) -> Image.Image:
+    from engine.data.discovery import is_dicom_path
+
+    if is_dicom_path(source):  # the frame the audit hashed (window "auto"), not PIL's idea of the bytes
+        from engine.data.discovery import read_dicom_frame
+
+        return Image.fromarray(read_dicom_frame(source), mode="L")
     with Image.open(source) as image:
-        image = ImageOps.exif_transpose(image).convert("RGB")
-        image.thumbnail((size, size))
-        buffer = io.BytesIO()
-        image.save(buffer, format="PNG", optimize=True)
+        return ImageOps.exif_transpose(image).convert("RGB")
+
+
+def _thumbnail_png(source: Path, size: int) -> bytes:
+    image = _open(source).convert("RGB")
+    image.thumbnail((size, size))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", optimize=True)
     return buffer.getvalue()
 
 
-def add_pair_thumbnails(results: dict, run_dir: Path, data_root: Path | None = None, size: int = 192) -> int:
+def add_pair_thumbnails(results: dict, run_dir: Path, data_root: Path | None = None, size: int = 192,
+                        sources: Mapping[str, Path] | None = None) -> int:
     """Write ``integrity/pair<i>_{train,test}.png`` for every example pair without ``"files"``.
 
     Args:
@@ -40,6 +53,8 @@ def add_pair_thumbnails(results: dict, run_dir: Path, data_root: Path | None = N
         run_dir: the run directory.
         data_root: folder the pair paths are relative to (default: ``results["data"]["root"]``).
         size: longest side of a thumbnail in pixels.
+        sources: the file behind each neutral file reference the pairs may name instead of a path
+            (``identity.file_reference``, when the data holds patient ids).
 
     Returns the number of pairs that got thumbnails. A pair whose images cannot be read keeps no
     ``"files"`` (the report then lists its paths) and is logged, never fatal.
@@ -54,15 +69,18 @@ def add_pair_thumbnails(results: dict, run_dir: Path, data_root: Path | None = N
         if pair.get("files"):
             continue
         files: dict[str, str] = {}
+        source = None
         try:
             for side in ("train", "test"):
-                source = Path(pair[side])
+                source = (sources or {}).get(pair[side]) or Path(pair[side])
                 source = source if source.is_absolute() else root / source
                 rel = f"{THUMBNAIL_DIR}/pair{index}_{side}.png"
                 write_bytes(Path(run_dir) / rel, _thumbnail_png(source, size))
                 files[side] = rel
-        except (KeyError, OSError, UnidentifiedImageError, ValueError) as exc:
-            log.warning("no thumbnail for duplicate pair %d (%s): %s", index, pair.get(side), exc)
+        except (KeyError, OSError, UnidentifiedImageError, ValueError, InputError) as exc:
+            # the pair's name (a reference when the data holds patient ids), never the source path
+            reason = str(exc).replace(str(source), pair.get(side, "?")) if source is not None else str(exc)
+            log.warning("no thumbnail for duplicate pair %d (%s): %s", index, pair.get(side), reason)
             continue
         pair["files"] = files
         written += 1
