@@ -22,7 +22,7 @@ from engine.cli import main
 from engine.data import discovery
 from engine.data.discovery import ImageRecord, discover, patient_groups
 from engine.data.identity import Pseudonymizer
-from engine.integrity.audit import IntegrityConfig, audit
+from engine.integrity.audit import IntegrityConfig, audit, summary_text
 
 from conftest import write_manifest
 from test_nightly_e2e import tiny_backbone
@@ -333,6 +333,7 @@ def test_a_run_on_dicom_groups_validation_by_patient_and_leaks_no_identity(hospi
     # the report lists the patients too (by pseudonym)
     html = (run_dir / "report.html").read_text()
     assert "Patients with images in more than one split" in html
+    assert "neighbouring slices of one patient (not duplicates)" in html
     assert all(i in html for i in results["integrity"]["cross_split_patient_ids"])
 
 
@@ -353,3 +354,45 @@ def test_the_folder_per_class_layout_splits_test_by_patient(hospital, tmp_path):
     by_split = {s: {r.patient for r in records if r.split == s} for s in ("train", "test")}
     assert by_split["test"] and not by_split["train"] & by_split["test"]
     assert {r.label for r in records if r.split == "test"} == set(CLASSES)
+
+
+# ------------------------------------------------------------------------------ neighbouring slices
+
+
+def test_neighbouring_slices_of_one_patient_are_not_near_duplicate_leakage(tmp_path):
+    # 10 slices per patient: neighbours sit within the near threshold. mutation: audit passes no
+    # `neighbours` to _within_split_groups / _cross_split_pairs -> near groups of one patient's slices,
+    # and the leaked patients' slices counted as near-duplicate twins (cross_split_near > 0)
+    from dataclasses import replace
+
+    from engine.data.synth_hospital import write_hospital_dataset
+
+    write_hospital_dataset(tmp_path / "data", patients_per_class=3, slices_per_patient=10, sites=2, size=64)
+    _, records = discover(tmp_path / "data", layout="kaggle", train_dir="Training", test_dir="Testing",
+                          classes=CLASSES, aliases=ALIASES, test_fraction=0.25, seed=0,
+                          pseudonymizer=lambda: Pseudonymizer(b"k" * 32, "test"))
+    report = audit(records, IntegrityConfig(), class_names=CLASSES)
+    anonymous = audit([replace(r, patient=None) for r in records], IntegrityConfig(), class_names=CLASSES)
+    # without patient ids the same pairs are near duplicates, within and across splits
+    n_near_pairs = {s: sum(len(g.files) - 1 for g in anonymous.within_split_groups if g.split == s and not g.exact)
+                    for s in ("train", "test")}
+    assert min(n_near_pairs.values()) > 0 and anonymous.cross_split_near > 0
+    # with them: no near group, no twin; counted as neighbouring slices and as patient leakage
+    assert not report.within_split_groups and not report.cross_split_pairs and report.cross_split_near == 0
+    for split in ("train", "test"):
+        slices = report.neighbouring_slices[split]
+        assert slices["pairs"] >= n_near_pairs[split] and slices["images"] > slices["patients"] > 0
+    assert report.cross_split_same_patient_pairs > 0 and len(report.cross_split_patient_ids) == 4
+    # the leakage-free subset still leaves out every test image of a training patient, and only those
+    n_test = report.n_test
+    assert sum(report.leakage_free_test_counts.values()) == n_test - len(report.patient_leaked_test_paths) < n_test
+    block = report.to_dict(tmp_path / "data")
+    assert block["within_split"]["test"]["neighbouring_slices"] == report.neighbouring_slices["test"]
+    assert block["cross_split_same_patient_pairs"] == report.cross_split_same_patient_pairs
+    assert "neighbouring slices of one patient" in summary_text(report)
+
+    # an image filed under another patient is a near duplicate of a different patient again
+    victim = next(iter(g.files[1].path for g in anonymous.within_split_groups if g.split == "train" and not g.exact))
+    relabelled = [replace(r, patient="p-0000000000000000") if r.path == victim else r for r in records]
+    mixed = audit(relabelled, IntegrityConfig(), class_names=CLASSES)
+    assert any(victim in {f.path for f in g.files} for g in mixed.within_split_groups if not g.exact)

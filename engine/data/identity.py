@@ -240,8 +240,9 @@ def file_reference(relative: str, patient: str | None, pseudonymize: Callable[[s
     holds patient ids no relative path leaves the data stage: the hex digits are the keyed hash
     (HMAC, the experiment's key, ``pseudonymize``) of ``"file:" + relative`` (the path relative to
     the data root, with forward slashes). The same file under the same key keeps its reference
-    across runs; without the key the path cannot be guessed back; ``auditrun locate`` turns a
-    reference back into the path on the machine that holds the key and the data.
+    across runs, and without the key the path cannot be guessed back. On the machine that holds
+    the key and the data, a reference is found again by computing this function over the data
+    root's files (no lookup command yet: docs/data.md).
     """
     digest = pseudonymize("file:" + relative)[len(PREFIX):]
     suffix = Path(relative).suffix

@@ -228,6 +228,11 @@ class IntegrityReport:
     # The neutral name of each file whose record carries one (``ImageRecord.ref``: the data holds
     # patient ids, and file names may identify them); every other file is shown relative to the root.
     display: Mapping[Path, str] = field(default_factory=dict)
+    # Near (not exact) pairs of two images of one patient: neighbouring slices of a series, similar
+    # by design and not copies. Per split {"pairs", "images", "patients"}; left out of the near groups.
+    # Across splits they are not counted as near-duplicate leakage: the patient is (cross-split patients).
+    neighbouring_slices: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
+    cross_split_same_patient_pairs: int = 0
     timings_s: Mapping[str, float] = field(default_factory=dict)
     cache_stats: Mapping[str, int] = field(default_factory=dict)
 
@@ -349,6 +354,7 @@ class IntegrityReport:
             "n_images_in_exact_groups": sum(len(g.files) for g in exact),
             "n_redundant_exact_copies": sum(len(g.files) - 1 for g in exact),
             "n_images_in_near_groups": sum(len(g.files) for g in near),
+            "neighbouring_slices": dict(self.neighbouring_slices.get(split) or _NO_NEIGHBOURS),
         }
 
     def _leakage_dict(self, rel: Callable[[Path], str]) -> dict:
@@ -367,6 +373,7 @@ class IntegrityReport:
             # pseudonyms only (engine.data.identity), never a raw patient id; at most MAX_PATIENT_IDS
             "cross_split_patient_ids": list(self.cross_split_patient_ids[:MAX_PATIENT_IDS]),
             "patient_leaked_test_files": sorted(rel(p) for p in self.patient_leaked_test_paths),
+            "cross_split_same_patient_pairs": self.cross_split_same_patient_pairs,
         }
 
 
@@ -449,8 +456,9 @@ def audit(
     image_stats = {s: _split_stats([fp for f, fp in zip(refs, fps) if f.split == s]) for s in splits}
     table = _pair_table(refs, fps, config.near_threshold, {s: k for k, s in enumerate(splits)})
     t_search = time.perf_counter()
-    groups, near_group_of = _within_split_groups(table)
-    cross_pairs = _cross_split_pairs(table)
+    neighbours = _same_patient_near(table, records)
+    groups, near_group_of = _within_split_groups(table, neighbours)
+    cross_pairs = _cross_split_pairs(table, neighbours)
     leaked, exact_leaked, byte_leaked = _leaked_test_paths(cross_pairs)
     conflicts = _label_conflicts(table)
     patients, cross_patients, patient_leaked = _patients(records, refs, splits)
@@ -475,6 +483,8 @@ def audit(
         cross_split_patient_ids=cross_patients,
         patient_leaked_test_paths=frozenset(patient_leaked),
         display={r.path: ref for r in records if (ref := getattr(r, "ref", None))},
+        neighbouring_slices=_neighbour_counts(table, neighbours, records, splits),
+        cross_split_same_patient_pairs=int((neighbours & ~table.same_split).sum()),
         timings_s={"fingerprint": t_hash - t0, "search": t_search - t_hash, "total": t_end - t0},
         cache_stats={"hits": cache.hits, "misses": cache.misses},
     )
@@ -619,11 +629,44 @@ def _members(component_of: np.ndarray) -> dict[int, list[int]]:
     return members
 
 
-def _within_split_groups(table: _PairTable) -> tuple[list[DuplicateGroup], np.ndarray]:
+_NO_NEIGHBOURS = {"pairs": 0, "images": 0, "patients": 0}
+
+
+def _patient_array(table: _PairTable, records: Sequence[ImageRecordLike]) -> np.ndarray:
+    patient_of = {r.path: p for r in records if (p := getattr(r, "patient", None))}
+    return np.array([patient_of.get(f.path) for f in table.refs], dtype=object)
+
+
+def _same_patient_near(table: _PairTable, records: Sequence[ImageRecordLike]) -> np.ndarray:
+    """Per pair: both images belong to one patient (pseudonym, not None) and are near, not exact.
+    Neighbouring slices of a series look alike by design; a pixel-identical pair stays a duplicate."""
+    if not table.n or not len(table.i):
+        return np.zeros(len(table.i), dtype=bool)
+    patients = _patient_array(table, records)
+    a, b = patients[table.i], patients[table.j]
+    return (a == b) & (a != None) & ~table.exact_eq  # noqa: E711 - elementwise on an object array
+
+
+def _neighbour_counts(table: _PairTable, neighbours: np.ndarray, records: Sequence[ImageRecordLike],
+                      splits: Sequence[str]) -> dict[str, dict[str, int]]:
+    """Per split: near pairs of one patient's images, the images in them and their patients."""
+    patients = _patient_array(table, records) if table.n else np.empty(0, dtype=object)
+    out = {}
+    for split in splits:
+        ks = np.nonzero(neighbours & table.same_split)[0]
+        ks = [k for k in ks if table.refs[int(table.i[k])].split == split]
+        images = {int(x) for k in ks for x in (table.i[k], table.j[k])}
+        out[split] = {"pairs": len(ks), "images": len(images), "patients": len({patients[x] for x in images})}
+    return out
+
+
+def _within_split_groups(table: _PairTable, neighbours: np.ndarray | None = None
+                         ) -> tuple[list[DuplicateGroup], np.ndarray]:
     """The exact and near duplicate groups of each split, and every file's near-group component
-    (also the validation grouping)."""
+    (also the validation grouping). ``neighbours`` (per pair) marks pairs that link no group:
+    neighbouring slices of one patient (the validation split keeps a patient together anyway)."""
     refs = table.refs
-    within = np.nonzero(table.same_split)[0]
+    within = np.nonzero(table.same_split & (~neighbours if neighbours is not None else True))[0]
     near_ids = _components(table.n, table.i[within], table.j[within])
     exact_within = within[table.exact_eq[within]]
     exact_ids = _components(table.n, table.i[exact_within], table.j[exact_within])
@@ -642,11 +685,13 @@ def _within_split_groups(table: _PairTable) -> tuple[list[DuplicateGroup], np.nd
     return groups, near_ids
 
 
-def _cross_split_pairs(table: _PairTable) -> list[MatchPair]:
-    """Pairs whose files lie in different splits, held-out split first, then by path and distance."""
+def _cross_split_pairs(table: _PairTable, neighbours: np.ndarray | None = None) -> list[MatchPair]:
+    """Pairs whose files lie in different splits, held-out split first, then by path and distance;
+    without the ``neighbours`` pairs (slices of one patient: patient leakage, counted as such)."""
     rank = table.rank
+    keep = ~table.same_split & (~neighbours if neighbours is not None else True)
     return sorted(
-        (table.pair(int(k)) for k in np.nonzero(~table.same_split)[0]),
+        (table.pair(int(k)) for k in np.nonzero(keep)[0]),
         key=lambda p: (rank[p.a.split], rank[p.b.split], str(p.a.path), p.distance, str(p.b.path)),
     )
 
@@ -784,13 +829,20 @@ def summary_text(report: IntegrityReport) -> str:
             )
     for s in report.splits:
         groups = [g for g in report.within_split_groups if g.split == s]
-        if groups:
+        slices = report.neighbouring_slices.get(s) or _NO_NEIGHBOURS
+        if groups or slices["pairs"]:
             ex = [g for g in groups if g.exact]
             nr = [g for g in groups if not g.exact]
             lines.append(
                 f"within {s}: {len(ex)} exact-duplicate groups ({sum(len(g.files) - 1 for g in ex)} redundant "
                 f"copies), {len(nr)} near-duplicate groups"
+                + (" (of different patients)" if report.patients else "")
+                + (f"; {slices['pairs']} near pairs are neighbouring slices of one patient ({slices['images']} "
+                   f"images, {slices['patients']} patients), not duplicates" if slices["pairs"] else "")
             )
+    if report.cross_split_same_patient_pairs:
+        lines.append(f"across splits: {report.cross_split_same_patient_pairs} near pairs are slices of one patient: "
+                     "counted as patient leakage, not as near-duplicate twins")
     n_conf_files = sum(len(c.files) for c in report.label_conflicts)
     lines.append(f"label conflicts: {len(report.label_conflicts)} groups ({n_conf_files} files)")
     for c in report.label_conflicts[:5]:
