@@ -164,8 +164,9 @@ def with_patients(records: Sequence[ImageRecord], pseudonym: Callable[[str], str
     header; the raw patient id never leaves this function. A header that cannot be read leaves the
     record without them (the integrity audit or ``readable`` lists the file with the reader's reason).
 
-    With ``root``, every record (DICOM or not: any file name of a patient data set may carry
-    identity) also gets ``ref``, the neutral name artefacts show (``identity.file_reference``)."""
+    With ``root``, when any file carries a patient id, every record (DICOM or not: any file name of
+    a patient data set may carry identity) also gets ``ref``, the neutral name artefacts show
+    (``identity.file_reference``)."""
     from engine.data.identity import file_reference
     from engine.data.readers import read_metadata
     from engine.paths import relative_to_root
@@ -183,9 +184,9 @@ def with_patients(records: Sequence[ImageRecord], pseudonym: Callable[[str], str
                 info = {k: v for k, v in (("site", meta.site), ("scanner", scanner), ("sex", meta.sex),
                                           ("age", meta.age)) if v is not None}
                 r = replace(r, patient=patient, meta=info or None)
-        if root is not None:
-            r = replace(r, ref=file_reference(relative_to_root(r.path, root), r.patient, pseudonym))
         out.append(r)
+    if root is not None and any(r.patient for r in out):
+        out = [replace(r, ref=file_reference(relative_to_root(r.path, root), r.patient, pseudonym)) for r in out]
     return out
 
 

@@ -239,12 +239,15 @@ def file_reference(relative: str, patient: str | None, pseudonymize: Callable[[s
     DICOM exports are often named after the patient (``DOE_JOHN_12345/IM0001``), so when the data
     holds patient ids no relative path leaves the data stage: the hex digits are the keyed hash
     (HMAC, the experiment's key, ``pseudonymize``) of ``"file:" + relative`` (the path relative to
-    the data root, with forward slashes). The same file under the same key keeps its reference
+    the data root, with forward slashes; its UTF-8 bytes, one character per byte). The same file under the same key keeps its reference
     across runs, and without the key the path cannot be guessed back. On the machine that holds
     the key and the data, a reference is found again by computing this function over the data
     root's files (no lookup command yet: docs/data.md).
     """
-    digest = pseudonymize("file:" + relative)[len(PREFIX):]
+    # the path's bytes as the file system holds them (a name that is not UTF-8 arrives with
+    # surrogate escapes, which UTF-8 cannot encode), one character per byte
+    as_bytes = relative.encode("utf-8", "surrogateescape").decode("latin-1")
+    digest = pseudonymize("file:" + as_bytes)[len(PREFIX):]
     suffix = Path(relative).suffix
     name = FILE_PREFIX + digest + (suffix.lower() if _KEPT_SUFFIX.match(suffix) else "")
     return f"{patient}/{name}" if patient else name
