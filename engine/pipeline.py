@@ -22,6 +22,7 @@ from engine.data import discovery as data_mod
 from engine.atomic import save_keras_model, write_text
 from engine.errors import InputError, RunInterrupted
 from engine.manifest import Manifest, class_aliases, integrity_options, slice_selection, windowing_options
+from engine.data.identity import display_path
 from engine.paths import child, safe_name
 from engine.results import SCHEMA_VERSION, BackboneResult, WeightsInfo, read_results, write_results
 
@@ -134,7 +135,8 @@ def prepare_data(ctx: RunContext) -> None:
         ctx.results["integrity"] = report.to_dict(root=root)
         from engine.report.thumbnails import add_pair_thumbnails
 
-        add_pair_thumbnails(ctx.results, ctx.run_dir, data_root=root, windowing=windowing)
+        add_pair_thumbnails(ctx.results, ctx.run_dir, data_root=root, windowing=windowing,
+                            sources={ref: path for path, ref in report.display.items()})
         ctx.leaked_test = set(report.excluded_test_paths)  # twins in training, and patients in training
         bad = set(report.unreadable_paths)
         skipped = [dict(u) for u in ctx.results["integrity"].get("unreadable", [])]
@@ -143,7 +145,8 @@ def prepare_data(ctx: RunContext) -> None:
             groups = integrity.duplicate_groups(records, report)
         ctx.echo(integrity.summary_text(report))
     else:
-        records, skipped = data_mod.readable(records, min_size=m.integrity.min_image_size, windowing=windowing)
+        records, skipped = data_mod.readable(records, min_size=m.integrity.min_image_size, windowing=windowing,
+                                             root=root)
     for s in skipped:
         ctx.echo(f"warning: skipped image {s['path']}: {s['reason']}")
     train = [r for r in records if r.split == "train"]
@@ -754,7 +757,7 @@ def explain_stage(ctx: RunContext, entries: list[BackboneResult]) -> None:
                     [data_mod.record_label(r) for r in ds.test], ds.class_names, ctx.run_dir / "gradcam" / slug(res.name),
                     m.gradcam.images_per_class, m.experiment.seed, layer=layer, data_root=ds.root,
                     run_dir=ctx.run_dir, pointing_max_images=m.gradcam.max_pointing_images,
-                    box_paths=_box_paths(ds.test))
+                    box_paths=_box_paths(ds.test), names=[display_path(r, ds.root) for r in ds.test])
                 # Boxed validation images score the explanation without the test split, so Grad-CAM
                 # settings (layer, input size) can be tuned on them.
                 val_game = pointing_game_on(

@@ -44,6 +44,10 @@ class ImageRecord:
     patient: str | None = field(default=None, compare=False)
     # site / scanner / sex / age where the file's header has them (DICOM); never identifying fields.
     meta: dict | None = field(default=None, compare=False, hash=False)
+    # How artefacts name the file when the data holds patient ids (``identity.file_reference``:
+    # "<patient pseudonym>/f-<keyed hash>.dcm"), since file names may carry identity; None: the
+    # path relative to the data root. Always shown through ``identity.display_path``.
+    ref: str | None = field(default=None, compare=False)
 
     @property
     def key(self) -> tuple[Path, int]:
@@ -57,11 +61,19 @@ def frame_label(path: str, frame: int, frame_name: str | None) -> str:
 
 
 def record_label(r: ImageRecord, root: Path | None = None) -> str:
-    """The record's path (relative to ``root`` when given, see ``relative_to_root``) and its frame."""
-    from engine.paths import relative_to_root
+    """The record as artefacts name it (``identity.display_path``: relative to ``root``, or its
+    neutral reference when the data holds patient ids) with its frame; without ``root``, the
+    absolute path with its frame (for messages that stay on this machine)."""
+    if root is not None:
+        from engine.data.identity import display_path
 
-    text = relative_to_root(r.path, root) if root is not None else str(r.path)
-    return frame_label(text, r.frame, r.frame_name)
+        return display_path(r, root)
+    return frame_label(str(r.path), r.frame, r.frame_name)
+
+
+def _tesla(value: float | None) -> str | None:
+    """A field strength as scanners are named by it (``3 T``, ``1.5 T``)."""
+    return None if value is None else f"{value:g} T"
 
 
 @dataclass
@@ -213,15 +225,22 @@ def discover(root: Path, *, layout: str, train_dir: str, test_dir: str, classes:
                              "class folders must be different folders, not links to one another")
         first[r.key] = r
     if pseudonymizer is not None and any(is_dicom_path(r.path) for r in records):
-        records = with_patients(records, pseudonymizer())
+        records = with_patients(records, pseudonymizer(), root)
     return layout, records
 
 
-def with_patients(records: Sequence[ImageRecord], pseudonym: Callable[[str], str]) -> list[ImageRecord]:
+def with_patients(records: Sequence[ImageRecord], pseudonym: Callable[[str], str],
+                  root: Path | None = None) -> list[ImageRecord]:
     """DICOM records with their patient pseudonym and metadata (site, scanner, sex, age) from the
     header; the raw patient id never leaves this function. A header that cannot be read leaves the
-    record as it is (the integrity audit or ``readable`` lists the file with the reader's reason)."""
+    record without them (the integrity audit or ``readable`` lists the file with the reader's reason).
+
+    With ``root``, when any file carries a patient id, every record (DICOM or not: any file name of
+    a patient data set may carry identity) also gets ``ref``, the neutral name artefacts show
+    (``identity.file_reference``)."""
+    from engine.data.identity import file_reference
     from engine.data.readers import read_metadata
+    from engine.paths import relative_to_root
 
     out = []
     known: dict[Path, tuple[str | None, dict | None] | None] = {}  # the frames of a file share its header
@@ -235,12 +254,14 @@ def with_patients(records: Sequence[ImageRecord], pseudonym: Callable[[str], str
             except InputError:
                 known[r.path] = None
             else:
-                scanner = " ".join(x for x in (meta.manufacturer, meta.model) if x) or None
+                scanner = " ".join(x for x in (meta.manufacturer, meta.model, _tesla(meta.field_strength)) if x) or None
                 info = {k: v for k, v in (("site", meta.site), ("scanner", scanner), ("sex", meta.sex),
                                           ("age", meta.age)) if v is not None}
                 known[r.path] = (pseudonym(meta.patient_id) if meta.patient_id else None, info or None)
         found = known[r.path]
         out.append(r if found is None else replace(r, patient=found[0], meta=found[1]))
+    if root is not None and any(r.patient for r in out):
+        out = [replace(r, ref=file_reference(relative_to_root(r.path, root), r.patient, pseudonym)) for r in out]
     return out
 
 
@@ -637,17 +658,23 @@ def too_small_reason(width: int, height: int, min_size: int) -> str | None:
 
 
 def readable(records: Iterable[ImageRecord], min_size: int = 1,
-             windowing: Windowing | None = None) -> tuple[list[ImageRecord], list[dict]]:
+             windowing: Windowing | None = None, root: Path | None = None) -> tuple[list[ImageRecord], list[dict]]:
     """Split records into decodable ones and a skipped list with reasons (full decode).
 
     An image narrower or shorter than ``min_size`` pixels is skipped too, with the same reason the
     integrity audit gives, so a run without the audit trains on the same images. DICOM frames and
-    NIfTI slices are decoded with ``windowing``. A skipped entry is ``{"path", "reason"}`` with the
-    frame in the path for a multi-image file (``record_label``: ``/abs/x.nii.gz [slice 3]``).
+    NIfTI slices are decoded with ``windowing``. With ``root``, a skipped file's ``path`` is the
+    name artefacts show (``identity.display_path``, with the frame of a multi-image file) and its
+    reason leaves out the path, as the audit's list does; without it, the absolute path with the
+    frame (``record_label``: ``/abs/x.nii.gz [slice 3]``) and the full message.
     """
+
     from PIL import Image
 
     from engine.integrity.hashing import check_pixel_limit, strict_decoding
+
+    def shown(r: ImageRecord) -> str:
+        return record_label(r, root)
 
     ok, skipped = [], []
     with strict_decoding():  # a truncated file must fail here, whatever PIL's global switch says
@@ -666,9 +693,12 @@ def readable(records: Iterable[ImageRecord], min_size: int = 1,
                         im.load()
                         small = too_small_reason(im.width, im.height, min_size)
                 if small:
-                    skipped.append({"path": record_label(r), "reason": small})
+                    skipped.append({"path": shown(r), "reason": small})
                     continue
                 ok.append(r)
             except Exception as exc:  # noqa: BLE001
-                skipped.append({"path": record_label(r), "reason": str(exc) or type(exc).__name__})
+                reason = str(exc) or type(exc).__name__
+                if root is not None:
+                    reason = reason.split(f"{str(r.path)!r}: ", 1)[-1]
+                skipped.append({"path": shown(r), "reason": reason})
     return ok, skipped

@@ -37,13 +37,15 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import re
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 from engine.atomic import fsync_dir
 from engine.errors import InputError
-from engine.paths import is_inside, safe_name
+from engine.paths import is_inside, relative_to_root, safe_name
 
 #: Environment variable naming a hospital-managed key file; it wins over the experiment's own key.
 KEY_ENV = "AUDITRUN_PSEUDONYM_KEY_FILE"
@@ -221,5 +223,48 @@ def experiment_pseudonymizer(output_root: Path, experiment: str, *, run_dir: Pat
     return Pseudonymizer(key, source)
 
 
-__all__ = ["KEY_BYTES", "KEY_ENV", "Pseudonymizer", "default_key_dir", "experiment_key",
-           "experiment_pseudonymizer", "key_id", "key_path", "load_key", "pseudonym"]
+# ---------------------------------------------------------------------------------------------
+# Files of patients: how artefacts name them
+
+#: Prefix of a file reference (``f-`` + 16 hex digits), as ``p-`` is of a patient's pseudonym.
+FILE_PREFIX = "f-"
+# A suffix kept on a reference: a short alphabetic one (.dcm, .png, .gz), never a UID's last number.
+_KEPT_SUFFIX = re.compile(r"^\.[A-Za-z]{2,5}$")
+
+
+def file_reference(relative: str, patient: str | None, pseudonymize: Callable[[str], str]) -> str:
+    """The name artefacts give a file of a data set that holds patient ids: ``<patient pseudonym>/
+    f-<16 hex digits>.<suffix>`` (``f-...`` alone for a file without a patient id).
+
+    DICOM exports are often named after the patient (``DOE_JOHN_12345/IM0001``), so when the data
+    holds patient ids no relative path leaves the data stage: the hex digits are the keyed hash
+    (HMAC, the experiment's key, ``pseudonymize``) of ``"file:" + relative`` (the path relative to
+    the data root, with forward slashes; its UTF-8 bytes, one character per byte). The same file under the same key keeps its reference
+    across runs, and without the key the path cannot be guessed back. On the machine that holds
+    the key and the data, a reference is found again by computing this function over the data
+    root's files (no lookup command yet: docs/data.md).
+    """
+    # the path's bytes as the file system holds them (a name that is not UTF-8 arrives with
+    # surrogate escapes, which UTF-8 cannot encode), one character per byte
+    as_bytes = relative.encode("utf-8", "surrogateescape").decode("latin-1")
+    digest = pseudonymize("file:" + as_bytes)[len(PREFIX):]
+    suffix = Path(relative).suffix
+    name = FILE_PREFIX + digest + (suffix.lower() if _KEPT_SUFFIX.match(suffix) else "")
+    return f"{patient}/{name}" if patient else name
+
+
+def display_path(record, root: Path | str | None) -> str:
+    """How every artefact (results.json, CSVs, report, log) names ``record``'s file: its neutral
+    reference (``record.ref``, set by discovery when the data holds patient ids, see
+    :func:`file_reference`), else its path relative to ``root``; with the frame of a multi-image
+    file (``a/b.nii.gz [slice 3]``)."""
+    from engine.data.discovery import frame_label
+
+    ref = getattr(record, "ref", None)
+    return frame_label(ref if ref else relative_to_root(record.path, root), getattr(record, "frame", 0),
+                       getattr(record, "frame_name", None))
+
+
+__all__ = ["FILE_PREFIX", "KEY_BYTES", "KEY_ENV", "Pseudonymizer", "default_key_dir", "display_path",
+           "experiment_key", "experiment_pseudonymizer", "file_reference", "key_id", "key_path", "load_key",
+           "pseudonym"]

@@ -2,7 +2,8 @@
 
 ``predictions/<backbone>.csv`` holds the test split, ``predictions/<backbone>.validation.csv`` the
 validation split (later stages, temperature scaling among them, need it on a resumed or reused run).
-Paths are relative to the data root, with the frame of a multi-image file (``a/b.nii.gz [slice 3]``);
+Paths are relative to the data root, with the frame of a multi-image file (``a/b.nii.gz [slice 3]``),
+or neutral file references when the data holds patient ids (``identity.display_path``);
 probabilities are rounded to 6 places.
 
 Columns: ``path``, ``frame`` (the frame of a multi-frame file, 0 otherwise), ``patient`` (the
@@ -20,7 +21,7 @@ from typing import Sequence
 import numpy as np
 
 from engine.atomic import write_text
-from engine.data.discovery import record_label
+from engine.data.identity import display_path
 from engine.evaluation.subgroups import DEFAULT_AGE_BANDS, record_values
 
 PREDICTIONS_DIR = "predictions"
@@ -54,7 +55,7 @@ def write_predictions(path: Path, records, y_true: np.ndarray, probs: np.ndarray
 
     values = record_values(records, age_bands)
     df = pd.DataFrame({
-        "path": [record_label(r, root) for r in records],
+        "path": [display_path(r, root) for r in records],
         "frame": [int(getattr(r, "frame", 0) or 0) for r in records],
         "patient": [getattr(r, "patient", None) or "" for r in records],
         **{a: [v or "" for v in values[a]] for a in ("site", "scanner", "sex")},

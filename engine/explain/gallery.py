@@ -193,7 +193,7 @@ def explain_backbone(model, images: np.ndarray, y_true, probs: np.ndarray, paths
                      layer: str | None = None, data_root: Path | str | None = None,
                      run_dir: Path | str | None = None, batch_size: int = 16,
                      pointing_max_images: int = POINTING_MAX_IMAGES,
-                     box_paths: Sequence[str | None] | None = None) -> dict:
+                     box_paths: Sequence[str | None] | None = None, names: Sequence[str] | None = None) -> dict:
     """Grad-CAM gallery and pointing game for one trained backbone; returns its ``gradcam`` block.
 
     Args:
@@ -211,6 +211,8 @@ def explain_backbone(model, images: np.ndarray, y_true, probs: np.ndarray, paths
         run_dir: file paths in the block are relative to it (default ``out_dir``).
         pointing_max_images: the pointing game scores every boxed test image, or a seeded sample
             of this many.
+        names: (n,) how the block names each image (``identity.display_path``: a neutral reference
+            when the data holds patient ids); default: its path relative to ``data_root``.
 
     Gallery maps explain the PREDICTED class (why the model said what it said); pointing-game maps
     explain the TRUE class, as in Zhang et al. 2016. ``pointing_game`` holds hits / total / rate,
@@ -252,7 +254,7 @@ def explain_backbone(model, images: np.ndarray, y_true, probs: np.ndarray, paths
         files = render_gallery_images(image, maps[key], out_dir, stem, boxes=boxes[i])
         s = stats[key]
         items.append({
-            "image": relative_to_root(paths[i], data_root),
+            "image": names[i] if names is not None else relative_to_root(paths[i], data_root),
             "true_class": true_name,
             "predicted_class": pred_name,
             "explained_class": pred_name,

@@ -253,6 +253,16 @@ class IntegrityReport:
     patient_leaked_test_paths: frozenset[Key] = frozenset()
     #: "slice" / "frame" per key of a multi-image file: how ``to_dict`` names its frames.
     frame_names: Mapping[Key, str] = field(default_factory=dict)
+    # The neutral name of each frame whose record carries one (``ImageRecord.ref``: the data holds
+    # patient ids, and file names may identify them), with its frame; every other file is shown
+    # relative to the root.
+    display: Mapping[Key, str] = field(default_factory=dict)
+    # Near (not exact) pairs of two images of one patient (or two frames of one volume): neighbouring
+    # slices of a series, similar by design and not copies. Per split {"pairs", "images", "patients"};
+    # left out of the near groups. Across splits they are not counted as near-duplicate leakage: the
+    # patient is (cross-split patients).
+    neighbouring_slices: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
+    cross_split_same_patient_pairs: int = 0
     timings_s: Mapping[str, float] = field(default_factory=dict)
     cache_stats: Mapping[str, int] = field(default_factory=dict)
 
@@ -301,13 +311,17 @@ class IntegrityReport:
         chosen = [p for p in picks if p is not None]
         return (chosen + near)[:n]
 
+    def shown(self, key: Key, root: Path | None = None) -> str:
+        """How artefacts name the frame ``key`` (path, frame): its neutral reference, else its path
+        relative to ``root``; with the frame of a multi-image file."""
+        return self.display.get(key) or frame_label(_relative(key[0], root), key[1], self.frame_names.get(key))
+
     def to_dict(self, root: Path | None = None) -> dict:
         """The results.json ``integrity`` block; paths relative to ``root`` when given, with the frame
         of a multi-image file (``a/b.nii.gz [slice 12]``)."""
 
         def rel(item: FileRef | UnreadableFile | Key) -> str:
-            path, frame = item if isinstance(item, tuple) else (item.path, item.frame)
-            return frame_label(_relative(path, root), frame, self.frame_names.get((path, frame)))
+            return self.shown(item if isinstance(item, tuple) else (item.path, item.frame), root)
 
         return {
             **self._settings_dict(),
@@ -373,6 +387,7 @@ class IntegrityReport:
             "n_images_in_exact_groups": sum(len(g.files) for g in exact),
             "n_redundant_exact_copies": sum(len(g.files) - 1 for g in exact),
             "n_images_in_near_groups": sum(len(g.files) for g in near),
+            "neighbouring_slices": dict(self.neighbouring_slices.get(split) or _NO_NEIGHBOURS),
         }
 
     def _leakage_dict(self, rel: Callable[..., str]) -> dict:
@@ -391,6 +406,7 @@ class IntegrityReport:
             # pseudonyms only (engine.data.identity), never a raw patient id; at most MAX_PATIENT_IDS
             "cross_split_patient_ids": list(self.cross_split_patient_ids[:MAX_PATIENT_IDS]),
             "patient_leaked_test_files": sorted(rel(p) for p in self.patient_leaked_test_paths),
+            "cross_split_same_patient_pairs": self.cross_split_same_patient_pairs,
         }
 
 
@@ -475,8 +491,9 @@ def audit(
     image_stats = {s: _split_stats([fp for f, fp in zip(refs, fps) if f.split == s]) for s in splits}
     table = _pair_table(refs, fps, config.near_threshold, {s: k for k, s in enumerate(splits)})
     t_search = time.perf_counter()
-    groups, near_group_of = _within_split_groups(table)
-    cross_pairs = _cross_split_pairs(table)
+    neighbours = _same_patient_near(table, records)
+    groups, near_group_of = _within_split_groups(table, neighbours)
+    cross_pairs = _cross_split_pairs(table, neighbours)
     leaked, exact_leaked, byte_leaked = _leaked_test_paths(cross_pairs)
     conflicts = _label_conflicts(table)
     patients, cross_patients, patient_leaked = _patients(records, refs, splits)
@@ -501,6 +518,10 @@ def audit(
         cross_split_patient_ids=cross_patients,
         patient_leaked_test_paths=frozenset(patient_leaked),
         frame_names={record_key(r): name for r in records if (name := getattr(r, "frame_name", None))},
+        display={record_key(r): frame_label(ref, r.frame, getattr(r, "frame_name", None))
+                 for r in records if (ref := getattr(r, "ref", None))},
+        neighbouring_slices=_neighbour_counts(table, neighbours, records, splits),
+        cross_split_same_patient_pairs=int((neighbours & ~table.same_split).sum()),
         timings_s={"fingerprint": t_hash - t0, "search": t_search - t_hash, "total": t_end - t0},
         cache_stats={"hits": cache.hits, "misses": cache.misses},
     )
@@ -655,11 +676,48 @@ def _members(component_of: np.ndarray) -> dict[int, list[int]]:
     return members
 
 
-def _within_split_groups(table: _PairTable) -> tuple[list[DuplicateGroup], np.ndarray]:
+_NO_NEIGHBOURS = {"pairs": 0, "images": 0, "patients": 0}
+
+
+def _patient_array(table: _PairTable, records: Sequence[ImageRecordLike]) -> np.ndarray:
+    """Per file of the table: its patient's pseudonym; the frames of a multi-image file without one
+    (a NIfTI volume) are one patient too, the file; None for a lone image without a patient id."""
+    patient_of = {r.path: p for r in records if (p := getattr(r, "patient", None))}
+    volumes = {r.path for r in records if getattr(r, "frame_name", None)}
+    return np.array([patient_of.get(f.path) or (("volume", str(f.path)) if f.path in volumes else None)
+                     for f in table.refs], dtype=object)
+
+
+def _same_patient_near(table: _PairTable, records: Sequence[ImageRecordLike]) -> np.ndarray:
+    """Per pair: both images belong to one patient (pseudonym, not None) and are near, not exact.
+    Neighbouring slices of a series look alike by design; a pixel-identical pair stays a duplicate."""
+    if not table.n or not len(table.i):
+        return np.zeros(len(table.i), dtype=bool)
+    patients = _patient_array(table, records)
+    a, b = patients[table.i], patients[table.j]
+    return (a == b) & (a != None) & ~table.exact_eq  # noqa: E711 - elementwise on an object array
+
+
+def _neighbour_counts(table: _PairTable, neighbours: np.ndarray, records: Sequence[ImageRecordLike],
+                      splits: Sequence[str]) -> dict[str, dict[str, int]]:
+    """Per split: near pairs of one patient's images, the images in them and their patients."""
+    patients = _patient_array(table, records) if table.n else np.empty(0, dtype=object)
+    out = {}
+    for split in splits:
+        ks = np.nonzero(neighbours & table.same_split)[0]
+        ks = [k for k in ks if table.refs[int(table.i[k])].split == split]
+        images = {int(x) for k in ks for x in (table.i[k], table.j[k])}
+        out[split] = {"pairs": len(ks), "images": len(images), "patients": len({patients[x] for x in images})}
+    return out
+
+
+def _within_split_groups(table: _PairTable, neighbours: np.ndarray | None = None
+                         ) -> tuple[list[DuplicateGroup], np.ndarray]:
     """The exact and near duplicate groups of each split, and every file's near-group component
-    (also the validation grouping)."""
+    (also the validation grouping). ``neighbours`` (per pair) marks pairs that link no group:
+    neighbouring slices of one patient (the validation split keeps a patient together anyway)."""
     refs = table.refs
-    within = np.nonzero(table.same_split)[0]
+    within = np.nonzero(table.same_split & (~neighbours if neighbours is not None else True))[0]
     near_ids = _components(table.n, table.i[within], table.j[within])
     exact_within = within[table.exact_eq[within]]
     exact_ids = _components(table.n, table.i[exact_within], table.j[exact_within])
@@ -678,11 +736,13 @@ def _within_split_groups(table: _PairTable) -> tuple[list[DuplicateGroup], np.nd
     return groups, near_ids
 
 
-def _cross_split_pairs(table: _PairTable) -> list[MatchPair]:
-    """Pairs whose files lie in different splits, held-out split first, then by path and distance."""
+def _cross_split_pairs(table: _PairTable, neighbours: np.ndarray | None = None) -> list[MatchPair]:
+    """Pairs whose files lie in different splits, held-out split first, then by path and distance;
+    without the ``neighbours`` pairs (slices of one patient: patient leakage, counted as such)."""
     rank = table.rank
+    keep = ~table.same_split & (~neighbours if neighbours is not None else True)
     return sorted(
-        (table.pair(int(k)) for k in np.nonzero(~table.same_split)[0]),
+        (table.pair(int(k)) for k in np.nonzero(keep)[0]),
         key=lambda p: (rank[p.a.split], rank[p.b.split], _order(p.a), p.distance, _order(p.b)),
     )
 
@@ -797,7 +857,7 @@ def summary_text(report: IntegrityReport) -> str:
     )
     lines = [f"integrity: {n_files} files ({per_split}); {len(report.unreadable)} unreadable"]
     for u in report.unreadable[:5]:
-        lines.append(f"  unreadable: {frame_label(str(u.path), u.frame, report.frame_names.get(u.key))} ({u.reason})")
+        lines.append(f"  unreadable: {report.shown(u.key)} ({u.reason})")
     if len(report.unreadable) > 5:
         lines.append(f"  ... and {len(report.unreadable) - 5} more unreadable")
     n_test = report.n_test
@@ -810,7 +870,7 @@ def summary_text(report: IntegrityReport) -> str:
             f"(phash {cfg.hash_bits}-bit, distance <= {cfg.near_threshold})"
         )
         if report.patients:
-            lines.append(f"patients: " + ", ".join(f"{s} {n}" for s, n in report.patients.items())
+            lines.append("patients: " + ", ".join(f"{s} {n}" for s, n in report.patients.items())
                          + f"; {len(report.cross_split_patient_ids)} in more than one split, "
                          f"{len(report.patient_leaked_test_paths)} test images of patients with training images")
         free = ", ".join(f"{c} {n}" for c, n in report.leakage_free_test_counts.items())
@@ -822,17 +882,25 @@ def summary_text(report: IntegrityReport) -> str:
             )
     for s in report.splits:
         groups = [g for g in report.within_split_groups if g.split == s]
-        if groups:
+        slices = report.neighbouring_slices.get(s) or _NO_NEIGHBOURS
+        if groups or slices["pairs"]:
             ex = [g for g in groups if g.exact]
             nr = [g for g in groups if not g.exact]
             lines.append(
                 f"within {s}: {len(ex)} exact-duplicate groups ({sum(len(g.files) - 1 for g in ex)} redundant "
                 f"copies), {len(nr)} near-duplicate groups"
+                + (" (of different patients)" if report.patients else "")
+                + (f"; {slices['pairs']} near pairs are neighbouring slices of one patient ({slices['images']} "
+                   f"images, {slices['patients']} patients), not duplicates" if slices["pairs"] else "")
             )
+    if report.cross_split_same_patient_pairs:
+        lines.append(f"across splits: {report.cross_split_same_patient_pairs} near pairs are slices of one patient: "
+                     "counted as patient leakage, not as near-duplicate twins")
     n_conf_files = sum(len(c.files) for c in report.label_conflicts)
     lines.append(f"label conflicts: {len(report.label_conflicts)} groups ({n_conf_files} files)")
     for c in report.label_conflicts[:5]:
-        names = ", ".join(f"{f.split}/{f.label}/{frame_label(f.path.name, f.frame, report.frame_names.get(f.key))}"
+        names = ", ".join(f"{f.split}/{f.label}/"
+                          f"{report.display.get(f.key) or frame_label(f.path.name, f.frame, report.frame_names.get(f.key))}"
                           for f in c.files[:4])
         more = f", +{len(c.files) - 4}" if len(c.files) > 4 else ""
         lines.append(f"  {c.kind}: {' vs '.join(c.classes)}: {names}{more}")

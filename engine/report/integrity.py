@@ -123,6 +123,9 @@ def _patient_rows(integrity: dict) -> list[tuple[str, str]]:
     rows = [(f"Patients in {split}", str(_count(n))) for split, n in patients.items()]
     rows.append(("Patients with images in more than one split (test images of training patients are "
                  "left out of the leakage-free subset)", str(_count(integrity.get("cross_split_patients")))))
+    if integrity.get("cross_split_same_patient_pairs") is not None:
+        rows.append(("Near pairs across splits that are slices of one patient (counted as patient leakage, "
+                     "not as near duplicates)", str(_count(integrity.get("cross_split_same_patient_pairs")))))
     ids = [str(i) for i in integrity.get("cross_split_patient_ids") or []]
     if ids:
         more = len(ids) - PATIENT_IDS_SHOWN
@@ -164,10 +167,18 @@ def _integrity_view(results: dict, class_names: Sequence[str]) -> IntegrityView 
     for key, value in sorted((integrity.get("counts") or {}).items()):
         if not isinstance(value, (dict, list)):  # engine.integrity.audit nests counts per split: shown in provenance
             rows.append((str(key).replace("_", " ").capitalize(), value))
+    with_patients = bool(integrity.get("patients"))
     for split, within in (integrity.get("within_split") or {}).items():
         if isinstance(within, dict):
             rows.append((f"Exact-duplicate groups within {split}", within.get("exact_groups")))
-            rows.append((f"Near-duplicate groups within {split}", within.get("near_groups")))
+            if not with_patients:
+                rows.append((f"Near-duplicate groups within {split}", within.get("near_groups")))
+                continue
+            # one patient's neighbouring slices look alike by design: near in hash, not copies
+            rows.append((f"Near-duplicate groups within {split} (images of different patients)",
+                         within.get("near_groups")))
+            rows.append((f"Near pairs within {split} that are neighbouring slices of one patient (not duplicates)",
+                         (within.get("neighbouring_slices") or {}).get("pairs")))
     if integrity.get("near_threshold") is not None:
         rows.append(("Near-duplicate threshold (perceptual-hash distance at most)", integrity["near_threshold"]))
     shown = []

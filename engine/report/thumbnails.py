@@ -13,6 +13,7 @@ import io
 import logging
 import re
 from pathlib import Path
+from typing import Mapping
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -28,14 +29,21 @@ THUMBNAIL_DIR = "integrity"
 _FRAME = re.compile(r"^(?P<path>.+) \[(?:slice|frame) (?P<frame>\d+)\]$")
 
 
-def _thumbnail_png(source: str, root: Path, size: int, windowing=None) -> bytes:
-    """A thumbnail of ``source`` (a path relative to ``root`` or absolute; a DICOM frame or NIfTI
-    slice as the audit names it), read as training reads it: DICOM and NIfTI through the readers."""
+def _source(name: str, root: Path, sources: Mapping[str, tuple] | None) -> tuple[Path, int]:
+    """The file and frame behind a pair's name: a neutral reference through ``sources``, else a
+    path relative to ``root`` (or absolute), with the frame as the audit names it."""
+    if sources and name in sources:
+        path, frame = sources[name]
+        return Path(path), int(frame)
+    match = _FRAME.match(name)
+    path, frame = (Path(match["path"]), int(match["frame"])) if match else (Path(name), 0)
+    return (path if path.is_absolute() else root / path), frame
+
+
+def _thumbnail_png(path: Path, frame: int, size: int, windowing=None) -> bytes:
+    """A thumbnail of one image, read as training reads it: DICOM and NIfTI through the readers."""
     from engine.data.discovery import read_volume_frame, reader_kind
 
-    match = _FRAME.match(source)
-    path, frame = (Path(match["path"]), int(match["frame"])) if match else (Path(source), 0)
-    path = path if path.is_absolute() else root / path
     if reader_kind(path):
         image = Image.fromarray(read_volume_frame(path, frame, windowing), mode="L").convert("RGB")
     else:
@@ -48,7 +56,7 @@ def _thumbnail_png(source: str, root: Path, size: int, windowing=None) -> bytes:
 
 
 def add_pair_thumbnails(results: dict, run_dir: Path, data_root: Path | None = None, size: int = 192,
-                        windowing=None) -> int:
+                        windowing=None, sources: Mapping[str, tuple] | None = None) -> int:
     """Write ``integrity/pair<i>_{train,test}.png`` for every example pair without ``"files"``.
 
     Args:
@@ -59,6 +67,8 @@ def add_pair_thumbnails(results: dict, run_dir: Path, data_root: Path | None = N
         size: longest side of a thumbnail in pixels.
         windowing: ``engine.data.readers.Windowing`` for DICOM frames and NIfTI slices (the run's
             ``data.windowing``; default "auto").
+        sources: the (file, frame) behind each neutral file reference the pairs may name instead of
+            a path (``identity.file_reference``, when the data holds patient ids).
 
     Returns the number of pairs that got thumbnails. A pair whose images cannot be read keeps no
     ``"files"`` (the report then lists its paths) and is logged, never fatal.
@@ -73,13 +83,17 @@ def add_pair_thumbnails(results: dict, run_dir: Path, data_root: Path | None = N
         if pair.get("files"):
             continue
         files: dict[str, str] = {}
+        source = None
         try:
             for side in ("train", "test"):
+                source, frame = _source(pair[side], root, sources)
                 rel = f"{THUMBNAIL_DIR}/pair{index}_{side}.png"
-                write_bytes(Path(run_dir) / rel, _thumbnail_png(pair[side], root, size, windowing))
+                write_bytes(Path(run_dir) / rel, _thumbnail_png(source, frame, size, windowing))
                 files[side] = rel
         except (KeyError, OSError, UnidentifiedImageError, ValueError, InputError) as exc:
-            log.warning("no thumbnail for duplicate pair %d (%s): %s", index, pair.get(side), exc)
+            # the pair's name (a reference when the data holds patient ids), never the source path
+            reason = str(exc).replace(str(source), pair.get(side, "?")) if source is not None else str(exc)
+            log.warning("no thumbnail for duplicate pair %d (%s): %s", index, pair.get(side), reason)
             continue
         pair["files"] = files
         written += 1

@@ -58,9 +58,33 @@ def _pixel_tags() -> tuple[int, ...]:
     return tuple(sorted(set(group_0028) | set(extra) | {0x7FE00001, 0x7FE00002, 0x7FE00008, 0x7FE00009, 0x7FE00010}))
 
 
-def _read(path: Path, tags: tuple[int, ...], *, pixels: bool):
+def _pydicom():
+    """pydicom, quiet about the files it reads.
+
+    * Value validation on reading is off: pydicom validates each value as it converts it and warns
+      (and logs) about an invalid one by quoting it: "Invalid value for VR UI: '<the study UID>'".
+      The reader never relies on that validation; it checks what it uses.
+    * Its other warnings about a file ("End of file reached before delimiter found in file
+      /data/DOE_JOHN/IM1") name the file, whose name may identify a patient.
+    Both would reach stderr, the pydicom logger and a run's log, which the identity policy
+    forbids; the reader's InputError is the one message a user gets. Set on every read (the same
+    values each time), so a caller that resets the warning filters cannot undo it.
+    """
+    import logging
+    import warnings
+
     import pydicom
+
+    pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+    warnings.filterwarnings("ignore", module=r"pydicom(\.|$)")
+    logging.getLogger("pydicom").setLevel(logging.ERROR)
+    return pydicom
+
+
+def _read(path: Path, tags: tuple[int, ...], *, pixels: bool):
     from pydicom.errors import InvalidDicomError
+
+    pydicom = _pydicom()
 
     try:
         return pydicom.dcmread(path, specific_tags=list(tags), defer_size=None if pixels else "64 KB")
@@ -97,7 +121,35 @@ def _check_image(ds, path: Path) -> int:
     n = int(frames) if frames not in (None, "") else 1
     if n < 1:
         raise InputError(f"{where}: NumberOfFrames is {n}")
+    _check_frames_fit(ds, n, tsyntax, path, where)
     return n
+
+
+def _check_frames_fit(ds, n: int, tsyntax, path: Path, where: str) -> None:
+    """Refuse a frame larger than PIL's decompression-bomb limit, and a NumberOfFrames the file
+    is too small to hold. A corrupt count (99,999,999 in a
+    6 kB file) would otherwise make ``frames_of`` list that many frames, for minutes, before any
+    decode could fail. Each native frame needs its full size; each compressed one at least an
+    8-byte item header (the
+    data set of a deflated file is inflated first)."""
+    from PIL import Image
+
+    rows, columns = int(ds.get("Rows") or 0), int(ds.get("Columns") or 0)
+    samples, bits = int(ds.get("SamplesPerPixel") or 1), int(ds.get("BitsAllocated") or 0)
+    if str(ds.get("PhotometricInterpretation", "")).strip().upper() == "YBR_FULL_422":
+        samples = 2  # chroma subsampled: Y Y Cb Cr per two pixels
+    if Image.MAX_IMAGE_PIXELS and rows * columns > Image.MAX_IMAGE_PIXELS:
+        # the limit plain images have: a decoder allocates the whole frame (8 GB for 65535 x 65535
+        # 16-bit) before it finds that a few kB of compressed data cannot fill it
+        raise InputError(f"{where}: a frame of {columns}x{rows} pixels exceeds the decompression-bomb limit "
+                         f"({Image.MAX_IMAGE_PIXELS} pixels)")
+    per_frame = 8 if tsyntax.is_encapsulated else max(1, (rows * columns * samples * bits + 7) // 8)
+    size = path.stat().st_size
+    # a deflated dataset holds up to 1032 times its size (deflate's largest ratio)
+    room = size * (1032 if tsyntax.is_deflated else 1)
+    if n * per_frame > room:
+        raise InputError(f"{where}: NumberOfFrames is {n}, but the file ({size} bytes) cannot hold that many "
+                         f"frames of {per_frame} bytes; the header is corrupt or the file truncated")
 
 
 def _install_hint(tsyntax) -> str:
@@ -241,6 +293,8 @@ def _text(ds, keyword: str) -> str | None:
     value = ds.get(keyword)
     if value is None:
         return None
+    if not isinstance(value, (str, bytes)) and hasattr(value, "__len__"):
+        value = "\\".join(str(v) for v in value)  # several values, as DICOM writes them (not "['A', 'B']")
     text = str(value).strip().strip("\x00").strip()
     return text or None
 
@@ -280,9 +334,9 @@ def _age(ds) -> float | None:
 
 def metadata(path: Path) -> ImageMeta:
     """The kept header fields (ImageMeta); identifying fields are read only to compute an age."""
-    import pydicom
     from pydicom.errors import InvalidDicomError
 
+    pydicom = _pydicom()
     try:
         ds = pydicom.dcmread(path, specific_tags=list(_META_KEYWORDS), stop_before_pixels=True)
         sex = (_text(ds, "PatientSex") or "").upper()
