@@ -40,3 +40,30 @@ def synth_root(tmp_path_factory) -> Path:
 def write_manifest(path: Path, body: str) -> Path:
     path.write_text(body, encoding="utf-8")
     return path
+
+
+def shown_names(run_dir: Path) -> dict[str, str]:
+    """The name a run's artefacts give each DICOM file of its data root -> the file's path relative
+    to the root. With patient ids in the data that is the neutral reference (the experiment's key in
+    ``<output root>/.keys``), recomputed here from the header and the path as docs/data.md says."""
+    import json
+
+    from engine.data.identity import experiment_pseudonymizer, file_reference
+    from engine.data.readers import read_metadata
+
+    results = json.loads((Path(run_dir) / "results.json").read_text())
+    root = Path(results["data"]["root"])
+    pseudonym = experiment_pseudonymizer(Path(run_dir).parent.parent, results["experiment"]["name"])
+    out = {}
+    for f in sorted(root.rglob("*.dcm")):
+        rel = f.relative_to(root).as_posix()
+        patient_id = read_metadata(f).patient_id
+        out[file_reference(rel, pseudonym(patient_id) if patient_id else None, pseudonym)] = rel
+    return out
+
+
+def as_path(name: str, names: dict[str, str]) -> str:
+    """``name`` as an artefact shows it (a reference, maybe with `` [frame k]``) -> the relative path,
+    with the same frame suffix."""
+    ref, sep, frame = name.partition(" [")
+    return names.get(ref, ref) + sep + frame

@@ -29,7 +29,7 @@ from engine.errors import InputError
 from engine.integrity.audit import IntegrityConfig, audit, duplicate_groups
 from engine.integrity.hashing import FingerprintCache, fingerprint_files
 
-from conftest import write_manifest
+from conftest import as_path, shown_names, write_manifest
 from test_hospital_data import ALIASES, CLASSES, TRUTH, hospital_manifest
 from test_nightly_e2e import tiny_backbone
 
@@ -287,13 +287,14 @@ def test_a_run_and_evaluate_on_multiframe_dicom_go_frame_by_frame(tmp_path):
 
     with open(run_dir / "predictions" / "tiny.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
-    test_paths = [row["path"] for row in rows]
+    names = shown_names(run_dir)  # the data holds patient ids: artefacts show neutral references
+    test_paths = [as_path(row["path"], names) for row in rows]
     assert len(set(test_paths)) == n_test
     # a file of several frames is shown with the frame; a leaked patient's one-frame test file by its path
     assert sorted(test_paths) == sorted(f if per_file[f] == 1 else f"{f} [frame {k}]"
                                         for f, n in per_file.items() if f.startswith("Testing/") for k in range(n))
     with open(run_dir / "predictions" / "tiny.validation.csv", newline="") as fh:
-        val_files = {row["path"].split(" [")[0] for row in csv.DictReader(fh)}
+        val_files = {as_path(row["path"], names).split(" [")[0] for row in csv.DictReader(fh)}
     key_of = {files[0]: p["key"] for p in truth["patients"] for files in p["files"].values()}
     train_files = {f for f in key_of if f.startswith("Training/")} - val_files
     assert val_files and not {key_of[f] for f in val_files} & {key_of[f] for f in train_files}

@@ -22,7 +22,7 @@ import pytest
 from click.testing import CliRunner
 from jsonschema import Draft202012Validator
 
-from conftest import needs_lite0, write_manifest, LITE0
+from conftest import as_path, needs_lite0, shown_names, write_manifest, LITE0
 from engine.cli import main
 from engine.errors import InputError
 from engine.evaluation.predictions import METADATA_COLUMNS
@@ -145,6 +145,7 @@ def test_predictions_csvs_keep_the_metadata_and_only_pseudonyms(tiny_runs):
     run = run_dir_of(first)
     results = json.loads((run / "results.json").read_text())
     by_file = {f: p for p in truth["patients"] for files in p["files"].values() for f in files}
+    by_file = {ref: by_file[f] for ref, f in shown_names(run).items()}  # artefacts name files by reference
     sites = {s["code"]: s for s in truth["site_profiles"]}
     for name in ("tiny.csv", "tiny.validation.csv"):
         with open(run / "predictions" / name, newline="") as fh:
@@ -156,7 +157,7 @@ def test_predictions_csvs_keep_the_metadata_and_only_pseudonyms(tiny_runs):
             assert row["frame"] == "0"
             assert re.fullmatch(r"p-[0-9a-f]{16}", row["patient"])
             assert row["site"] == profile["institution"]
-            assert row["scanner"] == f"{profile['manufacturer']} {profile['model']}"
+            assert row["scanner"] == f"{profile['manufacturer']} {profile['model']} {profile['field_strength']:g} T"
             assert (row["sex"], float(row["age"])) == (p["sex"], p["age"])
             assert row["age_band"] == ("<40" if p["age"] < 40 else "40-59" if p["age"] < 60 else "60+")
     with open(run / "predictions" / "tiny.csv", newline="") as fh:
@@ -178,7 +179,7 @@ def test_patient_leakage_is_counted_dropped_from_leakage_free_figures_and_gated(
     integrity = results["integrity"]
     leaked_test = sorted(f for p in truth["patients"] if p["leaked"] for f in p["files"]["Testing"])
     assert integrity["cross_split_patients"] == truth["leaked_patients"] == 4
-    assert sorted(integrity["patient_leaked_test_files"]) == leaked_test
+    assert sorted(as_path(f, shown_names(run)) for f in integrity["patient_leaked_test_files"]) == leaked_test
     backbone = results["backbones"][0]
     assert backbone["leakage_free"]["n_images"] == backbone["test"]["n_images"] - len(leaked_test)
 

@@ -346,6 +346,8 @@ def frame_records(path: Path, split: str, label: str, slices: SliceSelection | N
 
     name = "slice" if kind == "nifti" else "frame"
     try:
+        if path.is_file() and path.stat().st_size == 0:  # said plainly, not as "not a DICOM file"
+            raise InputError("zero-byte file")
         selection = SliceSelection.parse(slices)
         indices = [ref.index for ref in frames_of(path, selection if kind == "nifti" else None)]
         if kind == "dicom" and len(indices) > 1:

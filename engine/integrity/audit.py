@@ -684,7 +684,7 @@ def _patient_array(table: _PairTable, records: Sequence[ImageRecordLike]) -> np.
     (a NIfTI volume) are one patient too, the file; None for a lone image without a patient id."""
     patient_of = {r.path: p for r in records if (p := getattr(r, "patient", None))}
     volumes = {r.path for r in records if getattr(r, "frame_name", None)}
-    return np.array([patient_of.get(f.path) or (("volume", str(f.path)) if f.path in volumes else None)
+    return np.array([patient_of.get(f.path) or (f"volume:{f.path}" if f.path in volumes else None)
                      for f in table.refs], dtype=object)
 
 
