@@ -33,7 +33,7 @@ from engine.errors import InputError
 from engine.explain.similarity import bootstrap_ci
 
 BASELINES = ("mean", "blur", "black")
-DEFAULT_STEPS = 10
+DEFAULT_STEPS = 8
 RANDOM_GRID = 7
 CENTRE_SIGMA = 0.25
 BLUR_SIGMA = 0.1
@@ -78,43 +78,60 @@ def _order(saliency: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.lexsort((rng.random(flat.size), -flat))
 
 
-def _step_images(image: np.ndarray, base: np.ndarray, order: np.ndarray, steps: int) -> tuple[np.ndarray, np.ndarray]:
-    """(steps + 1, H, W, C) deletion and insertion images: step k swaps the first k/steps of ``order``."""
+def _step_images(image: np.ndarray, base: np.ndarray, order: np.ndarray, steps: int) -> np.ndarray:
+    """(2 (steps - 1), H, W, C): deletion then insertion images of steps 1 .. steps - 1.
+
+    Step k swaps the first k/steps of ``order``; steps 0 and ``steps`` are the image itself and the
+    baseline image, the same for every map, so they are scored once per image (``_ends``).
+    """
     h, w = image.shape[:2]
     rank = np.empty(h * w, np.int64)
     rank[order] = np.arange(h * w)
-    cut = np.round(np.linspace(0, h * w, steps + 1)).astype(np.int64)
-    swapped = (rank.reshape(1, h, w) < cut[:, None, None])[..., None]  # (steps + 1, H, W, 1)
-    return np.where(swapped, base, image), np.where(swapped, image, base)
+    cut = np.round(np.linspace(0, h * w, steps + 1)).astype(np.int64)[1:-1]
+    swapped = (rank.reshape(1, h, w) < cut[:, None, None])[..., None]  # (steps - 1, H, W, 1)
+    return np.concatenate([np.where(swapped, base, image), np.where(swapped, image, base)])
+
+
+def _ends(probability, images: np.ndarray, bases: np.ndarray, cls: np.ndarray, batch_size: int):
+    """Class score of each image and of its baseline image: (n,), (n,)."""
+    both = np.concatenate([images, bases])
+    owner = np.concatenate([cls, cls])
+    scores = np.concatenate([np.asarray(probability(both[s:s + batch_size], owner[s:s + batch_size]))
+                             for s in range(0, len(both), batch_size)])
+    return scores[:len(images)], scores[len(images):]
 
 
 def perturbation_curves(probability, images: np.ndarray, class_index: Sequence[int], maps: np.ndarray,
                         steps: int = DEFAULT_STEPS, baseline: str = "mean", seed: int = 0,
-                        batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+                        batch_size: int = 32, ends: tuple[np.ndarray, np.ndarray] | None = None
+                        ) -> tuple[np.ndarray, np.ndarray]:
     """Deletion and insertion curves, each (n, steps + 1): class probability after step k.
 
     ``probability``: ``(images, class_index) -> (n,)`` (``methods.probability_fn``) or any function
-    with that contract. ``maps``: (n, H, W) saliency at the image resolution.
+    with that contract. ``maps``: (n, H, W) saliency at the image resolution. ``ends``: the scores
+    of the images and of their baseline images when already known (``_ends``).
     """
     images = np.asarray(images, dtype=np.float32)
     maps = np.asarray(maps, dtype=np.float32)
     if maps.shape != images.shape[:3]:
         raise ValueError(f"maps {maps.shape} do not match images {images.shape[:3]}")
+    if steps < 2:
+        raise ValueError(f"perturbation curves need at least 2 steps; got {steps}")
     cls = np.broadcast_to(np.asarray(class_index, dtype=np.int32), (len(images),))
     bases = baseline_images(images, baseline)
+    full, empty = ends if ends is not None else _ends(probability, images, bases, cls, batch_size)
     rng = np.random.default_rng([int(seed), 13])
-    per_call = max(1, batch_size // (2 * (steps + 1)))
-    curves = []
+    per_image = 2 * (steps - 1)
+    per_call = max(1, batch_size // per_image)
+    inner = []
     for start in range(0, len(images), per_call):
-        stack, owner = [], []
-        for i in range(start, min(start + per_call, len(images))):
-            stack.extend(_step_images(images[i], bases[i], _order(maps[i], rng), steps))
-            owner.extend([i] * 2 * (steps + 1))
-        batch = np.concatenate(stack)
-        scores = np.asarray(probability(batch, cls[np.array(owner)]))
-        curves.append(scores.reshape(-1, 2, steps + 1))
-    out = np.concatenate(curves) if curves else np.zeros((0, 2, steps + 1), np.float32)
-    return out[:, 0], out[:, 1]
+        idx = range(start, min(start + per_call, len(images)))
+        batch = np.concatenate([_step_images(images[i], bases[i], _order(maps[i], rng), steps) for i in idx])
+        inner.append(np.asarray(probability(batch, np.repeat(cls[list(idx)], per_image))).reshape(-1, 2, steps - 1))
+    inner = np.concatenate(inner) if inner else np.zeros((0, 2, steps - 1), np.float32)
+    deletion = np.column_stack([full, inner[:, 0], empty])
+    insertion = np.column_stack([empty, inner[:, 1], full])
+    return deletion, insertion
 
 
 def auc(curves: np.ndarray) -> np.ndarray:
@@ -161,9 +178,11 @@ def faithfulness_test(probability, images: np.ndarray, class_index: Sequence[int
     rivals = {"method": np.asarray(maps, np.float32),
               "random": random_maps(len(images), shape, seed),
               "centre": np.broadcast_to(centre_map(shape), images.shape[:3])}
+    cls = np.broadcast_to(np.asarray(class_index, dtype=np.int32), (len(images),))
+    ends = _ends(probability, images, baseline_images(images, baseline), cls, batch_size)
     aucs: dict[str, np.ndarray] = {}
     for name, m in rivals.items():
-        deletion, insertion = perturbation_curves(probability, images, class_index, m, steps, baseline,
-                                                  seed, batch_size)
+        deletion, insertion = perturbation_curves(probability, images, cls, m, steps, baseline,
+                                                  seed, batch_size, ends)
         aucs[f"{name}_deletion"], aucs[f"{name}_insertion"] = auc(deletion), auc(insertion)
     return FaithfulnessResult(aucs, steps, baseline, seed, n_boot)
