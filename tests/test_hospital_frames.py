@@ -329,3 +329,29 @@ def test_evaluate_reads_an_external_folder_frame_by_frame_with_the_runs_windowin
     assert not np.array_equal(x[first], decode_image(records[first].path, 32, 1))
     with pytest.raises(InputError, match="data.slices"):
         _readers_from_run({"data": {"slices": [3, 1]}})
+
+
+def test_16_bit_png_is_windowed_by_the_data_windowing_keys(tmp_path):
+    # mutation: decode_image min-max scaling raw 16-bit images again -> the outlier squeezes the tissue
+    # into a few grey levels and the percentile check fails; "dicom" would then not refuse the file
+    from PIL import Image
+
+    from engine.data.discovery import decode_image
+    from engine.data.readers import Windowing
+    from engine.errors import InputError
+
+    rng = np.random.default_rng(0)
+    signal = rng.integers(1000, 3000, size=(64, 64)).astype(np.uint16)
+    signal[0, 0] = 65000  # one hot pixel, as a 16-bit export often has
+    path = tmp_path / "slice.png"
+    Image.fromarray(signal).save(path)
+    assert Image.open(path).mode.startswith("I")
+    windowed = decode_image(path, 64, windowing=Windowing("percentile", (0.5, 99.5)))[..., 0]
+    lo, hi = np.percentile(signal, [0.5, 99.5])
+    expected = np.clip(np.rint((signal - lo) / (hi - lo) * 255), 0, 255)
+    assert np.abs(windowed.astype(float) - expected).max() <= 1
+    assert windowed.std() > 50  # the tissue spans the grey range; min-max would leave it near 0..12
+    full = decode_image(path, 64, windowing=Windowing("percentile", (0.0, 100.0)))[..., 0]
+    assert full.max() == 255 and full[1:, 1:].max() < 15
+    with pytest.raises(InputError, match="stored window"):
+        decode_image(path, 64, windowing=Windowing("dicom"))

@@ -546,11 +546,14 @@ def decode_image(path: Path, size: int, frame: int = 0, windowing: Windowing | N
     """Read any image (any mode, any size) as (size, size, 3) uint8 RGB.
 
     DICOM frames and NIfTI slices (``frame``) are read through ``engine.data.readers`` with
-    ``windowing`` (the manifest's ``data.windowing``; default "auto"). Plain images are decoded by
-    PIL (``frame`` 0; a 16-bit one is min-max scaled). Raises InputError naming the file when it
-    cannot be decoded.
+    ``windowing`` (the manifest's ``data.windowing``; default "auto"), and so are plain images that
+    hold raw signal (16-bit PNG/TIFF, modes ``I;16*``, ``I``, ``F``: no stored window, so "auto" is
+    the percentile window and "dicom" refuses them). Other plain images are decoded by PIL
+    (``frame`` 0). Raises InputError naming the file when it cannot be decoded.
     """
     from PIL import Image, ImageOps
+
+    from engine.data.readers.plain import RAW_MODES
 
     if reader_kind(Path(path)):
         grey = read_volume_frame(Path(path), frame, windowing)
@@ -564,12 +567,12 @@ def decode_image(path: Path, size: int, frame: int = 0, windowing: Windowing | N
         # truncated files with grey; training must refuse what the audit refuses.
         with strict_decoding(), Image.open(path) as im:
             check_pixel_limit(im)  # the audit's limit: what it lists as unreadable is never decoded
-            im = ImageOps.exif_transpose(im)
-            if im.mode in ("I;16", "I", "F"):
-                arr = np.asarray(im, dtype=np.float32)
-                lo, hi = float(arr.min()), float(arr.max())
-                arr = (255 * (arr - lo) / (hi - lo or 1)).astype(np.uint8)
-                im = Image.fromarray(arr)
+            if im.mode in RAW_MODES:  # raw signal (16-bit PNG/TIFF): windowed as DICOM pixels are
+                from engine.data.readers import FrameRef, Windowing, read_frame
+
+                im = Image.fromarray(read_frame(FrameRef(Path(path), 0, "plain"), windowing or Windowing()), mode="L")
+            else:
+                im = ImageOps.exif_transpose(im)
             im = im.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
             return np.asarray(im, dtype=np.uint8)
     except Exception as exc:  # noqa: BLE001 - PIL raises many types for broken files

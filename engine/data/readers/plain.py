@@ -18,7 +18,7 @@ from engine.data.readers.common import ImageMeta, Windowing, percentile_window, 
 from engine.errors import InputError
 
 PLAIN_SUFFIXES = frozenset(IMAGE_SUFFIXES)
-_RAW_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+RAW_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 
 
 def _open(path: Path):
@@ -49,7 +49,7 @@ def read(path: Path, index: int, windowing: Windowing) -> np.ndarray:
             raise InputError(f"cannot read image {str(path)!r}: page {index} asked for, the file has {n}")
         im.seek(index)
         im = ImageOps.exif_transpose(im)
-        if im.mode not in _RAW_MODES:
+        if im.mode not in RAW_MODES:
             return np.asarray(im.convert("L"), dtype=np.uint8)
         if windowing.mode == "dicom":
             raise InputError(f"cannot read image {str(path)!r}: windowing mode 'dicom' needs a stored window and "
