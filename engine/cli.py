@@ -271,6 +271,45 @@ def check_data_cmd(manifest: Path, output_dir, quiet):
     click.echo(dumps_json({"integrity": report.to_dict(root=m.data.root.resolve())}), nl=False)
 
 
+@main.command("locate")
+@click.argument("manifest", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("references", nargs=-1, required=True)
+@click.option("--output-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Where the experiment's key folder (.keys) lives (default: the manifest's experiment.output_dir).")
+def locate_cmd(manifest: Path, references, output_dir):
+    """Print the file behind each neutral file REFERENCE of MANIFEST's data.
+
+    When the data holds patient ids, artefacts name files by reference (``p-.../f-....dcm``,
+    docs/data.md) because paths often carry the patient's name. On the machine that holds the data
+    and the experiment's key, this turns a reference from a report back into the path (relative to
+    the data root), one line per reference: ``REFERENCE<TAB>PATH``. The paths may identify patients:
+    they go to the terminal only. An unknown reference exits 2.
+    """
+    from engine import manifest as manifest_mod
+    from engine.data import discovery as data_mod
+    from engine.data.identity import experiment_pseudonymizer
+    from engine.paths import relative_to_root
+
+    m = manifest_mod.load(manifest)
+    root = Path(output_dir) if output_dir else m.experiment.output_dir
+    _, records = data_mod.discover(
+        m.data.root, layout=m.data.layout, train_dir=m.data.train_dir, test_dir=m.data.test_dir,
+        classes=m.data.classes, aliases=manifest_mod.class_aliases(m), test_fraction=m.data.test_fraction,
+        seed=m.experiment.seed, pseudonymizer=lambda: experiment_pseudonymizer(root, m.experiment.name),
+        labels=m.data.labels, columns=m.data.columns, slices=manifest_mod.slice_selection(m.data))
+    found = {}
+    for r in records:
+        if r.ref:
+            found.setdefault(r.ref, relative_to_root(r.path, m.data.root))
+    unknown = [ref for ref in references if ref.split(" [", 1)[0] not in found]
+    for ref in references:
+        if ref not in unknown:
+            click.echo(f"{ref}\t{found[ref.split(' [', 1)[0]]}")
+    if unknown:
+        raise InputError(f"no file of {str(m.data.root)!r} has the reference(s) {', '.join(map(repr, unknown))} "
+                            "under this experiment's key")
+
+
 @main.command("evaluate")
 @click.argument("run_dir", type=click.Path(file_okay=False, exists=True, path_type=Path))
 @click.option("--data", "data", required=True, type=click.Path(file_okay=False, path_type=Path),

@@ -42,10 +42,11 @@ def write_manifest(path: Path, body: str) -> Path:
     return path
 
 
-def shown_names(run_dir: Path) -> dict[str, str]:
+def shown_names(run_dir: Path, patients: dict[str, str] | None = None) -> dict[str, str]:
     """The name a run's artefacts give each DICOM file of its data root -> the file's path relative
     to the root. With patient ids in the data that is the neutral reference (the experiment's key in
-    ``<output root>/.keys``), recomputed here from the header and the path as docs/data.md says."""
+    ``<output root>/.keys``), recomputed here from the header and the path as docs/data.md says.
+    ``patients``: relative path -> raw patient id, for data whose ids come from a labels CSV."""
     import json
 
     from engine.data.identity import experiment_pseudonymizer, file_reference
@@ -55,9 +56,10 @@ def shown_names(run_dir: Path) -> dict[str, str]:
     root = Path(results["data"]["root"])
     pseudonym = experiment_pseudonymizer(Path(run_dir).parent.parent, results["experiment"]["name"])
     out = {}
-    for f in sorted(root.rglob("*.dcm")):
+    files = sorted(root / rel for rel in patients) if patients is not None else sorted(root.rglob("*.dcm"))
+    for f in files:
         rel = f.relative_to(root).as_posix()
-        patient_id = read_metadata(f).patient_id
+        patient_id = patients[rel] if patients is not None else read_metadata(f).patient_id
         out[file_reference(rel, pseudonym(patient_id) if patient_id else None, pseudonym)] = rel
     return out
 

@@ -25,7 +25,7 @@ from engine.data.synth import KAGGLE_FOLDERS
 from engine.errors import InputError
 from engine.manifest import CANONICAL_CLASSES, folder_aliases, loads
 
-from conftest import write_manifest
+from conftest import as_path, shown_names, write_manifest
 from test_nightly_e2e import tiny_backbone
 
 TRUTH = ".auditrun-hospital.json"
@@ -284,8 +284,14 @@ def test_missing_files_are_listed_unreadable_and_none_existing_is_an_error(hospi
     result = invoke("check-data", manifest(tmp, tmp / "missing-out", labels="missing.csv"), "--quiet")
     assert result.exit_code == 0, result.output
     unreadable = json.loads(result.stdout)["integrity"]["unreadable"]
-    assert [u["path"] for u in unreadable] == ["Training/glioma_tumor/gone.png"]
+    # the data holds patient ids, so the file is named by reference; `locate` finds it again
+    assert len(unreadable) == 1 and re.fullmatch(r"f-[0-9a-f]{16}\.png", unreadable[0]["path"])
     assert "No such file" in unreadable[0]["reason"]
+    found = invoke("locate", manifest(tmp, tmp / "missing-out", labels="missing.csv"), unreadable[0]["path"])
+    assert found.exit_code == 0, found.output
+    assert found.stdout == f"{unreadable[0]['path']}\tTraining/glioma_tumor/gone.png\n"
+    wrong = invoke("locate", manifest(tmp, tmp / "missing-out", labels="missing.csv"), "f-0000000000000000.png")
+    assert wrong.exit_code == 2 and "f-0000000000000000.png" in wrong.output
 
     with open(root / "none.csv", "w", newline="") as fh:
         csv.writer(fh).writerows([rows[0]] + [["x/" + r[0]] + r[1:] for r in rows[1:]])
@@ -326,7 +332,10 @@ def test_a_run_on_a_csv_set_groups_by_patient_and_writes_no_raw_id(hospital):
     # validation patients are not training patients
     patient_of = {f: mrn(i, p) for i, p in enumerate(truth["patients"]) for fs in p["files"].values() for f in fs}
     with open(run_dir / "predictions" / "tiny.validation.csv", newline="") as fh:
-        val_files = {row["path"] for row in csv.DictReader(fh)}
+        val_refs = [row["path"] for row in csv.DictReader(fh)]
+    # the data holds patient ids: artefacts name files by neutral reference, never by path
+    assert not {r for r in val_refs if not re.fullmatch(r"p-[0-9a-f]{16}/f-[0-9a-f]{16}\.png", r)}
+    val_files = {as_path(r, shown_names(run_dir, patient_of)) for r in val_refs}
     train_files = {f for f in patient_of if f.startswith("Training/")} - val_files
     assert val_files and train_files
     assert not {patient_of[f] for f in val_files} & {patient_of[f] for f in train_files}

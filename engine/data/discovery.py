@@ -204,7 +204,7 @@ def discover(root: Path, *, layout: str, train_dir: str, test_dir: str, classes:
                                      test_fraction=test_fraction, seed=seed, validation_fraction=validation_fraction,
                                      pseudonymizer=pseudonymizer)
         # The CSV splits files (a volume stays on one side); its frames inherit the file's patient and metadata.
-        return layout, [replace(f, patient=r.patient, meta=r.meta) for r in files
+        return layout, [replace(f, patient=r.patient, meta=r.meta, ref=r.ref) for r in files
                         for f in frame_records(r.path, r.split, r.label, slices)]
     try:
         layout, records = _discover(root, layout=layout, train_dir=train_dir, test_dir=test_dir, classes=classes,
@@ -238,9 +238,7 @@ def with_patients(records: Sequence[ImageRecord], pseudonym: Callable[[str], str
     With ``root``, when any file carries a patient id, every record (DICOM or not: any file name of
     a patient data set may carry identity) also gets ``ref``, the neutral name artefacts show
     (``identity.file_reference``)."""
-    from engine.data.identity import file_reference
     from engine.data.readers import read_metadata
-    from engine.paths import relative_to_root
 
     out = []
     known: dict[Path, tuple[str | None, dict | None] | None] = {}  # the frames of a file share its header
@@ -260,10 +258,21 @@ def with_patients(records: Sequence[ImageRecord], pseudonym: Callable[[str], str
                 known[r.path] = (pseudonym(meta.patient_id) if meta.patient_id else None, info or None)
         found = known[r.path]
         out.append(r if found is None else replace(r, patient=found[0], meta=found[1]))
-    if root is not None and any(r.patient for r in out):
-        out = [replace(r, ref=file_reference(relative_to_root(r.path, root), r.patient, pseudonym)) for r in out]
+    return with_references(out, root, pseudonym) if root is not None else out
     return out
 
+
+
+def with_references(records: Sequence[ImageRecord], root: Path, pseudonym: Callable[[str], str]) -> list[ImageRecord]:
+    """When any record carries a patient, every record gets its neutral file reference
+    (``identity.file_reference``: artefacts never show a path, which may be built from the
+    patient's name); otherwise the records are returned as they are."""
+    from engine.data.identity import file_reference
+    from engine.paths import relative_to_root
+
+    if not any(r.patient for r in records):
+        return list(records)
+    return [replace(r, ref=file_reference(relative_to_root(r.path, root), r.patient, pseudonym)) for r in records]
 
 def patient_groups(records: Sequence[ImageRecord],
                    groups: dict[tuple[Path, int], int] | None) -> dict[tuple[Path, int], int] | None:

@@ -242,7 +242,7 @@ def file_reference(relative: str, patient: str | None, pseudonymize: Callable[[s
     the data root, with forward slashes; its UTF-8 bytes, one character per byte). The same file under the same key keeps its reference
     across runs, and without the key the path cannot be guessed back. On the machine that holds
     the key and the data, a reference is found again by computing this function over the data
-    root's files (no lookup command yet: docs/data.md).
+    root's files: ``auditrun locate MANIFEST REF`` does that.
     """
     # the path's bytes as the file system holds them (a name that is not UTF-8 arrives with
     # surrogate escapes, which UTF-8 cannot encode), one character per byte

@@ -258,7 +258,7 @@ def discover_csv(root: Path, labels: str | os.PathLike | None, columns: Mapping[
     except OSError as exc:  # a listed path too long for the file system, a folder without permission
         raise InputError(f"labels CSV {str(csv_file)!r}: cannot check {str(exc.filename or csv_file)!r}: "
                          f"{exc.strerror or exc}") from None
-    records = _with_identity(rows, pseudonymizer)
+    records = _with_identity(rows, pseudonymizer, root)
     if rows[0].split is not None:
         records = [replace(r, split=row.split) for r, row in zip(records, rows)]
     else:
@@ -271,10 +271,10 @@ def discover_csv(root: Path, labels: str | os.PathLike | None, columns: Mapping[
     return "csv", records
 
 
-def _with_identity(rows: Sequence[CsvRow], pseudonymizer):
+def _with_identity(rows: Sequence[CsvRow], pseudonymizer, root: Path):
     """Records with patient pseudonyms and metadata: the CSV's value wins over a DICOM header's,
     key by key; a cell left empty falls back to the header."""
-    from engine.data.discovery import ImageRecord, is_dicom_path, with_patients
+    from engine.data.discovery import ImageRecord, is_dicom_path, with_patients, with_references
 
     records = [ImageRecord(row.path, "train", row.label) for row in rows]
     has_dicom = any(is_dicom_path(r.path) for r in records)
@@ -288,7 +288,7 @@ def _with_identity(rows: Sequence[CsvRow], pseudonymizer):
         meta = {**(r.meta or {}), **row.meta}
         patient = pseudonym(row.patient) if pseudonym is not None and row.patient else r.patient
         out.append(replace(r, patient=patient, meta=meta or None))
-    return out
+    return with_references(out, root, pseudonym) if pseudonym is not None else out
 
 
 def _carve_test(root: Path, records, rows: Sequence[CsvRow], test_fraction: float, seed: int,
