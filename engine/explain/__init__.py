@@ -1,7 +1,10 @@
 """Explanation stage: where a model looked.
 
 Takes a saved model, test (and validation) images and their tumour boxes. Gives Grad-CAM heatmaps,
-the gallery PNGs with their numbers, and the pointing game.
+the gallery PNGs with their numbers, and the pointing game; and, for a choice of methods (Grad-CAM,
+Grad-CAM++, Score-CAM, occlusion), the checks of docs/explanations.md: localisation (strict,
+tolerant and energy pointing games), model-parameter randomisation and deletion/insertion
+faithfulness (``explanation_checks``).
 """
 
 from engine import lazy_exports
@@ -9,12 +12,22 @@ from engine import lazy_exports
 #: Public name -> the module of this stage that defines it (imported on first use).
 _EXPORTS = {
     "candidate_layers": "gradcam",
+    "cascade_groups": "randomisation",
+    "cascade_panels": "figures",
     "explain_backbone": "gallery",
+    "explain_maps": "methods",
+    "explanation_checks": "checks",
+    "ExplanationChecks": "checks",
+    "faithfulness_test": "faithfulness",
     "find_target_layer": "gradcam",
     "gradcam_heatmaps": "gradcam",
     "heatmap_stats": "gradcam",
+    "localisation_scores": "localisation",
+    "METHODS": "methods",
     "pointing_game": "gradcam",
     "pointing_game_on": "gallery",
+    "randomisation_cascade_figure": "figures",
+    "randomisation_test": "randomisation",
     "read_yolo_boxes": "gradcam",
     "render_gallery_images": "gallery",
     "select_gallery": "gallery",

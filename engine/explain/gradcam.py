@@ -226,10 +226,36 @@ def _normalise(maps: np.ndarray) -> np.ndarray:
     return np.clip(maps / scale[:, None, None], 0.0, 1.0)
 
 
-def _iter_heatmaps(model, images: np.ndarray, class_index: np.ndarray, layer: str,
-                   batch_size: int, upsample: bool) -> Iterator[np.ndarray]:
+def _gradcam_weights(grads, fmap):
+    """Grad-CAM channel weights: the spatial mean of the gradients, (n, 1, 1, c)."""
     import tensorflow as tf
 
+    return tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
+
+
+def _gradcam_plusplus_weights(grads, fmap):
+    """Grad-CAM++ channel weights (Chattopadhay et al. 2018, eq. 19), (n, 1, 1, c).
+
+    With the class score taken as exp(logit), the second and third derivatives of the score are the
+    square and cube of the first (times the same positive factor, which normalisation removes), so
+    one gradient suffices: alpha = g^2 / (2 g^2 + sum(A) g^3), weight = sum(alpha * relu(g)).
+    """
+    import tensorflow as tf
+
+    g2 = tf.square(grads)
+    denom = 2.0 * g2 + tf.reduce_sum(fmap, axis=(1, 2), keepdims=True) * g2 * grads
+    alpha = g2 / tf.where(tf.abs(denom) > 1e-12, denom, tf.ones_like(denom))
+    return tf.reduce_sum(alpha * tf.nn.relu(grads), axis=(1, 2), keepdims=True)
+
+
+_WEIGHTS = {"gradcam": _gradcam_weights, "gradcam++": _gradcam_plusplus_weights}
+
+
+def _iter_heatmaps(model, images: np.ndarray, class_index: np.ndarray, layer: str,
+                   batch_size: int, upsample: bool, variant: str = "gradcam") -> Iterator[np.ndarray]:
+    import tensorflow as tf
+
+    weigh = _WEIGHTS[variant]
     path = _GradPath(model, layer)
     _verify_chain(model, path, images[:2])
     size = images.shape[1:3]
@@ -250,7 +276,7 @@ def _iter_heatmaps(model, images: np.ndarray, class_index: np.ndarray, layer: st
         grads = tape.gradient(score, fmap)
         if grads is None:
             raise AuditrunError(f"Grad-CAM: no gradient reaches layer {layer!r} from the logits")
-        weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)  # (n, 1, 1, c)
+        weights = weigh(grads, fmap)  # (n, 1, 1, c)
         cams = tf.nn.relu(tf.reduce_sum(weights * fmap, axis=-1))  # (n, h, w)
         if upsample:
             cams = tf.image.resize(cams[..., None], size, method="bilinear")[..., 0]
@@ -281,7 +307,7 @@ def _check_inputs(model, images, class_index) -> tuple[np.ndarray, np.ndarray]:
 
 
 def gradcam_heatmaps(model, images: np.ndarray, class_index: Sequence[int], layer: str | None = None,
-                     batch_size: int = 16, upsample: bool = True) -> np.ndarray:
+                     batch_size: int = 16, upsample: bool = True, variant: str = "gradcam") -> np.ndarray:
     """Grad-CAM maps of ``class_index`` for each image.
 
     Args:
@@ -290,16 +316,20 @@ def gradcam_heatmaps(model, images: np.ndarray, class_index: Sequence[int], laye
         class_index: (n,) int, the class whose logit is explained for each image.
         layer: target layer name (None: ``find_target_layer``).
         upsample: True returns maps resized (bilinear) to H x W; False the raw feature-map grid.
+        variant: "gradcam" (Selvaraju et al. 2017) or "gradcam++" (Chattopadhay et al. 2018: positive
+            gradients weighted per location, so several instances of a class all light up).
 
     Returns:
         (n, H, W) float32 in [0, 1], each map scaled to max 1; all zeros where the class has no
         positive evidence. No NaN.
     """
+    if variant not in _WEIGHTS:
+        raise InputError(f"Grad-CAM variant {variant!r} unknown; choose one of {', '.join(_WEIGHTS)}")
     images, class_index = _check_inputs(model, images, class_index)
     layer = find_target_layer(model, layer)
     if len(images) == 0:
         return np.zeros((0, *images.shape[1:3]), dtype=np.float32)
-    return np.concatenate(list(_iter_heatmaps(model, images, class_index, layer, batch_size, upsample)))
+    return np.concatenate(list(_iter_heatmaps(model, images, class_index, layer, batch_size, upsample, variant)))
 
 
 # --------------------------------------------------------------------------------------------
