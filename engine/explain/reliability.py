@@ -74,7 +74,7 @@ def explain_reliability(model, images: np.ndarray, y_true: Sequence[int], box_pa
                         methods: Sequence[str], seed: int, out_dir: Path | str, run_dir: Path | str, *,
                         layer: str | None = None, n_images: int = DEFAULT_CHECK_IMAGES,
                         tolerance_px: float = 15.0, cascade_steps: int = 4, faithfulness_steps: int = 8,
-                        echo=None) -> list[dict]:
+                        cascade_draws: int = 1, echo=None) -> list[dict]:
     """The ``explanations`` block of one backbone: the three checks per method.
 
     Args:
@@ -102,7 +102,8 @@ def explain_reliability(model, images: np.ndarray, y_true: Sequence[int], box_pa
         try:
             result = explanation_checks(model, x, cls, sub_boxes, method, seed, original_sizes=sizes,
                                         tolerance_px=tolerance_px, layer=layer if name != "occlusion" else None,
-                                        cascade_steps=cascade_steps, faithfulness_steps=faithfulness_steps)
+                                        cascade_steps=cascade_steps, cascade_draws=cascade_draws,
+                                        faithfulness_steps=faithfulness_steps)
             block = result.to_json()
             if not any(sub_boxes):
                 block["pointing_game"] = None  # no box: localisation not measured, the rest still is
