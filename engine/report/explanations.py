@@ -91,7 +91,7 @@ def faithfulness_sentence(block: dict) -> str:
                                    ("centre_deletion", "the centre-weighted map on deletion"),
                                    ("centre_insertion", "the centre-weighted map on insertion")) if not beats.get(key)]
     verdict = ("it beats both baselines on both curves" if not lost else
-               "it does not clearly beat " + ", ".join(lost))
+               "it does not clearly beat " + " or ".join(lost))
     return (f"Faithfulness: deleting the most salient pixels first drove the class probability down with area under "
             f"the curve {_f(f.get('deletion_auc'))} (random map {_f(f.get('random_deletion_auc'))}, centre-weighted "
             f"map {_f(f.get('centre_deletion_auc'))}; lower is more faithful) and revealing them first gave "
