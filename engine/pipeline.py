@@ -771,4 +771,20 @@ def explain_stage(ctx: RunContext, entries: list[BackboneResult]) -> None:
                 message = failure_message(ctx, exc, f"gradcam-{res.name}")
                 res.gradcam = {"error": message}
                 ctx.echo(f"error: Grad-CAM for {res.name}: {message}")
+        if m.gradcam.check_images and "error" not in res.gradcam:
+            _explanation_checks(ctx, res, model, res.gradcam.get("layer"))
         ctx.save()
+
+
+def _explanation_checks(ctx: RunContext, res: BackboneResult, model, layer: str | None) -> None:
+    """The three checks of docs/explanations.md per ``[gradcam] method`` (engine.explain.reliability)."""
+    from engine.explain.reliability import explain_reliability
+
+    m, ds, g = ctx.manifest, ctx.dataset, ctx.manifest.gradcam
+    with Timer(ctx.echo, f"explanation checks {res.name} ({', '.join(g.methods)})", res.timings,
+               "explanation_checks_s"):
+        res.explanations = explain_reliability(
+            model, ctx.cache.load(ds.test, res.input_size, "test"), ds.labels("test"), _box_paths(ds.test),
+            g.methods, m.experiment.seed, ctx.run_dir / "gradcam" / slug(res.name), ctx.run_dir, layer=layer,
+            n_images=g.check_images, tolerance_px=g.tolerance_px, cascade_steps=g.cascade_steps,
+            faithfulness_steps=g.faithfulness_steps, echo=ctx.echo)

@@ -34,7 +34,8 @@ class WeightsInfo:
 
 
 #: BackboneResult blocks that results.json holds only when a stage measured them.
-OPTIONAL_BLOCKS = ("leakage_free", "calibration", "uncertainty", "gradcam", "subgroups", "subgroup_gap")
+OPTIONAL_BLOCKS = ("leakage_free", "calibration", "uncertainty", "gradcam", "explanations", "subgroups",
+                   "subgroup_gap")
 
 
 @dataclass
@@ -65,6 +66,10 @@ class BackboneResult:
     calibration: dict | None = None
     uncertainty: dict | None = None
     gradcam: dict | None = None
+    #: The explanation checks (explain, docs/explanations.md): per ``[gradcam] method``, primary
+    #: first, ``{"method", "pointing_game", "randomisation", "faithfulness", "figure", ...}`` or
+    #: ``{"method", "error"}`` (engine.explain.reliability.explain_reliability).
+    explanations: list[dict] | None = None
     #: {attribute: [{"group", "n", "accuracy", "macro_f1", "recall": {class: value}, "ci": {...}}]}
     subgroups: dict[str, list[dict]] | None = None
     #: the largest macro-F1 gap between two groups, per attribute and overall, with its interval

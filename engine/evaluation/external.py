@@ -3,7 +3,8 @@
 The folder holds one sub-folder per class (same aliases as the run's manifest), images of any
 size; DICOM files and NIfTI volumes give one image per frame or selected slice, decoded with the
 run's ``data.windowing``, ``data.window_percentiles`` and ``data.slices``. Where YOLO box files (``<image>.txt``: ``class x_center y_center width height``, normalised)
-lie beside tumour images, each backbone also gets the Grad-CAM pointing game on them.
+lie beside tumour images, each backbone also gets the Grad-CAM pointing game on them and the
+explanation checks of the run's ``[gradcam] method`` list (``explanations``, docs/explanations.md).
 """
 
 from __future__ import annotations
@@ -124,7 +125,8 @@ def evaluate_external(run_dir: Path, data: Path, backbone: str | None = None, *,
     images = _ExternalImages(records, y, class_names, *_pointing_sample(records, y, class_names, seed, max_pointing),
                              windowing=windowing)
     tta = bool(run_manifest.get("evaluation", {}).get("tta_flip", False))
-    out = [_evaluate_backbone(run_dir, e, images, echo, tta) for e in entries]
+    checks = _checks_settings(run_manifest, run_dir / "external" / _folder_key(data), seed)
+    out = [_evaluate_backbone(run_dir, e, images, echo, tta, checks) for e in entries]
     counts = {c: int((y == i).sum()) for i, c in enumerate(class_names)}
     report = {"data": str(data.resolve()), "evaluated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "counts": counts, "skipped": skipped, "n_boxed_images": len(images.boxed), "backbones": out}
@@ -190,8 +192,28 @@ class _ExternalImages:
         return self._decoded[size]
 
 
+def _folder_key(data: Path) -> str:
+    """``<folder>-<hash>``: one external folder's name under ``<run>/external/``."""
+    key = hashlib.sha256(str(data.resolve()).encode()).hexdigest()[:8]
+    return f"{data.name or 'data'}-{key}"
+
+
+def _checks_settings(manifest: dict, out_dir: Path, seed: int) -> dict:
+    """The run's own ``[gradcam]`` check settings (engine.manifest.GradcamConfig defaults where unset)."""
+    from engine.manifest import GradcamConfig
+
+    g, d = manifest.get("gradcam", {}), GradcamConfig()
+    methods = g.get("method", d.method)
+    return {"enabled": bool(g.get("enabled", d.enabled)) and int(g.get("check_images", d.check_images)) > 0,
+            "methods": [methods] if isinstance(methods, str) else list(methods), "seed": seed, "out_dir": out_dir,
+            "n_images": int(g.get("check_images", d.check_images)),
+            "tolerance_px": float(g.get("tolerance_px", d.tolerance_px)),
+            "cascade_steps": int(g.get("cascade_steps", d.cascade_steps)),
+            "faithfulness_steps": int(g.get("faithfulness_steps", d.faithfulness_steps))}
+
+
 def _evaluate_backbone(run_dir: Path, e: dict, images: _ExternalImages, echo: Callable[[str], None],
-                       tta: bool) -> dict:
+                       tta: bool, checks: dict | None = None) -> dict:
     """One backbone's block: its metrics on the images and, where there are boxes, its pointing game.
 
     Predicts as the run did: with flip test-time augmentation when its manifest asked for it.
@@ -218,6 +240,8 @@ def _evaluate_backbone(run_dir: Path, e: dict, images: _ExternalImages, echo: Ca
              "confusion_matrix": m["confusion_matrix"], "n_images": m["n_images"]}
     if images.boxed:
         block["pointing_game"] = _pointing_game(model, e, x, images)
+        if checks and checks["enabled"]:
+            block["explanations"] = _explanations(model, e, x, images, run_dir, checks, echo)
     echo(f"{e['name']}: accuracy {m['accuracy']:.3f}, balanced accuracy {m['balanced_accuracy']:.3f}, "
          f"macro-F1 {m['macro_f1']:.3f} on {m['n_images']} images ({time.perf_counter() - t0:.1f}s)")
     return block
@@ -233,10 +257,27 @@ def _pointing_game(model, e: dict, x: np.ndarray, images: _ExternalImages) -> di
     return pointing_game([heatmap_stats(h, images.boxes[i]) for h, i in zip(maps, idx)])
 
 
+def _explanations(model, e: dict, x: np.ndarray, images: _ExternalImages, run_dir: Path, checks: dict,
+                  echo: Callable[[str], None]) -> list[dict]:
+    """The run's explanation checks on the external tumour images with boxes (and, to make up the
+    number, other external images), as ``engine.explain.reliability.explain_reliability`` runs them."""
+    from engine.explain.reliability import explain_reliability
+
+    boxed = set(images.boxed)
+    box_paths = [str(r.path) if i in boxed else None for i, r in enumerate(images.records)]
+    t0 = time.perf_counter()
+    out = explain_reliability(model, x, images.y, box_paths, checks["methods"], checks["seed"],
+                              checks["out_dir"] / e["name"], run_dir, layer=(e.get("gradcam") or {}).get("layer"),
+                              n_images=checks["n_images"], tolerance_px=checks["tolerance_px"],
+                              cascade_steps=checks["cascade_steps"], faithfulness_steps=checks["faithfulness_steps"],
+                              echo=echo)
+    echo(f"{e['name']}: explanation checks ({', '.join(checks['methods'])}) in {time.perf_counter() - t0:.1f}s")
+    return out
+
+
 def _store(run_dir: Path, data: Path, results: dict, report: dict) -> None:
     """``external/<folder>-<hash>.json``, and the report in results.json (one entry per folder)."""
-    key = hashlib.sha256(str(data.resolve()).encode()).hexdigest()[:8]
-    write_json(run_dir / "external" / f"{data.name or 'data'}-{key}.json", report)
+    write_json(run_dir / "external" / f"{_folder_key(data)}.json", report)
     # results.json keeps one entry per external folder, so `auditrun render` can show them
     results["external"] = [x for x in results.get("external", []) if x.get("data") != report["data"]] + [report]
     write_results(run_dir, results)

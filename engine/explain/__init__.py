@@ -17,6 +17,7 @@ _EXPORTS = {
     "explain_backbone": "gallery",
     "explain_maps": "methods",
     "explanation_checks": "checks",
+    "explain_reliability": "reliability",
     "ExplanationChecks": "checks",
     "faithfulness_test": "faithfulness",
     "find_target_layer": "gradcam",

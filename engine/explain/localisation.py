@@ -62,7 +62,7 @@ def localisation_scores(maps: np.ndarray, boxes: Sequence, original_sizes: Seque
         maps: (n, h, w) saliency maps in [0, 1].
         boxes: per image, None / [] (skipped) or YOLO boxes (xc, yc, w, h normalised; one or a list).
         original_sizes: per image, the (height, width) in pixels of the file before resizing to the
-            model input; None uses the map's own size.
+            model input; None (for all or for one image) uses the map's own size.
         tolerance_px: the tolerant game's radius, in original pixels.
 
     Returns ``rate``, ``hits``, ``total`` (strict), ``tolerant_rate``, ``tolerant_hits``,
@@ -78,7 +78,9 @@ def localisation_scores(maps: np.ndarray, boxes: Sequence, original_sizes: Seque
     for i, (heatmap, b) in enumerate(zip(maps, boxes)):
         box_list = gradcam._as_boxes(b)
         if box_list:
-            original = tuple(original_sizes[i]) if original_sizes is not None else heatmap.shape
+            # an unreadable original size measures the tolerance in map pixels, as without sizes
+            size = original_sizes[i] if original_sizes is not None else None
+            original = tuple(size) if size is not None else heatmap.shape
             rows.append(_score_one(heatmap, box_list, original, float(tolerance_px)))
     return _summary(rows, float(tolerance_px), seed, n_boot)
 

@@ -18,6 +18,8 @@ max_macro_f1_drop        previous run's test macro-F1 minus this run's          
 max_leakage_fraction     test images with a twin in training / test images           run
 max_subgroup_gap         largest macro-F1 gap between two subgroups of an attribute  backbone
 max_patient_leakage      patients with images in more than one split (a count)       run
+min_pointing_game        pointing-game hit rate of the primary explanation method    backbone
+explanation_sanity       maps depend on the learned weights (randomisation test)     backbone
 =======================  ==========================================================  ===========
 
 A gate whose value cannot be measured (a failed backbone, no best backbone, no integrity block)
@@ -29,7 +31,10 @@ class with no test images, whose recall is undefined (docs/metrics.md): the gate
 evaluated", never PASS (nothing was shown) nor FAIL (nothing was missed), and ``max_subgroup_gap``
 for a backbone without a ``subgroup_gap`` block (no ``[subgroups]``, or no subgroup attributes in
 the data) or without two subgroups large enough to compare: it WARNs "not evaluated" too, and
-``max_patient_leakage`` when the data carry no patient ids (plain images: no patient to count).
+``max_patient_leakage`` when the data carry no patient ids (plain images: no patient to count), and
+``min_pointing_game`` when no checked test image has a tumour box. ``explanation_sanity`` FAILs
+when any method's maps pass for the model's although they do not depend on its learned weights
+(``randomisation.passed`` false, docs/explanations.md), or when the checks did not run.
 """
 
 from __future__ import annotations
@@ -44,7 +49,8 @@ from engine.nightly.history import leakage_counts, record_metric
 from engine.results import number as _num
 
 GATE_FAMILIES = ("all_backbones_finished", "min_accuracy", "min_macro_f1", "min_recall", "max_macro_f1_drop",
-                 "max_leakage_fraction", "max_subgroup_gap", "max_patient_leakage")
+                 "max_leakage_fraction", "max_subgroup_gap", "max_patient_leakage", "min_pointing_game",
+               "explanation_sanity")
 STATUSES = ("PASS", "WARN", "FAIL")
 
 #: Metrics from sklearn are exact ratios, but thresholds typed in TOML are decimal: 0.9 must pass 0.9.
@@ -66,6 +72,10 @@ class GatesConfig:
         (engine.evaluation.subgroups).
     max_patient_leakage: largest acceptable number of patients with images in more than one split
         (integrity.cross_split_patients; 0: no patient may have images in both training and test).
+    min_pointing_game: lowest acceptable strict pointing-game hit rate (the heatmap's peak inside the
+        tumour box, 0..1) of the first ``[gradcam] method``, from the backbone's ``explanations``.
+    explanation_sanity: true FAILs a backbone whose explanation maps fail the model-parameter
+        randomisation test for any method (the maps do not depend on the learned weights).
     warn_only: gate names or families that only WARN when violated (e.g. ["max_macro_f1_drop",
         "min_recall.meningioma"]).
     applies_to: "best" gates the backbone chosen on validation; "all" gates every listed backbone,
@@ -79,6 +89,8 @@ class GatesConfig:
     max_leakage_fraction: float | None = None
     max_subgroup_gap: float | None = None
     max_patient_leakage: int | None = None
+    min_pointing_game: float | None = None
+    explanation_sanity: bool = False
     warn_only: list[str] = field(default_factory=list)
     applies_to: Literal["best", "all"] = "best"
     #: Built in and on by default: a backbone that failed to train, evaluate or explain FAILs the
@@ -95,6 +107,7 @@ class GatesConfig:
         unit("max_macro_f1_drop", self.max_macro_f1_drop)
         unit("max_leakage_fraction", self.max_leakage_fraction)
         unit("max_subgroup_gap", self.max_subgroup_gap)
+        unit("min_pointing_game", self.min_pointing_game)
         limit = self.max_patient_leakage
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
             raise InputError(f"manifest key 'gates.max_patient_leakage' must be a whole number of patients >= 0, "
@@ -195,12 +208,17 @@ def evaluate_gates(results: dict, config: GatesConfig, previous: dict | None) ->
         out.append(_all_finished(results, config))
     for backbone, entry, why in _targets(results, config):
         target = _Target(backbone, why, {} if why else ((entry or {}).get("test") or {}),
-                         None if why else (entry or {}).get("subgroup_gap"))
+                         None if why else (entry or {}).get("subgroup_gap"),
+                         None if why else (entry or {}).get("explanations"))
         out += _minimum_gates(target, config)
         if config.max_macro_f1_drop is not None:
             out.append(_drop_gate(target, config, previous))
         if config.max_subgroup_gap is not None:
             out.append(_subgroup_gap_gate(target, config))
+        if config.min_pointing_game is not None:
+            out.append(_pointing_game_gate(target, config))
+        if config.explanation_sanity:
+            out.append(_explanation_sanity_gate(target, config))
     if config.max_leakage_fraction is not None:
         out.append(_leakage_gate(results, config))
     if config.max_patient_leakage is not None:
@@ -218,6 +236,8 @@ class _Target:
     why: str
     test: dict
     subgroup_gap: dict | None = None
+    #: the backbone's ``explanations`` list (None when absent or unmeasurable)
+    explanations: list | None = None
 
     @property
     def who(self) -> str:
@@ -331,6 +351,61 @@ def _subgroup_gap_gate(target: _Target, config: GatesConfig) -> GateResult:
     return _judged(config, name, target.backbone, gap, limit, ok,
                    f"{who} test macro-F1 differs by {gap:.3f}{ci} between {largest.get('attribute')} groups "
                    f"{side(higher)} and {side(lower)}; {relation} the allowed gap {limit:.3f}")
+
+
+def _pointing_game_gate(target: _Target, config: GatesConfig) -> GateResult:
+    """min_pointing_game: the strict pointing-game rate of the primary (first) explanation method."""
+    name, limit, who = "min_pointing_game", config.min_pointing_game, target.who
+    blocks = [b for b in target.explanations or [] if isinstance(b, dict)]
+    if target.why or not blocks:
+        why = target.why or "no explanation checks in results: [gradcam] enabled with check_images > 0"
+        return _judged(config, name, target.backbone, None, limit, False,
+                       f"{who} pointing game is missing ({why}); minimum {limit:.3f}")
+    primary = blocks[0]
+    if primary.get("error"):
+        return _judged(config, name, target.backbone, None, limit, False,
+                       f"{who} {primary.get('method')} checks failed ({primary['error']}); minimum {limit:.3f}")
+    game = primary.get("pointing_game") if isinstance(primary.get("pointing_game"), dict) else {}
+    rate = _num(game.get("rate"))
+    if rate is None:
+        return GateResult(name, target.backbone, "WARN", None, float(limit),
+                          f"{who}: not evaluated (no checked test image has a tumour box); minimum {limit:.3f}")
+    chance = _num(game.get("chance_rate"))
+    detail = (f"{who} {primary.get('method')} pointing game {rate:.3f} ({game.get('hits')} of {game.get('total')} "
+              f"peaks in the tumour box" + (f"; chance {chance:.3f}" if chance is not None else "") + ")")
+    ok = rate + _EPS >= limit
+    return _judged(config, name, target.backbone, rate, limit, ok,
+                   f"{detail} {'meets' if ok else 'is below'} the minimum {limit:.3f}")
+
+
+def _explanation_sanity_gate(target: _Target, config: GatesConfig) -> GateResult:
+    """explanation_sanity: every method's maps change when the learned weights are randomised.
+
+    ``value`` is the share of methods whose maps passed (1.0: all); threshold 1.0."""
+    name, who = "explanation_sanity", target.who
+    blocks = [b for b in target.explanations or [] if isinstance(b, dict)]
+    if target.why or not blocks:
+        why = target.why or "no explanation checks in results: [gradcam] enabled with check_images > 0"
+        return _judged(config, name, target.backbone, None, 1.0, False, f"{who} explanation checks are missing ({why})")
+    verdicts = {str(b.get("method")): (b.get("randomisation") or {}).get("passed") for b in blocks}
+    unmeasured = [m for m, v in verdicts.items() if not isinstance(v, bool)]
+    if unmeasured:
+        return _judged(config, name, target.backbone, None, 1.0, False,
+                       f"{who}: the randomisation test did not run for {', '.join(unmeasured)}")
+
+    def median(m: str) -> str:
+        block = next(b for b in blocks if str(b.get("method")) == m)
+        rho = _num((block.get("randomisation") or {}).get("spearman_median"))
+        return f"{m} (Spearman {rho:.2f})" if rho is not None else m
+
+    failed = [m for m, v in verdicts.items() if not v]
+    value = 1.0 - len(failed) / len(verdicts)
+    if failed:
+        message = (f"{who}: the maps of {', '.join(map(median, failed))} barely change when the learned weights are "
+                   "randomised, so they do not explain the model")
+    else:
+        message = f"{who}: the maps of {', '.join(map(median, verdicts))} change when the learned weights are randomised"
+    return _judged(config, name, target.backbone, value, 1.0, not failed, message)
 
 
 def _leakage_gate(results: dict, config: GatesConfig) -> GateResult:

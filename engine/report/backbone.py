@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
+from engine.report.explanations import ExplanationView, explanation_views, most_faithful
 from engine.report.figures import FigureRecord
 from engine.report.subgroups import SubgroupView, subgroup_view
 from engine.report.values import (ImageRef, Metric, _anchor, _class_metric, _count, _display, _input_size,
@@ -92,6 +93,9 @@ class BackboneSection:
     interval_notes: list[str] = field(default_factory=list)
     #: performance by subgroup (with ``[subgroups] by``); its forest plot is attached with the figures
     subgroups: SubgroupView | None = None
+    #: explanation reliability per method (engine.report.explanations), shown with the Grad-CAM gallery
+    explanations: list[ExplanationView] = field(default_factory=list)
+    most_faithful: str | None = None
 
 
 def _uncertainty_blocks(backbone: dict) -> tuple[dict | None, dict | None]:
@@ -341,4 +345,6 @@ def _section(backbone: dict, class_names: Sequence[str]) -> BackboneSection:
         uncertainty_note=note,
         interval_notes=dropped,
         subgroups=subgroup_view(backbone),
+        explanations=explanation_views(backbone),
+        most_faithful=most_faithful(backbone),
     )

@@ -25,6 +25,7 @@ from engine.report.external import ExternalView, _external
 from engine.report.integrity import IntegrityView, _integrity_view
 from engine.report.nightly import GatesView, TrendView, _gates, _trend
 from engine.report.provenance import Provenance, _provenance
+from engine.report.explanations import near_chance_sentence
 from engine.report.summary import SummaryRow, _run_status_warning, _summary_row, best_label, best_sentence
 from engine.report.values import _display
 
@@ -54,6 +55,9 @@ class Report:
     ethics: EthicsView
     provenance: Provenance
     extra: dict[str, Any] = field(default_factory=dict)
+    #: first-page sentences where a backbone's explanations localise near chance (unfaithful maps,
+    #: or a model that relies on regions outside the tumour)
+    explanation_notes: list[str] = field(default_factory=list)
 
 
 def _warnings(results: dict, summary: list[SummaryRow], failed: list[SummaryRow],
@@ -126,4 +130,5 @@ def build_report(results: dict, *, manifest_text: str | None = None, now: dateti
         external=_external(results, display, class_names),
         ethics=_ethics_view(backbones, class_names),
         provenance=_provenance(results, manifest_text, class_names),
+        explanation_notes=[s for s in (near_chance_sentence(b) for b in backbones if b.get("status") == "ok") if s],
     )

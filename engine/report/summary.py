@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
+from engine.report.explanations import summary_cell
 from engine.report.values import (Metric, _class_metric, _display, _input_size, _metric, _num, _weights_text,
                                   format_duration, macro_note)
 
@@ -31,6 +32,8 @@ class SummaryRow:
     #: which classes macro-F1 averaged, where one is absent (see macro_note); None when all are in
     macro_note: str | None = None
     macro_note_lf: str | None = None
+    #: explanation reliability per method in words (engine.report.explanations.summary_cell)
+    explanation: str | None = None
 
 
 def _run_status_warning(run: dict) -> str | None:
@@ -97,6 +100,7 @@ def _summary_row(backbone: dict, class_names: Sequence[str], best_name: str | No
         baseline_note=baseline_note,
         macro_note=macro_note(test, class_names, "the test split") if ok else None,
         macro_note_lf=macro_note(free, class_names) if free else None,
+        explanation=summary_cell(backbone) if ok else None,
     )
 
 
