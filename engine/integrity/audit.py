@@ -890,11 +890,12 @@ def summary_text(report: IntegrityReport) -> str:
                 f"within {s}: {len(ex)} exact-duplicate groups ({sum(len(g.files) - 1 for g in ex)} redundant "
                 f"copies), {len(nr)} near-duplicate groups"
                 + (" (of different patients)" if report.patients else "")
-                + (f"; {slices['pairs']} near pairs are neighbouring slices of one patient ({slices['images']} "
-                   f"images, {slices['patients']} patients), not duplicates" if slices["pairs"] else "")
+                + (f"; {_count(slices['pairs'], 'near pair')} of neighbouring slices of one patient "
+                   f"({_count(slices['images'], 'image')}, {_count(slices['patients'], 'patient')}), not duplicates"
+                   if slices["pairs"] else "")
             )
     if report.cross_split_same_patient_pairs:
-        lines.append(f"across splits: {report.cross_split_same_patient_pairs} near pairs are slices of one patient: "
+        lines.append(f"across splits: {_count(report.cross_split_same_patient_pairs, 'near pair')} of slices of one patient: "
                      "counted as patient leakage, not as near-duplicate twins")
     n_conf_files = sum(len(c.files) for c in report.label_conflicts)
     lines.append(f"label conflicts: {len(report.label_conflicts)} groups ({n_conf_files} files)")
@@ -906,3 +907,7 @@ def summary_text(report: IntegrityReport) -> str:
         lines.append(f"  {c.kind}: {' vs '.join(c.classes)}: {names}{more}")
     return "\n".join(lines)
 
+
+def _count(n: int, noun: str) -> str:
+    """``1 image``, ``3 images``."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
