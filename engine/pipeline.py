@@ -304,7 +304,8 @@ def import_model(ctx: RunContext, cfg) -> BackboneResult:
     write_predictions(ctx.run_dir / files["test"], ds.test, ds.labels("test"), p_te, ds.class_names, ds.root, bands)
     if p_va is not None:
         write_predictions(ctx.run_dir / files["val"], ds.val, ds.labels("val"), p_va, ds.class_names, ds.root, bands)
-    res.artifacts = {"predictions": files["test"]}
+    # the file the audit read (absolute): the run does not copy a model it did not make
+    res.artifacts = {"model": str(Path(cfg.file).resolve()), "predictions": files["test"]}
     res.timings["evaluate_s"] = round(time.perf_counter() - t0, 2)
     ctx.outputs[res.name] = {"val_probs": p_va, "test_probs": p_te, "size": size, "imported": model}
     ctx.echo(f"  {res.display_name} ({model.format}): test accuracy {res.test['accuracy']:.3f}, "

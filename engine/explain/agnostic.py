@@ -24,14 +24,25 @@ from engine.explain.methods import OCCLUSION_PATCH, OCCLUSION_STRIDE, _occlusion
 Heatmaps = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
+def _outer_output(layer):
+    """The layer's output tensor in the graph of the model that holds it. A nested model's own
+    ``.output`` belongs to its inner graph and is not connected to the outer model's inputs."""
+    nodes = getattr(layer, "_inbound_nodes", None) or []
+    if len(nodes) != 1:  # unused, or used twice: no single tensor to explain
+        return None
+    outputs = getattr(nodes[0], "outputs", None) or []
+    return outputs[0] if len(outputs) == 1 else None
+
+
 def gradcam_layer(model) -> str | None:
-    """Name of the last layer with a 4-D output (a convolutional feature map), or None."""
+    """Name of the last layer with a 4-D output (a convolutional feature map, or a nested backbone
+    ending in one), or None (no such layer, or not a functional model)."""
+    if not hasattr(model, "inputs") or not hasattr(model, "layers"):
+        return None
     for layer in reversed(model.layers[1:]):
-        try:
-            shape = layer.output.shape
-        except (AttributeError, ValueError):  # a layer used twice has no single output
-            continue
-        if len(shape) == 4 and (shape[1] or 2) > 1 and (shape[2] or 2) > 1:
+        out = _outer_output(layer)
+        shape = getattr(out, "shape", None)
+        if shape is not None and len(shape) == 4 and (shape[1] or 2) > 1 and (shape[2] or 2) > 1:
             return layer.name
     return None
 
@@ -69,7 +80,7 @@ def keras_gradcam_maps(model, imported, images: np.ndarray, class_index, layer: 
     images = np.asarray(images)
     cls = np.broadcast_to(np.asarray(class_index, dtype=np.int64), (len(images),))
     col = np.array([imported.columns.index(int(c)) for c in cls], dtype=np.int32)
-    probe = keras.Model(model.inputs, [model.get_layer(layer).output, model.outputs[0]])
+    probe = keras.Model(model.inputs, [_outer_output(model.get_layer(layer)), model.outputs[0]])
     logits = imported.output == "logits"
     h, w = images.shape[1:3]
     maps = []

@@ -198,6 +198,8 @@ class ImportedModel:
     class_order: list[str]
     runner: _Runner = field(repr=False)
     batch_size: int = 32
+    #: the manifest's class name of each output (class_order with the aliases resolved)
+    classes: list[str] = field(default_factory=list)
 
     @property
     def keras_model(self):
@@ -257,9 +259,11 @@ class ImportedModel:
 
     def describe(self) -> dict:
         """The ``imported`` block of the model's results.json entry."""
+        sc = self.scaling
         return {"format": self.format, "file": self.file.name, "preprocess": self.preprocess,
-                "scaling": self.scaling.describe(), "channels": self.scaling.channels, "layout": self.layout,
-                "output": self.output, "class_order": list(self.class_order), "training_data": "unknown"}
+                "scaling": sc.describe(), "scale": sc.scale, "offset": sc.offset, "mean": sc.mean, "std": sc.std,
+                "channels": sc.channels, "layout": self.layout, "output": self.output,
+                "class_order": list(self.class_order), "classes": list(self.classes), "training_data": "unknown"}
 
 
 def _class_columns(cfg, class_names: Sequence[str], aliases: dict[str, str]) -> list[int]:
@@ -323,12 +327,28 @@ def load_imported(cfg, class_names: Sequence[str], aliases: dict[str, str]) -> I
     size, layout = _geometry(cfg, runner.input_shape)
     scaling, preprocess = scaling_of(cfg)
     return ImportedModel(cfg.name, Path(cfg.file), fmt, size, layout, cfg.output, scaling, preprocess, columns,
-                         list(cfg.class_order), runner)
+                         list(cfg.class_order), runner, classes=[class_names[c] for c in columns])
 
 
-def check_width(model: ImportedModel, sample: np.ndarray) -> None:
-    """InputError naming the model when its output width is not len(class_order) (one forward pass)."""
-    model.predict_proba(sample[:2])
+def from_entry(entry: dict, class_names: Sequence[str], aliases: dict[str, str]) -> ImportedModel:
+    """The ImportedModel behind a results.json entry (``auditrun evaluate`` on a finished run): its
+    ``file`` and the ``imported`` block hold everything the manifest entry said."""
+    from engine.manifest import ModelConfig
+
+    block = entry.get("imported") or {}
+    preset = block.get("preprocess")
+    explicit = preset not in PRESETS
+    cfg = ModelConfig(name=entry["name"], file=Path(entry["file"]), input_size=entry["input_size"][0],
+                      preprocess=None if explicit else preset,
+                      scale=block.get("scale") if explicit else None, offset=block.get("offset") if explicit else None,
+                      mean=block.get("mean") if explicit else None, std=block.get("std") if explicit else None,
+                      channels=block.get("channels"), layout=block.get("layout", "auto"),
+                      output=block.get("output", "probabilities"),
+                      class_order=list(block.get("classes") or block.get("class_order") or []))
+    if not cfg.file.exists():
+        raise InputError(f"model {cfg.name!r}: its file {str(cfg.file)!r} is missing; evaluating an imported "
+                         "model needs the file the audit read")
+    return load_imported(cfg, class_names, aliases)
 
 
 def collapse_warnings(name: str, split: str, y_true: np.ndarray, probs: np.ndarray,
@@ -346,6 +366,8 @@ def collapse_warnings(name: str, split: str, y_true: np.ndarray, probs: np.ndarr
     if share[top] >= COLLAPSE_SHARE and share[top] > true_top:
         out.append(f"check `preprocess`: predictions collapse to one class ({share[top]:.0%} of the {split} images "
                    f"predicted {class_names[top]!r}; the largest true class is {true_top:.0%})")
+    if out:  # a collapse is at chance too; one line says it
+        return out
     present = [c for c in range(k) if (y_true == c).any()]
     balanced = float(np.mean([(pred[y_true == c] == c).mean() for c in present]))
     if balanced <= 1 / k + CHANCE_MARGIN:
