@@ -122,7 +122,8 @@ def prepare_data(ctx: RunContext) -> None:
             classes=m.data.classes, aliases=class_aliases(m), test_fraction=m.data.test_fraction,
             seed=m.experiment.seed, validation_fraction=m.data.validation_fraction,
             pseudonymizer=lambda: experiment_pseudonymizer(ctx.output_root, m.experiment.name, run_dir=ctx.run_dir),
-            labels=m.data.labels, columns=m.data.columns, slices=slice_selection(m.data))
+            labels=m.data.labels, columns=m.data.columns, slices=slice_selection(m.data),
+            require_train=bool(m.backbones))
     windowing = windowing_options(m.data)
     groups = None
     skipped: list[dict] = []
@@ -155,8 +156,13 @@ def prepare_data(ctx: RunContext) -> None:
         raise InputError(f"data root {str(root)!r}: the test split is empty")
     duplicate_grouped = bool(groups)
     groups = data_mod.patient_groups(train, groups)  # a patient's images stay on one side too
-    train, val = data_mod.split_validation(train, m.data.validation_fraction, m.experiment.seed, groups,
-                                           classes=m.data.classes)
+    if train or m.backbones:
+        train, val = data_mod.split_validation(train, m.data.validation_fraction, m.experiment.seed, groups,
+                                               classes=m.data.classes)
+    else:  # imported models only, on a data root without a training folder: nothing to hold out
+        val = []
+        ctx.echo("data: no training folder; imported models are evaluated on the test split only "
+                 "(no validation split: no temperature scaling)")
     ctx.dataset = data_mod.Dataset(root, layout, list(m.data.classes), train, val, test, skipped)
     if "age_band" in m.subgroups.by:
         from engine.evaluation.subgroups import record_values
@@ -193,7 +199,7 @@ def shift_stage(ctx: RunContext) -> None:
     """
     m, ds = ctx.manifest, ctx.dataset
     keep = ctx.leakage_free_mask()
-    if keep is None or not m.integrity.shift:
+    if keep is None or not m.integrity.shift or not ds.train:
         return
     from engine.integrity.shift import measure_shift
 

@@ -250,3 +250,51 @@ def test_a_model_that_does_not_fit_the_data_exits_2(exported, file, order, messa
     result = _audit(tmp, text, f"bad-{file}", "bad.toml")
     assert result.exit_code == 2, result.output
     assert "model 'theirs'" in result.output and message in result.output
+
+
+def test_a_data_root_with_only_a_test_folder_audits_imported_models(exported):
+    """Another project's model on a test set alone: no training folder, no validation split."""
+    import shutil
+
+    tmp, root = exported
+    test_only = tmp / "test-only"
+    shutil.copytree(root / "Testing", test_only / "Testing")
+    text = _head(tmp, test_only, "testonly") + _model("foreign", "foreign.onnx", preprocess="imagenet_torch",
+                                                     output="logits", class_order=FOREIGN_ORDER)
+    result = _audit(tmp, text, "d", "testonly.toml")
+    assert result.exit_code == 0, result.output
+    from engine.results import read_results
+
+    results = read_results(tmp / "out" / "testonly" / "d")
+    (entry,) = results["backbones"]
+    assert results["data"]["counts"]["train"] == {} or sum(results["data"]["counts"]["train"].values()) == 0
+    assert entry["test"]["n_images"] == sum(1 for p in (root / "Testing").rglob("*.png"))
+    assert "calibration" not in entry  # no validation split to fit a temperature on
+
+
+@pytest.mark.parametrize("preset, mode", [("imagenet_caffe", "caffe"), ("imagenet_torch", "torch"),
+                                          ("minus_one_one", "tf")])
+def test_preprocess_presets_match_keras_applications(preset, mode):
+    from keras.applications.imagenet_utils import preprocess_input
+
+    from engine.manifest import ModelConfig
+    from engine.training.imported import scaling_of
+
+    x = np.random.default_rng(1).integers(0, 256, (2, 5, 5, 3)).astype(np.float32)
+    scaling, name = scaling_of(ModelConfig(name="m", preprocess=preset))
+    assert name == preset
+    np.testing.assert_allclose(scaling.apply(x), preprocess_input(x.copy(), mode=mode), rtol=1e-5, atol=1e-4)
+
+
+def test_an_onnx_model_without_onnxruntime_names_the_install_command(exported, monkeypatch):
+    import sys
+
+    from engine.errors import InputError
+    from engine.manifest import ModelConfig, folder_aliases
+    from engine.training.imported import load_imported
+
+    tmp, _ = exported
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import fails as when it is not installed
+    with pytest.raises(InputError, match=r"model 'x'.*pip install 'auditrun\[onnx\]'"):
+        load_imported(ModelConfig(name="x", file=tmp / "exp.onnx", preprocess="none", class_order=CLASSES),
+                      CLASSES, folder_aliases(CLASSES, {}))
