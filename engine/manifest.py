@@ -167,6 +167,31 @@ class BackboneConfig:
 
 
 @dataclass
+class ModelConfig:
+    """An already-trained classifier to audit (``[[models]]``; engine.training.imported)."""
+
+    name: str = ""
+    #: A .keras file, a SavedModel folder or an .onnx file.
+    file: Path | None = None
+    #: Square input side; read from the model where its input size is fixed.
+    input_size: int | None = None
+    #: What the model expects of 0..255 pixels (engine.training.imported.PRESETS), or explicit
+    #: ``scale``, ``offset`` (x * scale + offset), then ``mean``, ``std`` per channel.
+    preprocess: Literal["none", "unit", "minus_one_one", "imagenet_caffe", "imagenet_torch"] | None = None
+    scale: float | None = None
+    offset: float | None = None
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    #: Channel order the model takes (default "rgb"; "bgr" with imagenet_caffe).
+    channels: Literal["rgb", "bgr", "gray"] | None = None
+    #: "auto": from the model's input shape (a channel axis of 1 or 3 first means "nchw").
+    layout: Literal["auto", "nhwc", "nchw"] = "auto"
+    output: Literal["probabilities", "logits"] = "probabilities"
+    #: The model's output index -> class name (aliases of [data.aliases] apply).
+    class_order: list[str] = field(default_factory=list)
+
+
+@dataclass
 class IntegrityConfig:
     enabled: bool = True
     #: Perceptual-hash Hamming distance at or below which two images count as near duplicates
@@ -261,6 +286,7 @@ class Manifest:
     data: DataConfig = field(default_factory=DataConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     backbones: list[BackboneConfig] = field(default_factory=list)
+    models: list[ModelConfig] = field(default_factory=list)
     integrity: IntegrityConfig = field(default_factory=IntegrityConfig)
     gradcam: GradcamConfig = field(default_factory=GradcamConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
@@ -396,7 +422,10 @@ def _check_ranges(m: Manifest) -> None:
     _check_synthetic(m.data.synthetic)
     _check_names(m)
     _check_fine_tunes(m)
+    _need(bool(m.backbones or m.models), "backbones",
+          "must list at least one [[backbones]] entry with a name (or [[models]] to audit)")
     _check_backbones(m.backbones)
+    _check_models(m)
     _check_subgroups(m.subgroups)
     _check_labels(m.data)
     _check_gradcam(m.gradcam)
@@ -500,8 +529,34 @@ def _check_fine_tunes(m: Manifest) -> None:
         _need(0 <= ft.warmup_epochs < ft.epochs, f"{key}.warmup_epochs", "must be >= 0 and below epochs")
 
 
+def _check_models(m: Manifest) -> None:
+    names = {b.name for b in m.backbones} | {f"{b.name}_ft" for b in m.backbones}
+    for i, cfg in enumerate(m.models):
+        key = f"models[{i}]"
+        _need(bool(cfg.name), f"{key}.name", "is required")
+        problem = name_problem(cfg.name)
+        _need(problem is None, f"{key}.name", f"{problem}, got {cfg.name!r}")
+        _need(cfg.name not in names, f"{key}.name", f"repeats {cfg.name!r}; backbone and model names must be unique")
+        names.add(cfg.name)
+        _need(cfg.file is not None, f"{key}.file", "is required: a .keras file, a SavedModel folder or an .onnx file")
+        _need(_is_file(cfg.file) or _is_dir(cfg.file), f"{key}.file",
+              f"points to {str(cfg.file)!r}, which does not exist")
+        _need(cfg.input_size is None or cfg.input_size >= 8, f"{key}.input_size", "must be at least 8")
+        _need(bool(cfg.class_order), f"{key}.class_order",
+              "is required: the class name of each model output, in output order")
+        explicit = [k for k in ("scale", "offset", "mean", "std") if getattr(cfg, k) is not None]
+        _need(cfg.preprocess is not None or bool(explicit), f"{key}.preprocess",
+              "is required (none, unit, minus_one_one, imagenet_caffe, imagenet_torch) unless scale/offset/"
+              "mean/std say how the model scales 0..255 pixels")
+        _need(cfg.preprocess is None or not explicit, f"{key}.preprocess",
+              f"and {', '.join(explicit)} both set the scaling; keep one")
+        for k in ("mean", "std"):
+            v = getattr(cfg, k)
+            _need(v is None or len(v) in (1, 3), f"{key}.{k}", "must hold 1 or 3 numbers (one per channel)")
+        _need(not cfg.std or all(s > 0 for s in cfg.std), f"{key}.std", "must be positive")
+
+
 def _check_backbones(backbones: list[BackboneConfig]) -> None:
-    _need(bool(backbones), "backbones", "must list at least one [[backbones]] entry with a name")
     seen = set()
     for i, b in enumerate(backbones):
         key = f"backbones[{i}]"

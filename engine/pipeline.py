@@ -122,7 +122,8 @@ def prepare_data(ctx: RunContext) -> None:
             classes=m.data.classes, aliases=class_aliases(m), test_fraction=m.data.test_fraction,
             seed=m.experiment.seed, validation_fraction=m.data.validation_fraction,
             pseudonymizer=lambda: experiment_pseudonymizer(ctx.output_root, m.experiment.name, run_dir=ctx.run_dir),
-            labels=m.data.labels, columns=m.data.columns, slices=slice_selection(m.data))
+            labels=m.data.labels, columns=m.data.columns, slices=slice_selection(m.data),
+            require_train=bool(m.backbones))
     windowing = windowing_options(m.data)
     groups = None
     skipped: list[dict] = []
@@ -155,8 +156,13 @@ def prepare_data(ctx: RunContext) -> None:
         raise InputError(f"data root {str(root)!r}: the test split is empty")
     duplicate_grouped = bool(groups)
     groups = data_mod.patient_groups(train, groups)  # a patient's images stay on one side too
-    train, val = data_mod.split_validation(train, m.data.validation_fraction, m.experiment.seed, groups,
-                                           classes=m.data.classes)
+    if train or m.backbones:
+        train, val = data_mod.split_validation(train, m.data.validation_fraction, m.experiment.seed, groups,
+                                               classes=m.data.classes)
+    else:  # imported models only, on a data root without a training folder: nothing to hold out
+        val = []
+        ctx.echo("data: no training folder; imported models are evaluated on the test split only "
+                 "(no validation split: no temperature scaling)")
     ctx.dataset = data_mod.Dataset(root, layout, list(m.data.classes), train, val, test, skipped)
     if "age_band" in m.subgroups.by:
         from engine.evaluation.subgroups import record_values
@@ -193,11 +199,11 @@ def shift_stage(ctx: RunContext) -> None:
     """
     m, ds = ctx.manifest, ctx.dataset
     keep = ctx.leakage_free_mask()
-    if keep is None or not m.integrity.shift:
+    if keep is None or not m.integrity.shift or not ds.train:
         return
     from engine.integrity.shift import measure_shift
 
-    size = m.backbones[0].input_size
+    size = m.backbones[0].input_size if m.backbones else (m.models[0].input_size or 224)
     with Timer(ctx.echo, "distribution-shift check", ctx.results["timings"], "shift_s"):
         result = measure_shift(
             ctx.cache.load(ds.train, size, "training"), ds.labels("train"),
@@ -267,6 +273,70 @@ def _evaluate_and_store(ctx: RunContext, res: BackboneResult, model, size: int) 
     ctx.outputs[res.name] = {"val_probs": p_va, "test_probs": p_te, "size": size}
     ctx.echo(f"  {res.display_name}: validation macro-F1 {val.macro_f1:.3f}; test accuracy "
              f"{res.test['accuracy']:.3f}, macro-F1 {res.test['macro_f1']:.3f}")
+
+
+def import_model(ctx: RunContext, cfg) -> BackboneResult:
+    """Load, check and evaluate one ``[[models]]`` entry (engine.training.imported) as a backbone entry.
+
+    Raises InputError (exit 2, naming the model) for a model that does not fit the manifest: a
+    class_order naming a class the data lacks, an output width other than len(class_order).
+    """
+    from engine.evaluation.predictions import prediction_files, write_predictions
+    from engine.training.imported import collapse_warnings, load_imported
+
+    ds, m = ctx.dataset, ctx.manifest
+    model = load_imported(cfg, ds.class_names, class_aliases(m))
+    size, tta = model.input_size, m.evaluation.tta_flip
+    t0 = time.perf_counter()
+    x_te = ctx.cache.load(ds.test, size, "test")
+    p_te = model.predict_proba(x_te, tta_flip=tta)  # InputError for a wrong output width
+    x_va = ctx.cache.load(ds.val, size, "validation") if ds.val else x_te[:0]
+    p_va = model.predict_proba(x_va, tta_flip=tta) if len(x_va) else None
+    keras_model = model.keras_model
+    res = BackboneResult(name=cfg.name, display_name=cfg.name, architecture=f"imported {model.format} model",
+                         source="imported", file=str(cfg.file), input_size=size,
+                         preprocessing=f"{model.preprocess} ({model.scaling.describe()})",
+                         parameters=_count_params(keras_model) if keras_model is not None else {})
+    warnings = collapse_warnings(cfg.name, "test", ds.labels("test"), p_te, ds.class_names)
+    if p_va is not None:
+        warnings += collapse_warnings(cfg.name, "validation", ds.labels("val"), p_va, ds.class_names)
+    res.extra = {"imported": {**model.describe(), "warnings": warnings},
+                 "explanation_method": model.explain_method}
+    for w in warnings:
+        ctx.echo(f"warning: model {cfg.name}: {w}")
+    _store_scores(ctx, res, ds.labels("val"), p_va, ds.labels("test"), p_te)
+    files = prediction_files(slug(res.name))
+    bands = m.subgroups.age_bands
+    write_predictions(ctx.run_dir / files["test"], ds.test, ds.labels("test"), p_te, ds.class_names, ds.root, bands)
+    if p_va is not None:
+        write_predictions(ctx.run_dir / files["val"], ds.val, ds.labels("val"), p_va, ds.class_names, ds.root, bands)
+    # the file the audit read (absolute): the run does not copy a model it did not make
+    res.artifacts = {"model": str(Path(cfg.file).resolve()), "predictions": files["test"]}
+    res.timings["evaluate_s"] = round(time.perf_counter() - t0, 2)
+    ctx.outputs[res.name] = {"val_probs": p_va, "test_probs": p_te, "size": size, "imported": model}
+    ctx.echo(f"  {res.display_name} ({model.format}): test accuracy {res.test['accuracy']:.3f}, "
+             f"macro-F1 {res.test['macro_f1']:.3f}")
+    return res
+
+
+def _store_scores(ctx: RunContext, res: BackboneResult, y_va, p_va, y_te, p_te) -> None:
+    """Validation, test and leakage-free metrics of an imported model (as _evaluate_and_store does)."""
+    from sklearn.metrics import log_loss
+
+    from engine.evaluation.metrics import classification_metrics
+    from engine.sklearn_warnings import hold_back
+
+    names = ctx.dataset.class_names
+    keep = ctx.leakage_free_mask()
+    with hold_back():
+        if p_va is not None:
+            val = classification_metrics(y_va, p_va, names)
+            res.validation = {"accuracy": round(val.accuracy, 6), "macro_f1": round(val.macro_f1, 6),
+                              "log_loss": round(float(log_loss(y_va, p_va, labels=range(len(names)))), 6)}
+        res.test = classification_metrics(y_te, p_te, names).to_dict()
+        if keep is not None and keep.any():
+            res.leakage_free = classification_metrics(y_te[keep], p_te[keep], names).to_dict()
+            res.leakage_free["fraction_of_test"] = round(float(keep.mean()), 6)
 
 
 def _count_params(model) -> dict:
@@ -576,6 +646,11 @@ def _run_stages(ctx: RunContext, exp_dir: Path, manifest_sha: str, previous: dic
                     ctx.backbones.append(fine_tune_saved(ctx, cfg, frozen_best, ft_best))
             ctx.save()
 
+    for cfg in m.models:
+        with Timer(echo, f"model {cfg.name} (imported)"):
+            ctx.backbones.append(import_model(ctx, cfg))
+        ctx.save()
+
     results["best_backbone"] = select_best(ctx.backbones)
     run_post_stages(ctx)
     ok = ctx.finished()
@@ -746,6 +821,9 @@ def explain_stage(ctx: RunContext, entries: list[BackboneResult]) -> None:
     m, ds = ctx.manifest, ctx.dataset
     layers = {c.name: c.gradcam_layer for c in m.backbones}
     for res in entries:
+        if res.source == "imported":  # issue 19: a model trained elsewhere, explained through its adapter
+            explain_imported(ctx, res)
+            continue
         with Timer(ctx.echo, f"Grad-CAM {res.name}"):
             try:
                 model = load_saved_model(ctx.run_dir / res.artifacts["model"])
@@ -788,3 +866,40 @@ def _explanation_checks(ctx: RunContext, res: BackboneResult, model, layer: str 
             g.methods, m.experiment.seed, ctx.run_dir / "gradcam" / slug(res.name), ctx.run_dir, layer=layer,
             n_images=g.check_images, tolerance_px=g.tolerance_px, cascade_steps=g.cascade_steps,
             faithfulness_steps=g.faithfulness_steps, echo=ctx.echo)
+
+
+def explain_imported(ctx: RunContext, res: BackboneResult) -> None:
+    """Gallery and pointing game of an imported model: Grad-CAM where a .keras model has a
+    convolutional layer, occlusion sensitivity through its predict function otherwise
+    (engine.explain.agnostic); the method is recorded in the block and named in every caption."""
+    from engine.explain.agnostic import heatmaps_for
+    from engine.explain.gallery import explain_backbone, pointing_game_on
+
+    m, ds = ctx.manifest, ctx.dataset
+    out = ctx.outputs[res.name]
+    model = out.get("imported")
+    if model is None:  # an entry adopted from an earlier run: its model is not loaded here
+        return
+    heatmaps, method, layer = heatmaps_for(model)
+    with Timer(ctx.echo, f"explanations ({method}) {res.name}"):
+        try:
+            size = res.input_size
+            res.gradcam = explain_backbone(
+                None, ctx.cache.load(ds.test, size, "test"), ds.labels("test"), out["test_probs"],
+                [data_mod.record_label(r) for r in ds.test], ds.class_names, ctx.run_dir / "gradcam" / slug(res.name),
+                m.gradcam.images_per_class, m.experiment.seed, layer=layer, data_root=ds.root, run_dir=ctx.run_dir,
+                pointing_max_images=m.gradcam.max_pointing_images, box_paths=_box_paths(ds.test),
+                names=[display_path(r, ds.root) for r in ds.test], heatmaps=heatmaps, method=method)
+            val_game = pointing_game_on(
+                None, ctx.cache.load(ds.val, size, "validation"), ds.labels("val"),
+                [data_mod.record_label(r) for r in ds.val], ds.class_names, m.experiment.seed,
+                max_images=m.gradcam.max_pointing_images, box_paths=_box_paths(ds.val),
+                heatmaps=heatmaps) if ds.val else None
+            if val_game is not None:
+                res.gradcam["pointing_game_validation"] = val_game
+            res.extra["explanation_method"] = method
+        except Exception as exc:  # noqa: BLE001 - one failed explanation must not lose the report
+            message = failure_message(ctx, exc, f"explain-{res.name}")
+            res.gradcam = {"error": message, "method": method}
+            ctx.echo(f"error: explanations for {res.name}: {message}")
+    ctx.save()

@@ -176,7 +176,7 @@ def discover(root: Path, *, layout: str, train_dir: str, test_dir: str, classes:
              pseudonymizer: Callable[[], Callable[[str], str]] | None = None,
              labels: str | os.PathLike | None = None,
              columns: dict[str, str] | None = None,
-             slices: SliceSelection | None = None) -> tuple[str, list[ImageRecord]]:
+             slices: SliceSelection | None = None, require_train: bool = True) -> tuple[str, list[ImageRecord]]:
     """Find every image and its canonical class. Returns (layout, records with split train/test).
 
     ``labels`` (``[data] labels``) and ``columns`` (``[data.columns]``): the "csv" layout, where a
@@ -196,6 +196,9 @@ def discover(root: Path, *, layout: str, train_dir: str, test_dir: str, classes:
     ``validation_fraction`` is given, for the validation split carved later) is an InputError
     naming the class, its count and the minimum. Each file is listed once; raises InputError
     naming the folder or file otherwise.
+
+    ``require_train=False`` (an audit of imported models only, which trains nothing): a data root
+    holding only ``test_dir`` is read as the test split, with no training images.
     """
     if labels is not None or layout == "csv":
         from engine.data.labels_csv import discover_csv
@@ -209,7 +212,8 @@ def discover(root: Path, *, layout: str, train_dir: str, test_dir: str, classes:
     try:
         layout, records = _discover(root, layout=layout, train_dir=train_dir, test_dir=test_dir, classes=classes,
                                     aliases=aliases, test_fraction=test_fraction, seed=seed,
-                                    validation_fraction=validation_fraction, slices=slices)
+                                    validation_fraction=validation_fraction, slices=slices,
+                                    require_train=require_train)
     except OSError as exc:
         # The walk meets what the user's folders hold: a name too long, a symlink loop, no permission.
         raise InputError(f"data root {str(root)!r}: cannot read {str(exc.filename or root)!r}: "
@@ -306,13 +310,16 @@ def patient_groups(records: Sequence[ImageRecord],
 def _discover(root: Path, *, layout: str, train_dir: str, test_dir: str, classes: Sequence[str],
               aliases: dict[str, str], test_fraction: float, seed: int,
               validation_fraction: float | None = None,
-              slices: SliceSelection | None = None) -> tuple[str, list[ImageRecord]]:
+              slices: SliceSelection | None = None, require_train: bool = True) -> tuple[str, list[ImageRecord]]:
+    test_only = not require_train and (root / test_dir).is_dir() and not (root / train_dir).is_dir()
     if layout == "auto":
-        layout = detect_layout(root, train_dir, test_dir)
+        layout = "kaggle" if test_only else detect_layout(root, train_dir, test_dir)
     records: list[ImageRecord] = []
     if layout == "kaggle":
         for split, sub in (("train", train_dir), ("test", test_dir)):
             folder = root / sub
+            if split == "train" and test_only:
+                continue
             if not folder.is_dir():
                 raise InputError(f"data root {str(root)!r} has no {sub!r} folder (layout = \"kaggle\"; "
                                  f"set data.train_dir / data.test_dir or layout = \"imagefolder\")")
@@ -335,7 +342,7 @@ def _discover(root: Path, *, layout: str, train_dir: str, test_dir: str, classes
             tr, te = train_test_split(items, test_size=test_fraction, random_state=seed, stratify=labels)
         records = [replace(r, split="train") for r in tr] + [replace(r, split="test") for r in te]
     missing = [c for c in classes if not any(r.label == c and r.split == "train" for r in records)]
-    if missing:
+    if missing and not test_only:
         raise InputError(f"data root {str(root)!r}: no training images for class(es) {', '.join(map(repr, missing))}")
     records.sort(key=lambda r: (r.split, r.label, str(r.path), r.frame))
     return layout, records

@@ -224,6 +224,8 @@ def _evaluate_backbone(run_dir: Path, e: dict, images: _ExternalImages, echo: Ca
     from engine.training.train import predict
 
     t0 = time.perf_counter()
+    if e.get("source") == "imported":
+        return _evaluate_imported(e, images, echo, tta, t0)
     model_path = run_dir / e["artifacts"]["model"]
     if not model_path.is_file():
         raise InputError(f"model file {str(model_path)!r} is missing; external validation needs the run's models")
@@ -242,6 +244,36 @@ def _evaluate_backbone(run_dir: Path, e: dict, images: _ExternalImages, echo: Ca
         block["pointing_game"] = _pointing_game(model, e, x, images)
         if checks and checks["enabled"]:
             block["explanations"] = _explanations(model, e, x, images, run_dir, checks, echo)
+    echo(f"{e['name']}: accuracy {m['accuracy']:.3f}, balanced accuracy {m['balanced_accuracy']:.3f}, "
+         f"macro-F1 {m['macro_f1']:.3f} on {m['n_images']} images ({time.perf_counter() - t0:.1f}s)")
+    return block
+
+
+def _evaluate_imported(e: dict, images: _ExternalImages, echo: Callable[[str], None], tta: bool,
+                       t0: float) -> dict:
+    """An imported model's block (``[[models]]``, engine.training.imported): read from its own file,
+    preprocessed as the audit did, the pointing game by the method its audit used."""
+    from engine.evaluation.metrics import classification_metrics
+    from engine.explain.agnostic import heatmaps_for
+    from engine.explain.gradcam import heatmap_stats, pointing_game
+    from engine.manifest import folder_aliases
+    from engine.sklearn_warnings import hold_back
+    from engine.training.imported import from_entry
+
+    model = from_entry(e, images.class_names, folder_aliases(images.class_names, {}))
+    x = images.pixels(e["input_size"][0])
+    probs = model.predict_proba(x, tta_flip=tta)
+    with hold_back():
+        m = classification_metrics(images.y, probs, images.class_names).to_dict()
+    block = {"name": e["name"], "display_name": e.get("display_name", e["name"]),
+             "accuracy": m["accuracy"], "balanced_accuracy": m["balanced_accuracy"], "macro_f1": m["macro_f1"],
+             "classes_in_macro": m["classes_in_macro"], "per_class": m["per_class"],
+             "confusion_matrix": m["confusion_matrix"], "n_images": m["n_images"]}
+    if images.boxed:
+        heatmaps, _method, _layer = heatmaps_for(model)
+        idx = np.array(images.boxed)
+        maps = heatmaps(x[idx], images.y[idx])
+        block["pointing_game"] = pointing_game([heatmap_stats(h, images.boxes[i]) for h, i in zip(maps, idx)])
     echo(f"{e['name']}: accuracy {m['accuracy']:.3f}, balanced accuracy {m['balanced_accuracy']:.3f}, "
          f"macro-F1 {m['macro_f1']:.3f} on {m['n_images']} images ({time.perf_counter() - t0:.1f}s)")
     return block

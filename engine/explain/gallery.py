@@ -25,6 +25,8 @@ CONTOUR_LEVELS = (0.5, 0.8)
 CONTOUR_STYLES = ("dashed", "solid")
 #: Okabe-Ito orange for the tumour box outline: visible on viridis and on greyscale.
 BOX_COLOUR = "#E69F00"
+#: How captions and colour bars name an explanation method (results.json ``gradcam.method``).
+METHOD_NAMES = {"gradcam": "Grad-CAM", "occlusion": "Occlusion sensitivity"}
 
 
 def _write_bytes(path: Path, data: bytes) -> None:
@@ -123,7 +125,7 @@ def _draw_boxes(ax, boxes, shape) -> None:
 
 
 def render_gallery_images(image_uint8: np.ndarray, heatmap: np.ndarray, out_dir: Path | str, stem: str,
-                          boxes: Sequence[gradcam.Box] | None = None) -> dict[str, str]:
+                          boxes: Sequence[gradcam.Box] | None = None, label: str = "Grad-CAM") -> dict[str, str]:
     """Write ``<stem>_original.png``, ``<stem>_heatmap.png`` and ``<stem>_overlay.png``.
 
     original: the model input as shown to the network; heatmap: viridis, 0..1, with a colour bar;
@@ -156,7 +158,7 @@ def render_gallery_images(image_uint8: np.ndarray, heatmap: np.ndarray, out_dir:
     ax.set_axis_off()
     cax = fig.add_axes((0.78, 0.1, 0.05, 0.8))
     bar = fig.colorbar(im, cax=cax)
-    bar.set_label("Grad-CAM (max = 1)", fontsize=7)
+    bar.set_label(f"{label} (max = 1)", fontsize=7)
     bar.ax.tick_params(labelsize=6)
     _save(fig, out_dir / names["heatmap"])
 
@@ -193,7 +195,8 @@ def explain_backbone(model, images: np.ndarray, y_true, probs: np.ndarray, paths
                      layer: str | None = None, data_root: Path | str | None = None,
                      run_dir: Path | str | None = None, batch_size: int = 16,
                      pointing_max_images: int = POINTING_MAX_IMAGES,
-                     box_paths: Sequence[str | None] | None = None, names: Sequence[str] | None = None) -> dict:
+                     box_paths: Sequence[str | None] | None = None, names: Sequence[str] | None = None,
+                     heatmaps=None, method: str = "gradcam") -> dict:
     """Grad-CAM gallery and pointing game for one trained backbone; returns its ``gradcam`` block.
 
     Args:
@@ -213,6 +216,9 @@ def explain_backbone(model, images: np.ndarray, y_true, probs: np.ndarray, paths
             of this many.
         names: (n,) how the block names each image (``identity.display_path``: a neutral reference
             when the data holds patient ids); default: its path relative to ``data_root``.
+        heatmaps, method: another explanation than Grad-CAM on ``model`` (an imported model's,
+            engine.explain.agnostic.heatmaps_for): ``heatmaps(images, class_index) -> (m, H, W)``
+            and its name, recorded as the block's ``method`` (``layer`` is then the given one or None).
 
     Gallery maps explain the PREDICTED class (why the model said what it said); pointing-game maps
     explain the TRUE class, as in Zhang et al. 2016. ``pointing_game`` holds hits / total / rate,
@@ -228,7 +234,7 @@ def explain_backbone(model, images: np.ndarray, y_true, probs: np.ndarray, paths
     paths = [str(p) for p in paths]
     if not len(images) == len(y_true) == len(probs) == len(paths):
         raise ValueError("images, y_true, probs and paths must have the same length")
-    target = gradcam.find_target_layer(model, layer)
+    target = gradcam.find_target_layer(model, layer) if heatmaps is None else layer
 
     gallery = select_gallery(y_true, y_pred, paths, class_names, n_per_class, seed)
     boxes = _boxes(paths, box_paths)
@@ -237,8 +243,9 @@ def explain_backbone(model, images: np.ndarray, y_true, probs: np.ndarray, paths
     # One Grad-CAM pass over the unique (image, class) pairs both uses need.
     jobs = sorted({(i, int(y_pred[i])) for i in gallery} | {(i, int(y_true[i])) for i in boxed})
     keep = {(i, int(y_pred[i])) for i in gallery}
-    heat = gradcam.gradcam_heatmaps(model, images[[i for i, _ in jobs]], [c for _, c in jobs],
-                                    layer=target, batch_size=batch_size) if jobs else []
+    explain = heatmaps or (lambda x, cls: gradcam.gradcam_heatmaps(model, x, cls, layer=target,
+                                                                   batch_size=batch_size))
+    heat = explain(images[[i for i, _ in jobs]], np.array([c for _, c in jobs])) if jobs else []
     stats = {key: gradcam.heatmap_stats(hm, boxes[key[0]]) for key, hm in zip(jobs, heat)}
     maps = {key: hm for key, hm in zip(jobs, heat) if key in keep}
 
@@ -251,7 +258,8 @@ def explain_backbone(model, images: np.ndarray, y_true, probs: np.ndarray, paths
         image = images[i]
         if image.dtype != np.uint8:
             image = np.clip(np.rint(image), 0, 255).astype(np.uint8)
-        files = render_gallery_images(image, maps[key], out_dir, stem, boxes=boxes[i])
+        files = render_gallery_images(image, maps[key], out_dir, stem, boxes=boxes[i],
+                                      label=METHOD_NAMES.get(method, method))
         s = stats[key]
         items.append({
             "image": names[i] if names is not None else relative_to_root(paths[i], data_root),
@@ -267,7 +275,10 @@ def explain_backbone(model, images: np.ndarray, y_true, probs: np.ndarray, paths
         })
 
     game = _game({i: stats[(i, int(y_true[i]))] for i in boxed}, y_true, class_names)
-    return {"layer": target, "images_per_class": int(n_per_class), "items": items, "pointing_game": game}
+    block = {"layer": target, "images_per_class": int(n_per_class), "items": items, "pointing_game": game}
+    if heatmaps is not None:
+        block["method"] = method
+    return block
 
 
 def boxed_sample(boxes: Sequence[list], seed: int, max_images: int) -> list[int]:
@@ -293,7 +304,7 @@ def _game(stats_by_index: dict[int, dict], y_true: np.ndarray, class_names: Sequ
 def pointing_game_on(model, images: np.ndarray, y_true, paths: Sequence[str], class_names: Sequence[str],
                      seed: int, layer: str | None = None, batch_size: int = 16,
                      max_images: int = POINTING_MAX_IMAGES,
-                     box_paths: Sequence[str | None] | None = None) -> dict | None:
+                     box_paths: Sequence[str | None] | None = None, heatmaps=None) -> dict | None:
     """The pointing game alone (no gallery) on any labelled image set, e.g. the validation split.
 
     Args:
@@ -314,5 +325,6 @@ def pointing_game_on(model, images: np.ndarray, y_true, paths: Sequence[str], cl
     if not boxed:
         return None
     images = np.asarray(images)
-    heat = gradcam.gradcam_heatmaps(model, images[boxed], y_true[boxed], layer=layer, batch_size=batch_size)
+    heat = heatmaps(images[boxed], y_true[boxed]) if heatmaps is not None else \
+        gradcam.gradcam_heatmaps(model, images[boxed], y_true[boxed], layer=layer, batch_size=batch_size)
     return _game({i: gradcam.heatmap_stats(hm, boxes[i]) for i, hm in zip(boxed, heat)}, y_true, class_names)

@@ -59,6 +59,8 @@ class GradcamGallery:
     items: list[GradcamItem]
     #: Why this backbone has no gallery: the explanation stage failed for it (the run went on).
     error: str | None = None
+    #: The explanation method as captions name it ("Grad-CAM", "Occlusion sensitivity").
+    method: str = "Grad-CAM"
 
 
 @dataclass(frozen=True)
@@ -96,6 +98,10 @@ class BackboneSection:
     #: explanation reliability per method (engine.report.explanations), shown with the Grad-CAM gallery
     explanations: list[ExplanationView] = field(default_factory=list)
     most_faithful: str | None = None
+    #: an imported model's (``[[models]]``) checks that failed, shown first in its section
+    warnings: list[str] = field(default_factory=list)
+    #: what the reader must know about an imported model (its training data is unknown)
+    notes: list[str] = field(default_factory=list)
 
 
 def _uncertainty_blocks(backbone: dict) -> tuple[dict | None, dict | None]:
@@ -213,6 +219,8 @@ def _facts(backbone: dict) -> list[tuple[str, str]]:
                       if isinstance(total, int) and isinstance(trainable, int) else "n/a"))
     if backbone.get("fine_tuned_from"):
         facts.append(("Fine-tuned from", str(backbone["fine_tuned_from"])))
+    if backbone.get("source") == "imported":
+        facts.append(("Source", "imported (trained elsewhere; training data unknown)"))
     for stage in backbone.get("stages") or []:
         text = (f"{stage.get('epochs_run', 'n/a')} epochs run, best epoch {stage.get('best_epoch', 'n/a')}"
                 + (", stopped early" if stage.get("stopped_early") else "")
@@ -255,12 +263,18 @@ def _calibration_view(backbone: dict) -> CalibrationView | None:
     return CalibrationView(cal.get("n_bins"), t, before, after, sentence)
 
 
+#: How captions name results.json ``gradcam.method`` (as engine.explain.gallery.METHOD_NAMES; the report
+#: imports nothing from the explain stage).
+METHOD_NAMES = {"gradcam": "Grad-CAM", "occlusion": "Occlusion sensitivity"}
+
+
 def _gradcam_gallery(backbone: dict) -> GradcamGallery | None:
     block = backbone.get("gradcam")
     if not isinstance(block, dict):
         return None
+    method = METHOD_NAMES.get(block.get("method") or "gradcam", str(block.get("method")))
     if block.get("error"):
-        return GradcamGallery("n/a", None, None, None, [], error=str(block["error"]))
+        return GradcamGallery("n/a", None, None, None, [], error=str(block["error"]), method=method)
     name = _display(backbone)
     items = []
     for item in block.get("items") or []:
@@ -284,12 +298,14 @@ def _gradcam_gallery(backbone: dict) -> GradcamGallery | None:
             facts.append(f"the top 20 % of the heatmap covers {area * 100:.0f} % of the image")
         what = f"{true} image predicted {pred} with probability {prob.text} ({verdict})"
         description = what[0].upper() + what[1:] + "; " + ", ".join(facts) + "."
+        if block.get("method"):
+            description = f"{method}: {description}"
         files = item.get("files") or {}
         images = []
         for key, label, alt in (
             ("original", "original", f"Test image of true class {true} ({item.get('image', 'unnamed')})."),
-            ("heatmap", "heatmap", f"Grad-CAM heatmap of {name} for a {what}: " + ", ".join(facts) + "."),
-            ("overlay", "overlay", f"Grad-CAM overlay with contour lines of {name} on the {true} image: "
+            ("heatmap", "heatmap", f"{method} heatmap of {name} for a {what}: " + ", ".join(facts) + "."),
+            ("overlay", "overlay", f"{method} overlay with contour lines of {name} on the {true} image: "
                                    + ", ".join(facts) + "."),
         ):
             if files.get(key):
@@ -309,7 +325,8 @@ def _gradcam_gallery(backbone: dict) -> GradcamGallery | None:
     if pointing and vg.get("total"):
         pointing += (f" On the validation split's boxed images: {vg.get('hits')} of {vg.get('total')} "
                      f"(hit rate {_metric(vg.get('rate'), 2).text}).")
-    return GradcamGallery(str(block.get("layer") or "n/a"), block.get("images_per_class"), pointing, rate, items)
+    return GradcamGallery(str(block.get("layer") or "n/a"), block.get("images_per_class"), pointing, rate, items,
+                          method=method)
 
 
 def _section(backbone: dict, class_names: Sequence[str]) -> BackboneSection:
@@ -347,4 +364,20 @@ def _section(backbone: dict, class_names: Sequence[str]) -> BackboneSection:
         subgroups=subgroup_view(backbone),
         explanations=explanation_views(backbone),
         most_faithful=most_faithful(backbone),
+        warnings=[str(w) for w in (backbone.get("imported") or {}).get("warnings") or []],
+        notes=_imported_notes(backbone),
     )
+
+
+def _imported_notes(backbone: dict) -> list[str]:
+    """What a reader of an imported model's section must know: where it came from and that its
+    training data is unknown, so the leakage-free column cannot vouch for the test split."""
+    block = backbone.get("imported")
+    if backbone.get("source") != "imported" or not isinstance(block, dict):
+        return []
+    return [f"Imported {block.get('format', 'model')} model {block.get('file', '')}, not trained by this audit; "
+            f"class order {', '.join(map(str, block.get('class_order') or []))}; "
+            f"explained by {backbone.get('explanation_method') or 'n/a'}.",
+            "Its training data is unknown: the leakage-free column removes only test images with a copy in this "
+            "data set's training folder. Whether the test images were part of the model's own training data cannot "
+            "be checked here, so its test metrics may be optimistic."]
