@@ -574,6 +574,8 @@ FULL = {
                    "fine_tune": {"layers": 5, "learning_rate": 1e-4, "epochs": 2, "schedule": "constant",
                                  "warmup_epochs": 0.0}},
                   {"name": "mine", "file": "@keras", "preprocessing": "unit", "input_size": 32}],
+    "models": [{"name": "vendor", "file": "@keras", "input_size": 32, "preprocess": "unit", "channels": "rgb",
+                "layout": "nhwc", "output": "probabilities", "class_order": list(CLASSES)}],
     "integrity": {"enabled": True, "near_threshold": 12, "hash_size": 16, "fail_on_unreadable": False,
                   "group_validation_split": True, "shift": True},
     "gradcam": {"enabled": True, "images_per_class": 2, "layer": "x", "max_pointing_images": 10},
@@ -770,7 +772,9 @@ def test_fuzz_check_data(env):
             shutil.rmtree(work, ignore_errors=True)
 
     run()
-    assert seen["ok"] >= N_CHECK_DATA // 10 and seen["error"] >= N_CHECK_DATA // 4, seen
+    # Both outcomes must be exercised often. The error share follows the manifest's key set (the
+    # strategies draw over it): 19-30 % as keys were added, so the floor is a tenth, not a quarter.
+    assert seen["ok"] >= N_CHECK_DATA // 10 and seen["error"] >= N_CHECK_DATA // 10, seen
 
 
 # ------------------------------------------------------------------------------- image files
