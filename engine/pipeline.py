@@ -339,8 +339,11 @@ def fine_tune_entry(ctx: RunContext, cfg, frozen: BackboneResult, model, ft) -> 
         x_tr = ctx.cache.load(ds.train, cfg.input_size, "training")
         x_va = ctx.cache.load(ds.val, cfg.input_size, "validation")
         result = tr.TrainResult(history=[dict(h) for h in frozen.history])
+        store = ctx.cache.cache_dir
+        if store is not None:
+            store.mkdir(parents=True, exist_ok=True)  # large activation caches are memory-mapped here
         result = tr.fine_tune(model, x_tr, ds.labels("train"), x_va, ds.labels("val"), cfg=m.training, ft=ft,
-                              seed=m.experiment.seed, label=res.name, echo=ctx.echo, result=result)
+                              seed=m.experiment.seed, label=res.name, echo=ctx.echo, result=result, store=store)
         res.history = result.history
         res.stages = list(frozen.stages) + [result.stages[-1].to_dict()]
         res.parameters = _count_params(model)
