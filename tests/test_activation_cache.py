@@ -1,6 +1,7 @@
 """Fine-tuning on cached activations (issue 20): same predictions as fine-tuning the whole network.
 
-A tiny backbone with a skip connection across the cut, so the boundary is two tensors, at 16 px.
+The tiny backbone of tests/tiny_training.py has a skip connection across the cut, so the boundary
+is two tensors (16 px images).
 """
 
 from __future__ import annotations
@@ -12,37 +13,15 @@ from engine.manifest import AugmentationConfig, FineTuneConfig, TrainingConfig
 
 pytest.importorskip("keras")
 
-
-def _backbone(seed: int):
-    import keras
-
-    init = lambda k: keras.initializers.GlorotUniform(seed=seed + k)  # noqa: E731
-    inp = keras.Input((None, None, 3))
-    a = keras.layers.Conv2D(8, 3, strides=2, padding="same", activation="relu", kernel_initializer=init(0), name="c1")(inp)
-    b = keras.layers.Conv2D(8, 3, padding="same", activation="relu", kernel_initializer=init(1), name="c2")(a)
-    c = keras.layers.Conv2D(8, 3, padding="same", kernel_initializer=init(2), name="c3")(b)
-    d = keras.layers.Add(name="skip")([a, c])
-    e = keras.layers.BatchNormalization(name="bn")(d)
-    f = keras.layers.Conv2D(16, 1, activation="relu", kernel_initializer=init(3), name="c4")(e)
-    return keras.Model(inp, f)
+from tiny_training import classifier, data  # noqa: E402  (tests/ is on the path under pytest)
 
 
-def _classifier(seed: int = 3):
-    import keras
-
-    from engine.training.backbones import build_classifier
-
-    keras.utils.set_random_seed(seed)
-    return build_classifier(_backbone(seed), "unit", 16, 3, head_units=8, dropout=0.5, seed=seed)
+def _classifier():
+    return classifier()
 
 
 def _data(n: int, seed: int):
-    rng = np.random.default_rng(seed)
-    y = np.arange(n) % 3
-    x = rng.integers(0, 60, (n, 16, 16, 3)).astype("uint8")
-    for i, c in enumerate(y):
-        x[i, :, :4 + 4 * c] += 150  # class = the width of a bright band at one edge
-    return x, y
+    return data(n, seed)
 
 
 def _fine_tune(budget: int, flip: bool, *, logs: list[str], layers: int = 4):
