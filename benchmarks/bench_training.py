@@ -72,10 +72,10 @@ def study_way(args, folder: Path) -> float:
         seed=args.seed, label_mode="int", verbose=False)
     model = build(args, len(train.class_names))
     model.get_layer("backbone").trainable = False
-    model.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy", ["accuracy"])
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     model.fit(train, validation_data=val, epochs=args.head_epochs, verbose=0)
     set_backbone_trainable(model, args.ft_layers)
-    model.compile(keras.optimizers.Adam(3e-5), "sparse_categorical_crossentropy", ["accuracy"])
+    model.compile(optimizer=keras.optimizers.Adam(3e-5), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     model.fit(train, validation_data=val, epochs=args.ft_epochs, verbose=0)
     return time.perf_counter() - t0
 

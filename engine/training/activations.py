@@ -163,14 +163,25 @@ def split_classifier(model) -> Split | None:
     return Split(lower, upper, layers[k].name, shapes)
 
 
+def _step(lower):
+    """``lower`` compiled once per model (one trace per batch shape, not one per call)."""
+    import tensorflow as tf
+
+    step = getattr(lower, "_auditrun_step", None)
+    if step is None:
+        @tf.function(reduce_retracing=True)
+        def step(a):
+            r = lower(a, training=False)
+            return r if isinstance(r, (list, tuple)) else [r]
+
+        lower._auditrun_step = step
+    return step
+
+
 def _forward(lower, x: np.ndarray, out: list[np.ndarray], batch: int, flip: bool) -> None:
     import tensorflow as tf
 
-    @tf.function(reduce_retracing=True)
-    def step(a):
-        r = lower(a, training=False)
-        return r if isinstance(r, (list, tuple)) else [r]
-
+    step = _step(lower)
     for i in range(0, len(x), batch):
         a = x[i:i + batch].astype("float32")
         if flip:
