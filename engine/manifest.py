@@ -146,6 +146,14 @@ class TrainingConfig:
     augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
     #: When set, the backbone that scored best on validation is also fine-tuned (as in the study).
     fine_tune_best: FineTuneConfig | None = None
+    #: Bytes of backbone activations fine-tuning may cache (engine.training.activations); the layers
+    #: below the unfrozen ones then run once per image instead of once per epoch. 0 turns it off.
+    activation_cache_bytes: int = 4 * 1024**3
+    #: "auto" (MirroredStrategy when more than one GPU is visible), "none", "mirrored" (every local
+    #: device) or "multiworker" (MultiWorkerMirroredStrategy from TF_CONFIG; docs/scaling.md).
+    distribute: Literal["auto", "none", "mirrored", "multiworker"] = "auto"
+    #: "auto": mixed_bfloat16 / mixed_float16 on a GPU that supports it, float32 on CPU.
+    precision: Literal["auto", "float32", "mixed_float16", "mixed_bfloat16"] = "auto"
 
 
 @dataclass
@@ -454,6 +462,7 @@ def _check_numbers(m: Manifest) -> None:
     need(m.training.learning_rate > 0, "training.learning_rate", "must be positive")
     need(0.0 <= m.training.dropout < 1.0, "training.dropout", "must be in [0, 1)")
     need(m.training.early_stopping_patience >= 0, "training.early_stopping_patience", "must be >= 0")
+    need(m.training.activation_cache_bytes >= 0, "training.activation_cache_bytes", "must be >= 0 (0 turns it off)")
     integrity_options(m.integrity)  # raises InputError naming integrity.* keys
     need(m.evaluation.bootstrap_resamples >= 0, "evaluation.bootstrap_resamples", "must be >= 0")
     need(m.gradcam.images_per_class >= 0, "gradcam.images_per_class", "must be >= 0")

@@ -7,6 +7,7 @@ resumable record of what finished.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import signal
 import time
@@ -64,6 +65,12 @@ class RunContext:
     #: spent; every save records their sum, so a resumed run's wall time counts both parts.
     clock_start: float | None = None
     prior_active_s: float = 0.0
+    #: Devices, tf.distribute strategy and precision (engine.training.devices.Setup); set before training.
+    training_setup: object | None = None
+
+    def training_scope(self):
+        """The distribution strategy's scope: models built and trained in it are replicated."""
+        return self.training_setup.scope() if self.training_setup is not None else contextlib.nullcontext()
 
     def active_s(self) -> float:
         return self.prior_active_s + (time.perf_counter() - self.clock_start if self.clock_start is not None else 0.0)
@@ -409,8 +416,11 @@ def fine_tune_entry(ctx: RunContext, cfg, frozen: BackboneResult, model, ft) -> 
         x_tr = ctx.cache.load(ds.train, cfg.input_size, "training")
         x_va = ctx.cache.load(ds.val, cfg.input_size, "validation")
         result = tr.TrainResult(history=[dict(h) for h in frozen.history])
+        store = ctx.cache.cache_dir
+        if store is not None:
+            store.mkdir(parents=True, exist_ok=True)  # large activation caches are memory-mapped here
         result = tr.fine_tune(model, x_tr, ds.labels("train"), x_va, ds.labels("val"), cfg=m.training, ft=ft,
-                              seed=m.experiment.seed, label=res.name, echo=ctx.echo, result=result)
+                              seed=m.experiment.seed, label=res.name, echo=ctx.echo, result=result, store=store)
         res.history = result.history
         res.stages = list(frozen.stages) + [result.stages[-1].to_dict()]
         res.parameters = _count_params(model)
@@ -500,6 +510,11 @@ def run_audit(m: Manifest, *, output_dir: Path | None = None, run_id: str | None
 
     echo = echo or _quiet
     now = now or (lambda: datetime.now(timezone.utc))
+    if m.training.distribute == "multiworker":
+        from engine.training.devices import is_chief
+
+        if not is_chief():
+            return _run_as_worker(m, run_id, echo, now)
     if resume is not None:
         exp_dir = Path(resume).resolve().parent
     else:
@@ -511,6 +526,19 @@ def run_audit(m: Manifest, *, output_dir: Path | None = None, run_id: str | None
     exp_dir.mkdir(parents=True, exist_ok=True)
     with experiment_lock(exp_dir, experiment=m.experiment.name):
         return _run_locked(m, exp_dir, run_id, echo, now, resume)
+
+
+def _run_as_worker(m: Manifest, run_id, echo: Echo, now) -> RunOutcome:
+    """A non-chief worker trains in step with the chief but keeps nothing: only the chief writes
+    artefacts. Its run goes to a temporary folder, deleted at the end, and it exits 0."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="auditrun-worker-") as tmp:
+        echo("multiworker: non-chief worker; training with the chief, writing nothing that stays")
+        exp_dir = Path(tmp) / m.experiment.name
+        exp_dir.mkdir()
+        outcome = _run_locked(m, exp_dir, run_id, echo, now, None)
+    return RunOutcome(Path(tmp), outcome.status)
 
 
 def _run_locked(m: Manifest, exp_dir: Path, run_id, echo: Echo, now, resume) -> RunOutcome:
@@ -604,9 +632,20 @@ def _record_end(ctx: RunContext, exp_dir: Path, status: str, error: str) -> None
         ctx.echo(f"warning: could not record the run as {status}: {exc}")
 
 
+def setup_training(ctx: RunContext) -> None:
+    """Strategy, precision and the devices they use, first: MultiWorkerMirroredStrategy must exist
+    before TensorFlow runs anything."""
+    from engine.training.devices import setup
+
+    ctx.training_setup = setup(ctx.manifest.training)
+    ctx.results["environment"]["training"] = ctx.training_setup.to_dict()
+    ctx.echo(ctx.training_setup.describe())
+
+
 def _run_stages(ctx: RunContext, exp_dir: Path, manifest_sha: str, previous: dict | None) -> RunOutcome:
     m, echo, results, run_dir = ctx.manifest, ctx.echo, ctx.results, ctx.run_dir
     now = ctx.now
+    setup_training(ctx)
     prepare_data(ctx)
     shift_stage(ctx)
     ctx.save()
@@ -624,7 +663,8 @@ def _run_stages(ctx: RunContext, exp_dir: Path, manifest_sha: str, previous: dic
                 _adopt(ctx, done[n], source_dir)
             continue
         with Timer(echo, f"backbone {cfg.name}"):
-            entries = train_backbone(ctx, cfg)
+            with ctx.training_scope():
+                entries = train_backbone(ctx, cfg)
         ctx.backbones += entries
         ctx.save()
 
@@ -643,7 +683,8 @@ def _run_stages(ctx: RunContext, exp_dir: Path, manifest_sha: str, previous: dic
                 frozen_best = next(b for b in frozen if b.name == best["name"])
                 echo(f"fine-tuning the best backbone on validation: {cfg.name}")
                 with Timer(echo, f"fine-tune {cfg.name}"):
-                    ctx.backbones.append(fine_tune_saved(ctx, cfg, frozen_best, ft_best))
+                    with ctx.training_scope():
+                        ctx.backbones.append(fine_tune_saved(ctx, cfg, frozen_best, ft_best))
             ctx.save()
 
     for cfg in m.models:

@@ -69,7 +69,16 @@ def _environment_rows(env: dict) -> list[tuple[str, str]]:
         ("Git commit", str(env.get("git_commit") or "not recorded (not run from a git checkout)")),
         ("Python", str(env.get("python") or "n/a")),
         ("Platform", str(env.get("platform") or "n/a")),
-    ]
+    ] + _training_rows(env.get("training"))
+
+
+def _training_rows(training: dict | None) -> list[tuple[str, str]]:
+    """Where training ran; absent in runs from before it was recorded."""
+    if not training:
+        return []
+    devices = ", ".join(f"{d['count']} x {d['type']} ({d['name']})" for d in training.get("devices", []))
+    how = f"{training.get('distribute', 'none')}, {training.get('replicas', 1)} replica(s), {training.get('precision')}"
+    return [("Training devices", devices or "n/a"), ("Distribution and precision", how)]
 
 
 def _data_rows(data: dict) -> list[tuple[str, str]]:

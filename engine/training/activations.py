@@ -1,0 +1,216 @@
+"""Fine-tuning on cached activations.
+
+When fine-tuning unfreezes only the top layers of the backbone, everything below the lowest
+unfrozen layer is a fixed function of the input (frozen weights, BatchNorm in inference mode).
+Pushing every image through that lower part again every epoch is most of a CPU fine-tuning run,
+so the activations at the boundary are computed once per image and per deterministic variant
+(the image and its horizontal mirror when ``flip = true``), and the top part with the head trains
+on them. The variables are the classifier's own: training the top part trains the classifier.
+
+Both this path and the full-network path draw batches from :class:`Batches`, one seeded order
+and one flip choice per image and epoch, so for one seed they see the same data in the same
+order and their predictions agree within float tolerance (tests/test_activation_cache.py).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+#: Default of ``[training] activation_cache_bytes``.
+DEFAULT_BUDGET = 4 * 1024**3
+#: Above this many bytes, activations are memory-mapped under the cache folder when there is one.
+IN_MEMORY_BYTES = 1024**3
+#: Augmentation keys that change the input at random; with any of them on, nothing is cacheable.
+RANDOM_AUGMENTATIONS = ("rotation", "shift", "zoom", "brightness", "contrast")
+
+
+def random_augmentations(aug) -> list[str]:
+    """The random (non-flip) augmentations that are on: they make the lower part non-cacheable."""
+    if not aug.enabled:
+        return []
+    return [k for k in RANDOM_AUGMENTATIONS if getattr(aug, k)]
+
+
+def batches_class():
+    import keras
+
+    class Batches(keras.utils.PyDataset):
+        """Seeded batches: one permutation and one flip draw per epoch, from ``seed`` and the epoch.
+
+        ``fetch(indices, flips)`` turns image indices and their flip choices into the model's input.
+        """
+
+        def __init__(self, fetch, y, batch: int, *, seed: int, shuffle: bool, flip: bool):
+            super().__init__()
+            self.fetch, self.y, self.batch = fetch, y, batch
+            self.seed, self.shuffle, self.flip, self.epoch = seed, shuffle, flip, 0
+            self._draw()
+
+        def _draw(self):
+            rng = np.random.default_rng([self.seed, self.epoch])
+            n = len(self.y)
+            self.order = rng.permutation(n) if self.shuffle else np.arange(n)
+            self.flips = rng.random(n) < 0.5 if self.flip else np.zeros(n, bool)
+
+        def __len__(self):
+            return math.ceil(len(self.y) / self.batch)
+
+        def __getitem__(self, i):
+            pos = slice(i * self.batch, (i + 1) * self.batch)
+            idx = self.order[pos]
+            return self.fetch(idx, self.flips[pos]), self.y[idx]
+
+        def on_epoch_end(self):
+            self.epoch += 1
+            self._draw()
+
+    return Batches
+
+
+def image_fetch(x: np.ndarray):
+    """Full-network input: the images, mirrored where drawn, as float32."""
+
+    def fetch(idx, flips):
+        out = x[idx].astype("float32")
+        out[flips] = out[flips][:, :, ::-1]
+        return out
+
+    return fetch
+
+
+def cached_fetch(variants: list[list[np.ndarray]]):
+    """Cached input: ``variants[v][j]`` holds boundary tensor j of variant v (0 plain, 1 mirrored)."""
+
+    def fetch(idx, flips):
+        out = []
+        for j in range(len(variants[0])):
+            a = variants[0][j][idx]
+            if flips.any():
+                a[flips] = variants[1][j][idx[flips]]
+            out.append(a)
+        return tuple(out) if len(out) > 1 else out[0]
+
+    return fetch
+
+
+@dataclass
+class Split:
+    """The classifier cut at the lowest unfrozen backbone layer."""
+
+    lower: object  # keras.Model: image (0..255) -> boundary tensors
+    upper: object  # keras.Model: boundary tensors -> probabilities (shares the classifier's variables)
+    boundary: str  # name of the lowest unfrozen layer
+    shapes: list[tuple[int, ...]]  # per-image shape of each boundary tensor
+
+    @property
+    def bytes_per_image(self) -> int:
+        return sum(4 * int(np.prod(s)) for s in self.shapes)
+
+
+def _own_nodes(graph, layer) -> list:
+    """``layer``'s calls inside ``graph`` (a layer may be called in other graphs too)."""
+    keys = getattr(graph, "_nodes", None)
+    return [n for i, n in enumerate(layer._inbound_nodes) if keys is None or f"{id(layer)}_ib-{i}" in keys]
+
+
+def _boundary_tensors(backbone, k: int) -> list:
+    """Outputs of layers below index ``k`` that layers at ``k`` and above read (skip connections too)."""
+    lower_ops = {id(layer) for layer in backbone.layers[:k]}
+    seen, out = set(), []
+    for layer in backbone.layers[k:]:
+        for node in _own_nodes(backbone, layer):
+            for t in node.input_tensors:
+                op = t._keras_history.operation
+                if id(op) in lower_ops and id(t) not in seen:
+                    seen.add(id(t))
+                    out.append(t)
+    return out
+
+
+def _outer_node(model, backbone):
+    """The classifier's call of its nested backbone (the backbone's own graph has nodes too)."""
+    return _own_nodes(model, backbone)[-1]
+
+
+def split_classifier(model) -> Split | None:
+    """Cut ``model`` below its lowest trainable backbone layer; None when nothing below is frozen."""
+    import keras
+
+    backbone = model.get_layer("backbone")
+    layers = backbone.layers
+    k = next((i for i, layer in enumerate(layers) if layer.trainable and layer.trainable_weights), None)
+    if k is None or k <= 1:
+        return None
+    cut = _boundary_tensors(backbone, k)
+    if not cut:
+        return None
+    lower_bb = keras.Model(backbone.inputs, cut, name="lower_backbone")
+    upper_bb = keras.Model(cut if len(cut) > 1 else cut[0], backbone.outputs[0], name="upper_backbone")
+    node = _outer_node(model, backbone)
+    before = keras.Model(model.inputs, node.input_tensors[0], name="before_backbone")
+    after = keras.Model(node.output_tensors[0], model.outputs, name="head_part")
+    image = keras.Input(model.inputs[0].shape[1:], name="image")
+    feats = lower_bb(before(image))
+    feats = feats if isinstance(feats, (list, tuple)) else [feats]
+    lower = keras.Model(image, feats, name="lower")
+    shapes = [tuple(int(d) for d in f.shape[1:]) for f in feats]
+    ins = [keras.Input(shape) for shape in shapes]
+    upper = keras.Model(ins, after(upper_bb(ins if len(ins) > 1 else ins[0])), name="upper")
+    return Split(lower, upper, layers[k].name, shapes)
+
+
+def _step(lower):
+    """``lower`` compiled once per model (one trace per batch shape, not one per call)."""
+    import tensorflow as tf
+
+    step = getattr(lower, "_auditrun_step", None)
+    if step is None:
+        @tf.function(reduce_retracing=True)
+        def step(a):
+            r = lower(a, training=False)
+            return r if isinstance(r, (list, tuple)) else [r]
+
+        lower._auditrun_step = step
+    return step
+
+
+def _forward(lower, x: np.ndarray, out: list[np.ndarray], batch: int, flip: bool) -> None:
+    import tensorflow as tf
+
+    step = _step(lower)
+    for i in range(0, len(x), batch):
+        a = x[i:i + batch].astype("float32")
+        if flip:
+            a = a[:, :, ::-1]
+        for j, r in enumerate(step(tf.constant(a))):
+            out[j][i:i + len(a)] = r.numpy()
+
+
+def compute(split: Split, x: np.ndarray, *, batch: int, flips: bool, store: Path | None = None,
+            name: str = "train") -> list[list[np.ndarray]]:
+    """Boundary activations of ``x``: ``[variant][tensor] -> (n, ...)`` float32, in RAM or memory-mapped."""
+    variants = []
+    for v in range(2 if flips else 1):
+        arrays = []
+        for j, shape in enumerate(split.shapes):
+            if store is not None:
+                store.mkdir(parents=True, exist_ok=True)
+                arrays.append(np.lib.format.open_memmap(store / f"{name}-{v}-{j}.npy", mode="w+", dtype="float32",
+                                                        shape=(len(x), *shape)))
+            else:
+                arrays.append(np.empty((len(x), *shape), "float32"))
+        _forward(split.lower, x, arrays, batch, flip=bool(v))
+        variants.append(arrays)
+    return variants
+
+
+def needed_bytes(split: Split, n_train: int, n_val: int, flips: bool) -> int:
+    return split.bytes_per_image * (n_train * (2 if flips else 1) + n_val)
+
+
+def gib(n: float) -> str:
+    return f"{n / 1024**3:.2f} GiB"
