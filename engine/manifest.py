@@ -220,7 +220,7 @@ class IntegrityConfig:
 POINTING_MAX_IMAGES = 200
 #: The explanation methods of engine.explain.methods.METHODS (a test keeps the two equal; the
 #: manifest must not import the explain stage).
-EXPLANATION_METHODS = ("gradcam", "gradcam++", "scorecam", "occlusion")
+EXPLANATION_METHODS = ("gradcam", "gradcam++", "layercam", "scorecam", "occlusion")
 
 
 @dataclass

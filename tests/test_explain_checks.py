@@ -18,7 +18,7 @@ from conftest import LITE0  # noqa: E402
 from test_gradcam import SIZE, _phantoms, _tiny_model  # noqa: E402
 
 from engine.errors import InputError  # noqa: E402
-from engine.explain import faithfulness, localisation, methods, randomisation, similarity  # noqa: E402
+from engine.explain import faithfulness, gradcam, localisation, methods, randomisation, similarity  # noqa: E402
 from engine.explain.checks import explanation_checks  # noqa: E402
 from engine.explain.figures import cascade_panels, randomisation_cascade_figure  # noqa: E402
 
@@ -99,7 +99,7 @@ def test_unknown_method_or_variant_is_an_input_error(trained, blobs):
     from engine.explain import gradcam
 
     images, y, _ = blobs
-    with pytest.raises(InputError, match="'lime' unknown; choose one of gradcam, gradcam\\+\\+, scorecam"):
+    with pytest.raises(InputError, match="'lime' unknown; choose one of gradcam, gradcam\\+\\+, layercam, scorecam"):
         methods.explain_maps(trained, images, y, "lime")
     with pytest.raises(InputError, match="variant 'gradcam\\+' unknown"):
         gradcam.gradcam_heatmaps(trained, images, y, variant="gradcam+")
@@ -326,3 +326,23 @@ def test_model_blind_explainer_is_caught_by_the_whole_check(trained, blobs):
     block = explanation_checks(trained, images, y, boxes, edge_explainer, seed=5, n_boot=200).to_json()
     assert block["method"] == "edge_explainer" and block["layer"] is None
     assert block["randomisation"]["passed"] is False
+
+
+def test_layercam_fuses_the_next_finer_stage():
+    # mutations: finer_layer returning the target itself, or a layer of the same size -> the
+    # assertions on the chosen layer fail; layercam_heatmaps ignoring it -> the maps equal one layer's
+    inputs = keras.Input((32, 32, 3))
+    a = keras.layers.Conv2D(4, 3, padding="same", activation="relu", name="stage1_a")(inputs)
+    b = keras.layers.Conv2D(4, 3, padding="same", activation="relu", name="stage1_b")(a)
+    c = keras.layers.Conv2D(8, 3, strides=2, padding="same", activation="relu", name="stage2")(b)
+    d = keras.layers.Conv2D(8, 3, strides=2, padding="same", activation="relu", name="stage3")(c)
+    logits = keras.layers.Dense(2, name="logits")(keras.layers.GlobalAveragePooling2D()(d))
+    model = keras.Model(inputs, keras.layers.Softmax()(logits))
+    assert gradcam.finer_layer(model, "stage3") == "stage2"  # 16x16 under 8x8, not the 32x32 stage
+    assert gradcam.finer_layer(model, "stage1_a") is None
+    images = np.random.default_rng(0).uniform(0, 255, (3, 32, 32, 3)).astype("float32")
+    fused = methods.explain_maps(model, images, [0, 1, 0], "layercam")
+    coarse = gradcam.gradcam_heatmaps(model, images, [0, 1, 0], layer="stage3", variant="layercam")
+    finer = gradcam.gradcam_heatmaps(model, images, [0, 1, 0], layer="stage2", variant="layercam")
+    np.testing.assert_allclose(fused, gradcam._normalise(np.maximum(coarse, finer)), atol=1e-6)
+    assert not np.allclose(fused, coarse, atol=1e-3)

@@ -53,7 +53,7 @@ class ExplanationChecks:
 
 
 def _layer_of(model, method, layer: str | None) -> str | None:
-    if method in ("gradcam", "gradcam++", "scorecam"):
+    if method in ("gradcam", "gradcam++", "layercam", "scorecam"):
         return gradcam.find_target_layer(model, layer)
     return None  # occlusion and custom explainers have no target layer
 
@@ -75,7 +75,7 @@ def explanation_checks(model, images: np.ndarray, class_index: Sequence[int], bo
             ``6 * (faithfulness_steps + 1)`` forward passes per image.
         class_index: (n,) the class explained for each image (the TRUE class, as in the pointing game).
         boxes: per image, None / [] or YOLO boxes (only boxed images enter the pointing games).
-        method: "gradcam" | "gradcam++" | "scorecam" | "occlusion", or an explainer callable.
+        method: "gradcam" | "gradcam++" | "layercam" | "scorecam" | "occlusion", or an explainer callable.
         seed: the experiment seed; drives the cascade permutations, the random baseline map, pixel
             tie-breaking and every bootstrap.
         original_sizes: per image (height, width) of the original file, for the 15-px tolerance.

@@ -248,7 +248,40 @@ def _gradcam_plusplus_weights(grads, fmap):
     return tf.reduce_sum(alpha * tf.nn.relu(grads), axis=(1, 2), keepdims=True)
 
 
-_WEIGHTS = {"gradcam": _gradcam_weights, "gradcam++": _gradcam_plusplus_weights}
+def _layercam_weights(grads, fmap):
+    """LayerCAM weights (Jiang et al. 2021): the positive gradient at each location and channel,
+    (n, h, w, c). Per-location weights keep what a spatial mean blurs, so maps from an earlier,
+    finer layer stay meaningful."""
+    import tensorflow as tf
+
+    return tf.nn.relu(grads)
+
+
+_WEIGHTS = {"gradcam": _gradcam_weights, "gradcam++": _gradcam_plusplus_weights, "layercam": _layercam_weights}
+
+
+def _spatial_size(model, name: str) -> int | None:
+    """Height of the feature map of layer ``name`` (top level or inside the nested backbone)."""
+    backbone = _nested_backbone(model)
+    layers = {lay.name: lay for lay in model.layers}
+    if backbone is not None:
+        layers.update({lay.name: lay for lay in backbone.layers})
+    out = _layer_output(layers[name]) if name in layers else None
+    return None if out is None or _rank(out) != 4 else out.shape[1]
+
+
+def finer_layer(model, target: str) -> str | None:
+    """The last 4-D layer before ``target`` whose map is finer than ``target``'s (the next
+    resolution stage: 14 x 14 under a 7 x 7 EfficientNet top), or None."""
+    names = candidate_layers(model)
+    if target not in names:
+        return None
+    coarse = _spatial_size(model, target)
+    finer = [n for n in names[:names.index(target)] if (h := _spatial_size(model, n)) and coarse and h > coarse]
+    if not finer:
+        return None
+    step = min(_spatial_size(model, n) for n in finer)  # the stage just below the target's
+    return [n for n in finer if _spatial_size(model, n) == step][-1]
 
 
 def _iter_heatmaps(model, images: np.ndarray, class_index: np.ndarray, layer: str,
@@ -316,7 +349,8 @@ def gradcam_heatmaps(model, images: np.ndarray, class_index: Sequence[int], laye
         class_index: (n,) int, the class whose logit is explained for each image.
         layer: target layer name (None: ``find_target_layer``).
         upsample: True returns maps resized (bilinear) to H x W; False the raw feature-map grid.
-        variant: "gradcam" (Selvaraju et al. 2017) or "gradcam++" (Chattopadhay et al. 2018: positive
+        variant: "gradcam" (Selvaraju et al. 2017), "layercam" (Jiang et al. 2021: per-location positive
+            gradients, one layer) or "gradcam++" (Chattopadhay et al. 2018: positive
             gradients weighted per location, so several instances of a class all light up).
 
     Returns:

@@ -10,7 +10,8 @@ from typing import Any
 
 from engine.report.values import _display, _num
 
-METHOD_LABELS = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "scorecam": "Score-CAM", "occlusion": "Occlusion"}
+METHOD_LABELS = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "layercam": "LayerCAM", "scorecam": "Score-CAM",
+                 "occlusion": "Occlusion"}
 
 
 @dataclass(frozen=True)
