@@ -239,6 +239,23 @@ class _signals_interrupt:
         return False
 
 
+def _manifest_records(manifest: Path, output_dir: Path | None):
+    """(manifest, output root, discovered records) for the data commands: the same discovery as a
+    run's, patients pseudonymised with the experiment's key under the output root."""
+    from engine import manifest as manifest_mod
+    from engine.data import discovery as data_mod
+    from engine.data.identity import experiment_pseudonymizer
+
+    m = manifest_mod.load(manifest)
+    root = Path(output_dir) if output_dir else m.experiment.output_dir
+    _, records = data_mod.discover(
+        m.data.root, layout=m.data.layout, train_dir=m.data.train_dir, test_dir=m.data.test_dir,
+        classes=m.data.classes, aliases=manifest_mod.class_aliases(m), test_fraction=m.data.test_fraction,
+        seed=m.experiment.seed, pseudonymizer=lambda: experiment_pseudonymizer(root, m.experiment.name),
+        labels=m.data.labels, columns=m.data.columns, slices=manifest_mod.slice_selection(m.data))
+    return m, root, records
+
+
 @main.command("check-data")
 @click.argument("manifest", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--output-dir", type=click.Path(file_okay=False, path_type=Path),
@@ -250,20 +267,11 @@ def check_data_cmd(manifest: Path, output_dir, quiet):
     Prints {"integrity": {...}} as JSON on stdout and a short summary on stderr. No model is
     trained or loaded.
     """
-    from engine.data import discovery as data_mod
     from engine.integrity import audit as integrity
     from engine import manifest as manifest_mod
     from engine.atomic import dumps_json
 
-    from engine.data.identity import experiment_pseudonymizer
-
-    m = manifest_mod.load(manifest)
-    root = Path(output_dir) if output_dir else m.experiment.output_dir
-    _, records = data_mod.discover(
-        m.data.root, layout=m.data.layout, train_dir=m.data.train_dir, test_dir=m.data.test_dir,
-        classes=m.data.classes, aliases=manifest_mod.class_aliases(m), test_fraction=m.data.test_fraction,
-        seed=m.experiment.seed, pseudonymizer=lambda: experiment_pseudonymizer(root, m.experiment.name),
-        labels=m.data.labels, columns=m.data.columns, slices=manifest_mod.slice_selection(m.data))
+    m, root, records = _manifest_records(manifest, output_dir)
     report = integrity.audit(records, manifest_mod.integrity_options(m.integrity), cache_dir=root / ".cache",
                              class_names=m.data.classes, windowing=manifest_mod.windowing_options(m.data))
     if not quiet:
@@ -285,18 +293,9 @@ def locate_cmd(manifest: Path, references, output_dir):
     the data root), one line per reference: ``REFERENCE<TAB>PATH``. The paths may identify patients:
     they go to the terminal only. An unknown reference exits 2.
     """
-    from engine import manifest as manifest_mod
-    from engine.data import discovery as data_mod
-    from engine.data.identity import experiment_pseudonymizer
     from engine.paths import relative_to_root
 
-    m = manifest_mod.load(manifest)
-    root = Path(output_dir) if output_dir else m.experiment.output_dir
-    _, records = data_mod.discover(
-        m.data.root, layout=m.data.layout, train_dir=m.data.train_dir, test_dir=m.data.test_dir,
-        classes=m.data.classes, aliases=manifest_mod.class_aliases(m), test_fraction=m.data.test_fraction,
-        seed=m.experiment.seed, pseudonymizer=lambda: experiment_pseudonymizer(root, m.experiment.name),
-        labels=m.data.labels, columns=m.data.columns, slices=manifest_mod.slice_selection(m.data))
+    m, root, records = _manifest_records(manifest, output_dir)
     found = {}
     for r in records:
         if r.ref:

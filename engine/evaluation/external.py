@@ -218,8 +218,6 @@ def _evaluate_backbone(run_dir: Path, e: dict, images: _ExternalImages, echo: Ca
 
     Predicts as the run did: with flip test-time augmentation when its manifest asked for it.
     """
-    from engine.evaluation.metrics import classification_metrics
-    from engine.sklearn_warnings import hold_back
     from engine.training.backbones import load_saved_model  # loads Keras: after the inputs are checked
     from engine.training.train import predict
 
@@ -232,14 +230,7 @@ def _evaluate_backbone(run_dir: Path, e: dict, images: _ExternalImages, echo: Ca
     model = load_saved_model(model_path)
     x = images.pixels(e["input_size"][0])
     probs = predict(model, x, tta_flip=tta)
-    # A small folder (one class, one image) makes sklearn warn about cases the metrics already
-    # handle; nothing in those warnings is news to the reader of the figures.
-    with hold_back():
-        m = classification_metrics(images.y, probs, images.class_names).to_dict()
-    block = {"name": e["name"], "display_name": e.get("display_name", e["name"]),
-             "accuracy": m["accuracy"], "balanced_accuracy": m["balanced_accuracy"], "macro_f1": m["macro_f1"],
-             "classes_in_macro": m["classes_in_macro"], "per_class": m["per_class"],
-             "confusion_matrix": m["confusion_matrix"], "n_images": m["n_images"]}
+    block, m = _metrics_block(e, images, probs)
     if images.boxed:
         block["pointing_game"] = _pointing_game(model, e, x, images)
         if checks and checks["enabled"]:
@@ -249,26 +240,35 @@ def _evaluate_backbone(run_dir: Path, e: dict, images: _ExternalImages, echo: Ca
     return block
 
 
-def _evaluate_imported(e: dict, images: _ExternalImages, echo: Callable[[str], None], tta: bool,
-                       t0: float) -> dict:
-    """An imported model's block (``[[models]]``, engine.training.imported): read from its own file,
-    preprocessed as the audit did, the pointing game by the method its audit used."""
+def _metrics_block(e: dict, images: "_ExternalImages", probs: np.ndarray) -> tuple[dict, dict]:
+    """One backbone's block of metrics on the external images, and the metrics themselves."""
     from engine.evaluation.metrics import classification_metrics
-    from engine.explain.agnostic import heatmaps_for
-    from engine.explain.gradcam import heatmap_stats, pointing_game
-    from engine.manifest import folder_aliases
     from engine.sklearn_warnings import hold_back
-    from engine.training.imported import from_entry
 
-    model = from_entry(e, images.class_names, folder_aliases(images.class_names, {}))
-    x = images.pixels(e["input_size"][0])
-    probs = model.predict_proba(x, tta_flip=tta)
+    # A small folder (one class, one image) makes sklearn warn about cases the metrics already
+    # handle; nothing in those warnings is news to the reader of the figures.
     with hold_back():
         m = classification_metrics(images.y, probs, images.class_names).to_dict()
     block = {"name": e["name"], "display_name": e.get("display_name", e["name"]),
              "accuracy": m["accuracy"], "balanced_accuracy": m["balanced_accuracy"], "macro_f1": m["macro_f1"],
              "classes_in_macro": m["classes_in_macro"], "per_class": m["per_class"],
              "confusion_matrix": m["confusion_matrix"], "n_images": m["n_images"]}
+    return block, m
+
+
+def _evaluate_imported(e: dict, images: _ExternalImages, echo: Callable[[str], None], tta: bool,
+                       t0: float) -> dict:
+    """An imported model's block (``[[models]]``, engine.training.imported): read from its own file,
+    preprocessed as the audit did, the pointing game by the method its audit used."""
+    from engine.explain.agnostic import heatmaps_for
+    from engine.explain.gradcam import heatmap_stats, pointing_game
+    from engine.manifest import folder_aliases
+    from engine.training.imported import from_entry
+
+    model = from_entry(e, images.class_names, folder_aliases(images.class_names, {}))
+    x = images.pixels(e["input_size"][0])
+    probs = model.predict_proba(x, tta_flip=tta)
+    block, m = _metrics_block(e, images, probs)
     if images.boxed:
         heatmaps, _method, _layer = heatmaps_for(model)
         idx = np.array(images.boxed)
