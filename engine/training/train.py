@@ -130,28 +130,30 @@ class _BestWeights:
 
 
 class _Progress:
-    """Per-epoch progress on stderr (a live bar on a terminal, one line per epoch otherwise)."""
+    """Per-epoch progress on stderr: images/s and ETA while an epoch runs (engine.progress), then
+    one summary line per epoch."""
 
-    def __new__(cls, label: str, epochs: int, steps: int, echo: Callable[[str], None] | None):
+    def __new__(cls, label: str, epochs: int, steps: int, echo: Callable[[str], None] | None, n_images: int = 0,
+                batch_size: int = 0):
         import keras
 
-        tty = sys.stderr.isatty()
+        from engine.progress import Progress as Line
+
+        total = n_images or steps
 
         class Progress(keras.callbacks.Callback):
             def on_epoch_begin(self, epoch, logs=None):
                 self.t0, self.epoch = time.perf_counter(), epoch + 1
+                self.line = Line.for_echo(echo, f"{label} epoch {epoch + 1}/{epochs}", total,
+                                          unit="images" if n_images else "batches")
 
             def on_train_batch_end(self, batch, logs=None):
-                if echo and tty:
-                    done = int(20 * (batch + 1) / max(1, steps))
-                    sys.stderr.write(f"\r  {label} epoch {self.epoch}/{epochs} [{'#' * done}{'.' * (20 - done)}]")
-                    sys.stderr.flush()
+                self.line.update((batch + 1) * (batch_size if n_images else 1))
 
             def on_epoch_end(self, epoch, logs=None):
+                self.line.close()
                 if echo:
                     logs = logs or {}
-                    if tty:
-                        sys.stderr.write("\r")
                     echo(f"  {label} epoch {epoch + 1}/{epochs}: loss {logs.get('loss', float('nan')):.3f} "
                          f"acc {logs.get('accuracy', float('nan')):.3f} val_loss {logs.get('val_loss', float('nan')):.3f} "
                          f"val_acc {logs.get('val_accuracy', float('nan')):.3f} ({time.perf_counter() - self.t0:.1f}s)")
@@ -159,11 +161,13 @@ class _Progress:
         return Progress()
 
 
-def _fit(model, train_ds, val_ds, *, epochs, patience, class_weight, stage, label, steps, echo, history):
+def _fit(model, train_ds, val_ds, *, epochs, patience, class_weight, stage, label, steps, echo, history,
+         n_images: int = 0, batch_size: int = 0):
     best = _BestWeights(patience)
     t0 = time.perf_counter()
+    progress = _Progress(f"{label} [{stage}]", epochs, steps, echo, n_images, batch_size)
     h = model.fit(train_ds, validation_data=val_ds, epochs=epochs, class_weight=class_weight, verbose=0, shuffle=False,
-                  callbacks=[best, _Progress(f"{label} [{stage}]", epochs, steps, echo)])
+                  callbacks=[best, progress])
     elapsed = time.perf_counter() - t0
     n = len(h.history.get("loss", []))
     for i in range(n):
@@ -197,8 +201,8 @@ def train_head(model, x_tr, y_tr, x_va, y_va, *, cfg, seed: int, train_backbone:
         # Frozen backbone, deterministic input: compute features once, train the head on them.
         feat_model = keras.Model(model.inputs, model.get_layer("gap").output)
         t0 = time.perf_counter()
-        f_tr = feat_model.predict(x_tr.astype("float32"), batch_size=cfg.batch_size, verbose=0)
-        f_va = feat_model.predict(x_va.astype("float32"), batch_size=cfg.batch_size, verbose=0)
+        f_tr = predict(feat_model, x_tr, cfg.batch_size, echo=echo, label=f"{label}: backbone features (train)")
+        f_va = predict(feat_model, x_va, cfg.batch_size, echo=echo, label=f"{label}: backbone features (validation)")
         if echo:
             echo(f"  {label}: backbone features for {len(x_tr) + len(x_va)} images in {time.perf_counter() - t0:.1f}s")
         inp = keras.Input(f_tr.shape[1:])
@@ -210,14 +214,16 @@ def train_head(model, x_tr, y_tr, x_va, y_va, *, cfg, seed: int, train_backbone:
         train_ds = _dataset(f_tr, y_tr, cfg.batch_size, shuffle=True, seed=seed)
         val_ds = _dataset(f_va, y_va, cfg.batch_size, shuffle=False, seed=seed)
         stage = _fit(head, train_ds, val_ds, epochs=cfg.epochs, patience=cfg.early_stopping_patience,
-                     class_weight=cw, stage="head", label=label, steps=steps, echo=echo, history=result.history)
+                     class_weight=cw, stage="head", label=label, steps=steps, echo=echo, history=result.history,
+                     n_images=len(x_tr), batch_size=cfg.batch_size)
         stage.time_s = time.perf_counter() - t0  # feature extraction is part of the stage's cost
     else:
         _compile(model, cfg.learning_rate)
         train_ds = _dataset(x_tr, y_tr, cfg.batch_size, shuffle=True, seed=seed, augment=aug)
         val_ds = _dataset(x_va, y_va, cfg.batch_size, shuffle=False, seed=seed)
         stage = _fit(model, train_ds, val_ds, epochs=cfg.epochs, patience=cfg.early_stopping_patience,
-                     class_weight=cw, stage="head", label=label, steps=steps, echo=echo, history=result.history)
+                     class_weight=cw, stage="head", label=label, steps=steps, echo=echo, history=result.history,
+                     n_images=len(x_tr), batch_size=cfg.batch_size)
     result.stages.append(stage)
     return result
 
@@ -266,7 +272,8 @@ def fine_tune(model, x_tr, y_tr, x_va, y_va, *, cfg, ft, seed: int, label: str, 
                                                       echo=echo, store=Path(tmp) if tmp else None)
         _compile(fit_model, learning_rate_schedule(ft.learning_rate, steps, ft.epochs, ft.schedule, ft.warmup_epochs))
         stage = _fit(fit_model, train_ds, val_ds, epochs=ft.epochs, patience=cfg.early_stopping_patience,
-                     class_weight=cw, stage="fine_tune", label=label, steps=steps, echo=echo, history=result.history)
+                     class_weight=cw, stage="fine_tune", label=label, steps=steps, echo=echo, history=result.history,
+                     n_images=len(x_tr), batch_size=cfg.batch_size)
         del train_ds, val_ds  # memory-mapped arrays close before their folder goes
     stage.time_s = time.perf_counter() - t0  # the activations are part of the stage's cost
     result.stages.append(stage)
@@ -296,8 +303,10 @@ def _fine_tune_data(model, x_tr, y_tr, x_va, y_va, *, cfg, seed, label, echo, st
     need = act.needed_bytes(split, len(x_tr), len(x_va), flips)
     store = store if store is not None and need > act.IN_MEMORY_BYTES else None
     t0 = time.perf_counter()
-    tr = act.compute(split, x_tr, batch=cfg.batch_size, flips=flips, store=store, name="train")
-    va = act.compute(split, x_va, batch=cfg.batch_size, flips=False, store=store, name="validation")
+    tr = act.compute(split, x_tr, batch=cfg.batch_size, flips=flips, store=store, name="train", echo=echo,
+                     label=f"{label}: activations (train)")
+    va = act.compute(split, x_va, batch=cfg.batch_size, flips=False, store=store, name="validation", echo=echo,
+                     label=f"{label}: activations (validation)")
     say(f"  {label}: cached activations below {split.boundary} ({' + '.join(str(s) for s in split.shapes)} per image, "
         f"{len(x_tr)} training images x {2 if flips else 1} flips + {len(x_va)} validation, "
         f"{act.gib(need)}{' memory-mapped under the cache' if store else ' in memory'}) "
@@ -323,9 +332,20 @@ def _activation_split(model, cfg, n_tr: int, n_va: int, flips: bool):
     return split, ""
 
 
-def predict(model, x: np.ndarray, batch_size: int = 64, tta_flip: bool = False) -> np.ndarray:
-    """(n, H, W, 3) uint8/float 0..255 -> (n, k) probabilities; optional horizontal-flip TTA."""
-    p = model.predict(x.astype("float32"), batch_size=batch_size, verbose=0)
+def predict(model, x: np.ndarray, batch_size: int = 64, tta_flip: bool = False, *, echo=None,
+            label: str = "predicting") -> np.ndarray:
+    """(n, H, W, 3) uint8/float 0..255 -> (n, k) probabilities; optional horizontal-flip TTA.
+
+    ``echo``: the run's echo; unless it is quiet, a progress line with images/s and ETA shows.
+    """
+    from engine.progress import Progress, keras_callback
+
+    def once(a, what):
+        with Progress.for_echo(echo, what, len(a)) as line:
+            return model.predict(a.astype("float32"), batch_size=batch_size, verbose=0,
+                                 callbacks=[keras_callback(line, batch_size, mode="predict")])
+
+    p = once(x, label)
     if tta_flip:
-        p = (p + model.predict(x[:, :, ::-1].astype("float32"), batch_size=batch_size, verbose=0)) / 2
+        p = (p + once(x[:, :, ::-1], f"{label} (mirrored)")) / 2
     return p
