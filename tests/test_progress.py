@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import io
 
+import numpy as np
+
 from engine.progress import Progress, silent
 from test_hardening import assets, invoke, manifest  # noqa: F401 - assets is a fixture
 
@@ -68,3 +70,22 @@ def test_run_shows_progress_on_stderr_unless_quiet(assets, tmp_path, monkeypatch
     quiet = invoke(manifest(assets, tmp_path), "--quiet", "--output-dir", tmp_path / "b", "--run-id", "r1")
     assert quiet.exit_code == 0, quiet.output
     assert "images/s" not in quiet.stderr and "ETA" not in quiet.stderr
+
+
+def test_frozen_head_validation_probabilities_reuse_the_features_and_match_a_full_pass():
+    from engine.manifest import AugmentationConfig, TrainingConfig
+    from engine.training.train import predict, train_head
+    from tiny_training import classifier, data
+
+    aug = AugmentationConfig(enabled=False)
+    cfg = TrainingConfig(epochs=2, batch_size=8, learning_rate=1e-2, dropout=0.0, augmentation=aug,
+                         early_stopping_patience=0)
+    (x_tr, y_tr), (x_va, y_va) = data(24, 1), data(12, 9)
+    model = classifier(dropout=0.0)
+    result = train_head(model, x_tr, y_tr, x_va, y_va, cfg=cfg, seed=5, train_backbone=False, label="t")
+    assert result.val_features is not None and len(result.val_features) == len(x_va)
+    reused, full = result.validation_probs(), predict(model, x_va, batch_size=8)
+    assert reused.shape == (12, 3) and np.allclose(reused, full, atol=1e-5)
+    ended = train_head(classifier(dropout=0.0), x_tr, y_tr, x_va, y_va, cfg=cfg, seed=5, train_backbone=True,
+                       label="t")
+    assert ended.validation_probs() is None  # end to end: no frozen features to reuse

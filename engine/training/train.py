@@ -43,6 +43,16 @@ class StageResult:
 class TrainResult:
     history: list[dict] = field(default_factory=list)
     stages: list[StageResult] = field(default_factory=list)
+    #: The frozen-backbone head and the validation features it trained against (None on the
+    #: end-to-end path): evaluation reuses them instead of a second backbone pass (validation_probs).
+    head: object | None = None
+    val_features: np.ndarray | None = None
+
+    def validation_probs(self, batch_size: int = 64) -> np.ndarray | None:
+        """Validation probabilities from the cached features; None when there are none to reuse."""
+        if self.head is None or self.val_features is None:
+            return None
+        return self.head.predict(self.val_features, batch_size=batch_size, verbose=0)
 
     @property
     def time_s(self) -> float:
@@ -217,6 +227,7 @@ def train_head(model, x_tr, y_tr, x_va, y_va, *, cfg, seed: int, train_backbone:
                      class_weight=cw, stage="head", label=label, steps=steps, echo=echo, history=result.history,
                      n_images=len(x_tr), batch_size=cfg.batch_size)
         stage.time_s = time.perf_counter() - t0  # feature extraction is part of the stage's cost
+        result.head, result.val_features = head, f_va
     else:
         _compile(model, cfg.learning_rate)
         train_ds = _dataset(x_tr, y_tr, cfg.batch_size, shuffle=True, seed=seed, augment=aug)
