@@ -3,7 +3,7 @@
 A terminal gets one line rewritten in place (``\\r``); a log file or CI console gets a full line at
 most every ``interval`` seconds (10 by default, ``AUDITRUN_PROGRESS_INTERVAL`` overrides), so logs
 stay short. ``--quiet`` silences it: the run's echo carries ``quiet = True`` and :func:`silent`
-reads it. No TensorFlow import here; the Keras callback is built on demand.
+reads it. No TensorFlow import here (the training epochs' Keras callback lives in training/train.py).
 """
 
 from __future__ import annotations
@@ -89,40 +89,3 @@ class Progress:
         self.close()
         return False
 
-
-def keras_callback(progress: Progress, batch_size: int, *, mode: str = "train"):
-    """A Keras callback feeding ``progress`` batch by batch (``mode`` "train" or "predict").
-
-    Training restarts the count every epoch (one Progress per epoch keeps rate and ETA per epoch);
-    ``progress`` may be a factory ``epoch -> Progress`` for that.
-    """
-    import keras
-
-    class ProgressCallback(keras.callbacks.Callback):
-        current = progress if isinstance(progress, Progress) else None
-
-        def on_epoch_begin(self, epoch, logs=None):
-            if not isinstance(progress, Progress):
-                self.current = progress(epoch)
-
-        def _batch(self, batch):
-            if self.current is not None:
-                self.current.update((batch + 1) * batch_size)
-
-        def on_train_batch_end(self, batch, logs=None):
-            if mode == "train":
-                self._batch(batch)
-
-        def on_predict_batch_end(self, batch, logs=None):
-            if mode == "predict":
-                self._batch(batch)
-
-        def on_epoch_end(self, epoch, logs=None):
-            if self.current is not None and mode == "train":
-                self.current.close()
-
-        def on_predict_end(self, logs=None):
-            if self.current is not None and mode == "predict":
-                self.current.close()
-
-    return ProgressCallback()

@@ -343,20 +343,59 @@ def _activation_split(model, cfg, n_tr: int, n_va: int, flips: bool):
     return split, ""
 
 
+def _compiled_forward(model):
+    """``model`` in inference mode as one tf.function per model (one trace per batch shape, and
+    ``reduce_retracing`` makes a short last batch share it), cached on the model."""
+    import tensorflow as tf
+
+    step = getattr(model, "_auditrun_forward", None)
+    if step is None:
+        @tf.function(reduce_retracing=True)
+        def step(a):
+            return model(a, training=False)
+
+        model._auditrun_forward = step
+    return step
+
+
+def _batches(x: np.ndarray, batch_size: int, flip: bool):
+    """float32 batches of ``x`` (mirrored when ``flip``), converted one batch at a time (no full
+    float32 copy of the set) and prefetched so the next batch is ready while the model runs."""
+    import tensorflow as tf
+
+    def gen():
+        for i in range(0, len(x), batch_size):
+            a = x[i:i + batch_size]
+            yield (a[:, :, ::-1] if flip else a).astype("float32")
+
+    spec = tf.TensorSpec((None, *x.shape[1:]), tf.float32)
+    return tf.data.Dataset.from_generator(gen, output_signature=spec).prefetch(tf.data.AUTOTUNE)
+
+
 def predict(model, x: np.ndarray, batch_size: int = 64, tta_flip: bool = False, *, echo=None,
             label: str = "predicting") -> np.ndarray:
-    """(n, H, W, 3) uint8/float 0..255 -> (n, k) probabilities; optional horizontal-flip TTA.
+    """(n, H, W, 3) uint8/float 0..255 -> (n, k) model outputs; optional horizontal-flip TTA.
 
-    ``echo``: the run's echo; unless it is quiet, a progress line with images/s and ETA shows.
+    Runs a compiled forward over prefetched batches (docs/benchmarks.md compares it with a bare
+    compiled loop). ``echo``: the run's echo; unless it is quiet, a progress line shows images/s and ETA.
     """
-    from engine.progress import Progress, keras_callback
+    from engine.progress import Progress
 
-    def once(a, what):
-        with Progress.for_echo(echo, what, len(a)) as line:
-            return model.predict(a.astype("float32"), batch_size=batch_size, verbose=0,
-                                 callbacks=[keras_callback(line, batch_size, mode="predict")])
+    x = np.asarray(x)
+    if len(x) == 0:
+        return np.zeros((0, *model.output_shape[1:]), "float32")
+    step = _compiled_forward(model)
 
-    p = once(x, label)
+    def once(flip, what):
+        out, done = [], 0
+        with Progress.for_echo(echo, what, len(x)) as line:
+            for a in _batches(x, batch_size, flip):
+                out.append(np.asarray(step(a), dtype="float32"))
+                done += len(out[-1])
+                line.update(done)
+        return np.concatenate(out)
+
+    p = once(False, label)
     if tta_flip:
-        p = (p + once(x[:, :, ::-1], f"{label} (mirrored)")) / 2
+        p = (p + once(True, f"{label} (mirrored)")) / 2
     return p
