@@ -211,8 +211,8 @@ def train_head(model, x_tr, y_tr, x_va, y_va, *, cfg, seed: int, train_backbone:
         # Frozen backbone, deterministic input: compute features once, train the head on them.
         feat_model = keras.Model(model.inputs, model.get_layer("gap").output)
         t0 = time.perf_counter()
-        f_tr = predict(feat_model, x_tr, cfg.batch_size, echo=echo, label=f"{label}: backbone features (train)")
-        f_va = predict(feat_model, x_va, cfg.batch_size, echo=echo, label=f"{label}: backbone features (validation)")
+        f_tr = _predict(feat_model, x_tr, cfg.batch_size, echo=echo, label=f"{label}: backbone features (train)")
+        f_va = _predict(feat_model, x_va, cfg.batch_size, echo=echo, label=f"{label}: backbone features (validation)")
         if echo:
             echo(f"  {label}: backbone features for {len(x_tr) + len(x_va)} images in {time.perf_counter() - t0:.1f}s")
         inp = keras.Input(f_tr.shape[1:])
@@ -379,6 +379,12 @@ def predict(model, x: np.ndarray, batch_size: int = 64, tta_flip: bool = False, 
     Runs a compiled forward over prefetched batches (docs/benchmarks.md compares it with a bare
     compiled loop). ``echo``: the run's echo; unless it is quiet, a progress line shows images/s and ETA.
     """
+    return _predict(model, x, batch_size, tta_flip, echo=echo, label=label)
+
+
+def _predict(model, x, batch_size, tta_flip=False, *, echo, label):
+    # training's own feature pass calls this, not ``predict``, so a test replacing the evaluation's
+    # predictions cannot change what the head trains on
     from engine.progress import Progress
 
     x = np.asarray(x)
