@@ -34,6 +34,9 @@ def _quiet(_msg: str) -> None:
     pass
 
 
+_quiet.quiet = True  # engine.progress.silent reads it: no progress lines without an echo
+
+
 def slug(name: str) -> str:
     """A backbone label as a file stem."""
     s = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name).strip("._")
@@ -234,8 +237,12 @@ def shift_stage(ctx: RunContext) -> None:
 # --------------------------------------------------------------------------------------------- backbones
 
 
-def _evaluate_and_store(ctx: RunContext, res: BackboneResult, model, size: int) -> None:
-    """Validation metrics (for selection), then the single test evaluation, predictions, model file."""
+def _evaluate_and_store(ctx: RunContext, res: BackboneResult, model, size: int, trained=None) -> None:
+    """Validation metrics (for selection), then the single test evaluation, predictions, model file.
+
+    ``trained``: the TrainResult of a frozen-backbone head; its validation features are reused
+    instead of a second backbone pass (not with flip TTA, which needs the mirrored images' features).
+    """
     from engine.evaluation.metrics import classification_metrics
     from engine.evaluation.predictions import prediction_files, write_predictions
     from engine.training.train import predict
@@ -243,8 +250,12 @@ def _evaluate_and_store(ctx: RunContext, res: BackboneResult, model, size: int) 
     ds, m = ctx.dataset, ctx.manifest
     tta = m.evaluation.tta_flip
     t0 = time.perf_counter()
-    x_va = ctx.cache.load(ds.val, size, "validation")
-    p_va = predict(model, x_va, tta_flip=tta)
+    p_va = trained.validation_probs() if trained is not None and not tta else None
+    if trained is not None:
+        trained.val_features = None  # the frozen head's features are not needed past this point
+    if p_va is None:
+        x_va = ctx.cache.load(ds.val, size, "validation")
+        p_va = predict(model, x_va, tta_flip=tta, echo=ctx.echo, label=f"{res.name}: validation predictions")
     from sklearn.metrics import log_loss
 
     from engine.sklearn_warnings import hold_back
@@ -257,7 +268,7 @@ def _evaluate_and_store(ctx: RunContext, res: BackboneResult, model, size: int) 
                           "log_loss": round(float(log_loss(ds.labels("val"), p_va,
                                                            labels=range(len(ds.class_names)))), 6)}
     x_te = ctx.cache.load(ds.test, size, "test")
-    p_te = predict(model, x_te, tta_flip=tta)
+    p_te = predict(model, x_te, tta_flip=tta, echo=ctx.echo, label=f"{res.name}: test predictions")
     y_te = ds.labels("test")
     keep = ctx.leakage_free_mask()
     with hold_back():
@@ -392,7 +403,7 @@ def train_backbone(ctx: RunContext, cfg, fine_tune_cfg=None) -> list[BackboneRes
         res.stages = [s.to_dict() for s in history.stages]
         res.parameters = _count_params(model)
         res.timings["train_s"] = round(history.time_s, 2)
-        _evaluate_and_store(ctx, res, model, cfg.input_size)
+        _evaluate_and_store(ctx, res, model, cfg.input_size, history)
         res.timings["total_s"] = round(time.perf_counter() - t_start, 2)
         ft = fine_tune_cfg or cfg.fine_tune
         if ft is not None:
@@ -876,7 +887,8 @@ def explain_stage(ctx: RunContext, entries: list[BackboneResult]) -> None:
                     [data_mod.record_label(r) for r in ds.test], ds.class_names, ctx.run_dir / "gradcam" / slug(res.name),
                     m.gradcam.images_per_class, m.experiment.seed, layer=layer, data_root=ds.root,
                     run_dir=ctx.run_dir, pointing_max_images=m.gradcam.max_pointing_images,
-                    box_paths=_box_paths(ds.test), names=[display_path(r, ds.root) for r in ds.test])
+                    box_paths=_box_paths(ds.test), names=[display_path(r, ds.root) for r in ds.test],
+                    echo=ctx.echo)
                 # Boxed validation images score the explanation without the test split, so Grad-CAM
                 # settings (layer, input size) can be tuned on them.
                 val_game = pointing_game_on(

@@ -111,7 +111,7 @@ def test_a_tiny_run_lets_no_sklearn_warning_through(tmp_path, monkeypatch):
     for folder in ("meningioma_tumor", "no_tumor", "pituitary_tumor"):
         shutil.rmtree(tmp_path / "data" / "Testing" / folder)
 
-    def always_glioma(model, x, tta_flip=False):
+    def always_glioma(model, x, tta_flip=False, **_progress):
         probs = np.full((len(x), len(CLASSES)), 0.02, dtype="float32")
         probs[:, 0] = 0.94
         return probs

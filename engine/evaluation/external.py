@@ -229,7 +229,7 @@ def _evaluate_backbone(run_dir: Path, e: dict, images: _ExternalImages, echo: Ca
         raise InputError(f"model file {str(model_path)!r} is missing; external validation needs the run's models")
     model = load_saved_model(model_path)
     x = images.pixels(e["input_size"][0])
-    probs = predict(model, x, tta_flip=tta)
+    probs = predict(model, x, tta_flip=tta, echo=echo, label=f"{e['name']}: predictions")
     block, m = _metrics_block(e, images, probs)
     if images.boxed:
         block["pointing_game"] = _pointing_game(model, e, x, images)

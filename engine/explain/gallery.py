@@ -196,7 +196,7 @@ def explain_backbone(model, images: np.ndarray, y_true, probs: np.ndarray, paths
                      run_dir: Path | str | None = None, batch_size: int = 16,
                      pointing_max_images: int = POINTING_MAX_IMAGES,
                      box_paths: Sequence[str | None] | None = None, names: Sequence[str] | None = None,
-                     heatmaps=None, method: str = "gradcam") -> dict:
+                     heatmaps=None, method: str = "gradcam", echo=None) -> dict:
     """Grad-CAM gallery and pointing game for one trained backbone; returns its ``gradcam`` block.
 
     Args:
@@ -219,6 +219,7 @@ def explain_backbone(model, images: np.ndarray, y_true, probs: np.ndarray, paths
         heatmaps, method: another explanation than Grad-CAM on ``model`` (an imported model's,
             engine.explain.agnostic.heatmaps_for): ``heatmaps(images, class_index) -> (m, H, W)``
             and its name, recorded as the block's ``method`` (``layer`` is then the given one or None).
+        echo: the run's echo, for Grad-CAM's progress line (none when None or quiet).
 
     Gallery maps explain the PREDICTED class (why the model said what it said); pointing-game maps
     explain the TRUE class, as in Zhang et al. 2016. ``pointing_game`` holds hits / total / rate,
@@ -244,7 +245,7 @@ def explain_backbone(model, images: np.ndarray, y_true, probs: np.ndarray, paths
     jobs = sorted({(i, int(y_pred[i])) for i in gallery} | {(i, int(y_true[i])) for i in boxed})
     keep = {(i, int(y_pred[i])) for i in gallery}
     explain = heatmaps or (lambda x, cls: gradcam.gradcam_heatmaps(model, x, cls, layer=target,
-                                                                   batch_size=batch_size))
+                                                                   batch_size=batch_size, echo=echo))
     heat = explain(images[[i for i, _ in jobs]], np.array([c for _, c in jobs])) if jobs else []
     stats = {key: gradcam.heatmap_stats(hm, boxes[key[0]]) for key, hm in zip(jobs, heat)}
     maps = {key: hm for key, hm in zip(jobs, heat) if key in keep}

@@ -340,7 +340,8 @@ def _check_inputs(model, images, class_index) -> tuple[np.ndarray, np.ndarray]:
 
 
 def gradcam_heatmaps(model, images: np.ndarray, class_index: Sequence[int], layer: str | None = None,
-                     batch_size: int = 16, upsample: bool = True, variant: str = "gradcam") -> np.ndarray:
+                     batch_size: int = 16, upsample: bool = True, variant: str = "gradcam",
+                     echo=None) -> np.ndarray:
     """Grad-CAM maps of ``class_index`` for each image.
 
     Args:
@@ -352,6 +353,7 @@ def gradcam_heatmaps(model, images: np.ndarray, class_index: Sequence[int], laye
         variant: "gradcam" (Selvaraju et al. 2017), "layercam" (Jiang et al. 2021: per-location positive
             gradients, one layer) or "gradcam++" (Chattopadhay et al. 2018: positive
             gradients weighted per location, so several instances of a class all light up).
+        echo: the run's echo; unless it is quiet, a progress line with images/s and ETA shows.
 
     Returns:
         (n, H, W) float32 in [0, 1], each map scaled to max 1; all zeros where the class has no
@@ -363,7 +365,14 @@ def gradcam_heatmaps(model, images: np.ndarray, class_index: Sequence[int], laye
     layer = find_target_layer(model, layer)
     if len(images) == 0:
         return np.zeros((0, *images.shape[1:3]), dtype=np.float32)
-    return np.concatenate(list(_iter_heatmaps(model, images, class_index, layer, batch_size, upsample, variant)))
+    from engine.progress import Progress
+
+    out = []
+    with Progress.for_echo(echo, f"Grad-CAM ({variant})", len(images)) as line:
+        for maps in _iter_heatmaps(model, images, class_index, layer, batch_size, upsample, variant):
+            out.append(maps)
+            line.update(sum(len(m) for m in out))
+    return np.concatenate(out)
 
 
 # --------------------------------------------------------------------------------------------

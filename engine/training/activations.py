@@ -178,21 +178,30 @@ def _step(lower):
     return step
 
 
-def _forward(lower, x: np.ndarray, out: list[np.ndarray], batch: int, flip: bool) -> None:
+def _forward(lower, x: np.ndarray, out: list[np.ndarray], batch: int, flip: bool, line=None) -> None:
     import tensorflow as tf
 
     step = _step(lower)
     for i in range(0, len(x), batch):
+        if line is not None:
+            line.update(i)
         a = x[i:i + batch].astype("float32")
         if flip:
             a = a[:, :, ::-1]
         for j, r in enumerate(step(tf.constant(a))):
             out[j][i:i + len(a)] = r.numpy()
+    if line is not None:
+        line.update(len(x))
 
 
 def compute(split: Split, x: np.ndarray, *, batch: int, flips: bool, store: Path | None = None,
-            name: str = "train") -> list[list[np.ndarray]]:
-    """Boundary activations of ``x``: ``[variant][tensor] -> (n, ...)`` float32, in RAM or memory-mapped."""
+            name: str = "train", echo=None, label: str = "activations") -> list[list[np.ndarray]]:
+    """Boundary activations of ``x``: ``[variant][tensor] -> (n, ...)`` float32, in RAM or memory-mapped.
+
+    ``echo``: the run's echo; unless it is quiet, a progress line with images/s and ETA shows.
+    """
+    from engine.progress import Progress
+
     variants = []
     for v in range(2 if flips else 1):
         arrays = []
@@ -203,7 +212,9 @@ def compute(split: Split, x: np.ndarray, *, batch: int, flips: bool, store: Path
                                                         shape=(len(x), *shape)))
             else:
                 arrays.append(np.empty((len(x), *shape), "float32"))
-        _forward(split.lower, x, arrays, batch, flip=bool(v))
+        what = f"{label}{' mirrored' if v else ''}"
+        with Progress.for_echo(echo, what, len(x)) as line:
+            _forward(split.lower, x, arrays, batch, flip=bool(v), line=line)
         variants.append(arrays)
     return variants
 

@@ -43,6 +43,16 @@ class StageResult:
 class TrainResult:
     history: list[dict] = field(default_factory=list)
     stages: list[StageResult] = field(default_factory=list)
+    #: The frozen-backbone head and the validation features it trained against (None on the
+    #: end-to-end path): evaluation reuses them instead of a second backbone pass (validation_probs).
+    head: object | None = None
+    val_features: np.ndarray | None = None
+
+    def validation_probs(self, batch_size: int = 64) -> np.ndarray | None:
+        """Validation probabilities from the cached features; None when there are none to reuse."""
+        if self.head is None or self.val_features is None:
+            return None
+        return self.head.predict(self.val_features, batch_size=batch_size, verbose=0)
 
     @property
     def time_s(self) -> float:
@@ -130,28 +140,30 @@ class _BestWeights:
 
 
 class _Progress:
-    """Per-epoch progress on stderr (a live bar on a terminal, one line per epoch otherwise)."""
+    """Per-epoch progress on stderr: images/s and ETA while an epoch runs (engine.progress), then
+    one summary line per epoch."""
 
-    def __new__(cls, label: str, epochs: int, steps: int, echo: Callable[[str], None] | None):
+    def __new__(cls, label: str, epochs: int, steps: int, echo: Callable[[str], None] | None, n_images: int = 0,
+                batch_size: int = 0):
         import keras
 
-        tty = sys.stderr.isatty()
+        from engine.progress import Progress as Line
+
+        total = n_images or steps
 
         class Progress(keras.callbacks.Callback):
             def on_epoch_begin(self, epoch, logs=None):
                 self.t0, self.epoch = time.perf_counter(), epoch + 1
+                self.line = Line.for_echo(echo, f"{label} epoch {epoch + 1}/{epochs}", total,
+                                          unit="images" if n_images else "batches")
 
             def on_train_batch_end(self, batch, logs=None):
-                if echo and tty:
-                    done = int(20 * (batch + 1) / max(1, steps))
-                    sys.stderr.write(f"\r  {label} epoch {self.epoch}/{epochs} [{'#' * done}{'.' * (20 - done)}]")
-                    sys.stderr.flush()
+                self.line.update((batch + 1) * (batch_size if n_images else 1))
 
             def on_epoch_end(self, epoch, logs=None):
+                self.line.close()
                 if echo:
                     logs = logs or {}
-                    if tty:
-                        sys.stderr.write("\r")
                     echo(f"  {label} epoch {epoch + 1}/{epochs}: loss {logs.get('loss', float('nan')):.3f} "
                          f"acc {logs.get('accuracy', float('nan')):.3f} val_loss {logs.get('val_loss', float('nan')):.3f} "
                          f"val_acc {logs.get('val_accuracy', float('nan')):.3f} ({time.perf_counter() - self.t0:.1f}s)")
@@ -159,11 +171,13 @@ class _Progress:
         return Progress()
 
 
-def _fit(model, train_ds, val_ds, *, epochs, patience, class_weight, stage, label, steps, echo, history):
+def _fit(model, train_ds, val_ds, *, epochs, patience, class_weight, stage, label, steps, echo, history,
+         n_images: int = 0, batch_size: int = 0):
     best = _BestWeights(patience)
     t0 = time.perf_counter()
+    progress = _Progress(f"{label} [{stage}]", epochs, steps, echo, n_images, batch_size)
     h = model.fit(train_ds, validation_data=val_ds, epochs=epochs, class_weight=class_weight, verbose=0, shuffle=False,
-                  callbacks=[best, _Progress(f"{label} [{stage}]", epochs, steps, echo)])
+                  callbacks=[best, progress])
     elapsed = time.perf_counter() - t0
     n = len(h.history.get("loss", []))
     for i in range(n):
@@ -197,8 +211,8 @@ def train_head(model, x_tr, y_tr, x_va, y_va, *, cfg, seed: int, train_backbone:
         # Frozen backbone, deterministic input: compute features once, train the head on them.
         feat_model = keras.Model(model.inputs, model.get_layer("gap").output)
         t0 = time.perf_counter()
-        f_tr = feat_model.predict(x_tr.astype("float32"), batch_size=cfg.batch_size, verbose=0)
-        f_va = feat_model.predict(x_va.astype("float32"), batch_size=cfg.batch_size, verbose=0)
+        f_tr = _predict(feat_model, x_tr, cfg.batch_size, echo=echo, label=f"{label}: backbone features (train)")
+        f_va = _predict(feat_model, x_va, cfg.batch_size, echo=echo, label=f"{label}: backbone features (validation)")
         if echo:
             echo(f"  {label}: backbone features for {len(x_tr) + len(x_va)} images in {time.perf_counter() - t0:.1f}s")
         inp = keras.Input(f_tr.shape[1:])
@@ -210,14 +224,17 @@ def train_head(model, x_tr, y_tr, x_va, y_va, *, cfg, seed: int, train_backbone:
         train_ds = _dataset(f_tr, y_tr, cfg.batch_size, shuffle=True, seed=seed)
         val_ds = _dataset(f_va, y_va, cfg.batch_size, shuffle=False, seed=seed)
         stage = _fit(head, train_ds, val_ds, epochs=cfg.epochs, patience=cfg.early_stopping_patience,
-                     class_weight=cw, stage="head", label=label, steps=steps, echo=echo, history=result.history)
+                     class_weight=cw, stage="head", label=label, steps=steps, echo=echo, history=result.history,
+                     n_images=len(x_tr), batch_size=cfg.batch_size)
         stage.time_s = time.perf_counter() - t0  # feature extraction is part of the stage's cost
+        result.head, result.val_features = head, f_va
     else:
         _compile(model, cfg.learning_rate)
         train_ds = _dataset(x_tr, y_tr, cfg.batch_size, shuffle=True, seed=seed, augment=aug)
         val_ds = _dataset(x_va, y_va, cfg.batch_size, shuffle=False, seed=seed)
         stage = _fit(model, train_ds, val_ds, epochs=cfg.epochs, patience=cfg.early_stopping_patience,
-                     class_weight=cw, stage="head", label=label, steps=steps, echo=echo, history=result.history)
+                     class_weight=cw, stage="head", label=label, steps=steps, echo=echo, history=result.history,
+                     n_images=len(x_tr), batch_size=cfg.batch_size)
     result.stages.append(stage)
     return result
 
@@ -266,7 +283,8 @@ def fine_tune(model, x_tr, y_tr, x_va, y_va, *, cfg, ft, seed: int, label: str, 
                                                       echo=echo, store=Path(tmp) if tmp else None)
         _compile(fit_model, learning_rate_schedule(ft.learning_rate, steps, ft.epochs, ft.schedule, ft.warmup_epochs))
         stage = _fit(fit_model, train_ds, val_ds, epochs=ft.epochs, patience=cfg.early_stopping_patience,
-                     class_weight=cw, stage="fine_tune", label=label, steps=steps, echo=echo, history=result.history)
+                     class_weight=cw, stage="fine_tune", label=label, steps=steps, echo=echo, history=result.history,
+                     n_images=len(x_tr), batch_size=cfg.batch_size)
         del train_ds, val_ds  # memory-mapped arrays close before their folder goes
     stage.time_s = time.perf_counter() - t0  # the activations are part of the stage's cost
     result.stages.append(stage)
@@ -296,8 +314,10 @@ def _fine_tune_data(model, x_tr, y_tr, x_va, y_va, *, cfg, seed, label, echo, st
     need = act.needed_bytes(split, len(x_tr), len(x_va), flips)
     store = store if store is not None and need > act.IN_MEMORY_BYTES else None
     t0 = time.perf_counter()
-    tr = act.compute(split, x_tr, batch=cfg.batch_size, flips=flips, store=store, name="train")
-    va = act.compute(split, x_va, batch=cfg.batch_size, flips=False, store=store, name="validation")
+    tr = act.compute(split, x_tr, batch=cfg.batch_size, flips=flips, store=store, name="train", echo=echo,
+                     label=f"{label}: activations (train)")
+    va = act.compute(split, x_va, batch=cfg.batch_size, flips=False, store=store, name="validation", echo=echo,
+                     label=f"{label}: activations (validation)")
     say(f"  {label}: cached activations below {split.boundary} ({' + '.join(str(s) for s in split.shapes)} per image, "
         f"{len(x_tr)} training images x {2 if flips else 1} flips + {len(x_va)} validation, "
         f"{act.gib(need)}{' memory-mapped under the cache' if store else ' in memory'}) "
@@ -323,9 +343,65 @@ def _activation_split(model, cfg, n_tr: int, n_va: int, flips: bool):
     return split, ""
 
 
-def predict(model, x: np.ndarray, batch_size: int = 64, tta_flip: bool = False) -> np.ndarray:
-    """(n, H, W, 3) uint8/float 0..255 -> (n, k) probabilities; optional horizontal-flip TTA."""
-    p = model.predict(x.astype("float32"), batch_size=batch_size, verbose=0)
+def _compiled_forward(model):
+    """``model`` in inference mode as one tf.function per model (one trace per batch shape, and
+    ``reduce_retracing`` makes a short last batch share it), cached on the model."""
+    import tensorflow as tf
+
+    step = getattr(model, "_auditrun_forward", None)
+    if step is None:
+        @tf.function(reduce_retracing=True)
+        def step(a):
+            return model(a, training=False)
+
+        model._auditrun_forward = step
+    return step
+
+
+def _batches(x: np.ndarray, batch_size: int, flip: bool):
+    """float32 batches of ``x`` (mirrored when ``flip``), converted one batch at a time (no full
+    float32 copy of the set) and prefetched so the next batch is ready while the model runs."""
+    import tensorflow as tf
+
+    def gen():
+        for i in range(0, len(x), batch_size):
+            a = x[i:i + batch_size]
+            yield (a[:, :, ::-1] if flip else a).astype("float32")
+
+    spec = tf.TensorSpec((None, *x.shape[1:]), tf.float32)
+    return tf.data.Dataset.from_generator(gen, output_signature=spec).prefetch(tf.data.AUTOTUNE)
+
+
+def predict(model, x: np.ndarray, batch_size: int = 64, tta_flip: bool = False, *, echo=None,
+            label: str = "predicting") -> np.ndarray:
+    """(n, H, W, 3) uint8/float 0..255 -> (n, k) model outputs; optional horizontal-flip TTA.
+
+    Runs a compiled forward over prefetched batches (docs/benchmarks.md compares it with a bare
+    compiled loop). ``echo``: the run's echo; unless it is quiet, a progress line shows images/s and ETA.
+    """
+    return _predict(model, x, batch_size, tta_flip, echo=echo, label=label)
+
+
+def _predict(model, x, batch_size, tta_flip=False, *, echo, label):
+    # training's own feature pass calls this, not ``predict``, so a test replacing the evaluation's
+    # predictions cannot change what the head trains on
+    from engine.progress import Progress
+
+    x = np.asarray(x)
+    if len(x) == 0:
+        return np.zeros((0, *model.output_shape[1:]), "float32")
+    step = _compiled_forward(model)
+
+    def once(flip, what):
+        out, done = [], 0
+        with Progress.for_echo(echo, what, len(x)) as line:
+            for a in _batches(x, batch_size, flip):
+                out.append(np.asarray(step(a), dtype="float32"))
+                done += len(out[-1])
+                line.update(done)
+        return np.concatenate(out)
+
+    p = once(False, label)
     if tta_flip:
-        p = (p + model.predict(x[:, :, ::-1].astype("float32"), batch_size=batch_size, verbose=0)) / 2
+        p = (p + once(True, f"{label} (mirrored)")) / 2
     return p
