@@ -25,6 +25,15 @@ from engine.errors import InputError
 #: Must equal the version in engine/schemas/results.schema.json ($id and schema_version const).
 SCHEMA_VERSION = 1
 
+#: How figures and the report name each explanation method of results.json (``explanations[].method``;
+#: engine.explain.methods.METHODS). One table for the explain stage and the report, which imports
+#: nothing from that stage.
+METHOD_LABELS = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "layercam": "LayerCAM", "scorecam": "Score-CAM",
+                 "occlusion": "Occlusion"}
+#: How gallery captions and colour bars name ``gradcam.method`` (an imported model's gallery may be
+#: occlusion sensitivity rather than Grad-CAM).
+GALLERY_METHOD_NAMES = {**METHOD_LABELS, "occlusion": "Occlusion sensitivity"}
+
 
 @dataclass
 class WeightsInfo:

@@ -18,6 +18,7 @@ from engine.errors import InputError
 from engine.explain import gradcam
 from engine.manifest import POINTING_MAX_IMAGES
 from engine.paths import relative_to_root
+from engine.results import GALLERY_METHOD_NAMES
 
 #: Contour levels drawn on the overlay (fraction of the map's maximum) and their line styles, so
 #: the two are told apart without colour.
@@ -25,8 +26,6 @@ CONTOUR_LEVELS = (0.5, 0.8)
 CONTOUR_STYLES = ("dashed", "solid")
 #: Okabe-Ito orange for the tumour box outline: visible on viridis and on greyscale.
 BOX_COLOUR = "#E69F00"
-#: How captions and colour bars name an explanation method (results.json ``gradcam.method``).
-METHOD_NAMES = {"gradcam": "Grad-CAM", "occlusion": "Occlusion sensitivity"}
 
 
 def _write_bytes(path: Path, data: bytes) -> None:
@@ -260,7 +259,7 @@ def explain_backbone(model, images: np.ndarray, y_true, probs: np.ndarray, paths
         if image.dtype != np.uint8:
             image = np.clip(np.rint(image), 0, 255).astype(np.uint8)
         files = render_gallery_images(image, maps[key], out_dir, stem, boxes=boxes[i],
-                                      label=METHOD_NAMES.get(method, method))
+                                      label=GALLERY_METHOD_NAMES.get(method, method))
         s = stats[key]
         items.append({
             "image": names[i] if names is not None else relative_to_root(paths[i], data_root),

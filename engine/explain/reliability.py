@@ -17,10 +17,8 @@ import numpy as np
 
 from engine.explain import gradcam
 from engine.paths import relative_to_root
+from engine.results import METHOD_LABELS
 
-#: How the methods are named in figures and captions.
-METHOD_LABELS = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "layercam": "LayerCAM", "scorecam": "Score-CAM",
-                 "occlusion": "Occlusion"}
 #: Defaults of ``[gradcam]`` (engine.manifest.GradcamConfig) for callers without a manifest.
 DEFAULT_CHECK_IMAGES = 12
 

@@ -9,6 +9,7 @@ from typing import Any, Sequence
 
 from engine.report.explanations import ExplanationView, explanation_views, most_faithful
 from engine.report.figures import FigureRecord
+from engine.results import GALLERY_METHOD_NAMES
 from engine.report.subgroups import SubgroupView, subgroup_view
 from engine.report.values import (ImageRef, Metric, _anchor, _class_metric, _count, _display, _input_size,
                                   _interval, _metric, _num, _weights_text, format_duration, macro_classes,
@@ -263,16 +264,13 @@ def _calibration_view(backbone: dict) -> CalibrationView | None:
     return CalibrationView(cal.get("n_bins"), t, before, after, sentence)
 
 
-#: How captions name results.json ``gradcam.method`` (as engine.explain.gallery.METHOD_NAMES; the report
-#: imports nothing from the explain stage).
-METHOD_NAMES = {"gradcam": "Grad-CAM", "occlusion": "Occlusion sensitivity"}
 
 
 def _gradcam_gallery(backbone: dict) -> GradcamGallery | None:
     block = backbone.get("gradcam")
     if not isinstance(block, dict):
         return None
-    method = METHOD_NAMES.get(block.get("method") or "gradcam", str(block.get("method")))
+    method = GALLERY_METHOD_NAMES.get(block.get("method") or "gradcam", str(block.get("method")))
     if block.get("error"):
         return GradcamGallery("n/a", None, None, None, [], error=str(block["error"]), method=method)
     name = _display(backbone)

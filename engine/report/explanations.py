@@ -10,8 +10,7 @@ from typing import Any
 
 from engine.report.values import _display, _num
 
-METHOD_LABELS = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "layercam": "LayerCAM", "scorecam": "Score-CAM",
-                 "occlusion": "Occlusion"}
+from engine.results import METHOD_LABELS
 
 
 @dataclass(frozen=True)
