@@ -181,6 +181,9 @@ def run_cmd(manifest: Path, output_dir, run_id, resume, junit, quiet):
     if outcome.already_finished:
         click.echo(str(outcome.run_dir))
         return
+    if outcome.worker:  # its gates and artefacts are the chief's to report
+        echo("multiworker: this worker is done; the chief writes the run directory")
+        return
     for line in gates_mod.gates_summary_lines(outcome.gates, include_pass=not quiet):
         click.echo(line, err=True)
     click.echo(str(outcome.run_dir))

@@ -507,6 +507,8 @@ class RunOutcome:
     gates: list = field(default_factory=list)
     #: True when --resume found the run already finished and did nothing.
     already_finished: bool = False
+    #: True for a non-chief multiworker process: it trained in step with the chief and kept nothing.
+    worker: bool = False
 
     @property
     def gate_failed(self) -> bool:
@@ -525,7 +527,7 @@ def run_audit(m: Manifest, *, output_dir: Path | None = None, run_id: str | None
         from engine.training.devices import is_chief
 
         if not is_chief():
-            return _run_as_worker(m, run_id, echo, now)
+            return _run_as_worker(m, Path(output_dir) if output_dir else m.experiment.output_dir, run_id, echo, now)
     if resume is not None:
         exp_dir = Path(resume).resolve().parent
     else:
@@ -539,17 +541,19 @@ def run_audit(m: Manifest, *, output_dir: Path | None = None, run_id: str | None
         return _run_locked(m, exp_dir, run_id, echo, now, resume)
 
 
-def _run_as_worker(m: Manifest, run_id, echo: Echo, now) -> RunOutcome:
+def _run_as_worker(m: Manifest, output_root: Path, run_id, echo: Echo, now) -> RunOutcome:
     """A non-chief worker trains in step with the chief but keeps nothing: only the chief writes
-    artefacts. Its run goes to a temporary folder, deleted at the end, and it exits 0."""
+    artefacts. Its run goes to a hidden temporary folder inside the output root (nothing is
+    written outside it), deleted at the end, and it exits 0."""
     import tempfile
 
-    with tempfile.TemporaryDirectory(prefix="auditrun-worker-") as tmp:
+    output_root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".worker-", dir=output_root) as tmp:
         echo("multiworker: non-chief worker; training with the chief, writing nothing that stays")
         exp_dir = Path(tmp) / m.experiment.name
         exp_dir.mkdir()
         outcome = _run_locked(m, exp_dir, run_id, echo, now, None)
-    return RunOutcome(Path(tmp), outcome.status)
+    return RunOutcome(output_root, outcome.status, worker=True)
 
 
 def _run_locked(m: Manifest, exp_dir: Path, run_id, echo: Echo, now, resume) -> RunOutcome:

@@ -73,3 +73,28 @@ def test_precision_is_float32_on_cpu_and_explicit_choices_stand():
     cpu = [{"type": "CPU", "name": "x", "count": 1}]
     assert precision_policy("auto", cpu) == "float32"  # this machine has no GPU
     assert precision_policy("mixed_bfloat16", cpu) == "mixed_bfloat16"
+
+
+def test_replica_slices_cover_the_global_batch_once():
+    from engine.training.loop import replica_slices
+
+    for n, r in ((32, 2), (7, 2), (1, 4), (0, 3), (33, 8)):
+        parts = replica_slices(n, r)
+        assert len(parts) == r
+        assert np.concatenate([np.arange(n)[p] for p in parts]).tolist() == list(range(n))
+        assert max(p.stop - p.start for p in parts) - min(p.stop - p.start for p in parts) <= 1
+
+
+@pytest.mark.slow
+def test_own_training_loop_matches_keras_fit_on_one_device(monkeypatch):
+    """engine.training.loop (what multiworker trains with) against Keras' fit: same batches, same
+    steps, same validation losses and probabilities on the head and cached fine-tuning stages."""
+    import tiny_training
+    from engine.training import loop
+
+    fit = tiny_training.main("none")
+    monkeypatch.setattr(loop, "needed", lambda strategy=None: True)
+    own = tiny_training.main("none")
+    assert np.allclose(fit["val_loss"], own["val_loss"], atol=1e-5)
+    assert np.abs(np.array(fit["probabilities"]) - np.array(own["probabilities"])).max() < 1e-4
+    assert fit["cached"] and own["cached"]

@@ -39,7 +39,8 @@ def batches_class():
     import keras
 
     class Batches(keras.utils.PyDataset):
-        """Seeded batches: one permutation and one flip draw per epoch, from ``seed`` and the epoch.
+        """Seeded batches: one permutation and one flip draw per epoch, from ``seed`` and the epoch
+        (``set_epoch``).
 
         ``fetch(indices, flips)`` turns image indices and their flip choices into the model's input.
         """
@@ -64,9 +65,13 @@ def batches_class():
             idx = self.order[pos]
             return self.fetch(idx, self.flips[pos]), self.y[idx]
 
-        def on_epoch_end(self):
-            self.epoch += 1
-            self._draw()
+        def set_epoch(self, epoch: int):
+            """Draw epoch ``epoch``'s order and flips. Called from the training callbacks'
+            on_epoch_begin, which number epochs truly: Keras' fit also runs the data hooks once
+            for its symbolic build, and our own loop (engine.training.loop) does not."""
+            if epoch != self.epoch:
+                self.epoch = epoch
+                self._draw()
 
     return Batches
 
@@ -78,6 +83,15 @@ def image_fetch(x: np.ndarray):
         out = x[idx].astype("float32")
         out[flips] = out[flips][:, :, ::-1]
         return out
+
+    return fetch
+
+
+def array_fetch(a: np.ndarray):
+    """Rows of ``a`` as they are (features: no flip variant)."""
+
+    def fetch(idx, flips):
+        return a[idx]
 
     return fetch
 

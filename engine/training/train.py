@@ -170,19 +170,37 @@ class _Progress:
         return Progress()
 
 
+class _EpochDraw:
+    """Sets the seeded sampler's epoch (activations.Batches.set_epoch) as each epoch begins."""
+
+    def __new__(cls, data):
+        import keras
+
+        class EpochDraw(keras.callbacks.Callback):
+            def on_epoch_begin(self, epoch, logs=None):
+                data.set_epoch(epoch)
+
+        return EpochDraw()
+
+
 def _fit(model, train_ds, val_ds, *, epochs, patience, class_weight, stage, label, steps, echo, history,
          n_images: int = 0, batch_size: int = 0):
     best = _BestWeights(patience)
     t0 = time.perf_counter()
     progress = _Progress(f"{label} [{stage}]", epochs, steps, echo, n_images, batch_size)
-    h = model.fit(train_ds, validation_data=val_ds, epochs=epochs, class_weight=class_weight, verbose=0, shuffle=False,
-                  callbacks=[best, progress])
+    callbacks = [best, progress] + ([_EpochDraw(train_ds)] if hasattr(train_ds, "set_epoch") else [])
+    from engine.training import loop
+
+    if loop.needed():  # MultiWorkerMirroredStrategy: Keras' fit cannot drive it (engine.training.loop)
+        h = loop.fit(model, train_ds, val_ds, epochs=epochs, class_weight=class_weight, callbacks=callbacks)
+    else:
+        h = model.fit(train_ds, validation_data=val_ds, epochs=epochs, class_weight=class_weight, verbose=0,
+                      shuffle=False, callbacks=callbacks).history
     elapsed = time.perf_counter() - t0
-    n = len(h.history.get("loss", []))
+    n = len(h.get("loss", []))
     for i in range(n):
         history.append({"stage": stage, "epoch": i + 1,
-                        **{k: float(h.history[k][i]) for k in ("loss", "accuracy", "val_loss", "val_accuracy")
-                           if k in h.history}})
+                        **{k: float(h[k][i]) for k in ("loss", "accuracy", "val_loss", "val_accuracy") if k in h}})
     return StageResult(stage, n, best.best_epoch or n, best.stopped, elapsed)
 
 
@@ -197,6 +215,8 @@ def train_head(model, x_tr, y_tr, x_va, y_va, *, cfg, seed: int, train_backbone:
                echo=None) -> TrainResult:
     """Stage 1. ``cfg`` is the manifest's TrainingConfig. Mutates and returns weights in ``model``."""
     import keras
+
+    from engine.training import activations as act
 
     result = TrainResult()
     n_classes = model.output_shape[-1]
@@ -220,8 +240,11 @@ def train_head(model, x_tr, y_tr, x_va, y_va, *, cfg, seed: int, train_backbone:
         x = model.get_layer("logits")(x)
         head = keras.Model(inp, model.get_layer("probabilities")(x))
         _compile(head, cfg.learning_rate)
-        train_ds = _dataset(f_tr, y_tr, cfg.batch_size, shuffle=True, seed=seed)
-        val_ds = _dataset(f_va, y_va, cfg.batch_size, shuffle=False, seed=seed)
+        # the seeded per-epoch sampler, not tf.data's shuffle: its order depends on how many
+        # iterators were made before, which differs between Keras' fit and our own loop
+        batches = act.batches_class()
+        train_ds = batches(act.array_fetch(f_tr), y_tr, cfg.batch_size, seed=seed, shuffle=True, flip=False)
+        val_ds = batches(act.array_fetch(f_va), y_va, cfg.batch_size, seed=seed, shuffle=False, flip=False)
         stage = _fit(head, train_ds, val_ds, epochs=cfg.epochs, patience=cfg.early_stopping_patience,
                      class_weight=cw, stage="head", label=label, steps=steps, echo=echo, history=result.history,
                      n_images=len(x_tr), batch_size=cfg.batch_size)
