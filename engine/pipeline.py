@@ -237,11 +237,13 @@ def shift_stage(ctx: RunContext) -> None:
 # --------------------------------------------------------------------------------------------- backbones
 
 
-def _evaluate_and_store(ctx: RunContext, res: BackboneResult, model, size: int, trained=None) -> None:
+def _evaluate_and_store(ctx: RunContext, res: BackboneResult, model, size: int, trained=None, shared=None) -> None:
     """Validation metrics (for selection), then the single test evaluation, predictions, model file.
 
     ``trained``: the TrainResult of a frozen-backbone head; its validation features are reused
     instead of a second backbone pass (not with flip TTA, which needs the mirrored images' features).
+    ``shared``: the backbone's cached boundary activations (activations.Shared); the model's top
+    part runs on them instead of a whole-network pass.
     """
     from engine.evaluation.metrics import classification_metrics
     from engine.evaluation.predictions import prediction_files, write_predictions
@@ -253,6 +255,8 @@ def _evaluate_and_store(ctx: RunContext, res: BackboneResult, model, size: int, 
     p_va = trained.validation_probs() if trained is not None and not tta else None
     if trained is not None:
         trained.val_features = None  # the frozen head's features are not needed past this point
+    if p_va is None and shared is not None:
+        p_va = shared.probs("val", echo=ctx.echo, label=f"{res.name}: validation predictions")
     if p_va is None:
         x_va = ctx.cache.load(ds.val, size, "validation")
         p_va = predict(model, x_va, tta_flip=tta, echo=ctx.echo, label=f"{res.name}: validation predictions")
@@ -267,8 +271,11 @@ def _evaluate_and_store(ctx: RunContext, res: BackboneResult, model, size: int, 
         res.validation = {"accuracy": round(val.accuracy, 6), "macro_f1": round(val.macro_f1, 6),
                           "log_loss": round(float(log_loss(ds.labels("val"), p_va,
                                                            labels=range(len(ds.class_names)))), 6)}
-    x_te = ctx.cache.load(ds.test, size, "test")
-    p_te = predict(model, x_te, tta_flip=tta, echo=ctx.echo, label=f"{res.name}: test predictions")
+    if shared is not None:
+        p_te = shared.probs("test", echo=ctx.echo, label=f"{res.name}: test predictions")
+    else:
+        x_te = ctx.cache.load(ds.test, size, "test")
+        p_te = predict(model, x_te, tta_flip=tta, echo=ctx.echo, label=f"{res.name}: test predictions")
     y_te = ds.labels("test")
     keep = ctx.leakage_free_mask()
     with hold_back():
@@ -381,6 +388,7 @@ def train_backbone(ctx: RunContext, cfg, fine_tune_cfg=None) -> list[BackboneRes
                          file=str(cfg.file) if cfg.file is not None else None, input_size=cfg.input_size)
     out = [res]
     t_start = time.perf_counter()
+    shared = None
     try:
         keras.utils.set_random_seed(seed)
         ctx.echo(f"backbone {cfg.name}: loading ({cfg.input_size}px)")
@@ -396,24 +404,55 @@ def train_backbone(ctx: RunContext, cfg, fine_tune_cfg=None) -> list[BackboneRes
         x_tr = ctx.cache.load(ds.train, cfg.input_size, "training")
         x_va = ctx.cache.load(ds.val, cfg.input_size, "validation")
         y_tr, y_va = ds.labels("train"), ds.labels("val")
+        ft = fine_tune_cfg or cfg.fine_tune
+        frozen = not (loaded.random_init or cfg.train_backbone)
+        t_shared = time.perf_counter()
+        shared = _share(ctx, cfg, model, ft, x_tr, x_va) if frozen and ft is not None else None
+        features = shared.features(ctx.echo, f"{cfg.name}: backbone features") if shared is not None else None
+        t_shared = time.perf_counter() - t_shared
         history = tr.train_head(model, x_tr, y_tr, x_va, y_va, cfg=m.training, seed=seed,
-                                train_backbone=loaded.random_init or cfg.train_backbone, label=cfg.name,
-                                echo=ctx.echo)
+                                train_backbone=not frozen, label=cfg.name, echo=ctx.echo, features=features)
+        if shared is not None:
+            history.stages[-1].time_s += t_shared  # the one pass of the frozen layers is the head's cost
         res.history = list(history.history)
         res.stages = [s.to_dict() for s in history.stages]
         res.parameters = _count_params(model)
         res.timings["train_s"] = round(history.time_s, 2)
-        _evaluate_and_store(ctx, res, model, cfg.input_size, history)
+        _evaluate_and_store(ctx, res, model, cfg.input_size, history, shared=shared)
         res.timings["total_s"] = round(time.perf_counter() - t_start, 2)
-        ft = fine_tune_cfg or cfg.fine_tune
         if ft is not None:
-            out.append(fine_tune_entry(ctx, cfg, res, model, ft))
+            out.append(fine_tune_entry(ctx, cfg, res, model, ft, shared=shared))
     except Exception as exc:  # noqa: BLE001 - one broken backbone must not sink the others
         _fail(ctx, res, failure_message(ctx, exc, f"train-{res.name}"))
+    finally:
+        if shared is not None:
+            shared.close()
     return out
 
 
-def fine_tune_entry(ctx: RunContext, cfg, frozen: BackboneResult, model, ft) -> BackboneResult:
+def _share(ctx: RunContext, cfg, model, ft, x_tr, x_va):
+    """One pass of the frozen lower backbone over every split (activations.Shared), or None (the
+    stages then make their own passes; the log says why when it is not the augmentation)."""
+    from engine.training import activations as act
+
+    m = ctx.manifest
+    aug = m.training.augmentation
+    if act.random_augmentations(aug) or (aug.enabled and aug.augment_head):
+        return None  # the head or the fine-tuning sees randomly changed images: nothing to share
+    store = ctx.cache.cache_dir
+    if store is not None:
+        store.mkdir(parents=True, exist_ok=True)  # large activation caches are memory-mapped here
+    x_te = ctx.cache.load(ctx.dataset.test, cfg.input_size, "test")
+    shared, why = act.share(model, ft.layers, x_tr, x_va, x_te, batch=m.training.batch_size,
+                            flips=bool(aug.enabled and aug.flip), tta=m.evaluation.tta_flip,
+                            budget=m.training.activation_cache_bytes, store=store, echo=ctx.echo,
+                            label=f"{cfg.name}: frozen layers")
+    if shared is None:
+        ctx.echo(f"  {cfg.name}: each stage runs the frozen layers itself: {why}")
+    return shared
+
+
+def fine_tune_entry(ctx: RunContext, cfg, frozen: BackboneResult, model, ft, shared=None) -> BackboneResult:
     from engine.training import train as tr
 
     m, ds = ctx.manifest, ctx.dataset
@@ -431,12 +470,13 @@ def fine_tune_entry(ctx: RunContext, cfg, frozen: BackboneResult, model, ft) -> 
         if store is not None:
             store.mkdir(parents=True, exist_ok=True)  # large activation caches are memory-mapped here
         result = tr.fine_tune(model, x_tr, ds.labels("train"), x_va, ds.labels("val"), cfg=m.training, ft=ft,
-                              seed=m.experiment.seed, label=res.name, echo=ctx.echo, result=result, store=store)
+                              seed=m.experiment.seed, label=res.name, echo=ctx.echo, result=result, store=store,
+                              cached=shared)
         res.history = result.history
         res.stages = list(frozen.stages) + [result.stages[-1].to_dict()]
         res.parameters = _count_params(model)
         res.timings["train_s"] = round(frozen.timings.get("train_s", 0) + result.stages[-1].time_s, 2)
-        _evaluate_and_store(ctx, res, model, cfg.input_size)
+        _evaluate_and_store(ctx, res, model, cfg.input_size, shared=shared)
         res.timings["total_s"] = round(time.perf_counter() - t0 + frozen.timings.get("total_s", 0), 2)
     except Exception as exc:  # noqa: BLE001
         _fail(ctx, res, failure_message(ctx, exc, f"fine-tune-{res.name}"))

@@ -94,3 +94,43 @@ def test_large_caches_are_memory_mapped_under_the_cache_and_removed_after(tmp_pa
               store=tmp_path)
     assert any("memory-mapped under the cache" in line for line in logs), logs
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_one_shared_pass_gives_the_audit_of_separate_passes(tmp_path):
+    """With fine-tuning configured, a run passes the frozen layers over every split once and the
+    head, fine-tuning and both evaluations use those activations (activations.Shared). The same
+    audit with the cache off (every stage runs the whole network) gives the same probabilities
+    for both rows, within float tolerance."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import pandas as pd
+    from test_multiworker import _band_data, _env, _manifest
+
+    data = _band_data(tmp_path / "data")
+    shared = _manifest(tmp_path, data, "none")
+    separate = tmp_path / "separate.toml"
+    separate.write_text(shared.read_text().replace('distribute = "none"',
+                                                   'distribute = "none"\nactivation_cache_bytes = 0'))
+    runs = {}
+    for name, manifest in (("shared", shared), ("separate", separate)):
+        proc = subprocess.run([sys.executable, "-m", "engine.cli", str(manifest), "--output-dir",
+                               str(tmp_path / name), "--run-id", "r"], env=_env(None), cwd=tmp_path,
+                              capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        runs[name] = (Path(tmp_path / name / "mw" / "r"), proc.stderr)
+    assert "one pass of the frozen layers for the head, fine-tuning and evaluation" in runs["shared"][1]
+    assert "on the activations cached for this backbone" in runs["shared"][1]
+    assert "one pass of the frozen layers" not in runs["separate"][1]
+    assert "the activation cache is off" in runs["separate"][1]
+    for stem in ("tiny", "tiny_ft"):
+        for suffix in (".csv", ".validation.csv"):
+            a = pd.read_csv(runs["shared"][0] / "predictions" / f"{stem}{suffix}")
+            b = pd.read_csv(runs["separate"][0] / "predictions" / f"{stem}{suffix}")
+            cols = [c for c in a.columns if c.startswith("prob_")]
+            assert len(a) == len(b) > 0 and np.abs(a[cols].to_numpy() - b[cols].to_numpy()).max() < 1e-3
+    r = json.loads((runs["shared"][0] / "results.json").read_text())
+    assert [b["status"] for b in r["backbones"]] == ["ok", "ok"]

@@ -119,6 +119,7 @@ class Split:
     upper: object  # keras.Model: boundary tensors -> probabilities (shares the classifier's variables)
     boundary: str  # name of the lowest unfrozen layer
     shapes: list[tuple[int, ...]]  # per-image shape of each boundary tensor
+    features: object = None  # keras.Model: boundary tensors -> the pooled backbone features ("gap")
 
     @property
     def bytes_per_image(self) -> int:
@@ -173,8 +174,13 @@ def split_classifier(model) -> Split | None:
     lower = keras.Model(image, feats, name="lower")
     shapes = [tuple(int(d) for d in f.shape[1:]) for f in feats]
     ins = [keras.Input(shape) for shape in shapes]
-    upper = keras.Model(ins, after(upper_bb(ins if len(ins) > 1 else ins[0])), name="upper")
-    return Split(lower, upper, layers[k].name, shapes)
+    top = upper_bb(ins if len(ins) > 1 else ins[0])
+    upper = keras.Model(ins, after(top), name="upper")
+    pooled = None
+    if "gap" in {layer.name for layer in model.layers}:
+        pooled = keras.Model(ins, keras.Model(node.output_tensors[0], model.get_layer("gap").output)(top),
+                             name="upper_features")
+    return Split(lower, upper, layers[k].name, shapes, pooled)
 
 
 def _step(lower):
@@ -235,6 +241,112 @@ def compute(split: Split, x: np.ndarray, *, batch: int, flips: bool, store: Path
 
 def needed_bytes(split: Split, n_train: int, n_val: int, flips: bool) -> int:
     return split.bytes_per_image * (n_train * (2 if flips else 1) + n_val)
+
+
+def apply(part, arrays: list[np.ndarray], batch: int, *, echo=None, label: str = "cached") -> np.ndarray:
+    """``part`` (a model over the boundary tensors) on cached ``arrays``, compiled, in batches."""
+    import tensorflow as tf
+
+    from engine.progress import Progress
+
+    step = getattr(part, "_auditrun_step", None)
+    if step is None:
+        @tf.function(reduce_retracing=True)
+        def step(a):
+            return part(a if len(a) > 1 else a[0], training=False)
+
+        part._auditrun_step = step
+    n = len(arrays[0])
+    out = []
+    with Progress.for_echo(echo, label, n) as line:
+        for i in range(0, n, batch):
+            out.append(np.asarray(step([tf.constant(a[i:i + batch]) for a in arrays]), dtype="float32"))
+            line.update(i + len(out[-1]))
+    return np.concatenate(out) if out else np.zeros((0, *part.output_shape[1:]), "float32")
+
+
+@dataclass
+class Shared:
+    """Boundary activations of one backbone's training (both flips), validation and test images,
+    computed once and used by every stage: the frozen head's features, the frozen model's
+    predictions, fine-tuning, and the fine-tuned model's predictions. The lower part is frozen in
+    all of them, so one pass of it per image and variant is all a run needs.
+
+    The test activations are only read by :meth:`probs`, which evaluation calls after training.
+    """
+
+    split: Split
+    train: list[list[np.ndarray]]  # [variant][tensor]
+    val: list[list[np.ndarray]]
+    test: list[list[np.ndarray]]
+    batch: int
+    nbytes: int
+    tmp: object = None  # TemporaryDirectory holding memory-mapped arrays, or None
+
+    def features(self, echo=None, label: str = "features") -> tuple[np.ndarray, np.ndarray]:
+        """The frozen head's (training, validation) inputs: pooled features of the unmirrored images."""
+        f = self.split.features
+        return (apply(f, self.train[0], self.batch, echo=echo, label=f"{label} (train)"),
+                apply(f, self.val[0], self.batch, echo=echo, label=f"{label} (validation)"))
+
+    def probs(self, which: str, echo=None, label: str = "predictions") -> np.ndarray:
+        """The whole classifier's probabilities on "val" or "test" (flip TTA when it was cached)."""
+        variants = self.val if which == "val" else self.test
+        p = [apply(self.split.upper, v, self.batch, echo=echo, label=f"{label}{' (mirrored)' if i else ''}")
+             for i, v in enumerate(variants)]
+        return sum(p) / len(p)
+
+    def close(self) -> None:
+        self.train = self.val = self.test = []
+        if self.tmp is not None:
+            self.tmp.cleanup()
+            self.tmp = None
+
+
+def share(model, ft_layers: int, x_tr, x_va, x_te, *, batch: int, flips: bool, tta: bool, budget: int,
+          store: Path | None, echo=None, label: str = "activations") -> tuple[Shared | None, str]:
+    """(Shared, "") with every split's boundary activations for fine-tuning the top ``ft_layers``
+    layers, or (None, why not). Leaves the backbone frozen, ready for the head stage."""
+    import tempfile
+    import time
+
+    from engine.training.backbones import set_backbone_trainable
+
+    if budget <= 0:
+        return None, "the activation cache is off (training.activation_cache_bytes = 0)"
+    set_backbone_trainable(model, ft_layers)
+    split = split_classifier(model)
+    model.get_layer("backbone").trainable = False
+    if split is None or split.features is None:
+        return None, "no frozen backbone layers below the unfrozen ones to cache"
+    views = 2 if tta else 1
+    need = split.bytes_per_image * (len(x_tr) * (2 if flips else 1) + (len(x_va) + len(x_te)) * views)
+    if need > budget:
+        return None, (f"cached activations would take {gib(need)}, over the budget of {gib(budget)} "
+                      "(training.activation_cache_bytes)")
+    tmp = tempfile.TemporaryDirectory(prefix="activations-", dir=store) \
+        if store is not None and need > IN_MEMORY_BYTES else None
+    folder = Path(tmp.name) if tmp is not None else None
+    t0 = time.perf_counter()
+    try:
+        tr = compute(split, x_tr, batch=batch, flips=flips, store=folder, name="train", echo=echo,
+                     label=f"{label} (train)")
+        va = compute(split, x_va, batch=batch, flips=tta, store=folder, name="validation", echo=echo,
+                     label=f"{label} (validation)")
+        te = compute(split, x_te, batch=batch, flips=tta, store=folder, name="test", echo=echo,
+                     label=f"{label} (test)")
+    except BaseException:
+        if tmp is not None:
+            tmp.cleanup()
+        raise
+    if echo:
+        echo(f"  {label}: activations below {split.boundary} ({' + '.join(str(s) for s in split.shapes)} per "
+             f"image) for {len(x_tr)} training images x {2 if flips else 1} flips, {len(x_va)} validation and "
+             f"{len(x_te)} test{' x 2 flips' if tta else ''} ({gib(need)}"
+             f"{', memory-mapped under the cache' if tmp is not None else ', in memory'}) in "
+             f"{time.perf_counter() - t0:.1f}s: one pass of the frozen layers for the head, fine-tuning and "
+             "evaluation")
+    return Shared(split, tr, va, te, batch, need, tmp), ""
 
 
 def gib(n: float) -> str:

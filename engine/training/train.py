@@ -212,8 +212,12 @@ def _compile(model, lr: float):
 
 
 def train_head(model, x_tr, y_tr, x_va, y_va, *, cfg, seed: int, train_backbone: bool, label: str,
-               echo=None) -> TrainResult:
-    """Stage 1. ``cfg`` is the manifest's TrainingConfig. Mutates and returns weights in ``model``."""
+               echo=None, features: tuple[np.ndarray, np.ndarray] | None = None) -> TrainResult:
+    """Stage 1. ``cfg`` is the manifest's TrainingConfig. Mutates and returns weights in ``model``.
+
+    ``features``: the backbone's pooled (training, validation) features when they were already
+    computed (activations.Shared); otherwise the frozen path computes them here.
+    """
     import keras
 
     from engine.training import activations as act
@@ -228,12 +232,17 @@ def train_head(model, x_tr, y_tr, x_va, y_va, *, cfg, seed: int, train_backbone:
     steps = math.ceil(len(x_tr) / cfg.batch_size)
     if not train_backbone and aug is None:
         # Frozen backbone, deterministic input: compute features once, train the head on them.
-        feat_model = keras.Model(model.inputs, model.get_layer("gap").output)
         t0 = time.perf_counter()
-        f_tr = _predict(feat_model, x_tr, cfg.batch_size, echo=echo, label=f"{label}: backbone features (train)")
-        f_va = _predict(feat_model, x_va, cfg.batch_size, echo=echo, label=f"{label}: backbone features (validation)")
-        if echo:
-            echo(f"  {label}: backbone features for {len(x_tr) + len(x_va)} images in {time.perf_counter() - t0:.1f}s")
+        if features is not None:
+            f_tr, f_va = features
+        else:
+            feat_model = keras.Model(model.inputs, model.get_layer("gap").output)
+            f_tr = _predict(feat_model, x_tr, cfg.batch_size, echo=echo, label=f"{label}: backbone features (train)")
+            f_va = _predict(feat_model, x_va, cfg.batch_size, echo=echo,
+                            label=f"{label}: backbone features (validation)")
+            if echo:
+                echo(f"  {label}: backbone features for {len(x_tr) + len(x_va)} images in "
+                     f"{time.perf_counter() - t0:.1f}s")
         inp = keras.Input(f_tr.shape[1:])
         x = model.get_layer("head_dense")(inp)
         x = model.get_layer("head_dropout")(x)
@@ -281,13 +290,14 @@ def learning_rate_schedule(peak: float, steps_per_epoch: int, epochs: int, sched
 
 
 def fine_tune(model, x_tr, y_tr, x_va, y_va, *, cfg, ft, seed: int, label: str, echo=None,
-              result: TrainResult | None = None, store=None) -> TrainResult:
+              result: TrainResult | None = None, store=None, cached=None) -> TrainResult:
     """Stage 2: unfreeze the top ``ft.layers`` backbone layers (BatchNorm stays frozen).
 
     Trains on cached boundary activations when it can (engine.training.activations), else the
     whole network per epoch; the log says which and why. ``store``: a folder for memory-mapped
     activations over ``activations.IN_MEMORY_BYTES`` (None keeps them in RAM); they are deleted
-    when fine-tuning ends.
+    when fine-tuning ends. ``cached``: an activations.Shared already holding this cut's
+    activations (the caller computed them once for every stage).
     """
     from engine.training.backbones import set_backbone_trainable
 
@@ -300,9 +310,10 @@ def fine_tune(model, x_tr, y_tr, x_va, y_va, *, cfg, ft, seed: int, label: str, 
     cw = class_weights(y_tr, model.output_shape[-1], cfg.class_weights)
     steps = math.ceil(len(x_tr) / cfg.batch_size)
     t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="activations-", dir=store) if store else contextlib.nullcontext() as tmp:
+    with tempfile.TemporaryDirectory(prefix="activations-", dir=store) if store and cached is None \
+            else contextlib.nullcontext() as tmp:
         fit_model, train_ds, val_ds = _fine_tune_data(model, x_tr, y_tr, x_va, y_va, cfg=cfg, seed=seed, label=label,
-                                                      echo=echo, store=Path(tmp) if tmp else None)
+                                                      echo=echo, store=Path(tmp) if tmp else None, cached=cached)
         _compile(fit_model, learning_rate_schedule(ft.learning_rate, steps, ft.epochs, ft.schedule, ft.warmup_epochs))
         stage = _fit(fit_model, train_ds, val_ds, epochs=ft.epochs, patience=cfg.early_stopping_patience,
                      class_weight=cw, stage="fine_tune", label=label, steps=steps, echo=echo, history=result.history,
@@ -313,12 +324,19 @@ def fine_tune(model, x_tr, y_tr, x_va, y_va, *, cfg, ft, seed: int, label: str, 
     return result
 
 
-def _fine_tune_data(model, x_tr, y_tr, x_va, y_va, *, cfg, seed, label, echo, store):
+def _fine_tune_data(model, x_tr, y_tr, x_va, y_va, *, cfg, seed, label, echo, store, cached=None):
     """(model to fit, training data, validation data) for fine-tuning: cached activations or images."""
     from engine.training import activations as act
 
     say = echo or (lambda msg: None)
     aug = cfg.augmentation
+    if cached is not None:
+        say(f"  {label}: training the layers above {cached.split.boundary} on the activations cached for this backbone")
+        batches = act.batches_class()
+        flips = len(cached.train) > 1
+        return (cached.split.upper,
+                batches(act.cached_fetch(cached.train), y_tr, cfg.batch_size, seed=seed + 7, shuffle=True, flip=flips),
+                batches(act.cached_fetch(cached.val[:1]), y_va, cfg.batch_size, seed=seed, shuffle=False, flip=False))
     random_aug = act.random_augmentations(aug)
     if random_aug:
         say(f"  {label}: fine-tuning the whole network every epoch: random augmentation ({', '.join(random_aug)}) "
