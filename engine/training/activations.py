@@ -191,7 +191,7 @@ def _step(lower):
     if step is None:
         @tf.function(reduce_retracing=True)
         def step(a):
-            r = lower(a, training=False)
+            r = lower(tf.cast(a, "float32"), training=False)
             return r if isinstance(r, (list, tuple)) else [r]
 
         lower._auditrun_step = step
@@ -205,10 +205,10 @@ def _forward(lower, x: np.ndarray, out: list[np.ndarray], batch: int, flip: bool
     for i in range(0, len(x), batch):
         if line is not None:
             line.update(i)
-        a = x[i:i + batch].astype("float32")
+        a = x[i:i + batch]
         if flip:
             a = a[:, :, ::-1]
-        for j, r in enumerate(step(tf.constant(a))):
+        for j, r in enumerate(step(tf.constant(a))):  # uint8 stays uint8 until the graph casts it
             out[j][i:i + len(a)] = r.numpy()
     if line is not None:
         line.update(len(x))

@@ -384,32 +384,19 @@ def _activation_split(model, cfg, n_tr: int, n_va: int, flips: bool):
 
 
 def _compiled_forward(model):
-    """``model`` in inference mode as one tf.function per model (one trace per batch shape, and
-    ``reduce_retracing`` makes a short last batch share it), cached on the model."""
+    """``model`` in inference mode as one tf.function per model (one trace per batch shape and
+    dtype, and ``reduce_retracing`` makes a short last batch share it), cached on the model. uint8
+    batches are cast inside the graph: no float32 copy of a batch is made in Python."""
     import tensorflow as tf
 
     step = getattr(model, "_auditrun_forward", None)
     if step is None:
         @tf.function(reduce_retracing=True)
         def step(a):
-            return model(a, training=False)
+            return model(tf.cast(a, "float32"), training=False)
 
         model._auditrun_forward = step
     return step
-
-
-def _batches(x: np.ndarray, batch_size: int, flip: bool):
-    """float32 batches of ``x`` (mirrored when ``flip``), converted one batch at a time (no full
-    float32 copy of the set) and prefetched so the next batch is ready while the model runs."""
-    import tensorflow as tf
-
-    def gen():
-        for i in range(0, len(x), batch_size):
-            a = x[i:i + batch_size]
-            yield (a[:, :, ::-1] if flip else a).astype("float32")
-
-    spec = tf.TensorSpec((None, *x.shape[1:]), tf.float32)
-    return tf.data.Dataset.from_generator(gen, output_signature=spec).prefetch(tf.data.AUTOTUNE)
 
 
 def predict(model, x: np.ndarray, batch_size: int = 64, tta_flip: bool = False, *, echo=None,
@@ -432,13 +419,18 @@ def _predict(model, x, batch_size, tta_flip=False, *, echo, label):
         return np.zeros((0, *model.output_shape[1:]), "float32")
     step = _compiled_forward(model)
 
+    import tensorflow as tf
+
     def once(flip, what):
-        out, done = [], 0
+        # A plain loop: on a few CPU cores a prefetching tf.data pipeline's thread competes with
+        # the forward pass for the same cores and cost 10-60% of the throughput
+        # (benchmarks/bench_predict.py); slicing and the in-graph cast cost next to nothing.
+        out = []
         with Progress.for_echo(echo, what, len(x)) as line:
-            for a in _batches(x, batch_size, flip):
-                out.append(np.asarray(step(a), dtype="float32"))
-                done += len(out[-1])
-                line.update(done)
+            for i in range(0, len(x), batch_size):
+                a = x[i:i + batch_size]
+                out.append(np.asarray(step(tf.constant(a[:, :, ::-1] if flip else a)), dtype="float32"))
+                line.update(i + len(a))
         return np.concatenate(out)
 
     p = once(False, label)
