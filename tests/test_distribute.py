@@ -98,3 +98,31 @@ def test_own_training_loop_matches_keras_fit_on_one_device(monkeypatch):
     assert np.allclose(fit["val_loss"], own["val_loss"], atol=1e-5)
     assert np.abs(np.array(fit["probabilities"]) - np.array(own["probabilities"])).max() < 1e-4
     assert fit["cached"] and own["cached"]
+
+
+def test_mixed_precision_reaches_a_backbone_loaded_from_a_file(tmp_path):
+    """A .keras backbone keeps its saved float32 policy per layer; without apply_global_precision,
+    [training] precision = "mixed_*" left every backbone layer in float32."""
+    import keras
+
+    import tiny_training
+    from engine.manifest import BackboneConfig
+    from engine.training import backbones as bb
+
+    path = tmp_path / "tiny.keras"
+    tiny_training.backbone(seed=1).save(path)
+    x = tiny_training.data(4, 0)[0].astype("float32")
+    try:
+        keras.mixed_precision.set_global_policy("mixed_bfloat16")
+        loaded = bb.load_backbone(BackboneConfig(name="tiny", file=path, input_size=16))
+        with_weights = [layer for layer in loaded.model.layers if layer.weights]
+        assert with_weights and {layer.compute_dtype for layer in with_weights} == {"bfloat16"}
+        assert {w.dtype for layer in with_weights for w in layer.weights} == {"float32"}  # weights unchanged
+        model = bb.build_classifier(loaded.model, loaded.preprocessing, 16, 3, head_units=8, seed=1)
+        assert model.get_layer("gap").input.dtype == "bfloat16"  # the backbone computes in bfloat16
+        probs = np.asarray(model(x, training=False))
+        assert probs.dtype == np.float32 and np.allclose(probs.sum(1), 1.0, atol=1e-3)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    again = bb.load_backbone(BackboneConfig(name="tiny", file=path, input_size=16))
+    assert {layer.compute_dtype for layer in again.model.layers if layer.weights} == {"float32"}

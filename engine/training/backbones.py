@@ -142,6 +142,27 @@ class LoadedBackbone:
         return self.weights_used == "random"
 
 
+def apply_global_precision(model) -> int:
+    """Give a loaded model's float32 layers Keras' global mixed policy; returns how many changed.
+
+    A model loaded from a file keeps the dtype policy each layer was saved with ("float32"), so
+    ``[training] precision = "mixed_*"`` would otherwise leave the whole backbone in float32. Mixed
+    policies keep float32 variables, so the loaded weights stay as they are; only the compute dtype
+    changes.
+    """
+    import keras
+
+    policy = keras.mixed_precision.global_policy()
+    if policy.name == "float32":
+        return 0
+    changed = 0
+    for layer in model._flatten_layers(include_self=False):
+        if layer.dtype_policy.name == "float32" and all(w.dtype == "float32" for w in layer.weights):
+            layer.dtype_policy = policy
+            changed += 1
+    return changed
+
+
 def load_backbone(cfg, *, label: str | None = None) -> LoadedBackbone:
     """Build the feature extractor named by a BackboneConfig.
 
@@ -161,6 +182,7 @@ def load_backbone(cfg, *, label: str | None = None) -> LoadedBackbone:
                 f"backbone {label!r}: file {str(cfg.file)!r} must output a 4-D feature map "
                 f"(batch, h, w, channels); it outputs {model.output_shape}"
             )
+        apply_global_precision(model)
         pre = "none" if cfg.preprocessing == "auto" else cfg.preprocessing
         return LoadedBackbone(model, pre, "file", "file", "file",
                               f"pretrained backbone loaded from local file {cfg.file.name}")
