@@ -584,9 +584,12 @@ def run_audit(m: Manifest, *, output_dir: Path | None = None, run_id: str | None
 def _run_as_worker(m: Manifest, output_root: Path, run_id, echo: Echo, now) -> RunOutcome:
     """A non-chief worker trains in step with the chief but keeps nothing: only the chief writes
     artefacts. Its run goes to a hidden temporary folder inside the output root (nothing is
-    written outside it), deleted at the end, and it exits 0."""
+    written outside it), deleted at the end, and it exits 0. It skips Grad-CAM and the report:
+    they need no collective step, and their results would be thrown away."""
     import tempfile
+    from dataclasses import replace
 
+    m = replace(m, gradcam=replace(m.gradcam, enabled=False), report=replace(m.report, formats=[]))
     output_root.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".worker-", dir=output_root) as tmp:
         echo("multiworker: non-chief worker; training with the chief, writing nothing that stays")

@@ -98,7 +98,8 @@ epochs = 2
 learning_rate = 0.005
 schedule = "constant"
 [gradcam]
-enabled = false
+images_per_class = 1
+check_images = 4
 [evaluation]
 bootstrap_resamples = 50
 [report]
@@ -146,6 +147,9 @@ def test_two_local_workers_match_one_device_and_only_the_chief_writes(tmp_path):
     worker_out, worker_err = outs[1]
     assert "training on CPU" in chief_err and "multiworker, 2 replicas" in chief_err
     assert "this worker is done; the chief writes the run directory" in worker_err
+    # Grad-CAM and the report are the chief's alone: the worker's would be thrown away.
+    assert "done: Grad-CAM tiny" in chief_err and "report: " in chief_err
+    assert "Grad-CAM" not in worker_err and "report: " not in worker_err
     assert chief_out.strip().splitlines()[-1] == str(tmp_path / "multi" / "mw" / "r")
     assert worker_out.strip() == ""
     # The worker's own scratch run is gone: the output root holds the chief's run and nothing else.
