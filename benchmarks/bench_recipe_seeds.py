@@ -62,8 +62,10 @@ def main() -> None:
                                        m.training.head_units, m.training.dropout, seed)
 
         t0 = time.perf_counter()
-        first, _ = act.share(model_for(args.seeds[0]), ft.layers, x_tr, x_va, x_va[:0], batch=m.training.batch_size,
-                             flips=flips, tta=False, budget=m.training.activation_cache_bytes, store=None)
+        first_model = model_for(args.seeds[0])
+        bb.set_backbone_trainable(first_model, ft.layers)
+        first, _ = act.share(first_model, x_tr, x_va, batch=m.training.batch_size, flips=flips, tta=False,
+                             budget=m.training.activation_cache_bytes, store=None)
         print(f"frozen-layer activations: {time.perf_counter() - t0:.0f}s; {len(x_tr)} training, "
               f"{len(x_va)} validation images", flush=True)
         rows = []

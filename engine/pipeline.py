@@ -442,13 +442,24 @@ def _share(ctx: RunContext, cfg, model, ft, x_tr, x_va):
     store = ctx.cache.cache_dir
     if store is not None:
         store.mkdir(parents=True, exist_ok=True)  # large activation caches are memory-mapped here
+    from engine.training.backbones import set_backbone_trainable
+
     x_te = ctx.cache.load(ctx.dataset.test, cfg.input_size, "test")
-    shared, why = act.share(model, ft.layers, x_tr, x_va, x_te, batch=m.training.batch_size,
-                            flips=bool(aug.enabled and aug.flip), tta=m.evaluation.tta_flip,
+    flips, tta = bool(aug.enabled and aug.flip), m.evaluation.tta_flip
+    set_backbone_trainable(model, ft.layers)  # the cut fine-tuning will use; the head stage freezes it all again
+    t0 = time.perf_counter()
+    shared, why = act.share(model, x_tr, x_va, x_te, batch=m.training.batch_size, flips=flips, tta=tta,
                             budget=m.training.activation_cache_bytes, store=store, echo=ctx.echo,
                             label=f"{cfg.name}: frozen layers")
     if shared is None:
         ctx.echo(f"  {cfg.name}: each stage runs the frozen layers itself: {why}")
+        return None
+    split = shared.split
+    ctx.echo(f"  {cfg.name}: frozen layers: activations below {split.boundary} "
+             f"({' + '.join(str(s) for s in split.shapes)} per image) for {len(x_tr)} training images x "
+             f"{2 if flips else 1} flips, {len(x_va)} validation and {len(x_te)} test{' x 2 flips' if tta else ''} "
+             f"({act.gib(shared.nbytes)}{', memory-mapped under the cache' if shared.tmp else ', in memory'}) in "
+             f"{time.perf_counter() - t0:.1f}s: one pass of the frozen layers for the head, fine-tuning and evaluation")
     return shared
 
 

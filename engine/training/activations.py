@@ -239,10 +239,6 @@ def compute(split: Split, x: np.ndarray, *, batch: int, flips: bool, store: Path
     return variants
 
 
-def needed_bytes(split: Split, n_train: int, n_val: int, flips: bool) -> int:
-    return split.bytes_per_image * (n_train * (2 if flips else 1) + n_val)
-
-
 def apply(part, arrays: list[np.ndarray], batch: int, *, echo=None, label: str = "cached") -> np.ndarray:
     """``part`` (a model over the boundary tensors) on cached ``arrays``, compiled, in batches."""
     import tensorflow as tf
@@ -303,22 +299,20 @@ class Shared:
             self.tmp = None
 
 
-def share(model, ft_layers: int, x_tr, x_va, x_te, *, batch: int, flips: bool, tta: bool, budget: int,
+def share(model, x_tr, x_va, x_te=None, *, batch: int, flips: bool, tta: bool, budget: int,
           store: Path | None, echo=None, label: str = "activations") -> tuple[Shared | None, str]:
-    """(Shared, "") with every split's boundary activations for fine-tuning the top ``ft_layers``
-    layers, or (None, why not). Leaves the backbone frozen, ready for the head stage."""
+    """(Shared, "") with the boundary activations of every split given, cut below ``model``'s lowest
+    trainable backbone layer, or (None, why not). ``x_te``: None when only fine-tuning needs them.
+    Above ``IN_MEMORY_BYTES`` they are memory-mapped in a temporary folder under ``store``, which
+    ``Shared.close`` deletes."""
     import tempfile
-    import time
-
-    from engine.training.backbones import set_backbone_trainable
 
     if budget <= 0:
         return None, "the activation cache is off (training.activation_cache_bytes = 0)"
-    set_backbone_trainable(model, ft_layers)
     split = split_classifier(model)
-    model.get_layer("backbone").trainable = False
-    if split is None or split.features is None:
+    if split is None:
         return None, "no frozen backbone layers below the unfrozen ones to cache"
+    x_te = x_va[:0] if x_te is None else x_te
     views = 2 if tta else 1
     need = split.bytes_per_image * (len(x_tr) * (2 if flips else 1) + (len(x_va) + len(x_te)) * views)
     if need > budget:
@@ -327,25 +321,17 @@ def share(model, ft_layers: int, x_tr, x_va, x_te, *, batch: int, flips: bool, t
     tmp = tempfile.TemporaryDirectory(prefix="activations-", dir=store) \
         if store is not None and need > IN_MEMORY_BYTES else None
     folder = Path(tmp.name) if tmp is not None else None
-    t0 = time.perf_counter()
     try:
         tr = compute(split, x_tr, batch=batch, flips=flips, store=folder, name="train", echo=echo,
                      label=f"{label} (train)")
         va = compute(split, x_va, batch=batch, flips=tta, store=folder, name="validation", echo=echo,
                      label=f"{label} (validation)")
         te = compute(split, x_te, batch=batch, flips=tta, store=folder, name="test", echo=echo,
-                     label=f"{label} (test)")
+                     label=f"{label} (test)") if len(x_te) else []
     except BaseException:
         if tmp is not None:
             tmp.cleanup()
         raise
-    if echo:
-        echo(f"  {label}: activations below {split.boundary} ({' + '.join(str(s) for s in split.shapes)} per "
-             f"image) for {len(x_tr)} training images x {2 if flips else 1} flips, {len(x_va)} validation and "
-             f"{len(x_te)} test{' x 2 flips' if tta else ''} ({gib(need)}"
-             f"{', memory-mapped under the cache' if tmp is not None else ', in memory'}) in "
-             f"{time.perf_counter() - t0:.1f}s: one pass of the frozen layers for the head, fine-tuning and "
-             "evaluation")
     return Shared(split, tr, va, te, batch, need, tmp), ""
 
 

@@ -14,12 +14,9 @@ never enters this module.
 
 from __future__ import annotations
 
-import contextlib
 import math
-import tempfile
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -310,77 +307,60 @@ def fine_tune(model, x_tr, y_tr, x_va, y_va, *, cfg, ft, seed: int, label: str, 
     cw = class_weights(y_tr, model.output_shape[-1], cfg.class_weights)
     steps = math.ceil(len(x_tr) / cfg.batch_size)
     t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="activations-", dir=store) if store and cached is None \
-            else contextlib.nullcontext() as tmp:
-        fit_model, train_ds, val_ds = _fine_tune_data(model, x_tr, y_tr, x_va, y_va, cfg=cfg, seed=seed, label=label,
-                                                      echo=echo, store=Path(tmp) if tmp else None, cached=cached)
+    fit_model, train_ds, val_ds, own = _fine_tune_data(model, x_tr, y_tr, x_va, y_va, cfg=cfg, seed=seed, label=label,
+                                                       echo=echo, store=store, cached=cached)
+    try:
         _compile(fit_model, learning_rate_schedule(ft.learning_rate, steps, ft.epochs, ft.schedule, ft.warmup_epochs))
         stage = _fit(fit_model, train_ds, val_ds, epochs=ft.epochs, patience=cfg.early_stopping_patience,
                      class_weight=cw, stage="fine_tune", label=label, steps=steps, echo=echo, history=result.history,
                      n_images=len(x_tr), batch_size=cfg.batch_size)
+    finally:
         del train_ds, val_ds  # memory-mapped arrays close before their folder goes
+        if own is not None:
+            own.close()
     stage.time_s = time.perf_counter() - t0  # the activations are part of the stage's cost
     result.stages.append(stage)
     return result
 
 
 def _fine_tune_data(model, x_tr, y_tr, x_va, y_va, *, cfg, seed, label, echo, store, cached=None):
-    """(model to fit, training data, validation data) for fine-tuning: cached activations or images."""
+    """(model to fit, training data, validation data, activations.Shared this call made or None)
+    for fine-tuning: cached activations or images."""
     from engine.training import activations as act
 
     say = echo or (lambda msg: None)
     aug = cfg.augmentation
+    batches = act.batches_class()
+    own = None
     if cached is not None:
         say(f"  {label}: training the layers above {cached.split.boundary} on the activations cached for this backbone")
-        batches = act.batches_class()
-        flips = len(cached.train) > 1
-        return (cached.split.upper,
-                batches(act.cached_fetch(cached.train), y_tr, cfg.batch_size, seed=seed + 7, shuffle=True, flip=flips),
-                batches(act.cached_fetch(cached.val[:1]), y_va, cfg.batch_size, seed=seed, shuffle=False, flip=False))
-    random_aug = act.random_augmentations(aug)
-    if random_aug:
-        say(f"  {label}: fine-tuning the whole network every epoch: random augmentation ({', '.join(random_aug)}) "
-            "changes the input before the frozen layers, so their activations cannot be cached")
-        layers = augmentation_layers(aug, seed)
-        return (model, _dataset(x_tr, y_tr, cfg.batch_size, shuffle=True, seed=seed + 7, augment=layers),
-                _dataset(x_va, y_va, cfg.batch_size, shuffle=False, seed=seed))
-    flips = bool(aug.enabled and aug.flip)
-    batches = act.batches_class()
-    split, reason = _activation_split(model, cfg, len(x_tr), len(x_va), flips)
-    if split is None:
-        say(f"  {label}: fine-tuning the whole network every epoch: {reason}")
-        return (model, batches(act.image_fetch(x_tr), y_tr, cfg.batch_size, seed=seed + 7, shuffle=True, flip=flips),
-                batches(act.image_fetch(x_va), y_va, cfg.batch_size, seed=seed, shuffle=False, flip=False))
-    need = act.needed_bytes(split, len(x_tr), len(x_va), flips)
-    store = store if store is not None and need > act.IN_MEMORY_BYTES else None
-    t0 = time.perf_counter()
-    tr = act.compute(split, x_tr, batch=cfg.batch_size, flips=flips, store=store, name="train", echo=echo,
-                     label=f"{label}: activations (train)")
-    va = act.compute(split, x_va, batch=cfg.batch_size, flips=False, store=store, name="validation", echo=echo,
-                     label=f"{label}: activations (validation)")
-    say(f"  {label}: cached activations below {split.boundary} ({' + '.join(str(s) for s in split.shapes)} per image, "
-        f"{len(x_tr)} training images x {2 if flips else 1} flips + {len(x_va)} validation, "
-        f"{act.gib(need)}{' memory-mapped under the cache' if store else ' in memory'}) "
-        f"in {time.perf_counter() - t0:.1f}s; training the layers above them")
-    return (split.upper, batches(act.cached_fetch(tr), y_tr, cfg.batch_size, seed=seed + 7, shuffle=True, flip=flips),
-            batches(act.cached_fetch(va), y_va, cfg.batch_size, seed=seed, shuffle=False, flip=False))
-
-
-def _activation_split(model, cfg, n_tr: int, n_va: int, flips: bool):
-    """(Split, "") when cached activations fit the budget, else (None, why not)."""
-    from engine.training import activations as act
-
-    budget = cfg.activation_cache_bytes
-    if budget <= 0:
-        return None, "the activation cache is off (training.activation_cache_bytes = 0)"
-    split = act.split_classifier(model)
-    if split is None:
-        return None, "no frozen backbone layers below the unfrozen ones to cache"
-    need = act.needed_bytes(split, n_tr, n_va, flips)
-    if need > budget:
-        return None, (f"cached activations would take {act.gib(need)}, over the budget of {act.gib(budget)} "
-                      "(training.activation_cache_bytes)")
-    return split, ""
+    else:
+        random_aug = act.random_augmentations(aug)
+        if random_aug:
+            say(f"  {label}: fine-tuning the whole network every epoch: random augmentation ({', '.join(random_aug)}) "
+                "changes the input before the frozen layers, so their activations cannot be cached")
+            layers = augmentation_layers(aug, seed)
+            return (model, _dataset(x_tr, y_tr, cfg.batch_size, shuffle=True, seed=seed + 7, augment=layers),
+                    _dataset(x_va, y_va, cfg.batch_size, shuffle=False, seed=seed), None)
+        flips = bool(aug.enabled and aug.flip)
+        t0 = time.perf_counter()
+        cached, reason = act.share(model, x_tr, x_va, batch=cfg.batch_size, flips=flips, tta=False,
+                                   budget=cfg.activation_cache_bytes, store=store, echo=echo,
+                                   label=f"{label}: activations")
+        if cached is None:
+            say(f"  {label}: fine-tuning the whole network every epoch: {reason}")
+            return (model,
+                    batches(act.image_fetch(x_tr), y_tr, cfg.batch_size, seed=seed + 7, shuffle=True, flip=flips),
+                    batches(act.image_fetch(x_va), y_va, cfg.batch_size, seed=seed, shuffle=False, flip=False), None)
+        own, split = cached, cached.split
+        say(f"  {label}: cached activations below {split.boundary} ({' + '.join(str(s) for s in split.shapes)} per "
+            f"image, {len(x_tr)} training images x {2 if flips else 1} flips + {len(x_va)} validation, "
+            f"{act.gib(cached.nbytes)}{' memory-mapped under the cache' if cached.tmp else ' in memory'}) "
+            f"in {time.perf_counter() - t0:.1f}s; training the layers above them")
+    flips = len(cached.train) > 1
+    return (cached.split.upper,
+            batches(act.cached_fetch(cached.train), y_tr, cfg.batch_size, seed=seed + 7, shuffle=True, flip=flips),
+            batches(act.cached_fetch(cached.val[:1]), y_va, cfg.batch_size, seed=seed, shuffle=False, flip=False), own)
 
 
 def _compiled_forward(model):
