@@ -307,3 +307,30 @@ def test_decode_image_refuses_a_truncated_file_even_after_weasyprint_flipped_pil
     with pytest.raises(InputError, match="cut.png"):
         data.decode_image(path, 32)
     assert ImageFile.LOAD_TRUNCATED_IMAGES is True  # restored, not left changed
+
+
+def test_image_cache_decodes_on_threads_as_one_thread_does_and_refuses_truncated_files(tmp_path, monkeypatch):
+    """Several decoding threads give the one-thread array byte for byte, in record order; a truncated
+    file among many still fails (naming it) even with PIL's padding switch left on by WeasyPrint,
+    and the switch is restored afterwards."""
+    from PIL import ImageFile
+
+    rng = np.random.default_rng(0)
+    records = []
+    for i in range(24):
+        path = tmp_path / f"img ({i}).png"
+        Image.fromarray(rng.integers(0, 256, (30 + i, 41, 3), dtype=np.uint8)).save(path)
+        records.append(data.ImageRecord(path, "train", CLASSES[i % 4]))
+    one = data.ImageCache(None, workers=1).load(records, 20)
+    many = data.ImageCache(None, workers=4).load(records, 20)
+    assert np.array_equal(one, many)
+    assert not np.array_equal(many[0], many[1])  # distinct images, so order is checked
+
+    cut = tmp_path / "cut.png"
+    Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(cut)
+    cut.write_bytes(cut.read_bytes()[:-200])
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
+    with pytest.raises(InputError, match="cut.png"):
+        data.ImageCache(None, workers=4).load(records[:10] + [data.ImageRecord(cut, "train", "glioma")]
+                                              + records[10:], 20)
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is True
