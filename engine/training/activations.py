@@ -183,33 +183,41 @@ def split_classifier(model) -> Split | None:
     return Split(lower, upper, layers[k].name, shapes, pooled)
 
 
-def _step(lower):
-    """``lower`` compiled once per model (one trace per batch shape, not one per call)."""
+def compiled(model):
+    """``model`` in inference mode as one tf.function, cached on the model: one trace per batch shape
+    and dtype (``reduce_retracing`` lets a short last batch share it), not one per call.
+
+    Takes one batch or a list of batches (a model over several boundary tensors); uint8 batches are
+    cast inside the graph, so no float32 copy of a batch is made in Python. Every forward pass of
+    the audit goes through it: predictions (train.predict), the frozen layers (``compute``) and the
+    layers above them (``apply``).
+    """
     import tensorflow as tf
 
-    step = getattr(lower, "_auditrun_step", None)
+    step = getattr(model, "_auditrun_forward", None)
     if step is None:
         @tf.function(reduce_retracing=True)
-        def step(a):
-            r = lower(tf.cast(a, "float32"), training=False)
-            return r if isinstance(r, (list, tuple)) else [r]
+        def step(inputs):
+            xs = [tf.cast(a, "float32") for a in (inputs if isinstance(inputs, (list, tuple)) else [inputs])]
+            return model(xs if len(xs) > 1 else xs[0], training=False)
 
-        lower._auditrun_step = step
+        model._auditrun_forward = step
     return step
 
 
 def _forward(lower, x: np.ndarray, out: list[np.ndarray], batch: int, flip: bool, line=None) -> None:
     import tensorflow as tf
 
-    step = _step(lower)
+    step = compiled(lower)
     for i in range(0, len(x), batch):
         if line is not None:
             line.update(i)
         a = x[i:i + batch]
         if flip:
             a = a[:, :, ::-1]
-        for j, r in enumerate(step(tf.constant(a))):  # uint8 stays uint8 until the graph casts it
-            out[j][i:i + len(a)] = r.numpy()
+        r = step(tf.constant(a))  # uint8 stays uint8 until the graph casts it
+        for j, t in enumerate(r if isinstance(r, (list, tuple)) else [r]):
+            out[j][i:i + len(a)] = t.numpy()
     if line is not None:
         line.update(len(x))
 
@@ -245,13 +253,7 @@ def apply(part, arrays: list[np.ndarray], batch: int, *, echo=None, label: str =
 
     from engine.progress import Progress
 
-    step = getattr(part, "_auditrun_step", None)
-    if step is None:
-        @tf.function(reduce_retracing=True)
-        def step(a):
-            return part(a if len(a) > 1 else a[0], training=False)
-
-        part._auditrun_step = step
+    step = compiled(part)
     n = len(arrays[0])
     out = []
     with Progress.for_echo(echo, label, n) as line:

@@ -363,22 +363,6 @@ def _fine_tune_data(model, x_tr, y_tr, x_va, y_va, *, cfg, seed, label, echo, st
             batches(act.cached_fetch(cached.val[:1]), y_va, cfg.batch_size, seed=seed, shuffle=False, flip=False), own)
 
 
-def _compiled_forward(model):
-    """``model`` in inference mode as one tf.function per model (one trace per batch shape and
-    dtype, and ``reduce_retracing`` makes a short last batch share it), cached on the model. uint8
-    batches are cast inside the graph: no float32 copy of a batch is made in Python."""
-    import tensorflow as tf
-
-    step = getattr(model, "_auditrun_forward", None)
-    if step is None:
-        @tf.function(reduce_retracing=True)
-        def step(a):
-            return model(tf.cast(a, "float32"), training=False)
-
-        model._auditrun_forward = step
-    return step
-
-
 def predict(model, x: np.ndarray, batch_size: int = 64, tta_flip: bool = False, *, echo=None,
             label: str = "predicting") -> np.ndarray:
     """(n, H, W, 3) uint8/float 0..255 -> (n, k) model outputs; optional horizontal-flip TTA.
@@ -397,7 +381,9 @@ def _predict(model, x, batch_size, tta_flip=False, *, echo, label):
     x = np.asarray(x)
     if len(x) == 0:
         return np.zeros((0, *model.output_shape[1:]), "float32")
-    step = _compiled_forward(model)
+    from engine.training.activations import compiled
+
+    step = compiled(model)
 
     import tensorflow as tf
 
