@@ -325,6 +325,28 @@ def test_a_run_on_dicom_groups_validation_by_patient_and_leaks_no_identity(hospi
     assert "neighbouring slices of one patient (not duplicates)" in html
     assert all(i in html for i in results["integrity"]["cross_split_patient_ids"])
 
+    # external validation on a folder that names patients, with one broken file among them: the
+    # skipped file and the warning show its reference under the run's key, never the name
+    # (mutation: usable_images labels by record_label -> the patient folder is in the output)
+    external = tmp / "named-external"
+    shutil.rmtree(external, ignore_errors=True)
+    shutil.copytree(tmp / "named" / "Testing", external)
+    patient_folder = next(p for p in external.rglob("*") if p.is_dir() and "MRN" in p.name)
+    broken = patient_folder / f"{patient_folder.name}_broken.dcm"
+    broken.write_bytes(b"DICM but not really")
+    result = invoke("evaluate", run_dir, "--data", external, "--quiet")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert [s["path"].split("/")[-1][:2] for s in report["skipped"]] == ["f-"]
+    assert re.fullmatch(r"f-[0-9a-f]{16}\.dcm", report["skipped"][0]["path"])
+    pseudonymize = Pseudonymizer((out / ".keys" / "hospital.key").read_bytes(), "test")
+    from engine.data.identity import file_reference
+    assert report["skipped"][0]["path"] == file_reference(str(broken.relative_to(external)), None, pseudonymize)
+    assert report["backbones"][0]["n_images"] == n_test
+    texts = {k: v for k, v in files_under(run_dir).items()}
+    assert any("/external/" in k for k in texts)
+    assert_no_planted_value({"evaluate output": result.output.encode(), **texts}, truth)
+
 
 def test_the_folder_per_class_layout_splits_test_by_patient(hospital, tmp_path):
     # mutation: `_patient_keys` returns None -> the per-file split puts some patient's slices in both splits

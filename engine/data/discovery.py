@@ -263,7 +263,6 @@ def with_patients(records: Sequence[ImageRecord], pseudonym: Callable[[str], str
         found = known[r.path]
         out.append(r if found is None else replace(r, patient=found[0], meta=found[1]))
     return with_references(out, root, pseudonym) if root is not None else out
-    return out
 
 
 

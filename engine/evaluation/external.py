@@ -10,6 +10,7 @@ explanation checks of the run's ``[gradcam] method`` list (``explanations``, doc
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -84,17 +85,17 @@ def _readers_from_run(manifest: dict):
 def usable_images(folder: Path, records: list, y: np.ndarray, min_size: int,
                   warn: Callable[[str], None], windowing=None) -> tuple[list, np.ndarray, list[dict]]:
     """Drop unreadable and too-small images (``records`` from ``discover_folder``; DICOM and NIfTI
-    frames decoded with ``windowing``), each listed as ``{"path", "reason"}`` (path relative to
-    ``folder``, with the frame of a multi-image file) and warned about; InputError when none is left."""
-    from engine.data.discovery import readable, record_label
+    frames decoded with ``windowing``), each listed as ``{"path", "reason"}`` (its neutral reference
+    where the files carry patient ids, else its path relative to ``folder``; with the frame of a
+    multi-image file) and warned about; InputError when none is left."""
+    from engine.data.discovery import readable
 
-    ok, bad = readable(records, min_size=min_size, windowing=windowing)
-    labels = {r.key: record_label(r, folder) for r in records}
+    # With the folder as root, readable names each skipped file as every artefact does and keeps
+    # the path out of the reader's reason.
+    ok, skipped = readable(records, min_size=min_size, windowing=windowing, root=folder)
+    for entry in skipped:
+        warn(f"skipped image {entry['path']}: {entry['reason']}")
     keep = {r.key for r in ok}
-    skipped = []
-    for r, entry in zip((r for r in records if r.key not in keep), bad):
-        skipped.append({"path": labels[r.key], "reason": entry["reason"]})
-        warn(f"skipped image {labels[r.key]}: {entry['reason']}")
     if not ok:
         raise InputError(f"--data {str(folder)!r}: none of its {len(records)} images can be used; first: "
                          f"{skipped[0]['path']}: {skipped[0]['reason']}")
@@ -121,6 +122,7 @@ def evaluate_external(run_dir: Path, data: Path, backbone: str | None = None, *,
     run_manifest = _run_manifest(run_dir)  # the run's own settings: aliases, image size, TTA, windowing
     windowing, slices = _readers_from_run(run_manifest)
     records, y = discover_folder(data, class_names, _aliases_from_run(run_manifest, class_names), slices)
+    records = _with_references(records, data, run_dir, results["experiment"]["name"], warn)
     records, y, skipped = usable_images(data, records, y, _min_image_size_from_run(run_manifest), warn, windowing)
     images = _ExternalImages(records, y, class_names, *_pointing_sample(records, y, class_names, seed, max_pointing),
                              windowing=windowing)
@@ -132,6 +134,29 @@ def evaluate_external(run_dir: Path, data: Path, backbone: str | None = None, *,
               "counts": counts, "skipped": skipped, "n_boxed_images": len(images.boxed), "backbones": out}
     _store(run_dir, data, results, report)
     return report
+
+
+def _with_references(records: list, data: Path, run_dir: Path, experiment: str, warn) -> list:
+    """DICOM records with their patient pseudonyms and, when any file carries a patient id, the
+    neutral file references every listing shows instead of paths (``discovery.with_patients``), as
+    the run named its own files. The key is the run's (``<output root>/.keys`` beside its
+    experiment folder, or ``$AUDITRUN_PSEUDONYM_KEY_FILE``), so the references agree with the
+    run's; where the run was copied without its key, a one-off key keeps the listing neutral (its
+    references then match no other run's) and nothing is written outside the run."""
+    from engine.data.discovery import is_dicom_path, with_patients
+    from engine.data.identity import KEY_ENV, Pseudonymizer, default_key_dir, key_path, load_key
+
+    if not any(is_dicom_path(r.path) for r in records):
+        return records
+    env = os.environ.get(KEY_ENV)
+    path = Path(env) if env else key_path(default_key_dir(run_dir.resolve().parent.parent), experiment)
+    known = path.is_file()
+    pseudonymize = Pseudonymizer(load_key(path) if known else os.urandom(32), str(path) if known else "one-off")
+    records = with_patients(records, pseudonymize, root=data)
+    if not known and any(r.patient for r in records):
+        warn(f"the run's pseudonym key is not at {str(path)!r}: files are listed under references of a "
+             "one-off key, which match no run's")
+    return records
 
 
 def _read_run_results(run_dir: Path) -> dict:
