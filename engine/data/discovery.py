@@ -668,7 +668,6 @@ class ImageCache:
         self._mem[(key, size)] = arr
         return arr
 
-
     def _decode(self, records: Sequence[ImageRecord], size: int) -> np.ndarray:
         """Decode on every core: PIL and pydicom release the GIL while they decode and resize
         (1.65x on 2 cores for the 3,264 JPEGs here). The first failing record, in order, raises."""
