@@ -368,7 +368,8 @@ def predict(model, x: np.ndarray, batch_size: int = 64, tta_flip: bool = False, 
     """(n, H, W, 3) uint8/float 0..255 -> (n, k) model outputs; optional horizontal-flip TTA.
 
     Runs the compiled forward (``activations.compiled``) over uint8 batches in a plain loop
-    (docs/benchmarks.md compares it with a bare compiled loop). ``echo``: the run's echo; unless it is quiet, a progress line shows images/s and ETA.
+    (docs/benchmarks.md compares it with a bare compiled loop). ``echo``: the run's echo; unless it
+    is quiet, a progress line shows images/s and ETA.
     """
     return _predict(model, x, batch_size, tta_flip, echo=echo, label=label)
 
