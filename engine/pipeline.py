@@ -454,12 +454,8 @@ def _share(ctx: RunContext, cfg, model, ft, x_tr, x_va):
     if shared is None:
         ctx.echo(f"  {cfg.name}: each stage runs the frozen layers itself: {why}")
         return None
-    split = shared.split
-    ctx.echo(f"  {cfg.name}: frozen layers: activations below {split.boundary} "
-             f"({' + '.join(str(s) for s in split.shapes)} per image) for {len(x_tr)} training images x "
-             f"{2 if flips else 1} flips, {len(x_va)} validation and {len(x_te)} test{' x 2 flips' if tta else ''} "
-             f"({act.gib(shared.nbytes)}{', memory-mapped under the cache' if shared.tmp else ', in memory'}) in "
-             f"{time.perf_counter() - t0:.1f}s: one pass of the frozen layers for the head, fine-tuning and evaluation")
+    ctx.echo(f"  {cfg.name}: frozen layers: {shared.describe()} in {time.perf_counter() - t0:.1f}s: "
+             "one pass of the frozen layers for the head, fine-tuning and evaluation")
     return shared
 
 

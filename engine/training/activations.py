@@ -294,6 +294,19 @@ class Shared:
              for i, v in enumerate(variants)]
         return sum(p) / len(p)
 
+    def describe(self) -> str:
+        """What the cache holds, for the log: ``activations below <layer> (<shapes> per image) for
+        <n> training images x <k> flips, <n> validation [and <n> test] [x 2 flips] (<GiB>, in memory)``."""
+        def count(variants):
+            return len(variants[0][0]) if variants else 0
+
+        held = f"{count(self.val)} validation" + (f" and {count(self.test)} test" if self.test else "")
+        tta = " x 2 flips" if len(self.val) > 1 else ""
+        where = "memory-mapped under the cache" if self.tmp is not None else "in memory"
+        return (f"activations below {self.split.boundary} ({' + '.join(str(s) for s in self.split.shapes)} per "
+                f"image) for {count(self.train)} training images x {len(self.train)} flips, {held}{tta} "
+                f"({gib(self.nbytes)}, {where})")
+
     def close(self) -> None:
         self.train = self.val = self.test = []
         if self.tmp is not None:

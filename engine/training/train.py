@@ -352,11 +352,8 @@ def _fine_tune_data(model, x_tr, y_tr, x_va, y_va, *, cfg, seed, label, echo, st
             return (model,
                     batches(act.image_fetch(x_tr), y_tr, cfg.batch_size, seed=seed + 7, shuffle=True, flip=flips),
                     batches(act.image_fetch(x_va), y_va, cfg.batch_size, seed=seed, shuffle=False, flip=False), None)
-        own, split = cached, cached.split
-        say(f"  {label}: cached activations below {split.boundary} ({' + '.join(str(s) for s in split.shapes)} per "
-            f"image, {len(x_tr)} training images x {2 if flips else 1} flips + {len(x_va)} validation, "
-            f"{act.gib(cached.nbytes)}{' memory-mapped under the cache' if cached.tmp else ' in memory'}) "
-            f"in {time.perf_counter() - t0:.1f}s; training the layers above them")
+        own = cached
+        say(f"  {label}: cached {cached.describe()} in {time.perf_counter() - t0:.1f}s; training the layers above them")
     flips = len(cached.train) > 1
     return (cached.split.upper,
             batches(act.cached_fetch(cached.train), y_tr, cfg.batch_size, seed=seed + 7, shuffle=True, flip=flips),
