@@ -343,7 +343,7 @@ def test_a_run_on_dicom_groups_validation_by_patient_and_leaks_no_identity(hospi
     from engine.data.identity import file_reference
     assert report["skipped"][0]["path"] == file_reference(str(broken.relative_to(external)), None, pseudonymize)
     assert report["backbones"][0]["n_images"] == n_test
-    texts = {k: v for k, v in files_under(run_dir).items()}
+    texts = files_under(run_dir)
     assert any("/external/" in k for k in texts)
     assert_no_planted_value({"evaluate output": result.output.encode(), **texts}, truth)
 

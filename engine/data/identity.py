@@ -108,6 +108,13 @@ def load_key(path: Path) -> bytes:
     return data
 
 
+def key_file(key_dir: Path, experiment: str) -> Path:
+    """The key file an experiment uses: ``$AUDITRUN_PSEUDONYM_KEY_FILE`` when set, else
+    ``<key_dir>/<experiment>.key`` (:func:`key_path`). Nothing is read or created."""
+    env = os.environ.get(KEY_ENV)
+    return Path(env) if env else key_path(key_dir, experiment)
+
+
 def experiment_key(key_dir: Path, experiment: str, *, run_dir: Path | None = None) -> bytes:
     """The experiment's pseudonym key: from ``$AUDITRUN_PSEUDONYM_KEY_FILE`` when set, else
     ``<key_dir>/<experiment>.key``, created once (32 random bytes, mode 0600) if absent.
@@ -116,7 +123,7 @@ def experiment_key(key_dir: Path, experiment: str, *, run_dir: Path | None = Non
     directory, which must not hold the key (InputError if the key file would lie inside it).
     """
     env = os.environ.get(KEY_ENV)
-    path = Path(env) if env else key_path(key_dir, experiment)
+    path = key_file(key_dir, experiment)
     if run_dir is not None and is_inside(path, run_dir):
         source = f"environment variable {KEY_ENV}" if env else "the key folder"
         raise InputError(f"{source} puts the pseudonym key at {str(path)!r}, inside the run directory "
@@ -219,7 +226,7 @@ def experiment_pseudonymizer(output_root: Path, experiment: str, *, run_dir: Pat
     default key folder ``<output_root>/.keys``."""
     env = os.environ.get(KEY_ENV)
     key = experiment_key(default_key_dir(output_root), experiment, run_dir=run_dir)
-    source = env if env else str(key_path(default_key_dir(output_root), experiment))
+    source = env or str(key_file(default_key_dir(output_root), experiment))
     return Pseudonymizer(key, source)
 
 
@@ -266,5 +273,5 @@ def display_path(record, root: Path | str | None) -> str:
 
 
 __all__ = ["FILE_PREFIX", "KEY_BYTES", "KEY_ENV", "Pseudonymizer", "default_key_dir", "display_path",
-           "experiment_key", "experiment_pseudonymizer", "file_reference", "key_id", "key_path", "load_key",
+           "experiment_key", "experiment_pseudonymizer", "file_reference", "key_file", "key_id", "key_path", "load_key",
            "pseudonym"]

@@ -144,12 +144,11 @@ def _with_references(records: list, data: Path, run_dir: Path, experiment: str, 
     run's; where the run was copied without its key, a one-off key keeps the listing neutral (its
     references then match no other run's) and nothing is written outside the run."""
     from engine.data.discovery import is_dicom_path, with_patients
-    from engine.data.identity import KEY_ENV, Pseudonymizer, default_key_dir, key_path, load_key
+    from engine.data.identity import Pseudonymizer, default_key_dir, key_file, load_key
 
     if not any(is_dicom_path(r.path) for r in records):
         return records
-    env = os.environ.get(KEY_ENV)
-    path = Path(env) if env else key_path(default_key_dir(run_dir.resolve().parent.parent), experiment)
+    path = key_file(default_key_dir(run_dir.resolve().parent.parent), experiment)
     known = path.is_file()
     pseudonymize = Pseudonymizer(load_key(path) if known else os.urandom(32), str(path) if known else "one-off")
     records = with_patients(records, pseudonymize, root=data)
