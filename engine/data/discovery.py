@@ -12,13 +12,14 @@ import os
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
 from engine.errors import InputError
 
 if TYPE_CHECKING:
+    from engine.data.identity import Redactor
     from engine.data.readers import SliceSelection, Windowing
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
@@ -133,7 +134,18 @@ def _is_image_file(p: Path) -> bool:
 
 
 def _image_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and _is_image_file(p))
+    """The image files below ``folder``, sorted. Hidden folders (``.cache``, ``.keys``) and
+    auditrun's own output (an experiment or run folder, ``paths.is_output_folder``) are never
+    entered: a report's figures copied there must not become training images. Links to folders
+    below the top are not followed."""
+    from engine.paths import is_output_folder
+
+    found = []
+    for here, dirs, files in os.walk(folder):
+        base = Path(here)
+        dirs[:] = [d for d in dirs if not d.startswith(".") and not is_output_folder(base / d)]
+        found += [p for p in (base / f for f in files) if p.is_file() and _is_image_file(p)]
+    return sorted(found)
 
 
 def images_by_class(folder: Path, aliases: dict[str, str]) -> dict[str, list[Path]]:
@@ -148,20 +160,29 @@ def images_by_class(folder: Path, aliases: dict[str, str]) -> dict[str, list[Pat
     directly in ``folder`` are ignored. A sub-folder that maps to no class is an InputError naming it and the
     known names.
     """
+    from engine.paths import folder_key
+
     found: dict[str, list[Path]] = {}
     unknown = []
     for sub in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        canonical = aliases.get(sub.name.lower())
+        canonical = aliases.get(folder_key(sub.name))
         if canonical is None:
             unknown.append(sub.name)
             continue
         found.setdefault(canonical, []).extend(_image_files(sub))
     if unknown:
         raise InputError(
-            f"{str(folder)!r}: class folder(s) {', '.join(map(repr, unknown))} match no class; "
-            f"known folder names: {', '.join(map(repr, sorted(aliases)))}. Add them under [data.aliases]."
+            f"{str(folder)!r}: class folder(s) {', '.join(map(_shown_name, unknown))} match no class; "
+            f"known folder names: {', '.join(map(_shown_name, sorted(aliases)))} (compared lower-cased, after "
+            "Unicode NFC normalisation). Add them under [data.aliases]."
         )
     return found
+
+
+def _shown_name(name: str) -> str:
+    """A folder name quoted, with its code points spelled out when it is not plain ASCII: two names
+    that differ in invisible ways (a combining accent, a look-alike letter) must not read the same."""
+    return repr(name) if name.isascii() else f"{name!r} ({ascii(name)})"
 
 
 def detect_layout(root: Path, train_dir: str, test_dir: str) -> str:
@@ -200,6 +221,83 @@ def discover(root: Path, *, layout: str, train_dir: str, test_dir: str, classes:
     ``require_train=False`` (an audit of imported models only, which trains nothing): a data root
     holding only ``test_dir`` is read as the test split, with no training images.
     """
+    try:
+        return _discover_records(root, layout=layout, train_dir=train_dir, test_dir=test_dir, classes=classes,
+                                 aliases=aliases, test_fraction=test_fraction, seed=seed,
+                                 validation_fraction=validation_fraction, pseudonymizer=pseudonymizer,
+                                 labels=labels, columns=columns, slices=slices, require_train=require_train)
+    except InputError as exc:
+        # Raised before any record had its reference: the message may quote a file named after
+        # its patient (a CSV row listed twice, a folder found twice).
+        redact = failure_redactor(root, pseudonymizer, train_dir=train_dir, test_dir=test_dir, aliases=aliases,
+                                  labels=labels, columns=columns)
+        message = redact(str(exc))
+        if message == str(exc):
+            raise
+        raise InputError(message) from None
+
+
+def structural_names(train_dir: str, test_dir: str, aliases: Mapping[str, str]) -> set[str]:
+    """Folder names that are the data's structure (split and class folders), never a patient's."""
+    return {train_dir, test_dir, *aliases, *aliases.values()}
+
+
+def redactor(root: Path, records: Sequence[ImageRecord], pseudonymizer: Callable[[], Callable[[str], str]] | None,
+             *, train_dir: str, test_dir: str, aliases: Mapping[str, str],
+             labels: str | os.PathLike | None = None) -> Redactor:
+    """The :class:`~engine.data.identity.Redactor` for messages about these records: active when
+    the data holds patient ids (a record carries a reference), a no-op otherwise."""
+    from engine.data.identity import Redactor, no_redaction
+
+    if pseudonymizer is None or not any(r.ref for r in records):
+        return no_redaction(root)
+    return Redactor(root, pseudonymizer(), structural=structural_names(train_dir, test_dir, aliases),
+                    refs={str(r.path): r.ref for r in records if r.ref}, keep=_kept(root, labels))
+
+
+def failure_redactor(root: Path, pseudonymizer, *, train_dir: str, test_dir: str, aliases: Mapping[str, str],
+                     labels=None, columns=None) -> Redactor:
+    """A Redactor for an error raised before the records existed: active when the data may hold
+    patient ids (a labels CSV with a patient column, or any DICOM file below the root). Without a
+    pseudonymizer the references are made under a one-off key: neutral, if not locatable."""
+    from engine.data.identity import Pseudonymizer, Redactor, no_redaction
+    from engine.data.labels_csv import names_patients
+
+    try:
+        holds = names_patients(root, labels, columns or {}) if labels is not None else _any_dicom(Path(root))
+    except OSError:
+        holds = True  # cannot tell: say less rather than more
+    if not holds:
+        return no_redaction(root)
+    try:
+        pseudonym = pseudonymizer() if pseudonymizer is not None else None
+    except InputError:
+        pseudonym = None
+    if pseudonym is None:
+        pseudonym = Pseudonymizer(os.urandom(32), "a one-off key")
+    return Redactor(root, pseudonym, structural=structural_names(train_dir, test_dir, aliases),
+                    keep=_kept(root, labels))
+
+
+def _kept(root: Path, labels) -> list[Path]:
+    if labels is None:
+        return []
+    from engine.data.labels_csv import labels_file
+
+    return [labels_file(Path(root).resolve(), labels)]
+
+
+def _any_dicom(root: Path) -> bool:
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        if any(is_dicom_path(Path(folder) / f) for f in files):
+            return True
+    return False
+
+
+def _discover_records(root: Path, *, layout: str, train_dir: str, test_dir: str, classes: Sequence[str],
+                      aliases: dict[str, str], test_fraction: float, seed: int, validation_fraction, pseudonymizer,
+                      labels, columns, slices, require_train: bool) -> tuple[str, list[ImageRecord]]:
     if labels is not None or layout == "csv":
         from engine.data.labels_csv import discover_csv
 
@@ -518,7 +616,7 @@ def split_validation(train: Sequence[ImageRecord], fraction: float, seed: int,
             hint = _fraction_hint("data.validation_fraction", count.get(cls, 0), min_training_images)
             raise InputError(f"class {cls!r} has {count.get(cls, 0)} training images, fewer than the {need} that "
                              f"data.validation_fraction = {fraction:g} needs (one validation image, the rest for "
-                             f"training); add images to that class{hint}")
+                             f"training); add {need - count.get(cls, 0)} or more images to that class{hint}")
     idx = np.arange(len(train))
     try:
         if groups:
@@ -661,10 +759,17 @@ class ImageCache:
             arr = self._decode(records, size)
             self._progress(f"decoded {len(records)} {name} images at {size}px")
             if file is not None:
-                file.parent.mkdir(parents=True, exist_ok=True)
+                from engine.atomic import writing
+
                 tmp = file.with_suffix(f".tmp{os.getpid()}.npy")
-                np.save(tmp, arr)
-                os.replace(tmp, file)
+                with writing(file):
+                    try:
+                        file.parent.mkdir(parents=True, exist_ok=True)
+                        np.save(tmp, arr)
+                        os.replace(tmp, file)
+                    except BaseException:
+                        tmp.unlink(missing_ok=True)  # a half-written array must not fill the disk
+                        raise
         self._mem[(key, size)] = arr
         return arr
 

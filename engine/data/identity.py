@@ -41,11 +41,11 @@ import re
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable, Mapping
 
 from engine.atomic import fsync_dir
 from engine.errors import InputError
-from engine.paths import is_inside, relative_to_root, safe_name
+from engine.paths import folder_key, is_inside, relative_to_root, safe_name
 
 #: Environment variable naming a hospital-managed key file; it wins over the experiment's own key.
 KEY_ENV = "AUDITRUN_PSEUDONYM_KEY_FILE"
@@ -272,6 +272,160 @@ def display_path(record, root: Path | str | None) -> str:
                        getattr(record, "frame_name", None))
 
 
+# ---------------------------------------------------------------------------------------------
+# Messages: the one place a data path in an error or a log line becomes its neutral name
+
+# A quoted string as Python's repr writes one ('x' or "x's"): our messages quote every path they name.
+_QUOTED = re.compile(r"'([^'\n]*)'|\"([^\"\n]*)\"")
+# Where a path written without quotes ends: white space, a quote, or a colon followed by a space
+# (``/data/x.png: line 3``), the separators our messages put after a path.
+_UNQUOTED_END = re.compile(r"[\s'\"]|:(?=\s|$)")
+
+
+class Redactor:
+    """Turns every path below the data root in a message into its neutral name, when the data holds
+    patient ids (otherwise it returns messages unchanged).
+
+    Every message that may reach an artefact or the terminal (errors stored in results.json and
+    history.jsonl, the progress log, the CLI's one error line) goes through one of these: a CSV
+    row, a DICOM folder or a box file may be named after the patient, and the checks that quote
+    them (a row listed twice, a file that cannot be read) know nothing of identity. A known file is
+    shown as its record's reference (``p-.../f-....dcm``, what ``auditrun locate`` takes); any
+    other path below the root keeps its leading structural folders (the split and class folders,
+    never a patient's) and the rest becomes ``f-`` + the keyed hash of its relative path
+    (:func:`file_reference`). The data root itself, which the manifest names, is kept.
+
+    ``structural``: folder names that say nothing about a patient (``Training``, class folders),
+    compared lower-cased. ``refs``: absolute path -> reference of the records discovery made.
+    ``keep``: files the manifest itself names (the labels CSV), shown as they are.
+    """
+
+    def __init__(self, root: Path | str, pseudonymize: Callable[[str], str] | None, *,
+                 structural: Iterable[str] = (), refs: Mapping[str, str] | None = None,
+                 keep: Iterable[Path | str] = ()):
+        self.roots = _root_forms(root)
+        self.root = Path(self.roots[0])
+        self._pseudonymize = pseudonymize
+        self._structural = {folder_key(s) for s in structural}
+        self._refs = dict(refs or {})
+        self._keep = {os.path.normpath(os.path.abspath(str(p))) for p in keep}
+
+    @property
+    def active(self) -> bool:
+        return self._pseudonymize is not None
+
+    def __call__(self, message: str) -> str:
+        if self._pseudonymize is None or not message:
+            return message
+        out = _QUOTED.sub(self._quoted, str(message))
+        return self._unquoted(out)
+
+    def path(self, path: Path | str) -> str:
+        """How a message shows ``path`` (absolute, or relative to the data root)."""
+        if self._pseudonymize is None:
+            return str(path)
+        rel = self._relative(str(path))
+        return str(path) if rel is None else self._shown(rel)
+
+    def _relative(self, text: str) -> str | None:
+        """``text`` relative to the data root (posix), "" for the root itself, None when it lies
+        elsewhere or is no path."""
+        if not text or "\0" in text:
+            return None
+        candidate = Path(text)
+        if not candidate.is_absolute():
+            if not ("/" in text or "\\" in text or Path(text).suffix or _exists(self.root / text)):
+                return None  # a bare word ('glioma', a key name) is no path unless the root holds it
+            candidate = self.root / text
+        lexical = os.path.normpath(candidate)
+        for root in self.roots:
+            if lexical == root:
+                return ""
+            if lexical.startswith(root.rstrip("/") + "/"):
+                return Path(lexical).relative_to(root).as_posix()
+        try:  # a path through a link into the data
+            return candidate.resolve().relative_to(self.root).as_posix()
+        except (OSError, ValueError, RuntimeError):
+            return None
+
+    def _shown(self, rel: str) -> str:
+        if rel in ("", "."):
+            return str(self.root)
+        absolute = str(self.root / rel)
+        if absolute in self._keep:
+            return absolute
+        if absolute in self._refs:
+            return self._refs[absolute]
+        parts = rel.split("/")
+        kept = []
+        for part in parts[:-1]:
+            if folder_key(part) not in self._structural:
+                break
+            kept.append(part)
+        if len(kept) == len(parts) - 1 and folder_key(parts[-1]) in self._structural:
+            return rel  # a split or class folder: nothing to hide
+        return "/".join(kept + [file_reference(rel, None, self._pseudonymize)])
+
+    def _quoted(self, match: re.Match) -> str:
+        text = match.group(1) if match.group(1) is not None else match.group(2)
+        rel = self._relative(text)
+        if rel is None:
+            return match.group(0)
+        return repr(self._shown(rel))
+
+    def _unquoted(self, message: str) -> str:
+        """Paths written without quotes that start with the data root: the longest known file
+        there, else everything up to the next separator."""
+        for root in self.roots:
+            start = 0
+            prefix = root.rstrip("/") + "/"
+            while (i := message.find(prefix, start)) >= 0:
+                end = self._known_end(message, i) or self._separator_end(message, i + len(prefix))
+                shown = self.path(message[i:end])
+                message = message[:i] + shown + message[end:]
+                start = i + len(shown)
+        return message
+
+    def _known_end(self, message: str, i: int) -> int | None:
+        """The end of the longest known file, or existing path, written at ``message[i:]``: a
+        name may hold spaces and colons, so every separator is a candidate end."""
+        best = None
+        for j in range(i + 1, len(message) + 1):
+            if j < len(message) and message[j] not in " \t\n:'\"":
+                continue
+            text = message[i:j]
+            if text in self._refs or _exists(Path(text)):
+                best = j
+        return best
+
+    @staticmethod
+    def _separator_end(message: str, i: int) -> int:
+        found = _UNQUOTED_END.search(message, i)
+        return found.start() if found else len(message)
+
+
+def _root_forms(root: Path | str) -> list[str]:
+    """The data root as messages may write it: resolved first, then as given (a link, say)."""
+    given = os.path.normpath(os.path.abspath(str(root)))
+    try:
+        resolved = str(Path(root).resolve())
+    except (OSError, RuntimeError):
+        resolved = given
+    return list(dict.fromkeys([resolved, given]))
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except (OSError, ValueError):
+        return False
+
+
+#: A Redactor that changes nothing: for data without patient ids.
+def no_redaction(root: Path | str) -> Redactor:
+    return Redactor(root, None)
+
+
 __all__ = ["FILE_PREFIX", "KEY_BYTES", "KEY_ENV", "Pseudonymizer", "default_key_dir", "display_path",
-           "experiment_key", "experiment_pseudonymizer", "file_reference", "key_file", "key_id", "key_path", "load_key",
+           "experiment_key", "experiment_pseudonymizer", "file_reference", "key_file", "Redactor", "no_redaction", "key_id", "key_path", "load_key",
            "pseudonym"]

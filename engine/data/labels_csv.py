@@ -81,6 +81,19 @@ def column_map(found: Sequence[str], columns: Mapping[str, str], where: str) -> 
     return out
 
 
+def names_patients(root: Path, labels: str | os.PathLike, columns: Mapping[str, str]) -> bool:
+    """True when the labels CSV has a patient column (its header row alone is read); False when it
+    has none or cannot be read as a CSV (then no message quotes a row's path)."""
+    import csv
+
+    try:
+        with open(labels_file(Path(root).resolve(), labels), newline="", encoding="utf-8-sig") as fh:
+            header = [c.strip() for c in next(csv.reader(fh), [])]
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return False
+    return columns.get("patient", "patient").strip() in header
+
+
 def read_table(csv_file: Path):
     """The CSV as a DataFrame of stripped strings (nothing parsed as a number, so '007' stays)."""
     import pandas as pd
@@ -128,22 +141,30 @@ def _path(cells: _Cells, root: Path) -> Path:
         raise cells.error("path", "the path is empty")
     if "\0" in text:
         raise cells.error("path", "the path contains a NUL character")
-    path = Path(os.path.normpath(root / Path(text)))  # an absolute path replaces root
+    # Resolved before the check: a link inside the root (``etclink -> /etc``) must not carry a
+    # row out of it. ``root`` is resolved by the caller; an absolute path replaces it.
+    try:
+        path = (root / Path(text)).resolve()
+    except (OSError, RuntimeError):  # a link loop (RuntimeError before Python 3.13)
+        raise cells.error("path", f"{text!r} cannot be resolved (a loop of symbolic links?)") from None
     try:
         path.relative_to(root)
     except ValueError:
-        raise cells.error("path", f"{text!r} lies outside the data root {str(root)!r}; paths are relative "
-                                  "to the data root and must stay below it") from None
+        via = "" if Path(os.path.normpath(root / Path(text))) == path else f" (it resolves to {str(path)!r})"
+        raise cells.error("path", f"{text!r} lies outside the data root {str(root)!r}{via}; paths are relative "
+                                  "to the data root and must stay below it, links included") from None
     if _exists(path) is None:
         raise cells.error("path", f"{text!r} is a folder, not an image file")
-    return path.resolve()
+    return path
 
 
 def _label(cells: _Cells, aliases: Mapping[str, str]) -> str:
     text = cells.get("label")
     if not text:
         raise cells.error("label", "the label is empty")
-    canonical = aliases.get(text.lower())
+    from engine.paths import folder_key
+
+    canonical = aliases.get(folder_key(text))
     if canonical is None:
         raise cells.error("label", f"{text!r} is not a class; known labels: {', '.join(map(repr, sorted(aliases)))}. "
                                    "Add it under [data.aliases]")

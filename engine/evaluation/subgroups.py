@@ -476,7 +476,7 @@ def record_values(records: Sequence, age_bands: Sequence[int] = DEFAULT_AGE_BAND
     the band of the age; with ``strict`` an age that is not a number or lies outside the bands is an
     InputError naming the file (relative to ``root``), otherwise its band is None.
     """
-    from engine.paths import relative_to_root
+    from engine.data.identity import display_path
 
     out: dict[str, list[str | None]] = {a: [] for a in SUBGROUP_ATTRIBUTES}
     for r in records:
@@ -489,7 +489,7 @@ def record_values(records: Sequence, age_bands: Sequence[int] = DEFAULT_AGE_BAND
             try:
                 band = age_band(age, age_bands)
             except InputError as exc:
-                raise InputError(f"{relative_to_root(r.path, root)}: {exc} "
+                raise InputError(f"{display_path(r, root)!r}: {exc} "
                                  f"(subgroups.age_bands {list(age_bands)})") from None
             out["age_band"].append(None if band == UNKNOWN else band)
         else:
