@@ -29,9 +29,9 @@ import os
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from engine.atomic import fsync_dir, write_text as _write_text
+from engine.atomic import fsync_dir, writing, write_text as _write_text
 from engine.errors import InputError
-from engine.results import schema_problem
+from engine.results import number_problem, schema_problem
 
 log = logging.getLogger(__name__)
 
@@ -170,6 +170,14 @@ def append_record(experiment_dir: Path, record: dict) -> Path:
     path = _history_path(experiment_dir)
     line = json.dumps(record, ensure_ascii=False, sort_keys=True, allow_nan=False).encode("utf-8") + b"\n"
     created = not path.exists()
+    with writing(path):
+        _append(path, line)
+    if created:
+        fsync_dir(experiment_dir)
+    return path
+
+
+def _append(path: Path, line: bytes) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         size = os.fstat(fd).st_size
@@ -185,9 +193,6 @@ def append_record(experiment_dir: Path, record: dict) -> Path:
         os.fsync(fd)
     finally:
         os.close(fd)
-    if created:
-        fsync_dir(experiment_dir)
-    return path
 
 
 def read_history(experiment_dir: Path, *, validate: bool = False) -> list[dict]:
@@ -235,7 +240,7 @@ def validate_record(record, where: str) -> None:
     if isinstance(record, dict) and record.get("schema_version") != RECORD_SCHEMA_VERSION:
         raise InputError(f"{where}: history record has schema_version {record.get('schema_version')!r}; "
                          f"this auditrun reads version {RECORD_SCHEMA_VERSION}")
-    problem = schema_problem(record, "history-record")
+    problem = number_problem(record) or schema_problem(record, "history-record")
     if problem:
         raise InputError(f"{where} is not a valid auditrun history record: {problem}")
 

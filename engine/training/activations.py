@@ -15,6 +15,7 @@ order and their predictions agree within float tolerance (tests/test_activation_
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -235,9 +236,7 @@ def compute(split: Split, x: np.ndarray, *, batch: int, flips: bool, store: Path
         arrays = []
         for j, shape in enumerate(split.shapes):
             if store is not None:
-                store.mkdir(parents=True, exist_ok=True)
-                arrays.append(np.lib.format.open_memmap(store / f"{name}-{v}-{j}.npy", mode="w+", dtype="float32",
-                                                        shape=(len(x), *shape)))
+                arrays.append(_mapped(store / f"{name}-{v}-{j}.npy", (len(x), *shape)))
             else:
                 arrays.append(np.empty((len(x), *shape), "float32"))
         what = f"{label}{' mirrored' if v else ''}"
@@ -245,6 +244,24 @@ def compute(split: Split, x: np.ndarray, *, batch: int, flips: bool, store: Path
             _forward(split.lower, x, arrays, batch, flip=bool(v), line=line)
         variants.append(arrays)
     return variants
+
+
+def _mapped(path: Path, shape: tuple[int, ...]) -> np.ndarray:
+    """A float32 array memory-mapped at ``path``, its blocks allocated up front: a sparse file on a
+    full disk would raise SIGBUS at the first write into a page it has no room for, where
+    ``posix_fallocate`` raises ENOSPC (a StorageError naming the file)."""
+    from engine.atomic import writing
+
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        array = np.lib.format.open_memmap(path, mode="w+", dtype="float32", shape=shape)
+        if hasattr(os, "posix_fallocate"):
+            fd = os.open(path, os.O_RDWR)
+            try:
+                os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+            finally:
+                os.close(fd)
+    return array
 
 
 def apply(part, arrays: list[np.ndarray], batch: int, *, echo=None, label: str = "cached") -> np.ndarray:
