@@ -19,7 +19,7 @@ from typing import Any, Iterable
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError, best_match
 
-from engine.atomic import write_json
+from engine.atomic import json_default, overwrite_in_place, write_json
 from engine.errors import InputError
 
 #: Must equal the version in engine/schemas/results.schema.json ($id and schema_version const).
@@ -149,13 +149,19 @@ def validate_results(data: Any, path: Path | str) -> None:
     if isinstance(data, dict) and data.get("schema_version") != SCHEMA_VERSION:
         raise InputError(f"{str(path)!r} has schema_version {data.get('schema_version')!r}; "
                          f"this auditrun reads version {SCHEMA_VERSION}")
-    problem = schema_problem(data, "results")
+    problem = number_problem(data) or schema_problem(data, "results")
     if problem:
         raise InputError(f"{str(path)!r} is not a valid auditrun results file: {problem}")
 
 
-def write_results(run_dir: Path, data: dict) -> Path:
-    return write_json(Path(run_dir) / "results.json", data)
+def write_results(run_dir: Path, data: dict, *, in_place: bool = False) -> Path:
+    """results.json, atomically; ``in_place``: compact JSON over the old file's own blocks (a full
+    disk's last resort, ``atomic.overwrite_in_place``)."""
+    path = Path(run_dir) / "results.json"
+    if in_place:
+        return overwrite_in_place(path, (json.dumps(data, separators=(",", ":"), default=json_default,
+                                                    allow_nan=False) + "\n").encode("utf-8"))
+    return write_json(path, data)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -180,6 +186,37 @@ def schema_problem(instance: Any, name: str) -> str | None:
     if error is None:
         return None
     return f"at {json_path(error.absolute_path)}: {_describe(error)}"
+
+
+#: Largest magnitude of any number in results.json and history.jsonl: the integers a float holds
+#: exactly. The schemas bound each key more tightly (rates 0..1, counts >= 0, seconds <= 1e9).
+MAX_MAGNITUDE = 2 ** 53
+
+
+def number_problem(instance: Any, parts: tuple = ()) -> str | None:
+    """``"at <JSON path>: ..."`` for the first number that is not finite (a bare NaN or Infinity,
+    or 1e999, which JSON parsers read as infinity) or lies beyond +-2**53, anywhere in the
+    document (under keys the schema does not name too); None when every number is in range."""
+    if isinstance(instance, bool):
+        return None
+    if isinstance(instance, (int, float)):
+        if isinstance(instance, float) and not math.isfinite(instance):
+            return f"at {json_path(parts)}: {instance!r} is not a finite number"
+        if abs(instance) > MAX_MAGNITUDE:
+            shown = f"{instance:.6g}" if isinstance(instance, float) else f"an integer of {len(str(abs(instance)))} digits"
+            return f"at {json_path(parts)}: {shown} is out of range (numbers are within +-2**53)"
+        return None
+    if isinstance(instance, dict):
+        items = instance.items()
+    elif isinstance(instance, list):
+        items = enumerate(instance)
+    else:
+        return None
+    for key, value in items:
+        problem = number_problem(value, parts + (key,))
+        if problem:
+            return problem
+    return None
 
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
