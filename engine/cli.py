@@ -16,7 +16,7 @@ from pathlib import Path
 
 import click
 
-from engine.errors import INTERNAL_ERROR_EXIT, AuditrunError, InputError, RunInterrupted
+from engine.errors import INTERNAL_ERROR_EXIT, AuditrunError, InputError, RunInterrupted, StorageError, os_error_message
 
 
 
@@ -52,17 +52,6 @@ class _Echo:
 def _fail(exc: AuditrunError) -> None:
     click.echo(f"auditrun: error: {exc}", err=True)
     sys.exit(exc.exit_code)
-
-
-def _os_error_message(exc: OSError) -> str:
-    """One line naming the path and the reason, e.g. for a read-only output folder."""
-    reason = exc.strerror or type(exc).__name__
-    if exc.filename is None:
-        return f"file system error: {reason}"
-    where = repr(str(exc.filename))
-    if exc.filename2 is not None:
-        where += f" -> {str(exc.filename2)!r}"
-    return f"cannot use {where}: {reason} (check that the folder exists and is writable)"
 
 
 def _internal_error(exc: BaseException, ctx: click.Context) -> None:
@@ -119,6 +108,9 @@ class AuditGroup(click.Group):
             raise
         except AuditrunError as exc:
             _fail(exc)
+        except StorageError as exc:  # a full or read-only output disk: the user's to fix
+            click.echo(f"auditrun: error: {exc}", err=True)
+            sys.exit(exc.exit_code)
         except RunInterrupted as exc:
             click.echo(f"auditrun: {exc}" + (f"; {exc.hint}" if getattr(exc, "hint", None) else ""), err=True)
             sys.exit(exc.exit_code)
@@ -126,7 +118,7 @@ class AuditGroup(click.Group):
             click.echo("auditrun: interrupted (Ctrl-C)", err=True)
             sys.exit(128 + signal.SIGINT)
         except OSError as exc:
-            _fail(InputError(_os_error_message(exc)))
+            _fail(InputError(os_error_message(exc)))
         except Exception as exc:  # noqa: BLE001 - the last line of defence: never a raw traceback
             _internal_error(exc, ctx)
 
@@ -192,7 +184,7 @@ def run_cmd(manifest: Path, output_dir, run_id, resume, junit, quiet):
         try:
             write_text(junit, gates_mod.gates_to_junit(outcome.gates, m.experiment.name))
         except OSError as exc:
-            junit_error = f"--junit: could not write the gate results: {_os_error_message(exc)}"
+            junit_error = f"--junit: could not write the gate results: {os_error_message(exc)}"
     if outcome.gate_failed:
         click.echo("auditrun: audit gate FAILED; the run directory is complete", err=True)
     if junit_error:
@@ -249,14 +241,24 @@ def _manifest_records(manifest: Path, output_dir: Path | None):
     from engine.data import discovery as data_mod
     from engine.data.identity import experiment_pseudonymizer
 
+    from engine.paths import check_output_root
+
     m = manifest_mod.load(manifest)
     root = Path(output_dir) if output_dir else m.experiment.output_dir
+    check_output_root(root, [(manifest_mod.data_root_source(), m.data.root)])
+
+    def pseudonymizer():
+        return experiment_pseudonymizer(root, m.experiment.name)
+
+    aliases = manifest_mod.class_aliases(m)
     _, records = data_mod.discover(
         m.data.root, layout=m.data.layout, train_dir=m.data.train_dir, test_dir=m.data.test_dir,
-        classes=m.data.classes, aliases=manifest_mod.class_aliases(m), test_fraction=m.data.test_fraction,
-        seed=m.experiment.seed, pseudonymizer=lambda: experiment_pseudonymizer(root, m.experiment.name),
+        classes=m.data.classes, aliases=aliases, test_fraction=m.data.test_fraction,
+        seed=m.experiment.seed, pseudonymizer=pseudonymizer,
         labels=m.data.labels, columns=m.data.columns, slices=manifest_mod.slice_selection(m.data))
-    return m, root, records
+    redact = data_mod.redactor(m.data.root, records, pseudonymizer, train_dir=m.data.train_dir,
+                               test_dir=m.data.test_dir, aliases=aliases, labels=m.data.labels)
+    return m, root, records, redact
 
 
 @main.command("check-data")
@@ -274,9 +276,12 @@ def check_data_cmd(manifest: Path, output_dir, quiet):
     from engine import manifest as manifest_mod
     from engine.atomic import dumps_json
 
-    m, root, records = _manifest_records(manifest, output_dir)
-    report = integrity.audit(records, manifest_mod.integrity_options(m.integrity), cache_dir=root / ".cache",
-                             class_names=m.data.classes, windowing=manifest_mod.windowing_options(m.data))
+    m, root, records, redact = _manifest_records(manifest, output_dir)
+    try:
+        report = integrity.audit(records, manifest_mod.integrity_options(m.integrity), cache_dir=root / ".cache",
+                                 class_names=m.data.classes, windowing=manifest_mod.windowing_options(m.data))
+    except InputError as exc:  # fail_on_unreadable names the files: by reference when patients are in them
+        raise InputError(redact(str(exc))) from None
     if not quiet:
         click.echo(integrity.summary_text(report), err=True)
     click.echo(dumps_json({"integrity": report.to_dict(root=m.data.root.resolve())}), nl=False)
@@ -296,20 +301,34 @@ def locate_cmd(manifest: Path, references, output_dir):
     the data root), one line per reference: ``REFERENCE<TAB>PATH``. The paths may identify patients:
     they go to the terminal only. An unknown reference exits 2.
     """
+    import re
+
+    from engine import manifest as manifest_mod
+    from engine.data.identity import default_key_dir, key_file
     from engine.paths import relative_to_root
 
-    m, root, records = _manifest_records(manifest, output_dir)
+    m = manifest_mod.load(manifest)
+    key = key_file(default_key_dir(Path(output_dir) if output_dir else m.experiment.output_dir), m.experiment.name)
+    if not key.is_file():  # a new key would find nothing, and would be left behind
+        raise InputError(f"no pseudonym key at {str(key)!r}: references are found under the key of the run that "
+                         "made them; give the output root that holds its .keys folder (--output-dir) or set "
+                         "AUDITRUN_PSEUDONYM_KEY_FILE")
+    m, root, records, _ = _manifest_records(manifest, output_dir)
     found = {}
     for r in records:
         if r.ref:
             found.setdefault(r.ref, relative_to_root(r.path, m.data.root))
-    unknown = [ref for ref in references if ref.split(" [", 1)[0] not in found]
+    # A reference as artefacts write it, with the frame of a multi-image file: "p-.../f-....dcm [slice 3]".
+    shape = re.compile(r"((?:p-[0-9a-f]{16}/)?f-[0-9a-f]{16}(?:\.[A-Za-z]{2,5})?)(?: \[(?:slice|frame) \d+\])?")
+    parsed = {ref: (match.group(1) if (match := shape.fullmatch(ref)) else None) for ref in references}
+    unknown = [ref for ref in references if parsed[ref] not in found]
     for ref in references:
         if ref not in unknown:
-            click.echo(f"{ref}\t{found[ref.split(' [', 1)[0]]}")
+            click.echo(f"{ref}\t{found[parsed[ref]]}")
     if unknown:
         raise InputError(f"no file of {str(m.data.root)!r} has the reference(s) {', '.join(map(repr, unknown))} "
-                            "under this experiment's key")
+                         "under this experiment's key (a reference reads p-<16 hex>/f-<16 hex>.<suffix>, "
+                         "with [slice N] or [frame N] for an image inside a file)")
 
 
 @main.command("evaluate")
@@ -333,8 +352,11 @@ def evaluate_cmd(run_dir: Path, data: Path, backbone, quiet):
     _silence_tensorflow()
     click.get_current_context().meta["auditrun.output"] = run_dir
     # skipped images are reported even with --quiet: the figures leave them out
-    report = evaluate_external(run_dir, data, backbone, echo=_Echo(quiet),
-                               warn=lambda msg: click.echo(f"auditrun: warning: {msg}", err=True))
+    from engine.atomic import scratch_folder
+
+    with scratch_folder(run_dir):  # Keras unpacks each saved model in the temp folder
+        report = evaluate_external(run_dir, data, backbone, echo=_Echo(quiet),
+                                   warn=lambda msg: click.echo(f"auditrun: warning: {msg}", err=True))
     click.echo(dumps_json({"backbones": report["backbones"], "data": report["data"], "counts": report["counts"],
                            "skipped": report["skipped"]}), nl=False)
 
@@ -367,7 +389,10 @@ def render_cmd(run_dir: Path, formats):
     click.get_current_context().meta["auditrun.output"] = run_dir
     if not formats:
         formats = _manifest_formats(run_dir)
-    written = render_report(run_dir, tuple(formats))
+    from engine.atomic import scratch_folder
+
+    with scratch_folder(run_dir):  # the renderer's temporary files stay inside the run
+        written = render_report(run_dir, tuple(formats))
     for path in written.values():
         click.echo(str(path))
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence
 
 from engine.errors import InputError
-from engine.paths import name_problem
+from engine.paths import folder_key, name_problem
 
 #: Environment variable that overrides ``data.root`` (useful on CI or a cluster where the data
 #: lives elsewhere than the manifest says).
@@ -643,6 +643,11 @@ def _is_file(path: Path) -> bool:
         return False
 
 
+def data_root_source() -> str:
+    """What set the data root, as messages name it: the environment variable or the manifest key."""
+    return DATA_ROOT_ENV if os.environ.get(DATA_ROOT_ENV) else "data.root"
+
+
 def resolve_data_root(m: Manifest) -> Path:
     """The data root: ``$AUDITRUN_DATA_ROOT`` wins over ``data.root``; it must exist."""
     env = os.environ.get(DATA_ROOT_ENV)
@@ -664,6 +669,9 @@ def resolve_data_root(m: Manifest) -> Path:
                              f"write its phantoms: {reason}") from None
     if not _is_dir(root):
         source = f"environment variable {DATA_ROOT_ENV}" if env else "manifest key 'data.root'"
+        if _is_file(root):
+            raise InputError(f"{source} points to {str(root)!r}, which is a file; the data root is the folder "
+                             "that holds the images (Training/ and Testing/, or one folder per class)")
         raise InputError(
             f"{source} points to {str(root)!r}, which does not exist. Provide the dataset: put it there, "
             f"set {DATA_ROOT_ENV}=/path/to/dataset, or download it with "
@@ -713,6 +721,7 @@ def folder_aliases(classes: Sequence[str], extra: Mapping[str, str]) -> dict[str
     """Folder name (lower-cased) -> canonical class: the ``DEFAULT_ALIASES`` of ``classes``, each
     class's own name, then ``extra`` (``[data.aliases]``), later entries winning."""
     mapping = {k: v for k, v in DEFAULT_ALIASES.items() if v in classes}
-    mapping.update({c.lower(): c for c in classes})
-    mapping.update({k.lower(): v for k, v in extra.items()})
+    mapping.update({folder_key(c): c for c in classes})
+    mapping.update({folder_key(k): v for k, v in extra.items()})
     return mapping
+

@@ -10,8 +10,10 @@ here, in one mechanism, rather than as a list of forbidden strings at each call 
 
 from __future__ import annotations
 
+import os
 import unicodedata
 from pathlib import Path
+from typing import Iterable
 
 from engine.errors import InputError
 
@@ -75,6 +77,62 @@ def child(parent: Path, name: str, what: str) -> Path:
 
 
 
+#: Files that mark a folder as auditrun's output: an experiment folder (its history, its latest
+#: pointer) or a run folder (results.json beside its manifest copy).
+EXPERIMENT_MARKERS = ("history.jsonl", "latest")
+RUN_MARKERS = ("results.json", "manifest.toml")
+
+
+def is_output_folder(folder: Path) -> bool:
+    """True for an experiment or run folder auditrun wrote (data discovery never enters one)."""
+    folder = Path(folder)
+    try:
+        return (any((folder / m).exists() for m in EXPERIMENT_MARKERS)
+                or all((folder / m).is_file() for m in RUN_MARKERS))
+    except OSError:
+        return False
+
+
+def _resolved(path: Path) -> Path:
+    try:
+        return Path(os.path.abspath(path)).resolve()
+    except (OSError, RuntimeError):
+        return Path(os.path.abspath(path))
+
+
+def check_output_root(output_root: Path, data_roots: Iterable[tuple[str, Path]] = ()) -> None:
+    """InputError (exit 2) unless ``output_root`` may hold auditrun's output: not the file-system
+    root or the home folder itself (the engine writes ``.cache`` and ``.keys`` there), and apart
+    from every data root, in both directions, symbolic links resolved. ``data_roots``: (what,
+    path) pairs, e.g. ``("data.root", ...)``.
+
+    An output folder inside the data would be discovered as images on the next run (its figures
+    and Grad-CAM copies of test images as a class), and a data root inside the output root could be
+    deleted by retention.
+    """
+    out = _resolved(Path(output_root))
+    if out == Path(out.anchor) or out == _resolved(Path.home()):
+        where = "the file-system root" if out == Path(out.anchor) else "your home folder"
+        raise InputError(f"output root {str(output_root)!r} is {where}; auditrun writes experiment folders, "
+                         "a .cache and a .keys folder there: choose a folder of its own (e.g. reports/)")
+    for what, root in data_roots:
+        data = _resolved(Path(root))
+        if out == data or data in out.parents:
+            raise InputError(f"output root {str(output_root)!r} lies inside the data root {str(root)!r} ({what}); "
+                             "the next run would read its figures as images. Choose an output folder outside "
+                             "the data (--output-dir or experiment.output_dir)")
+        if out in data.parents:
+            raise InputError(f"data root {str(root)!r} ({what}) lies inside the output root {str(output_root)!r}; "
+                             "retention and the cache manage that folder. Move the data or choose another "
+                             "output folder (--output-dir or experiment.output_dir)")
+
+
+def folder_key(name: str) -> str:
+    """A folder name or label as class aliases match it: Unicode NFC, lower-cased. macOS writes
+    ``méningioma`` decomposed (NFD), most editors composed (NFC): the same name to a reader."""
+    return unicodedata.normalize("NFC", name).lower()
+
+
 def relative_to_root(path: Path | str, root: Path | str | None) -> str:
     """``path`` as the report and the CSVs show it: relative to ``root`` (symlinks resolved), with
     forward slashes; unchanged when it lies elsewhere or there is no root. A reader sees where an
@@ -88,4 +146,4 @@ def relative_to_root(path: Path | str, root: Path | str | None) -> str:
     return path.as_posix()
 
 
-__all__ = ["MAX_NAME_LENGTH", "child", "is_inside", "name_problem", "relative_to_root", "safe_name"]
+__all__ = ["EXPERIMENT_MARKERS", "MAX_NAME_LENGTH", "RUN_MARKERS", "check_output_root", "child", "folder_key", "is_output_folder", "is_inside", "name_problem", "relative_to_root", "safe_name"]

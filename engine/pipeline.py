@@ -20,11 +20,11 @@ from typing import Callable
 import numpy as np
 
 from engine.data import discovery as data_mod
-from engine.atomic import save_keras_model, write_text
-from engine.errors import InputError, RunInterrupted
-from engine.manifest import Manifest, class_aliases, integrity_options, slice_selection, windowing_options
+from engine.atomic import save_keras_model, scratch_folder, storage_problem, write_text
+from engine.errors import InputError, RunInterrupted, StorageError, os_error_message
+from engine.manifest import Manifest, class_aliases, data_root_source, integrity_options, slice_selection, windowing_options
 from engine.data.identity import display_path
-from engine.paths import child, safe_name
+from engine.paths import check_output_root, child, safe_name
 from engine.results import SCHEMA_VERSION, BackboneResult, WeightsInfo, read_results, write_results
 
 Echo = Callable[[str], None]
@@ -35,6 +35,10 @@ def _quiet(_msg: str) -> None:
 
 
 _quiet.quiet = True  # engine.progress.silent reads it: no progress lines without an echo
+
+
+def _unchanged(message: str) -> str:
+    return message
 
 
 def slug(name: str) -> str:
@@ -70,6 +74,9 @@ class RunContext:
     prior_active_s: float = 0.0
     #: Devices, tf.distribute strategy and precision (engine.training.devices.Setup); set before training.
     training_setup: object | None = None
+    #: Turns data paths in a message into neutral references when the data holds patient ids
+    #: (engine.data.identity.Redactor); every log line, stored error and raised message passes it.
+    redact: Callable[[str], str] = _unchanged
 
     def training_scope(self):
         """The distribution strategy's scope: models built and trained in it are replicated."""
@@ -91,12 +98,21 @@ class RunContext:
     def finished(self) -> list[BackboneResult]:
         return [b for b in self.backbones if b.status == "ok"]
 
-    def save(self) -> None:
+    def save(self, in_place: bool = False) -> None:
         if "run" in self.results:
             self.results["run"]["active_s"] = round(self.active_s(), 1)
         if "backbones" in self.results:
             self.results["backbones"] = [b.to_dict() for b in self.backbones]
-        write_results(self.run_dir, self.results)
+        write_results(self.run_dir, self.results, in_place=in_place)
+
+
+def _redacting(echo: Echo, redact: Callable[[str], str]) -> Echo:
+    """``echo`` with every line passed through ``redact``; keeps the echo's ``quiet`` mark."""
+    def out(message: str) -> None:
+        echo(redact(message))
+
+    out.quiet = getattr(echo, "quiet", False)  # type: ignore[attr-defined]
+    return out
 
 
 class Timer:
@@ -126,14 +142,21 @@ def prepare_data(ctx: RunContext) -> None:
 
     m = ctx.manifest
     root = m.data.root.resolve()  # records are resolved too; relative paths in results need both
+    def pseudonymizer():
+        return experiment_pseudonymizer(ctx.output_root, m.experiment.name, run_dir=ctx.run_dir)
+
     with Timer(ctx.echo, "data discovery", ctx.results["timings"], "data_s"):
         layout, records = data_mod.discover(
             root, layout=m.data.layout, train_dir=m.data.train_dir, test_dir=m.data.test_dir,
             classes=m.data.classes, aliases=class_aliases(m), test_fraction=m.data.test_fraction,
             seed=m.experiment.seed, validation_fraction=m.data.validation_fraction,
-            pseudonymizer=lambda: experiment_pseudonymizer(ctx.output_root, m.experiment.name, run_dir=ctx.run_dir),
-            labels=m.data.labels, columns=m.data.columns, slices=slice_selection(m.data),
-            require_train=bool(m.backbones))
+            pseudonymizer=pseudonymizer, labels=m.data.labels, columns=m.data.columns,
+            slices=slice_selection(m.data), require_train=bool(m.backbones))
+    redact = data_mod.redactor(root, records, pseudonymizer, train_dir=m.data.train_dir, test_dir=m.data.test_dir,
+                               aliases=class_aliases(m), labels=m.data.labels)
+    if redact.active:
+        ctx.redact = redact
+        ctx.echo = _redacting(ctx.echo, redact)
     windowing = windowing_options(m.data)
     groups = None
     skipped: list[dict] = []
@@ -514,13 +537,16 @@ def failure_message(ctx: RunContext, exc: BaseException, what: str) -> str:
     An input or file-system error is the user's to fix and is said as it is; anything else is a
     bug in auditrun, said as such, with its traceback kept in the run folder for the bug report.
     """
+    reason = storage_problem(exc, ctx.run_dir)
+    if reason is not None:  # a full disk is the whole run's failure, not this stage's
+        raise StorageError(getattr(exc, "filename", None) or ctx.run_dir, reason) from None
     if isinstance(exc, InputError):
-        return str(exc)
+        return ctx.redact(str(exc))
     if isinstance(exc, OSError):
-        return f"{type(exc).__name__}: {exc}"
+        return ctx.redact(os_error_message(exc))
     name = f"traceback-{slug(what)}.txt"
     where = f"traceback in {name}" if save_traceback(ctx.run_dir, name, exc) else "the traceback could not be saved"
-    return f"internal error (a bug in auditrun) {type(exc).__name__}: {exc} ({where})"
+    return ctx.redact(f"internal error (a bug in auditrun) {type(exc).__name__}: {exc} ({where})")
 
 
 def save_traceback(run_dir: Path, name: str, exc: BaseException) -> Path | None:
@@ -570,6 +596,10 @@ def run_audit(m: Manifest, *, output_dir: Path | None = None, run_id: str | None
 
     echo = echo or _quiet
     now = now or (lambda: datetime.now(timezone.utc))
+    # before anything is written: the output and the data must not hold one another
+    check_output_root(Path(resume).resolve().parent.parent if resume is not None
+                      else Path(output_dir) if output_dir else m.experiment.output_dir,
+                      [(data_root_source(), m.data.root)] if m.data.root is not None else [])
     if m.training.distribute == "multiworker":
         from engine.training.devices import is_chief
 
@@ -649,10 +679,17 @@ def _run_locked(m: Manifest, exp_dir: Path, run_id, echo: Echo, now, resume) -> 
     ctx.save()
     echo(f"run directory: {run_dir}")
     try:
-        return _run_stages(ctx, exp_dir, manifest_sha, previous)
-    except (InputError, OSError) as exc:  # the user's input or file system: the CLI exits 2
+        # Keras builds every .keras archive in the temp folder: it must lie inside the output root.
+        with scratch_folder(exp_dir):
+            return _run_stages(ctx, exp_dir, manifest_sha, previous)
+    except StorageError as exc:  # the output's disk is full or read-only: the CLI exits 2
+        exc.args = (ctx.redact(str(exc)),)
         _record_end(ctx, exp_dir, "failed", str(exc))
         raise
+    except (InputError, OSError) as exc:  # the user's input or file system: the CLI exits 2
+        message = ctx.redact(str(exc) if isinstance(exc, InputError) else os_error_message(exc))
+        _record_end(ctx, exp_dir, "failed", message)
+        raise InputError(message) from None
     except (RunInterrupted, KeyboardInterrupt) as exc:
         stop = exc if isinstance(exc, RunInterrupted) else RunInterrupted(signal.SIGINT)
         ctx.results["run"]["resume_command"] = resume_command(m, run_dir)
@@ -667,7 +704,7 @@ def _run_locked(m: Manifest, exp_dir: Path, run_id, echo: Echo, now, resume) -> 
         if trace is not None:
             exc.auditrun_traceback = trace  # type: ignore[attr-defined]
         where = f"traceback in {TRACEBACK_FILE}" if trace else "the traceback could not be saved"
-        _record_end(ctx, exp_dir, "failed", f"internal error {type(exc).__name__}: {exc} ({where})")
+        _record_end(ctx, exp_dir, "failed", ctx.redact(f"internal error {type(exc).__name__}: {exc} ({where})"))
         raise
 
 
@@ -691,10 +728,30 @@ def _record_end(ctx: RunContext, exp_dir: Path, status: str, error: str) -> None
     run.update(status=status, error=error, finished_at=ctx.now().isoformat(timespec="seconds"),
                wall_time_s=round(ctx.active_s(), 1))
     try:
-        ctx.save()
+        try:
+            ctx.save()
+        except StorageError:
+            # No room for the temporary copy an atomic write needs: the file's own blocks, compact.
+            # A run left saying "running" would be resumed as if it had been interrupted.
+            ctx.save(in_place=True)
         history.append_record(exp_dir, history.record_from_results(ctx.results))
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, StorageError) as exc:
         ctx.echo(f"warning: could not record the run as {status}: {exc}")
+
+
+def check_model_files(m: Manifest) -> None:
+    """Every backbone and model file can be read, before anything trains: a missing or unreadable
+    file stops the run at once (exit 2) instead of failing its backbone an hour in."""
+    from engine.training.backbones import unreadable_file
+
+    for key, entries in (("backbones", m.backbones), ("models", m.models)):
+        for i, cfg in enumerate(entries):
+            if cfg.file is None or Path(cfg.file).is_dir():  # a SavedModel folder is checked by its loader
+                continue
+            why = unreadable_file(cfg.file)
+            if why is not None:
+                raise InputError(f"manifest key '{key}[{i}].file': cannot read {str(cfg.file)!r}: {why}; "
+                                 "nothing was trained")
 
 
 def setup_training(ctx: RunContext) -> None:
@@ -710,6 +767,7 @@ def setup_training(ctx: RunContext) -> None:
 def _run_stages(ctx: RunContext, exp_dir: Path, manifest_sha: str, previous: dict | None) -> RunOutcome:
     m, echo, results, run_dir = ctx.manifest, ctx.echo, ctx.results, ctx.run_dir
     now = ctx.now
+    check_model_files(m)
     setup_training(ctx)
     prepare_data(ctx)
     shift_stage(ctx)

@@ -27,10 +27,13 @@ def package_versions() -> dict[str, str]:
 def git_commit(path: Path | None = None) -> str | None:
     """The commit of the code that ran (the engine's checkout), or None outside git."""
     here = path or Path(engine.__file__).resolve().parent
+    # --no-optional-locks: ``git status`` would otherwise refresh the index under .git/index.lock,
+    # and a user committing in the checkout while an audit starts would be refused.
+    git = ["git", "--no-optional-locks", "-C", str(here)]
     try:
-        out = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True,
+        out = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True,
                              timeout=5, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+        dirty = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"],
                                capture_output=True, text=True, timeout=5).stdout.strip()
         return out + ("-dirty" if dirty else "") if out else None
     except (OSError, subprocess.SubprocessError):

@@ -22,6 +22,7 @@ import numpy as np
 from engine.atomic import write_json
 from engine.errors import InputError
 from engine.manifest import POINTING_MAX_IMAGES
+from engine.paths import check_output_root
 from engine.results import read_results, write_results
 
 
@@ -114,6 +115,7 @@ def evaluate_external(run_dir: Path, data: Path, backbone: str | None = None, *,
     run_dir, data = Path(run_dir), Path(data)
     # Before TensorFlow loads: a broken results.json should cost the user no import time.
     results = _read_run_results(run_dir)
+    check_output_root(run_dir, [("--data", data)])  # it writes RUN_DIR/external
     echo = echo or (lambda _m: None)
     warn = warn or (lambda msg: echo(f"warning: {msg}"))
     class_names = results["data"]["class_names"]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 from engine.errors import InputError
@@ -161,6 +162,18 @@ def apply_global_precision(model) -> int:
             layer.dtype_policy = policy
             changed += 1
     return changed
+
+
+def unreadable_file(path: Path | str) -> str | None:
+    """Why a backbone file cannot even be read (gone since the manifest was checked, no permission,
+    an I/O error), found without loading it; None when its first bytes read. A file that reads but
+    is no model is the load's to report, for that backbone alone."""
+    try:
+        with open(path, "rb") as fh:
+            fh.read(1)
+    except OSError as exc:
+        return exc.strerror or type(exc).__name__
+    return None
 
 
 def load_backbone(cfg, *, label: str | None = None) -> LoadedBackbone:
