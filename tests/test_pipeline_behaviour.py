@@ -403,7 +403,10 @@ def test_a_failed_replace_leaves_the_old_report_intact_and_no_temp_file(scenario
 
     monkeypatch.setattr(os, "replace", failing_replace)
     # another clock, so the new report would differ from the old one in its "generated" line
-    with pytest.raises(OSError, match="No space left"):
+    # issue 26: a full disk is a StorageError naming the file it was writing (exit 2), not a bare OSError
+    from engine.errors import StorageError
+
+    with pytest.raises(StorageError, match=r"report\.html': no space left on device"):
         render_report(copy, ("html",), now=datetime(2030, 1, 1, tzinfo=timezone.utc))
     assert "report.html" in calls
     assert (copy / "report.html").read_bytes() == old

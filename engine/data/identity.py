@@ -43,7 +43,7 @@ import time
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
-from engine.atomic import fsync_dir
+from engine.atomic import fsync_dir, writing
 from engine.errors import InputError
 from engine.paths import folder_key, is_inside, relative_to_root, safe_name
 
@@ -147,6 +147,12 @@ def _create_key(path: Path) -> None:
     except OSError as exc:
         raise InputError(f"cannot create the pseudonym key folder {str(path.parent)!r}: "
                          f"{exc.strerror or exc}") from None
+    with writing(path):
+        _write_new_key(path)
+    fsync_dir(path.parent)
+
+
+def _write_new_key(path: Path) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")  # mode 0600
     try:
         with os.fdopen(fd, "wb") as fh:
@@ -161,7 +167,6 @@ def _create_key(path: Path) -> None:
             _create_exclusive(path)  # a file system without hard links
     finally:
         Path(tmp).unlink(missing_ok=True)
-    fsync_dir(path.parent)
 
 
 def _create_exclusive(path: Path) -> None:

@@ -489,7 +489,7 @@ def record_values(records: Sequence, age_bands: Sequence[int] = DEFAULT_AGE_BAND
             try:
                 band = age_band(age, age_bands)
             except InputError as exc:
-                raise InputError(f"{display_path(r, root)!r}: {exc} "
+                raise InputError(f"{display_path(r, root)}: {exc} "
                                  f"(subgroups.age_bands {list(age_bands)})") from None
             out["age_band"].append(None if band == UNKNOWN else band)
         else:

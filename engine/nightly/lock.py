@@ -17,6 +17,7 @@ Advisory only, like every lock file: it protects auditrun from itself, not from 
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -27,6 +28,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
+from engine.atomic import writing
 from engine.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -133,18 +135,20 @@ class ExperimentLock:
             "experiment": self.experiment,
         }
         raw = (json.dumps(content, sort_keys=True) + "\n").encode("utf-8")
-        try:
-            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        except FileExistsError:
-            return False
-        try:
-            os.write(fd, raw)
-            os.fsync(fd)
-        except BaseException:
+        with writing(self.path):
+            try:
+                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                return False
+            try:
+                if os.write(fd, raw) != len(raw):  # a short write: the disk is full
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.path))
+                os.fsync(fd)
+            except BaseException:
+                os.close(fd)
+                self.path.unlink(missing_ok=True)
+                raise
             os.close(fd)
-            self.path.unlink(missing_ok=True)
-            raise
-        os.close(fd)
         self._raw, self._owner_pid = raw, os.getpid()
         return True
 
