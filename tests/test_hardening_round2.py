@@ -481,3 +481,27 @@ def test_git_status_takes_no_lock_in_the_install_checkout(tmp_path):
     before = index.stat().st_mtime_ns, index.read_bytes()
     assert git_commit(repo) is not None
     assert (index.stat().st_mtime_ns, index.read_bytes()) == before
+
+
+def test_the_redactor_names_data_paths_neutrally_and_leaves_everything_else(tmp_path):
+    from engine.data.identity import Pseudonymizer, Redactor, file_reference
+
+    root = tmp_path / "data"
+    (root / "Training" / "glioma_tumor" / f"{NAME} X").mkdir(parents=True)
+    known = root / "Training" / "glioma_tumor" / f"{NAME} X" / "IM 1.dcm"
+    known.write_bytes(b"")
+    pseudo = Pseudonymizer(bytes(range(32)), "test")
+    redact = Redactor(root, pseudo, structural={"Training", "glioma_tumor"}, refs={str(known): "p-1/f-2.dcm"},
+                      keep=[root / "labels.csv"])
+    # a known file, quoted or not (its name has spaces), becomes its record's reference
+    assert redact(f"cannot decode image {str(known)!r}: truncated") == "cannot decode image 'p-1/f-2.dcm': truncated"
+    assert redact(f"{known}: line 3: bad") == "p-1/f-2.dcm: line 3: bad"
+    # an unknown path keeps its split and class folders; the rest is the keyed hash of the whole path
+    rel = f"Training/glioma_tumor/{NAME}_2/IM9"
+    assert redact(f"'{rel}' twice") == f"'Training/glioma_tumor/{file_reference(rel, None, pseudo)}' twice"
+    # the root, the labels CSV, structural folders, class names and numbers stay as they are
+    for message in (f"data root {str(root)!r}: the test split is empty", f"{root}/labels.csv: row 2",
+                    "'Training/glioma_tumor' folder", "class 'glioma' has 3 images", "field strength '1.5'"):
+        assert redact(message) == message
+    # data without patient ids: nothing changes
+    assert Redactor(root, None)(f"{known!r}") == f"{known!r}"

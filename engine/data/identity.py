@@ -287,6 +287,12 @@ _QUOTED = re.compile(r"'([^'\n]*)'|\"([^\"\n]*)\"")
 _UNQUOTED_END = re.compile(r"[\s'\"]|:(?=\s|$)")
 
 
+#: Suffixes that make a bare quoted word a file name in a message ('DOE_JOHN.dcm'); a number such
+#: as '1.5' is not one.
+_FILE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".dcm", ".dicom", ".nii",
+                  ".gz", ".txt", ".csv", ".npy", ".json", ".keras"}
+
+
 class Redactor:
     """Turns every path below the data root in a message into its neutral name, when the data holds
     patient ids (otherwise it returns messages unchanged).
@@ -339,7 +345,8 @@ class Redactor:
             return None
         candidate = Path(text)
         if not candidate.is_absolute():
-            if not ("/" in text or "\\" in text or Path(text).suffix or _exists(self.root / text)):
+            if not ("/" in text or "\\" in text or Path(text).suffix.lower() in _FILE_SUFFIXES
+                    or _exists(self.root / text)):
                 return None  # a bare word ('glioma', a key name) is no path unless the root holds it
             candidate = self.root / text
         lexical = os.path.normpath(candidate)
