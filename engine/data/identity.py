@@ -433,8 +433,8 @@ def _exists(path: Path) -> bool:
         return False
 
 
-#: A Redactor that changes nothing: for data without patient ids.
 def no_redaction(root: Path | str) -> Redactor:
+    """A Redactor that changes nothing: for data without patient ids."""
     return Redactor(root, None)
 
 
