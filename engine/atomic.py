@@ -6,7 +6,8 @@ one, never half of either.
 
 Every write of the engine goes through here or inside :func:`writing`, which turns a full,
 over-quota or read-only file system (ENOSPC, EDQUOT, EROFS, and a short write on a full disk)
-into a :class:`~engine.errors.StorageError` naming the file (docs/architecture.md, "Disk full").
+into a :class:`~engine.errors.StorageError` naming the file (docs/architecture.md, "Rules every
+run keeps").
 """
 
 from __future__ import annotations
@@ -162,7 +163,7 @@ def write_text(path: Path | str, text: str) -> Path:
     return write_bytes(path, text.encode("utf-8"))
 
 
-def json_default(obj: Any):
+def _default(obj: Any):
     import numpy as np
 
     if isinstance(obj, np.integer):
@@ -176,8 +177,10 @@ def json_default(obj: Any):
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
-def dumps_json(data: Any) -> str:
-    return json.dumps(data, indent=2, default=json_default, allow_nan=False) + "\n"
+def dumps_json(data: Any, *, compact: bool = False) -> str:
+    """JSON as the engine writes it: indented, or ``compact`` (no white space, the smallest file)."""
+    layout = {"separators": (",", ":")} if compact else {"indent": 2}
+    return json.dumps(data, default=_default, allow_nan=False, **layout) + "\n"
 
 
 def write_json(path: Path | str, data: Any) -> Path:

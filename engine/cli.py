@@ -49,7 +49,7 @@ class _Echo:
             click.echo(f"[{time.perf_counter() - self.t0:7.1f}s] {msg}", err=True)
 
 
-def _fail(exc: AuditrunError) -> None:
+def _fail(exc: AuditrunError | StorageError) -> None:
     click.echo(f"auditrun: error: {exc}", err=True)
     sys.exit(exc.exit_code)
 
@@ -109,8 +109,7 @@ class AuditGroup(click.Group):
         except AuditrunError as exc:
             _fail(exc)
         except StorageError as exc:  # a full or read-only output disk: the user's to fix
-            click.echo(f"auditrun: error: {exc}", err=True)
-            sys.exit(exc.exit_code)
+            _fail(exc)
         except RunInterrupted as exc:
             click.echo(f"auditrun: {exc}" + (f"; {exc.hint}" if getattr(exc, "hint", None) else ""), err=True)
             sys.exit(exc.exit_code)
@@ -234,16 +233,16 @@ class _signals_interrupt:
         return False
 
 
-def _manifest_records(manifest: Path, output_dir: Path | None):
-    """(manifest, output root, discovered records) for the data commands: the same discovery as a
-    run's, patients pseudonymised with the experiment's key under the output root."""
+def _manifest_records(manifest: Path, output_dir: Path | None, m=None):
+    """(manifest, output root, discovered records, redactor) for the data commands: the same
+    discovery as a run's, patients pseudonymised with the experiment's key under the output root.
+    ``m``: the manifest already loaded from ``manifest``, if the caller has it."""
     from engine import manifest as manifest_mod
     from engine.data import discovery as data_mod
     from engine.data.identity import experiment_pseudonymizer
-
     from engine.paths import check_output_root
 
-    m = manifest_mod.load(manifest)
+    m = m or manifest_mod.load(manifest)
     root = Path(output_dir) if output_dir else m.experiment.output_dir
     check_output_root(root, [(manifest_mod.data_root_source(), m.data.root)])
 
@@ -313,7 +312,7 @@ def locate_cmd(manifest: Path, references, output_dir):
         raise InputError(f"no pseudonym key at {str(key)!r}: references are found under the key of the run that "
                          "made them; give the output root that holds its .keys folder (--output-dir) or set "
                          "AUDITRUN_PSEUDONYM_KEY_FILE")
-    m, root, records, _ = _manifest_records(manifest, output_dir)
+    m, root, records, _ = _manifest_records(manifest, output_dir, m)
     found = {}
     for r in records:
         if r.ref:

@@ -19,7 +19,7 @@ from typing import Any, Iterable
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError, best_match
 
-from engine.atomic import json_default, overwrite_in_place, write_json
+from engine.atomic import dumps_json, overwrite_in_place, write_json
 from engine.errors import InputError
 
 #: Must equal the version in engine/schemas/results.schema.json ($id and schema_version const).
@@ -159,8 +159,7 @@ def write_results(run_dir: Path, data: dict, *, in_place: bool = False) -> Path:
     disk's last resort, ``atomic.overwrite_in_place``)."""
     path = Path(run_dir) / "results.json"
     if in_place:
-        return overwrite_in_place(path, (json.dumps(data, separators=(",", ":"), default=json_default,
-                                                    allow_nan=False) + "\n").encode("utf-8"))
+        return overwrite_in_place(path, dumps_json(data, compact=True).encode("utf-8"))
     return write_json(path, data)
 
 
