@@ -156,6 +156,7 @@ def main():
 def run_cmd(manifest: Path, output_dir, run_id, resume, junit, quiet):
     """Run the audit described by MANIFEST; print the run directory last."""
     from engine import manifest as manifest_mod
+    from engine import interrupts
     from engine.pipeline import run_audit
 
     from engine.nightly import gates as gates_mod
@@ -167,7 +168,9 @@ def run_cmd(manifest: Path, output_dir, run_id, resume, junit, quiet):
         _check_writable_file(junit, "--junit")  # before an hour of training, not after
     m = manifest_mod.load(manifest)
     click.get_current_context().meta["auditrun.output"] = output_dir or m.experiment.output_dir
-    with _signals_interrupt():
+    # SIGTERM and SIGINT mark the run interrupted and release the lock on the way out; the
+    # default SIGTERM would kill the process with the run left "running" and the lock held.
+    with interrupts.installed():
         outcome = run_audit(m, output_dir=output_dir, run_id=run_id, echo=echo, resume=resume)
     if outcome.already_finished:
         click.echo(str(outcome.run_dir))
@@ -203,34 +206,6 @@ def _check_writable_file(path: Path, option: str) -> None:
         raise InputError(f"{option} {str(path)!r}: folder {str(folder)!r} does not exist")
     if not os.access(folder, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
         raise InputError(f"{option} {str(path)!r}: not writable (check the permissions of {str(folder)!r})")
-
-
-class _signals_interrupt:
-    """SIGTERM and SIGINT raise RunInterrupted in the main thread while a run is in progress.
-
-    The pipeline then marks the run interrupted and the lock is released on the way out; the
-    default SIGTERM would kill the process with the run left "running" and the lock held.
-    """
-
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-    def __enter__(self):
-        self.previous = {}
-        for signum in self.SIGNALS:
-            try:
-                self.previous[signum] = signal.signal(signum, self._raise)
-            except ValueError:  # not the main thread: leave the defaults
-                pass
-        return self
-
-    @staticmethod
-    def _raise(signum, _frame):
-        raise RunInterrupted(signum)
-
-    def __exit__(self, *exc):
-        for signum, handler in self.previous.items():
-            signal.signal(signum, handler)
-        return False
 
 
 def _manifest_records(manifest: Path, output_dir: Path | None, m=None):

@@ -20,6 +20,7 @@ from typing import Callable
 import numpy as np
 
 from engine.data import discovery as data_mod
+from engine import interrupts
 from engine.atomic import save_keras_model, scratch_folder, storage_problem, write_text
 from engine.errors import InputError, RunInterrupted, StorageError, os_error_message
 from engine.manifest import Manifest, class_aliases, data_root_source, integrity_options, slice_selection, windowing_options
@@ -773,50 +774,53 @@ def _run_stages(ctx: RunContext, exp_dir: Path, manifest_sha: str, previous: dic
     shift_stage(ctx)
     ctx.save()
 
-    done = {e["name"]: e for e in (previous or {}).get("backbones", []) if e.get("status") == "ok"}
-    source_dir = run_dir
-    if not done and m.experiment.reuse == "if-unchanged":
-        done, source_dir = _reusable_entries(ctx, exp_dir, manifest_sha)
-    for cfg in m.backbones:
-        names = [cfg.name] + ([f"{cfg.name}_ft"] if cfg.fine_tune else [])
-        if all(n in done and (source_dir / done[n]["artifacts"]["model"]).is_file() for n in names):
-            verb = "finished in the interrupted run" if source_dir == run_dir else f"reused from run {source_dir.name}"
-            echo(f"backbone {cfg.name}: {verb}; not retrained")
-            for n in names:
-                _adopt(ctx, done[n], source_dir)
-            continue
-        with Timer(echo, f"backbone {cfg.name}"):
-            with ctx.training_scope():
-                entries = train_backbone(ctx, cfg)
-        ctx.backbones += entries
-        ctx.save()
-
-    from engine.evaluation.selection import select_best
-
-    ft_best = m.training.fine_tune_best
-    if ft_best is not None:
-        frozen = [b for b in ctx.backbones if not b.fine_tuned_from]
-        best = select_best(frozen)
-        if best is not None and not any(b.fine_tuned_from == best["name"] for b in ctx.backbones):
-            twin = f"{best['name']}_ft"
-            if twin in done and (source_dir / done[twin]["artifacts"]["model"]).is_file():
-                _adopt(ctx, done[twin], source_dir)
-            else:
-                cfg = next(c for c in m.backbones if c.name == best["name"])
-                frozen_best = next(b for b in frozen if b.name == best["name"])
-                echo(f"fine-tuning the best backbone on validation: {cfg.name}")
-                with Timer(echo, f"fine-tune {cfg.name}"):
-                    with ctx.training_scope():
-                        ctx.backbones.append(fine_tune_saved(ctx, cfg, frozen_best, ft_best))
+    # TensorFlow runs from here on: a signal is acted on at the next batch boundary, never in the
+    # middle of Keras' or tf.data's own code (engine.interrupts).
+    with interrupts.deferred():
+        done = {e["name"]: e for e in (previous or {}).get("backbones", []) if e.get("status") == "ok"}
+        source_dir = run_dir
+        if not done and m.experiment.reuse == "if-unchanged":
+            done, source_dir = _reusable_entries(ctx, exp_dir, manifest_sha)
+        for cfg in m.backbones:
+            names = [cfg.name] + ([f"{cfg.name}_ft"] if cfg.fine_tune else [])
+            if all(n in done and (source_dir / done[n]["artifacts"]["model"]).is_file() for n in names):
+                verb = "finished in the interrupted run" if source_dir == run_dir else f"reused from run {source_dir.name}"
+                echo(f"backbone {cfg.name}: {verb}; not retrained")
+                for n in names:
+                    _adopt(ctx, done[n], source_dir)
+                continue
+            with Timer(echo, f"backbone {cfg.name}"):
+                with ctx.training_scope():
+                    entries = train_backbone(ctx, cfg)
+            ctx.backbones += entries
             ctx.save()
 
-    for cfg in m.models:
-        with Timer(echo, f"model {cfg.name} (imported)"):
-            ctx.backbones.append(import_model(ctx, cfg))
-        ctx.save()
+        from engine.evaluation.selection import select_best
 
-    results["best_backbone"] = select_best(ctx.backbones)
-    run_post_stages(ctx)
+        ft_best = m.training.fine_tune_best
+        if ft_best is not None:
+            frozen = [b for b in ctx.backbones if not b.fine_tuned_from]
+            best = select_best(frozen)
+            if best is not None and not any(b.fine_tuned_from == best["name"] for b in ctx.backbones):
+                twin = f"{best['name']}_ft"
+                if twin in done and (source_dir / done[twin]["artifacts"]["model"]).is_file():
+                    _adopt(ctx, done[twin], source_dir)
+                else:
+                    cfg = next(c for c in m.backbones if c.name == best["name"])
+                    frozen_best = next(b for b in frozen if b.name == best["name"])
+                    echo(f"fine-tuning the best backbone on validation: {cfg.name}")
+                    with Timer(echo, f"fine-tune {cfg.name}"):
+                        with ctx.training_scope():
+                            ctx.backbones.append(fine_tune_saved(ctx, cfg, frozen_best, ft_best))
+                ctx.save()
+
+        for cfg in m.models:
+            with Timer(echo, f"model {cfg.name} (imported)"):
+                ctx.backbones.append(import_model(ctx, cfg))
+            ctx.save()
+
+        results["best_backbone"] = select_best(ctx.backbones)
+        run_post_stages(ctx)
     ok = ctx.finished()
     results["run"]["status"] = "ok" if len(ok) == len(ctx.backbones) else ("partial" if ok else "failed")
     results["run"]["finished_at"] = now().isoformat(timespec="seconds")

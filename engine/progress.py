@@ -13,6 +13,8 @@ import sys
 import time
 from typing import Callable, TextIO
 
+from engine import interrupts
+
 DEFAULT_INTERVAL_S = 10.0
 
 
@@ -60,6 +62,7 @@ class Progress:
         return f"  {self.label}: {self.done}/{self.total} {self.unit}, {rate:.1f} {self.unit}/s, ETA {eta}"
 
     def update(self, done: int) -> None:
+        interrupts.check()  # a batch boundary: where a deferred SIGTERM/SIGINT is acted on
         self.done = min(int(done), self.total) if self.total else int(done)
         if self.quiet:
             return

@@ -14,7 +14,7 @@ import pytest
 ENGINE = Path(__file__).resolve().parents[1] / "engine"
 STAGES = ("data", "integrity", "training", "evaluation", "explain", "report", "nightly")
 TOP_LEVEL = {"__init__", "cli", "pipeline", "manifest", "results", "provenance", "atomic", "errors", "paths",
-             "sklearn_warnings", "progress"}
+             "sklearn_warnings", "progress", "interrupts"}
 HEAVY = ("tensorflow", "keras")
 
 

@@ -18,6 +18,8 @@ from typing import Callable
 
 import numpy as np
 
+from engine import interrupts
+
 from engine.explain.gradcam import _normalise
 from engine.explain.methods import OCCLUSION_PATCH, OCCLUSION_STRIDE, _occlusion_masks
 
@@ -85,6 +87,7 @@ def keras_gradcam_maps(model, imported, images: np.ndarray, class_index, layer: 
     h, w = images.shape[1:3]
     maps = []
     for s in range(0, len(images), batch_size):
+        interrupts.check()
         x = tf.constant(imported.scaling.apply(images[s:s + batch_size]))
         with tf.GradientTape() as tape:
             fmap, out = probe(x, training=False)

@@ -28,6 +28,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from engine import interrupts
+
 from engine.errors import InputError
 from engine.explain import gradcam
 
@@ -62,7 +64,11 @@ def probability_fn(model, image_shape: tuple[int, int, int], output: str = "prob
     def probability(batch, cls):
         return tf.gather(net(batch, training=False), cls, axis=1, batch_dims=1)
 
-    return probability
+    def checked(batch, cls):
+        interrupts.check()  # every explanation loop calls this once a batch (engine.interrupts)
+        return probability(batch, cls)
+
+    return checked
 
 
 def class_probabilities(probability, images: np.ndarray, class_index: Sequence[int] | int,

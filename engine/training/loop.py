@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from engine import interrupts
+
 
 def needed(strategy=None) -> bool:
     """True when the strategy in scope is one Keras' fit cannot drive."""
@@ -112,6 +114,7 @@ def fit(model, train_data, val_data, *, epochs: int, class_weight: dict | None, 
             cbs.on_train_batch_end(i, {"loss": loss_sum / steps})
         val_loss = val_correct = val_n = 0.0
         for x, y in global_batches(val_data):
+            interrupts.check()
             loss, right = val_step(x, np.asarray(y).astype("int64"))
             val_loss, val_correct, val_n = val_loss + float(loss), val_correct + float(right), val_n + len(y)
         logs = {"loss": loss_sum / max(steps, 1), "accuracy": correct / max(seen, 1),

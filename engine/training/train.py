@@ -21,6 +21,8 @@ from typing import Callable
 
 import numpy as np
 
+from engine import interrupts
+
 
 @dataclass
 class StageResult:
@@ -155,6 +157,9 @@ class _Progress:
 
             def on_train_batch_end(self, batch, logs=None):
                 self.line.update((batch + 1) * (batch_size if n_images else 1))
+
+            def on_test_batch_end(self, batch, logs=None):
+                interrupts.check()  # validation batches are boundaries too (engine.interrupts)
 
             def on_epoch_end(self, epoch, logs=None):
                 self.line.close()
