@@ -27,6 +27,50 @@ needs_poppler = pytest.mark.skipif(shutil.which("pdfinfo") is None or shutil.whi
                                    reason="poppler-utils (pdfinfo, pdftotext) not installed")
 
 
+# ------------------------------------------------------------------------------------------------
+# `slow`: what trains a model or runs an audit. `pytest -m "not slow"` is the inner loop
+# (docs/testing.md). A test is slow when it is marked by hand, or when it uses a fixture decorated
+# with `@trains` (directly or through another fixture), so a new test on a trained fixture is slow
+# without anyone remembering to say so; `-m "not slow"` then lists the tests it ran that still
+# took over FAST_LIMIT_S, to be marked.
+
+FAST_LIMIT_S = 5.0
+
+
+def trains(fixture_function):
+    """Under ``@pytest.fixture``: every test that uses this fixture is marked ``slow``."""
+    fixture_function.auditrun_trains = True
+    return fixture_function
+
+
+def _uses_training_fixture(item) -> bool:
+    info = getattr(item, "_fixtureinfo", None)
+    if info is None:
+        return False
+    return any(getattr(d.func, "auditrun_trains", False) for defs in info.name2fixturedefs.values() for d in defs)
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.get_closest_marker("slow") is None and _uses_training_fixture(item):
+            item.add_marker(pytest.mark.slow)
+
+
+_slow_unmarked: list[tuple[float, str]] = []
+
+
+def pytest_runtest_logreport(report):
+    if report.when == "call" and report.duration > FAST_LIMIT_S and "slow" not in report.keywords:
+        _slow_unmarked.append((report.duration, report.nodeid))
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    if _slow_unmarked and "not slow" in (config.getoption("markexpr") or ""):
+        terminalreporter.section(f"tests over {FAST_LIMIT_S:g} s not marked slow")
+        for duration, nodeid in sorted(_slow_unmarked, reverse=True):
+            terminalreporter.write_line(f"{duration:6.1f} s  {nodeid}")
+
+
 @pytest.fixture(scope="session")
 def synth_root(tmp_path_factory) -> Path:
     """A small Kaggle-layout phantom dataset (60 per class, 64 px), written once per session."""

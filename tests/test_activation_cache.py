@@ -40,6 +40,7 @@ def _fine_tune(budget: int, flip: bool, *, logs: list[str], layers: int = 4):
 
 
 @pytest.mark.parametrize("flip", [False, True], ids=["no-augmentation", "flips-only"])
+@pytest.mark.slow
 def test_cached_and_full_network_fine_tuning_predict_alike(flip):
     full_logs, cached_logs = [], []
     before, full, full_result = _fine_tune(0, flip, logs=full_logs)
@@ -66,6 +67,7 @@ def test_the_boundary_holds_every_tensor_the_layers_above_read():
     assert {id(v) for v in split.upper.trainable_weights} == {id(v) for v in model.trainable_weights}
 
 
+@pytest.mark.slow
 def test_over_budget_or_random_augmentation_falls_back_and_says_why():
     logs = []
     _fine_tune(100, False, logs=logs)
@@ -81,6 +83,7 @@ def test_over_budget_or_random_augmentation_falls_back_and_says_why():
     assert any("random augmentation (rotation, zoom)" in line for line in logs), logs
 
 
+@pytest.mark.slow
 def test_large_caches_are_memory_mapped_under_the_cache_and_removed_after(tmp_path, monkeypatch):
     from engine.training import activations
     from engine.training.train import fine_tune

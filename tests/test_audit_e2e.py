@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from engine.cli import main
 
-from conftest import LITE0, needs_lite0, needs_poppler, write_manifest
+from conftest import LITE0, needs_lite0, needs_poppler, write_manifest, trains
 
 
 def tiny_backbone(path: Path, size: int = 64) -> Path:
@@ -57,6 +57,7 @@ input_size = 96
 
 
 @pytest.fixture(scope="module")
+@trains
 def smoke_run(synth_root, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("e2e")
     (tmp / "bad.keras").write_bytes(b"this is not a keras archive")
@@ -143,6 +144,7 @@ def test_failed_backbone_is_recorded_with_its_error(smoke_run):
 
 
 @needs_lite0
+@pytest.mark.slow
 def test_keras_file_backbone_lite0(tmp_path):
     """The offline ImageNet Lite0 file loads as a backbone and its features separate phantoms."""
     from engine.training.backbones import build_classifier, load_backbone

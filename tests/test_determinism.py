@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from engine.cli import main
 
-from conftest import write_manifest
+from conftest import write_manifest, trains
 from test_audit_e2e import TINY_BACKBONE_TOML, tiny_backbone
 
 
@@ -38,6 +38,7 @@ formats = []
 
 
 @pytest.fixture(scope="module")
+@trains
 def predictions(synth_root, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("det")
     tiny_backbone(tmp / "tiny.keras")

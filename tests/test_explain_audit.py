@@ -16,7 +16,7 @@ from click.testing import CliRunner
 
 keras = pytest.importorskip("keras")
 
-from conftest import write_manifest  # noqa: E402
+from conftest import trains, write_manifest  # noqa: E402
 from test_explain_checks import blobs, edge_explainer, trained  # noqa: E402,F401 - fixtures
 from test_nightly_e2e import manifest_text, tiny_backbone  # noqa: E402
 
@@ -53,6 +53,7 @@ def _box_files(tmp: Path, boxes) -> list[str | None]:
 # ------------------------------------------------------------------------------ the explain stage's block
 
 @pytest.fixture(scope="module")
+@trains
 def checked(trained, blobs, tmp_path_factory):
     images, y, boxes = blobs
     tmp = tmp_path_factory.mktemp("reliability")
@@ -170,6 +171,7 @@ method = {value}
 # ------------------------------------------------------------------------------ a real tiny audit
 
 @pytest.fixture(scope="module")
+@trains
 def audit(tmp_path_factory):
     """A tiny audit with two methods; "gradcam++" is swapped for the model-blind edge explainer."""
     import engine.explain.checks as checks_mod

@@ -518,6 +518,7 @@ def load_or_input_error(path: Path) -> manifest.Manifest | None:
     return m
 
 
+@pytest.mark.slow
 def test_fuzz_manifest_load(env):
     """Every generated manifest loads or raises InputError naming the manifest, in one line."""
     seen = {"valid": 0, "mutated": 0, "rejected": 0}
@@ -626,6 +627,7 @@ def edge_cases():
             yield f"{path} + {extra!r}", doc
 
 
+@pytest.mark.slow
 def test_edge_sweep_manifest_load(env):
     """Every key of a full manifest at every edge value: load returns or raises InputError."""
     cases = list(edge_cases())
@@ -687,6 +689,7 @@ SWEEP_EXTRAS = {"train_dir": ["Testing", "Training/glioma_tumor", "../kaggle/Tra
                 "test_fraction": [0.01, 0.05, 0.1, 0.5, 0.89]}
 
 
+@pytest.mark.slow
 def test_edge_sweep_check_data(env):
     """check-data with each key it reads at each edge value: exit 0 with JSON or 2, one line."""
     runner = CliRunner()
@@ -750,6 +753,7 @@ def check_data_or_input_error(runner: CliRunner, path: Path, output_dir: Path | 
     return block
 
 
+@pytest.mark.slow
 def test_fuzz_check_data(env):
     """`auditrun check-data` on generated manifests: never a traceback."""
     runner = CliRunner()

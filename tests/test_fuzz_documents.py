@@ -221,6 +221,7 @@ def _csv_property(patient_root, tmp_path, n: int, command: list[str]):
     return seen
 
 
+@pytest.mark.slow
 def test_fuzz_labels_csv_check_data(patient_root, tmp_path):
     seen = _csv_property(patient_root, tmp_path, N_CSV, ["check-data", "--quiet"])
     assert seen[0] >= N_CSV // 10 and seen[2] >= N_CSV // 10, seen  # both outcomes exercised
@@ -267,6 +268,7 @@ def results_document(draw, base: dict) -> dict:
     return doc
 
 
+@pytest.mark.slow
 def test_fuzz_results_json_render(tmp_path):
     base = json.loads((RUN_FIXTURE / "results.json").read_text())
     runner = CliRunner()

@@ -338,6 +338,7 @@ def test_pointing_game_on_matches_the_gallery_block_and_names_no_box(trained, te
 # ---------------------------------------------------------------- the real Lite0 backbone file
 
 @pytest.mark.skipif(not LITE0.is_file(), reason=f"{LITE0} not present")
+@pytest.mark.slow
 def test_lite0_file_as_nested_backbone():
     lite = keras.saving.load_model(LITE0, compile=False)
     backbone = lite

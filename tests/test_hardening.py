@@ -22,7 +22,7 @@ from engine import paths
 from engine.cli import main
 from engine.errors import INTERNAL_ERROR_EXIT, InputError
 
-from conftest import write_manifest
+from conftest import write_manifest, trains
 from test_nightly_e2e import _env, tiny_backbone
 
 REPO = Path(__file__).resolve().parents[1]
@@ -250,6 +250,7 @@ def test_junit_into_a_missing_folder_is_refused_before_anything_runs(assets, tmp
 
 
 @pytest.fixture(scope="module")
+@trains
 def finished(assets, tmp_path_factory):
     """One finished tiny run (1 epoch), with a min_accuracy gate at 0 so the summary has a PASS line;
     writing its --junit file fails after the run."""
@@ -377,6 +378,7 @@ def _wait_for(condition, proc, log: Path, what: str, timeout: float = 180.0) -> 
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.slow
 def test_signal_marks_the_run_interrupted_releases_the_lock_and_names_the_resume_command(
         assets, tmp_path, signum):
     m = manifest(assets, tmp_path, epochs=400)  # long enough to be mid-training when signalled

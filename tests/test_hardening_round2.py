@@ -191,6 +191,7 @@ def test_no_patient_name_in_any_artefact_of_a_failed_run(assets, tmp_path, plant
     assert_not_planted(checked, tmp_path / "out-check")
 
 
+@pytest.mark.slow
 def test_a_bad_box_file_is_named_by_its_neutral_reference_in_the_stored_error(assets, tmp_path):
     """A bad YOLO box file beside one test image: the explanation fails for that backbone, and its
     stored error names the box file by ``f-`` + the keyed hash of its relative path (the rule of

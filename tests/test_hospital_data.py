@@ -281,6 +281,7 @@ def test_unreadable_files_of_a_patient_set_are_listed_by_reference(hospital, nam
 # ------------------------------------------------------------------------------ a full run
 
 
+@pytest.mark.slow
 def test_a_run_on_dicom_groups_validation_by_patient_and_leaks_no_identity(hospital, named):
     # mutations: pipeline drops `groups = data_mod.patient_groups(train, groups)` -> a patient straddles
     # training and validation; ctx.leaked_test = report.leaked_test_paths only -> leakage_free n is 16, not 12;

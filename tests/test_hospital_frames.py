@@ -263,6 +263,7 @@ def test_check_data_on_a_nifti_set_counts_slices_and_windowing_dicom_refuses_vol
 # ------------------------------------------------------------------------------ a full run and evaluate
 
 
+@pytest.mark.slow
 def test_a_run_and_evaluate_on_multiframe_dicom_go_frame_by_frame(tmp_path):
     # mutations: leakage_free_mask by path -> a KeyError-free but wrong mask (every frame kept: 16, not
     # 12); predictions keep the bare path -> no "[frame k]"; patient_groups by path -> a patient

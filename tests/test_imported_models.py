@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from conftest import write_manifest
+from conftest import write_manifest, trains
 from engine.cli import main
 from test_audit_e2e import tiny_backbone
 
@@ -102,6 +102,7 @@ def foreign_onnx(exported: Path, out: Path, extra_outputs: int = 0) -> Path:
 
 
 @pytest.fixture(scope="module")
+@trains
 def exported(tmp_path_factory):
     """A trained tiny CNN (audit "train") and its exports: .keras, SavedModel, ONNX, foreign ONNX."""
     import keras
@@ -126,6 +127,7 @@ def exported(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+@trains
 def audit(exported):
     """The trained backbone beside its four exports and one export with the wrong preprocessing."""
     tmp, root = exported

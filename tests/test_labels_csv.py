@@ -317,6 +317,7 @@ def test_check_data_counts_csv_patients_and_writes_no_raw_id(hospital):
     assert_no_raw_id({"check-data output": result.output.encode(), **files_under(out)}, truth)
 
 
+@pytest.mark.slow
 def test_a_run_on_a_csv_set_groups_by_patient_and_writes_no_raw_id(hospital):
     tmp, truth = hospital
     labels_csv_from_truth(tmp / "data", truth)

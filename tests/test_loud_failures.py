@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from test_hardening import assets, invoke, manifest  # noqa: F401 - assets is a fixture
 
 
@@ -29,6 +31,7 @@ def test_a_bug_in_training_exits_1_with_the_report_written(assets, tmp_path, mon
     assert "planted bug" in (run / "report.html").read_text()
 
 
+@pytest.mark.slow
 def test_a_bug_in_gradcam_exits_1_with_the_report_and_metrics_kept(assets, tmp_path, monkeypatch):  # noqa: F811
     import engine.explain.gallery
 

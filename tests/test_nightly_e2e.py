@@ -26,7 +26,7 @@ from click.testing import CliRunner
 
 from engine.cli import main
 
-from conftest import write_manifest
+from conftest import write_manifest, trains
 
 REPO = Path(__file__).resolve().parents[1]
 CLOCK_1 = datetime(2026, 1, 1, 2, 0, tzinfo=timezone.utc)
@@ -101,6 +101,7 @@ def _results(run_dir: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
+@trains
 def two_runs(assets):
     """Run 1 (1 epoch) and run 2 (8 epochs, so the metrics can move) of one experiment at 64 px; the
     run ids come from the fixed clock."""
@@ -199,6 +200,7 @@ def test_history_command_lists_both_runs_as_csv(two_runs):
 
 
 @pytest.fixture(scope="module")
+@trains
 def gated_run(assets):
     # A learning rate of 1e-6 leaves the CNN at its random start: macro-F1 far below the 0.99 minimum.
     path = write_manifest(assets / "gated.toml", manifest_text(assets, "gated", learning_rate=1e-6, extra="""
@@ -312,6 +314,7 @@ class _Records(logging.Handler):
 
 
 @pytest.fixture(scope="module")
+@trains
 def interrupted(assets):
     """Start an audit of two backbones in a subprocess; while it holds the lock start a second one;
     SIGKILL the first right after its fast backbone is saved; then resume it in this process."""

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import write_manifest
+from conftest import write_manifest, trains
 
 CLOCKS = [datetime(2026, 3, day, 2, 0, tzinfo=timezone.utc) for day in (1, 2, 3)]
 RUN_IDS = [c.strftime("%Y%m%dT%H%M%SZ") for c in CLOCKS]
@@ -92,6 +92,7 @@ formats = ["html"]
 
 
 @pytest.fixture(scope="module")
+@trains
 def scenario(tmp_path_factory):
     from engine import manifest as manifest_mod
     from engine.pipeline import run_audit

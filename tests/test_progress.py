@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 
 import numpy as np
+import pytest
 
 from engine.progress import Progress, silent
 from test_hardening import assets, invoke, manifest  # noqa: F401 - assets is a fixture
@@ -61,6 +62,7 @@ def test_quiet_prints_nothing_on_either_stream():
     assert silent(quiet_echo) and not silent(print)
 
 
+@pytest.mark.slow
 def test_run_shows_progress_on_stderr_unless_quiet(assets, tmp_path, monkeypatch):  # noqa: F811
     monkeypatch.setenv("AUDITRUN_PROGRESS_INTERVAL", "0")  # every batch, so a 1-s run shows lines too
     loud = invoke(manifest(assets, tmp_path), "--output-dir", tmp_path / "a", "--run-id", "r1")
@@ -72,6 +74,7 @@ def test_run_shows_progress_on_stderr_unless_quiet(assets, tmp_path, monkeypatch
     assert "images/s" not in quiet.stderr and "ETA" not in quiet.stderr
 
 
+@pytest.mark.slow
 def test_frozen_head_validation_probabilities_reuse_the_features_and_match_a_full_pass():
     from engine.manifest import AugmentationConfig, TrainingConfig
     from engine.training.train import predict, train_head

@@ -64,6 +64,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
                           env=env, timeout=600)
 
 
+@pytest.mark.slow
 def test_six_images_per_class_exit_2_naming_class_count_and_minimum(tmp_path):
     from engine.data.synth import write_dataset
 
@@ -75,6 +76,7 @@ def test_six_images_per_class_exit_2_naming_class_count_and_minimum(tmp_path):
     assert "Traceback" not in proc.stderr + proc.stdout
 
 
+@pytest.mark.slow
 def test_just_enough_images_run_to_the_end_and_say_what_was_not_measured(tmp_path):
     """9 per class: 2 test, 7 training of which 1 validates. Every stage finishes; the statistics
     that lack images are left out with the reason, never a traceback or a made-up figure."""
@@ -98,6 +100,7 @@ def test_just_enough_images_run_to_the_end_and_say_what_was_not_measured(tmp_pat
     assert entry["uncertainty"]["test"]["n_images"] == 8
 
 
+@pytest.mark.slow
 def test_a_tiny_run_lets_no_sklearn_warning_through(tmp_path, monkeypatch):
     """A test split of one class that the model always predicts: sklearn warns "A single label was
     found in 'y_true' and 'y_pred'" in every metric call. None of it may reach the terminal."""
@@ -190,6 +193,7 @@ def _external_folder(root: Path) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_evaluate_skips_and_lists_every_unusable_image_and_scores_the_rest(tmp_path):
     run = _constant_run(tmp_path / "run")
     folder = _external_folder(tmp_path / "ext")

@@ -22,7 +22,7 @@ import pytest
 from click.testing import CliRunner
 from jsonschema import Draft202012Validator
 
-from conftest import as_path, needs_lite0, shown_names, write_manifest, LITE0
+from conftest import as_path, needs_lite0, shown_names, write_manifest, LITE0, trains
 from engine.cli import main
 from engine.errors import InputError
 from engine.evaluation.predictions import METADATA_COLUMNS
@@ -101,6 +101,7 @@ def institution(truth: dict) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
+@trains
 def tiny_runs(site_data):
     """Two runs of one manifest with reuse = "if-unchanged": the second reuses the first's model."""
     tmp, truth = site_data
@@ -251,6 +252,7 @@ def test_a_reused_run_recomputes_the_subgroups_from_the_saved_predictions(tiny_r
 
 
 @needs_lite0
+@pytest.mark.slow
 def test_a_planted_site_effect_is_a_gap_whose_interval_excludes_zero_and_trips_the_gate(site_data):
     # mutations: subgroup_gap's interval from unpaired resamples; the gate's `gap <= limit` flipped
     tmp, truth = site_data
@@ -346,6 +348,7 @@ def test_an_age_outside_the_bands_names_the_file(tmp_path):
     assert values == {"site": ["X", None], "scanner": [None, None], "sex": [None, None], "age_band": ["18-64", None]}
 
 
+@pytest.mark.slow
 def test_a_run_on_plain_images_lists_the_attributes_as_unavailable_and_gates_warn(tmp_path):
     # mutation: audit_subgroups passing every attribute on -> "site" gets one group "unknown" of
     # every test image instead of an empty list (max_subgroup_gap would WARN either way)
