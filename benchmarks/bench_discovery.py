@@ -26,12 +26,13 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from engine.data import discovery  # noqa: E402
+from engine.data.formats import is_image_file  # noqa: E402
 from engine.data.identity import Pseudonymizer, Redactor, file_reference  # noqa: E402
 
 
 def old_image_files(folder: Path) -> list[Path]:
     """``discovery._image_files`` before issue 26."""
-    return sorted(p for p in folder.rglob("*") if p.is_file() and discovery._is_image_file(p))
+    return sorted(p for p in folder.rglob("*") if p.is_file() and is_image_file(p))
 
 
 def class_folders(root: Path) -> list[Path]:

@@ -69,6 +69,93 @@ def stage_of(module: str) -> str | None:
     return parts[1] if len(parts) > 1 and parts[1] in STAGES else None
 
 
+
+def resolved_imports(path: Path, root: Path = ENGINE) -> list[tuple[str, str | None, int]]:
+    """``(module, imported name or None, line)`` for every import of an engine module in ``path``,
+    function-level ones included: ``from engine.x import y`` is module ``engine.x.y`` when ``y`` is a
+    submodule (name None), else ``engine.x`` with name ``y``; relative imports are made absolute."""
+    modules = {module_name(p, root) for p in root.rglob("*.py")}
+    name = module_name(path, root)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                target = alias.name
+                while target and target not in modules:
+                    target = target.rpartition(".")[0]
+                if target:
+                    found.append((target, None, node.lineno))
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")
+                base = ".".join(parts[:len(parts) - node.level + 1] + ([base] if base else []))
+            for alias in node.names:
+                if f"{base}.{alias.name}" in modules:
+                    found.append((f"{base}.{alias.name}", None, node.lineno))
+                elif base in modules:
+                    found.append((base, alias.name, node.lineno))
+    return found
+
+
+def module_graph(root: Path = ENGINE) -> dict[str, set[str]]:
+    """Engine module -> the engine modules it imports (a package's ``__init__`` is its own node)."""
+    modules = {module_name(p, root): p for p in root.rglob("*.py")}
+    return {name: {target for target, _, _ in resolved_imports(path, root)} - {name}
+            for name, path in modules.items()}
+
+
+def find_cycle(edges: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle (``[a, b, ..., a]``) in ``edges``, or None."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for target in sorted(edges.get(node, ())):
+            if state.get(target) == 1:
+                return path[path.index(target):] + [target]
+            if target not in state and (cycle := visit(target)):
+                return cycle
+        path.pop()
+        state[node] = 2
+        return None
+
+    for start in sorted(edges):
+        if start not in state and (cycle := visit(start)):
+            return cycle
+    return None
+
+
+def private_cross_imports(root: Path = ENGINE) -> list[str]:
+    """``from engine.a import _b`` (and ``a._b`` through an imported engine module) where ``a`` is
+    another module: what one module shares with another has a public name."""
+    modules = {module_name(p, root): p for p in root.rglob("*.py")}
+    bad = []
+    for name, path in sorted(modules.items()):
+        where = path.relative_to(root.parent)
+        for target, imported, line in resolved_imports(path, root):
+            if imported and imported.startswith("_") and not imported.startswith("__") and target != name:
+                bad.append(f"{where}:{line}: from {target} import {imported}")
+        bound = {}  # local name -> engine module it is bound to
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                bound.update({a.asname: a.name for a in node.names if a.asname and a.name in modules})
+                bound.update({a.name: a.name for a in node.names if not a.asname and a.name in modules})
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                bound.update({a.asname or a.name: f"{node.module}.{a.name}" for a in node.names
+                              if f"{node.module}.{a.name}" in modules})
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__"):
+                owner = ast.unparse(node.value)
+                target = bound.get(owner, owner if owner in modules else None)
+                if target and target != name:
+                    bad.append(f"{where}:{node.lineno}: {owner}.{node.attr}")
+    return bad
+
 EDGES = graph()
 
 
@@ -139,3 +226,27 @@ def test_stage_exports_resolve_and_importing_a_stage_loads_no_tensorflow(stage):
     proc = subprocess.run([sys.executable, "-c", code], cwd=ENGINE.parent, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_no_import_cycles():
+    """No engine module reaches itself through imports, function-level ones included: shared code
+    (file types and decoding guards in ``data.formats``, the record, the splits) sits below both users."""
+    cycle = find_cycle(module_graph())
+    assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_no_module_imports_another_modules_private_name():
+    bad = private_cross_imports()
+    assert bad == [], f"{len(bad)} imports of another module's underscore name:\n" + "\n".join(bad)
+
+
+def test_the_cycle_and_private_name_checks_can_fail(tmp_path):
+    """Both checks on a small package: a late import that closes a cycle, a private name imported."""
+    pkg = tmp_path / "engine"
+    (pkg / "data").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "data" / "__init__.py").write_text("")
+    (pkg / "data" / "a.py").write_text("from engine.data import b\n\ndef _hidden():\n    return b\n")
+    (pkg / "data" / "b.py").write_text("def late():\n    from engine.data.a import _hidden\n    return _hidden\n")
+    assert find_cycle(module_graph(pkg)) == ["engine.data.a", "engine.data.b", "engine.data.a"]
+    assert private_cross_imports(pkg) == ["engine/data/b.py:2: from engine.data.a import _hidden"]

@@ -161,7 +161,7 @@ def key_of_file(truth: dict) -> dict[str, str]:
 
 
 def test_dicom_files_at_any_depth_and_without_suffix_are_discovered(hospital, tmp_path):
-    # mutation: drop `or is_dicom_path(p)` in discovery._is_image_file -> no record, the test fails
+    # mutation: drop `or is_dicom_path(p)` in formats.is_image_file -> no record, the test fails
     tmp, truth = hospital
     root = tmp_path / "root"
     src = sorted((tmp / "data" / "Training" / "glioma_tumor").glob("*.dcm"))

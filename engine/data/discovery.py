@@ -2,12 +2,15 @@
 
 The test split is read only by the final evaluation; validation is carved from training with a
 stratified, seeded (and, when integrity groups are given, group-preserving) split.
+
+The record (``records``), file types and the decoding guards (``formats``) and the splits
+(``splits``) live in modules of their own, below both this module and ``labels_csv``; their names
+are importable from here as before.
 """
 
 from __future__ import annotations
 
 import hashlib
-import math
 import os
 from collections import Counter
 from dataclasses import dataclass, field, replace
@@ -16,49 +19,18 @@ from typing import TYPE_CHECKING, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
+# Defined below this module (formats, identity, records, splits) and importable from here as before.
+from engine.data.formats import (DICOM_SUFFIXES, IMAGE_SUFFIXES, NIFTI_SUFFIXES, check_pixel_limit, is_dicom_path,
+                                 is_image_file, is_nifti_path, reader_kind, strict_decoding)
+from engine.data.identity import frame_label
+from engine.data.records import ImageRecord, with_patients, with_references
+from engine.data.splits import (check_test_split_sizes, grouped_test_split, min_class_images, min_training_images,
+                                patient_groups, split_validation)
 from engine.errors import InputError
 
 if TYPE_CHECKING:
     from engine.data.identity import Redactor
     from engine.data.readers import SliceSelection, Windowing
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
-
-
-@dataclass(frozen=True)
-class ImageRecord:
-    path: Path  # absolute
-    split: str  # "train" | "test" (validation is carved from "train" later)
-    label: str  # canonical class name
-    # The image inside the file: a DICOM frame or a NIfTI canonical axial slice (0 for a file of one
-    # image). A record is identified by ``key`` = (path, frame), never by ``path`` alone.
-    frame: int = 0
-    # What a frame is called where people read it ("slice" for NIfTI, "frame" for a multi-frame
-    # DICOM); None for a file of one image, shown by its path alone (``record_label``).
-    frame_name: str | None = field(default=None, compare=False)
-    # Why discovery could not list the file's frames (the reader's one line, e.g. a slice selection
-    # that selects none of a volume's slices): ``readable`` and the integrity audit list the record
-    # as unreadable with it instead of decoding some frame the selection did not ask for.
-    unreadable: str | None = field(default=None, compare=False)
-    # The patient's pseudonym (engine.data.identity: HMAC of the DICOM PatientID), never the raw id;
-    # None when the file carries no patient id (plain images).
-    patient: str | None = field(default=None, compare=False)
-    # site / scanner / sex / age where the file's header has them (DICOM); never identifying fields.
-    meta: dict | None = field(default=None, compare=False, hash=False)
-    # How artefacts name the file when the data holds patient ids (``identity.file_reference``:
-    # "<patient pseudonym>/f-<keyed hash>.dcm"), since file names may carry identity; None: the
-    # path relative to the data root. Always shown through ``identity.display_path``.
-    ref: str | None = field(default=None, compare=False)
-
-    @property
-    def key(self) -> tuple[Path, int]:
-        """The record's identity: one file can hold many records (frames, slices)."""
-        return (self.path, self.frame)
-
-
-def frame_label(path: str, frame: int, frame_name: str | None) -> str:
-    """``path`` as people read it, with the frame for a multi-image file: ``a/b.nii.gz [slice 12]``."""
-    return path if frame_name is None else f"{path} [{frame_name} {frame}]"
 
 
 def record_label(r: ImageRecord, root: Path | None = None) -> str:
@@ -70,11 +42,6 @@ def record_label(r: ImageRecord, root: Path | None = None) -> str:
 
         return display_path(r, root)
     return frame_label(str(r.path), r.frame, r.frame_name)
-
-
-def _tesla(value: float | None) -> str | None:
-    """A field strength as scanners are named by it (``3 T``, ``1.5 T``)."""
-    return None if value is None else f"{value:g} T"
 
 
 @dataclass
@@ -99,40 +66,6 @@ class Dataset:
         return np.array([index[r.label] for r in getattr(self, split)], dtype=np.int64)
 
 
-DICOM_SUFFIXES = {".dcm", ".dicom"}
-NIFTI_SUFFIXES = (".nii", ".nii.gz")
-
-
-def is_dicom_path(path: Path) -> bool:
-    """A DICOM file by suffix, or a file named without a known suffix (``IM0001``, a UID such as
-    ``1.2.840.1234``) that starts like DICOM (``DICM`` after the 128-byte preamble)."""
-    suffix = path.suffix.lower()
-    if suffix in DICOM_SUFFIXES:
-        return True
-    if suffix in IMAGE_SUFFIXES or not (suffix == "" or suffix[1:].isdigit()):
-        return False
-    from engine.data.readers.dicom import is_dicom_file
-
-    return is_dicom_file(path)
-
-
-def is_nifti_path(path: Path) -> bool:
-    """A NIfTI volume by name: ``.nii`` or ``.nii.gz``."""
-    return Path(path).name.lower().endswith(NIFTI_SUFFIXES)
-
-
-def reader_kind(path: Path) -> str | None:
-    """"nifti" or "dicom" for a file decoded through ``engine.data.readers`` (windowed, possibly
-    several frames); None for a plain image, which PIL decodes."""
-    if is_nifti_path(path):
-        return "nifti"
-    return "dicom" if is_dicom_path(path) else None
-
-
-def _is_image_file(p: Path) -> bool:
-    return p.suffix.lower() in IMAGE_SUFFIXES or is_nifti_path(p) or is_dicom_path(p)
-
-
 def _image_files(folder: Path) -> list[Path]:
     """The image files below ``folder``, sorted. Hidden folders (``.cache``, ``.keys``) and
     auditrun's own output (an experiment or run folder, ``paths.is_output_folder``) are never
@@ -144,7 +77,7 @@ def _image_files(folder: Path) -> list[Path]:
     for here, dirs, files in os.walk(folder):
         base = Path(here)
         dirs[:] = [d for d in dirs if not d.startswith(".") and not is_output_folder(base / d)]
-        found += [p for p in (base / f for f in files) if p.is_file() and _is_image_file(p)]
+        found += [p for p in (base / f for f in files) if p.is_file() and is_image_file(p)]
     return sorted(found)
 
 
@@ -331,79 +264,6 @@ def _discover_records(root: Path, *, layout: str, train_dir: str, test_dir: str,
     return layout, records
 
 
-def with_patients(records: Sequence[ImageRecord], pseudonym: Callable[[str], str],
-                  root: Path | None = None) -> list[ImageRecord]:
-    """DICOM records with their patient pseudonym and metadata (site, scanner, sex, age) from the
-    header; the raw patient id never leaves this function. A header that cannot be read leaves the
-    record without them (the integrity audit or ``readable`` lists the file with the reader's reason).
-
-    With ``root``, when any file carries a patient id, every record (DICOM or not: any file name of
-    a patient data set may carry identity) also gets ``ref``, the neutral name artefacts show
-    (``identity.file_reference``)."""
-    from engine.data.readers import read_metadata
-
-    out = []
-    known: dict[Path, tuple[str | None, dict | None] | None] = {}  # the frames of a file share its header
-    for r in records:
-        if not is_dicom_path(r.path):
-            out.append(r)
-            continue
-        if r.path not in known:
-            try:
-                meta = read_metadata(r.path)
-            except InputError:
-                known[r.path] = None
-            else:
-                scanner = " ".join(x for x in (meta.manufacturer, meta.model, _tesla(meta.field_strength)) if x) or None
-                info = {k: v for k, v in (("site", meta.site), ("scanner", scanner), ("sex", meta.sex),
-                                          ("age", meta.age)) if v is not None}
-                known[r.path] = (pseudonym(meta.patient_id) if meta.patient_id else None, info or None)
-        found = known[r.path]
-        out.append(r if found is None else replace(r, patient=found[0], meta=found[1]))
-    return with_references(out, root, pseudonym) if root is not None else out
-
-
-
-def with_references(records: Sequence[ImageRecord], root: Path, pseudonym: Callable[[str], str]) -> list[ImageRecord]:
-    """When any record carries a patient, every record gets its neutral file reference
-    (``identity.file_reference``: artefacts never show a path, which may be built from the
-    patient's name); otherwise the records are returned as they are."""
-    from engine.data.identity import file_reference
-    from engine.paths import relative_to_root
-
-    if not any(r.patient for r in records):
-        return list(records)
-    return [replace(r, ref=file_reference(relative_to_root(r.path, root), r.patient, pseudonym)) for r in records]
-
-def patient_groups(records: Sequence[ImageRecord],
-                   groups: dict[tuple[Path, int], int] | None) -> dict[tuple[Path, int], int] | None:
-    """Group ids by record ``key`` for ``split_validation`` that keep a near-duplicate group
-    (``groups``, by key), a patient's images and the frames of one file (a volume's slices, which
-    carry no patient id in NIfTI) on one side: groups that share a patient or a file are merged
-    (union-find). Without patients and multi-frame files, ``groups`` itself (so splits of plain
-    images do not change)."""
-    if not any(r.patient or r.frame_name for r in records):
-        return groups
-    parent: dict[object, object] = {}
-
-    def find(x):
-        parent.setdefault(x, x)
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
-    for r in records:
-        node = ("path", r.path)  # one node per file: its frames are merged by construction
-        find(node)
-        if groups and r.key in groups:
-            parent[find(node)] = find(("dup", groups[r.key]))
-        if r.patient:
-            parent[find(node)] = find(("patient", r.patient))
-    ids: dict[object, int] = {}
-    return {r.key: ids.setdefault(find(("path", r.path)), len(ids)) for r in records}
-
-
 def _discover(root: Path, *, layout: str, train_dir: str, test_dir: str, classes: Sequence[str],
               aliases: dict[str, str], test_fraction: float, seed: int,
               validation_fraction: float | None = None,
@@ -427,12 +287,12 @@ def _discover(root: Path, *, layout: str, train_dir: str, test_dir: str, classes
         items = [r for c in sorted(by_class) for p in by_class[c] for r in frame_records(p.resolve(), "", c, slices)]
         if len(items) < 4:
             raise InputError(f"data root {str(root)!r} holds only {len(items)} images")
-        _check_test_split_sizes(root, dict(sorted(Counter(r.label for r in items).items())), test_fraction,
+        check_test_split_sizes(root, dict(sorted(Counter(r.label for r in items).items())), test_fraction,
                                 validation_fraction)
         labels = [r.label for r in items]
         keys = _group_keys(items)
         if keys is not None:
-            tr, te = _grouped_test_split(items, labels, keys, test_fraction, seed)
+            tr, te = grouped_test_split(items, labels, keys, test_fraction, seed)
         else:
             from sklearn.model_selection import train_test_split
 
@@ -496,72 +356,6 @@ def _group_keys(items: Sequence[ImageRecord]) -> list[object] | None:
     return keys if len(set(keys)) < len(keys) else None
 
 
-def _grouped_test_split(items, labels, keys, test_fraction: float, seed: int):
-    """The imagefolder test split with each patient (and each file's frames) on one side: the first
-    fold of a seeded StratifiedGroupKFold with round(1 / test_fraction) folds."""
-    from sklearn.model_selection import StratifiedGroupKFold
-
-    codes: dict[object, int] = {}
-    groups = np.array([codes.setdefault(k, len(codes)) for k in keys])
-    n_splits = max(2, round(_inverse(test_fraction)))
-    try:
-        tr_idx, te_idx = next(StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-                              .split(np.zeros(len(items)), labels, groups))
-    except ValueError as exc:
-        raise InputError(f"{len(items)} images of {len(codes)} patients or files: cannot hold out "
-                         f"data.test_fraction = {test_fraction:g} by patient: {exc}") from None
-    del keys, codes  # the raw ids go no further
-    return [items[i] for i in tr_idx], [items[i] for i in te_idx]
-
-
-def _inverse(fraction: float) -> float:
-    """1 / fraction, bounded: a fraction as small as 5e-324 passes the manifest's "> 0" and would
-    make the image counts below infinite (an OverflowError instead of a clear message)."""
-    return min(1.0 / fraction, 1e12)
-
-
-def min_training_images(validation_fraction: float) -> int:
-    """Training-split images one class needs for a stratified validation split of this fraction:
-    at least one validation image and at least one left to train on."""
-    # A class's share of the validation split is count * fraction; below one image the stratified
-    # split may leave the class out (or sklearn refuses: "n_splits=7 cannot be greater than the
-    # number of members in each class"). The grouped split's round(1/f) folds need no more than
-    # this. The epsilon keeps 1 / 0.2 at 5.
-    return max(2, math.ceil(_inverse(validation_fraction) - 1e-9))
-
-
-def min_class_images(test_fraction: float, validation_fraction: float | None = None) -> int:
-    """Images one class needs in the imagefolder layout: one test image at least and, after the
-    stratified test split takes its share, ``min_training_images`` (or one) for training."""
-    need_train = min_training_images(validation_fraction) if validation_fraction else 1
-    n = max(2, math.ceil(_inverse(test_fraction) - 1e-9))
-    while n - math.ceil(n * test_fraction - 1e-9) < need_train:
-        n += 1
-    return n
-
-
-def _fraction_hint(key: str, count: int, minimum_of: Callable[[float], int]) -> str:
-    """'; or set KEY to at least F' with the smallest two-decimal F that ``count`` images satisfy."""
-    for hundredths in range(1, 90):
-        if minimum_of(hundredths / 100) <= count:
-            return f" or set {key} to at least {hundredths / 100:g}"
-    return ""
-
-
-def _check_test_split_sizes(root: Path, counts: dict[str, int], test_fraction: float,
-                            validation_fraction: float | None) -> None:
-    need = min_class_images(test_fraction, validation_fraction)
-    keys = "data.test_fraction = " + f"{test_fraction:g}"
-    if validation_fraction:
-        keys += f" and data.validation_fraction = {validation_fraction:g}"
-    for cls, n in counts.items():
-        if n < need:
-            what = "one test image, one validation image and the rest for training" if validation_fraction \
-                else "one test image and one training image"
-            raise InputError(f"data root {str(root)!r}: class {cls!r} has {n} images, fewer than the {need} that "
-                             f"{keys} need per class ({what}); add images to that class")
-
-
 def class_coverage_warnings(class_names: Sequence[str], counts: dict[str, dict[str, int]],
                             leakage_free_test: dict[str, int] | None = None) -> list[str]:
     """Plain-language warnings for classes without images in a split that is scored.
@@ -593,64 +387,6 @@ def class_coverage_warnings(class_names: Sequence[str], counts: dict[str, dict[s
     return out
 
 
-def split_validation(train: Sequence[ImageRecord], fraction: float, seed: int,
-                     groups: dict[tuple[Path, int], int] | None = None,
-                     classes: Sequence[str] | None = None) -> tuple[list[ImageRecord], list[ImageRecord]]:
-    """Stratified, seeded train/validation split; images of one group never straddle it.
-
-    With ``groups`` (group id per record ``key``: near-duplicates, a patient's images and a file's
-    frames, see ``patient_groups``) StratifiedGroupKFold keeps each group on one side, so no image
-    trains while its copy, or another slice of its patient or volume, validates.
-
-    Raises InputError naming the class when a class of ``classes`` (default: the labels present)
-    has fewer than ``min_training_images(fraction)`` images, or the split leaves it without a
-    training or a validation image (possible when its images form few duplicate groups).
-    """
-    from sklearn.model_selection import StratifiedGroupKFold, train_test_split
-
-    labels = [r.label for r in train]
-    count = Counter(labels)
-    need = min_training_images(fraction)
-    for cls in (classes if classes is not None else sorted(count)):
-        if count.get(cls, 0) < need:
-            hint = _fraction_hint("data.validation_fraction", count.get(cls, 0), min_training_images)
-            raise InputError(f"class {cls!r} has {count.get(cls, 0)} training images, fewer than the {need} that "
-                             f"data.validation_fraction = {fraction:g} needs (one validation image, the rest for "
-                             f"training); add {need - count.get(cls, 0)} or more images to that class{hint}")
-    idx = np.arange(len(train))
-    try:
-        if groups:
-            n_splits = max(2, round(_inverse(fraction)))
-            g = np.array([groups.get(r.key, -1 - i) for i, r in enumerate(train)])
-            splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-            tr_idx, va_idx = next(splitter.split(idx, labels, g))
-        else:
-            tr_idx, va_idx = train_test_split(idx, test_size=fraction, random_state=seed, stratify=labels)
-    except ValueError as exc:
-        # Too few training images per class for this fraction; sklearn's message gives the counts.
-        raise InputError(f"{len(train)} training images: cannot hold out data.validation_fraction = {fraction} "
-                         f"of every class: {exc}") from None
-    tr = [replace(train[i], split="train") for i in sorted(tr_idx)]
-    va = [replace(train[i], split="val") for i in sorted(va_idx)]
-    n_tr, n_va = Counter(r.label for r in tr), Counter(r.label for r in va)
-    for cls in sorted(count):
-        if not n_tr[cls] or not n_va[cls]:
-            why = ""
-            if groups:
-                n_groups = len({g[i] for i in idx if labels[i] == cls})
-                if any(r.patient or r.frame_name for r in train):
-                    why = (f": its {count[cls]} images form {n_groups} group(s) (a patient's images or one "
-                           "file's frames, merged with their near-duplicates), and a patient or a volume is "
-                           "never split between training and validation")
-                else:
-                    why = (f": its {count[cls]} images form {n_groups} near-duplicate group(s), and "
-                           "integrity.group_validation_split keeps each group on one side")
-            raise InputError(f"class {cls!r}: the validation split (data.validation_fraction = {fraction:g}) "
-                             f"leaves it {n_tr[cls]} training and {n_va[cls]} validation images{why}; "
-                             "add images to that class")
-    return tr, va
-
-
 # ---------------------------------------------------------------------------------------------
 # Decoding
 
@@ -672,8 +408,6 @@ def decode_image(path: Path, size: int, frame: int = 0, windowing: Windowing | N
         grey = read_volume_frame(Path(path), frame, windowing)
         im = Image.fromarray(grey, mode="L").convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
         return np.asarray(im, dtype=np.uint8)
-
-    from engine.integrity.hashing import check_pixel_limit, strict_decoding
 
     try:
         # strict: WeasyPrint (imported by the report stage) flips PIL's global switch that pads
@@ -778,8 +512,6 @@ class ImageCache:
         (1.65x on 2 cores for the 3,264 JPEGs here). The first failing record, in order, raises."""
         from concurrent.futures import ThreadPoolExecutor
 
-        from engine.integrity.hashing import strict_decoding
-
         arr = np.empty((len(records), size, size, 3), dtype=np.uint8)
 
         def put(i: int) -> None:
@@ -818,8 +550,6 @@ def readable(records: Iterable[ImageRecord], min_size: int = 1,
     """
 
     from PIL import Image
-
-    from engine.integrity.hashing import check_pixel_limit, strict_decoding
 
     def shown(r: ImageRecord) -> str:
         return record_label(r, root)

@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
 from engine.atomic import fsync_dir, writing
+from engine.data.formats import IMAGE_FILE_SUFFIXES
 from engine.errors import InputError
 from engine.paths import folder_key, is_inside, relative_to_root, safe_name
 
@@ -265,13 +266,16 @@ def file_reference(relative: str, patient: str | None, pseudonymize: Callable[[s
     return f"{patient}/{name}" if patient else name
 
 
+def frame_label(path: str, frame: int, frame_name: str | None) -> str:
+    """``path`` as people read it, with the frame for a multi-image file: ``a/b.nii.gz [slice 12]``."""
+    return path if frame_name is None else f"{path} [{frame_name} {frame}]"
+
+
 def display_path(record, root: Path | str | None) -> str:
     """How every artefact (results.json, CSVs, report, log) names ``record``'s file: its neutral
     reference (``record.ref``, set by discovery when the data holds patient ids, see
     :func:`file_reference`), else its path relative to ``root``; with the frame of a multi-image
     file (``a/b.nii.gz [slice 3]``)."""
-    from engine.data.discovery import frame_label
-
     ref = getattr(record, "ref", None)
     return frame_label(ref if ref else relative_to_root(record.path, root), getattr(record, "frame", 0),
                        getattr(record, "frame_name", None))
@@ -289,8 +293,7 @@ _UNQUOTED_END = re.compile(r"[\s'\"]|:(?=\s|$)")
 
 #: Suffixes that make a bare quoted word a file name in a message ('DOE_JOHN.dcm'); a number such
 #: as '1.5' is not one.
-_FILE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".dcm", ".dicom", ".nii",
-                  ".gz", ".txt", ".csv", ".npy", ".json", ".keras"}
+_FILE_SUFFIXES = IMAGE_FILE_SUFFIXES | {".txt", ".csv", ".npy", ".json", ".keras"}
 
 
 class Redactor:

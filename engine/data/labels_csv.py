@@ -295,7 +295,8 @@ def discover_csv(root: Path, labels: str | os.PathLike | None, columns: Mapping[
 def _with_identity(rows: Sequence[CsvRow], pseudonymizer, root: Path):
     """Records with patient pseudonyms and metadata: the CSV's value wins over a DICOM header's,
     key by key; a cell left empty falls back to the header."""
-    from engine.data.discovery import ImageRecord, is_dicom_path, with_patients, with_references
+    from engine.data.formats import is_dicom_path
+    from engine.data.records import ImageRecord, with_patients, with_references
 
     records = [ImageRecord(row.path, "train", row.label) for row in rows]
     has_dicom = any(is_dicom_path(r.path) for r in records)
@@ -319,7 +320,7 @@ def _carve_test(root: Path, records, rows: Sequence[CsvRow], test_fraction: floa
 
     from sklearn.model_selection import train_test_split
 
-    from engine.data.discovery import _check_test_split_sizes, _grouped_test_split
+    from engine.data.splits import check_test_split_sizes, grouped_test_split
 
     order = sorted(range(len(records)), key=lambda i: (records[i].label, str(records[i].path)))
     records = [records[i] for i in order]
@@ -327,14 +328,14 @@ def _carve_test(root: Path, records, rows: Sequence[CsvRow], test_fraction: floa
     if len(records) < 4:
         raise InputError(f"data root {str(root)!r}: the labels CSV lists only {len(records)} images")
     counts = Counter(r.label for r in records)
-    _check_test_split_sizes(root, {c: counts[c] for c in sorted(counts)}, test_fraction, validation_fraction)
+    check_test_split_sizes(root, {c: counts[c] for c in sorted(counts)}, test_fraction, validation_fraction)
     # A pseudonym groups a patient whichever column named it; the raw id only when nothing pseudonymised it.
     keys = [("patient", r.patient) if r.patient else ("raw", p) if p else ("file", str(r.path))
             for r, p in zip(records, raw)]
     labels = [r.label for r in records]
     idx = list(range(len(records)))
     if len(set(keys)) < len(keys):
-        tr, te = _grouped_test_split(idx, labels, keys, test_fraction, seed)
+        tr, te = grouped_test_split(idx, labels, keys, test_fraction, seed)
     else:
         tr, te = train_test_split(idx, test_size=test_fraction, random_state=seed, stratify=labels)
     del raw, keys

@@ -140,12 +140,13 @@ def evaluate_external(run_dir: Path, data: Path, backbone: str | None = None, *,
 
 def _with_references(records: list, data: Path, run_dir: Path, experiment: str, warn) -> list:
     """DICOM records with their patient pseudonyms and, when any file carries a patient id, the
-    neutral file references every listing shows instead of paths (``discovery.with_patients``), as
+    neutral file references every listing shows instead of paths (``records.with_patients``), as
     the run named its own files. The key is the run's (``<output root>/.keys`` beside its
     experiment folder, or ``$AUDITRUN_PSEUDONYM_KEY_FILE``), so the references agree with the
     run's; where the run was copied without its key, a one-off key keeps the listing neutral (its
     references then match no other run's) and nothing is written outside the run."""
-    from engine.data.discovery import is_dicom_path, with_patients
+    from engine.data.formats import is_dicom_path
+    from engine.data.records import with_patients
     from engine.data.identity import Pseudonymizer, default_key_dir, key_file, load_key
 
     if not any(is_dicom_path(r.path) for r in records):

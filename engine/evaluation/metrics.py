@@ -34,7 +34,7 @@ from typing import Sequence
 import numpy as np
 
 
-def _r(x: float | None, nd: int = 6) -> float | None:
+def rounded(x: float | None, nd: int = 6) -> float | None:
     if x is None or not np.isfinite(x):
         return None
     return round(float(x), nd)
@@ -130,25 +130,25 @@ class ClassificationMetrics:
 
     def to_dict(self) -> dict:
         k = self.class_names
-        per_class = {c: {"precision": _r(self.precision[i]), "recall": _r(self.recall[i]), "f1": _r(self.f1[i]),
-                         "support": int(self.support[i])} for i, c in enumerate(k)}
+        per_class = {c: {"precision": rounded(self.precision[i]), "recall": rounded(self.recall[i]),
+                         "f1": rounded(self.f1[i]), "support": int(self.support[i])} for i, c in enumerate(k)}
         labels = self.macro_labels
         return {
             "n_images": self.n_images,
-            "accuracy": _r(self.accuracy),
-            "balanced_accuracy": _r(self.balanced_accuracy),
-            "macro_f1": _r(self.macro_f1),
-            "weighted_f1": _r(self.weighted_f1),
+            "accuracy": rounded(self.accuracy),
+            "balanced_accuracy": rounded(self.balanced_accuracy),
+            "macro_f1": rounded(self.macro_f1),
+            "weighted_f1": rounded(self.weighted_f1),
             "classes_in_macro": [k[i] for i in labels],
             "per_class": per_class,
-            "macro_avg": {"precision": _r(_mean_defined(self.precision, labels)),
-                          "recall": _r(self.balanced_accuracy), "f1": _r(self.macro_f1)},
-            "weighted_avg": {"precision": _r(_mean_defined(self.precision, labels, self.support)),
-                             "recall": _r(_mean_defined(self.recall, labels, self.support)),
-                             "f1": _r(self.weighted_f1)},
+            "macro_avg": {"precision": rounded(_mean_defined(self.precision, labels)),
+                          "recall": rounded(self.balanced_accuracy), "f1": rounded(self.macro_f1)},
+            "weighted_avg": {"precision": rounded(_mean_defined(self.precision, labels, self.support)),
+                             "recall": rounded(_mean_defined(self.recall, labels, self.support)),
+                             "f1": rounded(self.weighted_f1)},
             "confusion_matrix": self.confusion.astype(int).tolist(),
-            "roc_auc": {"macro": _r(self.roc_auc_macro),
-                        "per_class": {c: _r(v) for c, v in zip(k, self.roc_auc_per_class)}},
+            "roc_auc": {"macro": rounded(self.roc_auc_macro),
+                        "per_class": {c: rounded(v) for c, v in zip(k, self.roc_auc_per_class)}},
         }
 
 

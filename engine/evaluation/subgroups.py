@@ -51,17 +51,17 @@ import numpy as np
 
 from engine.errors import InputError
 from engine.evaluation.metrics import (
-    _r,
     accuracy_from_confusion,
     macro_f1_score,
     per_class_scores,
     present_labels,
+    rounded,
 )
 from engine.evaluation.uncertainty import (
     DEFAULT_RESAMPLES,
     MIN_CI_IMAGES,
-    _percentile_ci,
     metrics_from_confusion,
+    percentile_ci,
     resampled_confusion_matrices,
 )
 
@@ -270,8 +270,8 @@ def _ci(stats: np.ndarray | None, n: int, confidence: float, *, count: bool = Fa
     if stats is None or n < MIN_CI_IMAGES:
         out = {"low": None, "high": None}
     else:
-        lo, hi = _percentile_ci(stats, confidence)
-        out = {"low": _r(lo) if lo is not None else None, "high": _r(hi) if hi is not None else None}
+        lo, hi = percentile_ci(stats, confidence)
+        out = {"low": rounded(lo) if lo is not None else None, "high": rounded(hi) if hi is not None else None}
     if count:
         out["n_resamples_defined"] = 0 if stats is None else int(np.count_nonzero(~np.isnan(stats)))
     return out
@@ -292,9 +292,9 @@ def _entry(g: _Group, class_names: Sequence[str], recall_idx: list[int], confide
     entry = {
         "group": g.name,
         "n": g.n,
-        "accuracy": _r(g.point["accuracy"]),
-        "macro_f1": _r(g.point["macro_f1"]),
-        "recall": {class_names[c]: _r(g.point["recall"][c]) for c in recall_idx},
+        "accuracy": rounded(g.point["accuracy"]),
+        "macro_f1": rounded(g.point["macro_f1"]),
+        "recall": {class_names[c]: rounded(g.point["recall"][c]) for c in recall_idx},
         "ci": {
             "accuracy": _ci(None if boot is None else boot["accuracy"], g.n, confidence),
             "macro_f1": _ci(None if boot is None else boot["macro_f1"], g.n, confidence, count=True),
@@ -371,15 +371,15 @@ def _gap(entries: list[_Group], class_names: list[str], min_n: int, confidence: 
         defined = 0
     else:
         diff = higher.boot["macro_f1"] - lower.boot["macro_f1"]  # NaN where either side is undefined
-        lo, hi = _percentile_ci(diff, confidence)
+        lo, hi = percentile_ci(diff, confidence)
         defined = int(np.count_nonzero(~np.isnan(diff)))
 
     def side(g: _Group) -> dict:
-        return {"group": g.name, "n": g.n, "macro_f1": _r(g.point["macro_f1"]),
+        return {"group": g.name, "n": g.n, "macro_f1": rounded(g.point["macro_f1"]),
                 "classes_in_macro": [class_names[c] for c in g.macro_labels]}
 
-    out = {"gap": _r(gap), "ci_low": _r(lo) if lo is not None else None,
-           "ci_high": _r(hi) if hi is not None else None, "n_resamples_defined": defined,
+    out = {"gap": rounded(gap), "ci_low": rounded(lo) if lo is not None else None,
+           "ci_high": rounded(hi) if hi is not None else None, "n_resamples_defined": defined,
            "higher": side(higher), "lower": side(lower), "groups_compared": compared}
     if higher.macro_labels != lower.macro_labels:
         out["note"] = ("the two groups' macro-F1 average different classes "

@@ -60,7 +60,7 @@ def _resample_indices(n: int, n_resamples: int, rng: np.random.Generator) -> Ite
         done += b
 
 
-def _percentile_ci(stats: np.ndarray, confidence: float) -> tuple[float | None, float | None]:
+def percentile_ci(stats: np.ndarray, confidence: float) -> tuple[float | None, float | None]:
     """Percentile interval ignoring NaN resamples; (None, None) when every resample is NaN."""
     finite = stats[~np.isnan(stats)]
     if finite.size == 0:
@@ -99,7 +99,7 @@ def bootstrap_ci(
     for chunk in _resample_indices(len(yt), int(n_resamples), rng):
         for idx in chunk:
             stats.append(float(metric_fn(yt[idx], yp[idx])))
-    return _percentile_ci(np.asarray(stats, dtype=np.float64), confidence)
+    return percentile_ci(np.asarray(stats, dtype=np.float64), confidence)
 
 
 def resampled_confusion_matrices(
@@ -140,7 +140,7 @@ def metrics_from_confusion(cm: np.ndarray, macro_labels: Sequence[int]) -> dict[
 
 
 def _interval(value, stats: np.ndarray, confidence: float) -> dict:
-    lo, hi = _percentile_ci(stats, confidence)
+    lo, hi = percentile_ci(stats, confidence)
     value = None if value is None or np.isnan(value) else float(value)
     return {"value": value, "ci_low": lo, "ci_high": hi}
 

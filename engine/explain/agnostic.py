@@ -20,8 +20,8 @@ import numpy as np
 
 from engine import interrupts
 
-from engine.explain.gradcam import _normalise
-from engine.explain.methods import OCCLUSION_PATCH, OCCLUSION_STRIDE, _occlusion_masks
+from engine.explain.gradcam import normalise
+from engine.explain.methods import OCCLUSION_PATCH, OCCLUSION_STRIDE, occlusion_masks
 
 Heatmaps = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
@@ -60,7 +60,7 @@ def occlusion_maps(score: Callable[[np.ndarray, np.ndarray], np.ndarray], images
     n, h, w = images.shape[:3]
     cls = np.broadcast_to(np.asarray(class_index, dtype=np.int64), (n,))
     side = max(1, int(round(min(h, w) * patch)))
-    masks = _occlusion_masks(h, w, side, max(1, int(round(side * stride))))
+    masks = occlusion_masks(h, w, side, max(1, int(round(side * stride))))
     cover = masks.sum(axis=0)
     full = score(images, cls) if n else np.zeros(0)
     out = np.zeros((n, h, w), np.float32)
@@ -69,7 +69,7 @@ def occlusion_maps(score: Callable[[np.ndarray, np.ndarray], np.ndarray], images
         occluded = images[i][None] * (1.0 - masks[..., None]) + fill * masks[..., None]
         drop = full[i] - score(occluded, np.full(len(masks), cls[i]))
         out[i] = np.tensordot(drop, masks, axes=(0, 0)) / cover
-    return _normalise(out)
+    return normalise(out)
 
 
 def keras_gradcam_maps(model, imported, images: np.ndarray, class_index, layer: str,
@@ -97,7 +97,7 @@ def keras_gradcam_maps(model, imported, images: np.ndarray, class_index, layer: 
         weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
         cam = tf.nn.relu(tf.reduce_sum(weights * fmap, axis=-1))[..., None]
         maps.append(tf.image.resize(cam, (h, w), "bilinear").numpy()[..., 0])
-    return _normalise(np.concatenate(maps) if maps else np.zeros((0, h, w), np.float32))
+    return normalise(np.concatenate(maps) if maps else np.zeros((0, h, w), np.float32))
 
 
 def heatmaps_for(imported) -> tuple[Heatmaps, str, str | None]:

@@ -13,7 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
-from engine.explain.gallery import _figure, _grey, _save
+from engine.explain.gallery import as_grey, new_figure, save_figure
 from engine.explain.randomisation import RandomisationResult
 from engine.explain.similarity import spearman, ssim
 
@@ -42,12 +42,12 @@ def randomisation_cascade_figure(image: np.ndarray, maps: np.ndarray, labels: Se
     steps = [{"label": str(lab), "spearman": round(spearman(maps[0], m), 3), "ssim": round(ssim(maps[0], m), 3)}
              for lab, m in zip(labels, maps)]
     side = 1.7
-    fig = _figure(side * (len(maps) + 1) + 0.6, side + 0.55)
+    fig = new_figure(side * (len(maps) + 1) + 0.6, side + 0.55)
     width = 1.0 / (len(maps) + 1.35)
     panels = [("image", None)] + list(zip(labels, maps))
     for k, (label, heat) in enumerate(panels):
         ax = fig.add_axes((0.01 + k * width, 0.02, width * 0.96, 0.74))
-        ax.imshow(_grey(image), cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+        ax.imshow(as_grey(image), cmap="gray", vmin=0, vmax=255, interpolation="nearest")
         if heat is not None:
             im = ax.imshow(heat, cmap="viridis", vmin=0.0, vmax=1.0, interpolation="bilinear")
             s = steps[k - 1]
@@ -56,7 +56,7 @@ def randomisation_cascade_figure(image: np.ndarray, maps: np.ndarray, labels: Se
         ax.set_axis_off()
     cax = fig.add_axes((0.01 + len(panels) * width, 0.1, width * 0.1, 0.6))
     fig.colorbar(im, cax=cax).ax.tick_params(labelsize=6)
-    _save(fig, Path(path))
+    save_figure(fig, Path(path))
     changes = "; ".join(f"{s['label']}: Spearman {s['spearman']:.2f}, SSIM {s['ssim']:.2f}" for s in steps[1:])
     alt = (f"{method} map of one image for the trained model and after cascading weight randomisation "
            f"({len(steps) - 1} steps). Similarity to the trained map: {changes}.")

@@ -91,7 +91,7 @@ def select_gallery(y_true, y_pred, paths: Sequence[str], class_names: Sequence[s
     return chosen
 
 
-def _figure(width_in: float, height_in: float):
+def new_figure(width_in: float, height_in: float):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -100,14 +100,14 @@ def _figure(width_in: float, height_in: float):
     return fig
 
 
-def _save(fig, path: Path) -> None:
+def save_figure(fig, path: Path) -> None:
     buf = io.BytesIO()
     # No "Software" stamp: the same inputs give the same bytes across matplotlib patch releases.
     fig.savefig(buf, format="png", metadata={"Software": None})
     _write_bytes(path, buf.getvalue())
 
 
-def _grey(image: np.ndarray) -> np.ndarray:
+def as_grey(image: np.ndarray) -> np.ndarray:
     image = np.asarray(image, dtype=np.float32)
     if image.ndim == 3:
         image = image[..., :3] @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
@@ -142,16 +142,16 @@ def render_gallery_images(image_uint8: np.ndarray, heatmap: np.ndarray, out_dir:
     h, w = heatmap.shape
     side = 2.4
 
-    fig = _figure(side, side)
+    fig = new_figure(side, side)
     ax = fig.add_axes((0, 0, 1, 1))
     if image.ndim == 2 or image.shape[-1] == 1:
         ax.imshow(image.reshape(h, w), cmap="gray", vmin=0, vmax=255, interpolation="nearest")
     else:
         ax.imshow(image[..., :3].astype(np.uint8), interpolation="nearest")
     ax.set_axis_off()
-    _save(fig, out_dir / names["original"])
+    save_figure(fig, out_dir / names["original"])
 
-    fig = _figure(side * 1.3, side)
+    fig = new_figure(side * 1.3, side)
     ax = fig.add_axes((0.02, 0.04, 0.72, 0.92))
     im = ax.imshow(heatmap, cmap="viridis", vmin=0.0, vmax=1.0, interpolation="nearest")
     ax.set_axis_off()
@@ -159,11 +159,11 @@ def render_gallery_images(image_uint8: np.ndarray, heatmap: np.ndarray, out_dir:
     bar = fig.colorbar(im, cax=cax)
     bar.set_label(f"{label} (max = 1)", fontsize=7)
     bar.ax.tick_params(labelsize=6)
-    _save(fig, out_dir / names["heatmap"])
+    save_figure(fig, out_dir / names["heatmap"])
 
-    fig = _figure(side, side)
+    fig = new_figure(side, side)
     ax = fig.add_axes((0, 0, 1, 1))
-    ax.imshow(_grey(image), cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+    ax.imshow(as_grey(image), cmap="gray", vmin=0, vmax=255, interpolation="nearest")
     ax.imshow(heatmap, cmap="viridis", vmin=0.0, vmax=1.0, alpha=0.45, interpolation="bilinear")
     if heatmap.max() > 0 and heatmap.min() < max(CONTOUR_LEVELS):
         ax.contour(heatmap, levels=list(CONTOUR_LEVELS), colors="white", linewidths=1.0,
@@ -175,7 +175,7 @@ def render_gallery_images(image_uint8: np.ndarray, heatmap: np.ndarray, out_dir:
     ax.set_xlim(-0.5, w - 0.5)
     ax.set_ylim(h - 0.5, -0.5)
     ax.set_axis_off()
-    _save(fig, out_dir / names["overlay"])
+    save_figure(fig, out_dir / names["overlay"])
     return names
 
 

@@ -43,7 +43,7 @@ LOGITS_LAYER = "logits"
 # Target layer
 # --------------------------------------------------------------------------------------------
 
-def _nested_backbone(model):
+def nested_backbone(model):
     """The nested backbone Model: layer "backbone", else the last top-level layer that is a Model."""
     import keras
 
@@ -83,7 +83,7 @@ def candidate_layers(model) -> list[str]:
 
     Top-level layers come first, then the layers inside the nested backbone in graph order.
     """
-    backbone = _nested_backbone(model)
+    backbone = nested_backbone(model)
     names = [layer.name for layer in model.layers if _is_4d(layer)]
     if backbone is not None:
         names += [layer.name for layer in backbone.layers if _is_4d(layer)]
@@ -111,7 +111,7 @@ def find_target_layer(model, layer: str | None = None) -> str:
         if layer in candidates:
             return layer
         known = {lay.name for lay in model.layers}
-        backbone = _nested_backbone(model)
+        backbone = nested_backbone(model)
         if backbone is not None:
             known |= {lay.name for lay in backbone.layers}
         why = "is not a 4-D feature map" if layer in known else "does not exist"
@@ -123,7 +123,7 @@ def find_target_layer(model, layer: str | None = None) -> str:
             f"Grad-CAM layer {layer!r} {why} in model {model.name!r}.{hint} "
             f"Candidate 4-D layers{more}: {', '.join(shown) or 'none'}"
         )
-    backbone = _nested_backbone(model)
+    backbone = nested_backbone(model)
     if backbone is not None:
         out_name = _output_layer_name(backbone)
         if out_name in candidates and _rank(backbone.outputs[0]) == 4:
@@ -131,7 +131,7 @@ def find_target_layer(model, layer: str | None = None) -> str:
         inner = [lay.name for lay in backbone.layers if _is_4d(lay)]
         if inner:
             return inner[-1]
-    top = [lay for lay in _chain(model) if lay is not backbone and _is_4d(lay)]
+    top = [lay for lay in layer_chain(model) if lay is not backbone and _is_4d(lay)]
     if top:
         return top[-1].name
     raise InputError(f"model {model.name!r} has no 4-D feature-map layer for Grad-CAM")
@@ -141,7 +141,7 @@ def find_target_layer(model, layer: str | None = None) -> str:
 # Flat forward path to the logits
 # --------------------------------------------------------------------------------------------
 
-def _chain(model) -> list:
+def layer_chain(model) -> list:
     """Top-level layers from the input to "logits" (the saved models are a linear chain)."""
     import keras
 
@@ -155,7 +155,7 @@ def _chain(model) -> list:
     return layers[: names.index(LOGITS_LAYER) + 1]
 
 
-class _GradPath:
+class GradPath:
     """Runs the model up to its logits while exposing the target feature map.
 
     Every layer object is the model's own (no copies), called in inference mode. When the target
@@ -167,8 +167,8 @@ class _GradPath:
     def __init__(self, model, layer: str):
         import keras
 
-        self.chain = _chain(model)
-        self.backbone = _nested_backbone(model)
+        self.chain = layer_chain(model)
+        self.backbone = nested_backbone(model)
         top = {lay.name: lay for lay in self.chain}
         self.top_target = None
         self.sub = None
@@ -194,8 +194,8 @@ class _GradPath:
         return fmap, x
 
 
-def _verify_chain(model, path: _GradPath, sample: np.ndarray) -> None:
-    """Refuse models that are not the linear chain ``_GradPath`` replays: their maps would be fiction.
+def verify_chain(model, path: GradPath, sample: np.ndarray) -> None:
+    """Refuse models that are not the linear chain ``GradPath`` replays: their maps would be fiction.
 
     The model's own logits come from a top-level sub-model (no nesting involved, so no
     "Graph disconnected"); the replayed chain must reproduce them on a couple of images.
@@ -220,12 +220,15 @@ def _verify_chain(model, path: _GradPath, sample: np.ndarray) -> None:
         )
 
 
-def _normalise(maps: np.ndarray) -> np.ndarray:
+def normalise(maps: np.ndarray) -> np.ndarray:
     """Scale each map to max 1; a map with no positive value becomes zeros (never 0/0 = NaN)."""
     maps = np.nan_to_num(np.maximum(np.asarray(maps, dtype=np.float32), 0.0), nan=0.0, posinf=0.0)
     peak = maps.reshape(len(maps), -1).max(axis=1) if maps.size else np.zeros(len(maps))
     scale = np.where(peak > 0, peak, 1.0).astype(np.float32)
     return np.clip(maps / scale[:, None, None], 0.0, 1.0)
+
+
+_normalise = normalise  # the old name, which tests/test_explain_checks.py reaches for
 
 
 def _gradcam_weights(grads, fmap):
@@ -264,7 +267,7 @@ _WEIGHTS = {"gradcam": _gradcam_weights, "gradcam++": _gradcam_plusplus_weights,
 
 def _spatial_size(model, name: str) -> int | None:
     """Height of the feature map of layer ``name`` (top level or inside the nested backbone)."""
-    backbone = _nested_backbone(model)
+    backbone = nested_backbone(model)
     layers = {lay.name: lay for lay in model.layers}
     if backbone is not None:
         layers.update({lay.name: lay for lay in backbone.layers})
@@ -294,7 +297,7 @@ def _iter_heatmaps(model, images: np.ndarray, class_index: np.ndarray, layer: st
     for start in range(0, len(images), batch_size):
         batch = tf.convert_to_tensor(images[start:start + batch_size], dtype=tf.float32)
         cls = tf.convert_to_tensor(class_index[start:start + batch_size], dtype=tf.int32)
-        yield _normalise(cams_of(batch, cls).numpy())
+        yield normalise(cams_of(batch, cls).numpy())
 
 
 #: model -> {(layer, variant, image shape, upsample): traced function}. The traced graph reads the
@@ -312,8 +315,8 @@ def _cams_function(model, layer: str, variant: str, images: np.ndarray, upsample
     if key in per_model:
         return per_model[key]
     weigh = _WEIGHTS[variant]
-    path = _GradPath(model, layer)
-    _verify_chain(model, path, images[:2])
+    path = GradPath(model, layer)
+    verify_chain(model, path, images[:2])
     size = images.shape[1:3]
 
     # One traced graph (batch dimension left free): ~6x faster than eager on CPU for an
@@ -342,7 +345,7 @@ def _cams_function(model, layer: str, variant: str, images: np.ndarray, upsample
     return cams_of
 
 
-def _check_inputs(model, images, class_index) -> tuple[np.ndarray, np.ndarray]:
+def check_inputs(model, images, class_index) -> tuple[np.ndarray, np.ndarray]:
     images = np.asarray(images)
     if images.ndim != 4 or images.shape[-1] != 3:
         raise InputError(f"Grad-CAM expects images of shape (n, H, W, 3); got {images.shape}")
@@ -382,7 +385,7 @@ def gradcam_heatmaps(model, images: np.ndarray, class_index: Sequence[int], laye
     """
     if variant not in _WEIGHTS:
         raise InputError(f"Grad-CAM variant {variant!r} unknown; choose one of {', '.join(_WEIGHTS)}")
-    images, class_index = _check_inputs(model, images, class_index)
+    images, class_index = check_inputs(model, images, class_index)
     layer = find_target_layer(model, layer)
     if len(images) == 0:
         return np.zeros((0, *images.shape[1:3]), dtype=np.float32)
@@ -427,7 +430,7 @@ def read_yolo_boxes(image_path: Path | str) -> list[Box]:
     return boxes
 
 
-def _as_boxes(boxes) -> list[Box]:
+def as_boxes(boxes) -> list[Box]:
     if boxes is None:
         return []
     if len(boxes) == 4 and all(np.isscalar(v) for v in boxes):
@@ -435,7 +438,7 @@ def _as_boxes(boxes) -> list[Box]:
     return [tuple(float(v) for v in b) for b in boxes]
 
 
-def _box_mask(shape: tuple[int, int], boxes: list[Box]) -> np.ndarray:
+def box_mask(shape: tuple[int, int], boxes: list[Box]) -> np.ndarray:
     """Pixels whose centre lies inside any box (edges inclusive)."""
     h, w = shape
     ys = (np.arange(h) + 0.5) / h
@@ -476,9 +479,9 @@ def heatmap_stats(heatmap: np.ndarray, boxes: Box | Sequence[Box] | None = None)
         r, c = np.unravel_index(int(np.argmax(heatmap)), heatmap.shape)
         stats["peak"] = [float((r + 0.5) / h), float((c + 0.5) / w)]
         stats["top20_area_fraction"] = float(np.mean(heatmap >= TOP_FRACTION_LEVEL * top))
-    box_list = _as_boxes(boxes)
+    box_list = as_boxes(boxes)
     if box_list:
-        mask = _box_mask((h, w), box_list)
+        mask = box_mask((h, w), box_list)
         stats["box_area_fraction"] = float(mask.mean())
         stats["peak_in_box"] = False if empty else bool(mask[r, c])
     return stats

@@ -42,7 +42,7 @@ def _distance_to_boxes(shape: tuple[int, int], boxes: list, original: tuple[int,
 
 def _score_one(heatmap: np.ndarray, boxes: list, original: tuple[int, int], tolerance: float) -> dict:
     stats = gradcam.heatmap_stats(heatmap, boxes)
-    mask = gradcam._box_mask(heatmap.shape, boxes)
+    mask = gradcam.box_mask(heatmap.shape, boxes)
     near = _distance_to_boxes(heatmap.shape, boxes, original) <= tolerance
     mass = float(heatmap.sum())
     tolerant = False
@@ -76,7 +76,7 @@ def localisation_scores(maps: np.ndarray, boxes: Sequence, original_sizes: Seque
         raise ValueError("maps, boxes and original_sizes must have the same length")
     rows = []
     for i, (heatmap, b) in enumerate(zip(maps, boxes)):
-        box_list = gradcam._as_boxes(b)
+        box_list = gradcam.as_boxes(b)
         if box_list:
             # an unreadable original size measures the tolerance in map pixels, as without sizes
             size = original_sizes[i] if original_sizes is not None else None

@@ -92,8 +92,8 @@ def feature_maps(model, images: np.ndarray, layer: str, batch_size: int) -> np.n
     """(n, h, w, c) activations of ``layer`` (top-level or inside the nested backbone)."""
     import tensorflow as tf
 
-    path = gradcam._GradPath(model, layer)
-    gradcam._verify_chain(model, path, images[:2])
+    path = gradcam.GradPath(model, layer)
+    gradcam.verify_chain(model, path, images[:2])
 
     @tf.function(input_signature=[tf.TensorSpec((None, *images.shape[1:]), tf.float32)])
     def fmap_of(batch):
@@ -110,7 +110,7 @@ def scorecam_heatmaps(model, images: np.ndarray, class_index: Sequence[int], lay
     """Score-CAM maps (see the module docstring); ``channels`` most active channels per image."""
     import tensorflow as tf
 
-    images, cls = gradcam._check_inputs(model, images, class_index)
+    images, cls = gradcam.check_inputs(model, images, class_index)
     images = images.astype(np.float32)
     if len(images) == 0:
         return np.zeros((0, *images.shape[1:3]), np.float32)
@@ -128,10 +128,10 @@ def scorecam_heatmaps(model, images: np.ndarray, class_index: Sequence[int], lay
         gain = class_probabilities(probability, images[i][None] * masks[..., None], cls[i], batch_size) - base[int(cls[i])]
         out[i] = np.maximum(np.tensordot(chosen, gain, axes=([2], [0])), 0.0)
     up = tf.image.resize(out[..., None], size, "bilinear").numpy()[..., 0]
-    return gradcam._normalise(up)
+    return gradcam.normalise(up)
 
 
-def _occlusion_masks(h: int, w: int, patch: int, stride: int) -> np.ndarray:
+def occlusion_masks(h: int, w: int, patch: int, stride: int) -> np.ndarray:
     """(p, h, w) 0/1 masks of every patch position; the last row and column reach the image edge."""
     def starts(side: int) -> list[int]:
         last = max(side - patch, 0)
@@ -145,14 +145,17 @@ def _occlusion_masks(h: int, w: int, patch: int, stride: int) -> np.ndarray:
     return masks
 
 
+_occlusion_masks = occlusion_masks  # the old name, which tests/test_explain_checks.py reaches for
+
+
 def occlusion_heatmaps(model, images: np.ndarray, class_index: Sequence[int], batch_size: int = 32,
                        patch: float = OCCLUSION_PATCH, stride: float = OCCLUSION_STRIDE) -> np.ndarray:
     """Occlusion maps (see the module docstring); ``patch`` and ``stride`` as fractions (see constants)."""
-    images, cls = gradcam._check_inputs(model, images, class_index)
+    images, cls = gradcam.check_inputs(model, images, class_index)
     images = images.astype(np.float32)
     n, h, w = images.shape[:3]
     side = max(1, int(round(min(h, w) * patch)))
-    masks = _occlusion_masks(h, w, side, max(1, int(round(side * stride))))
+    masks = occlusion_masks(h, w, side, max(1, int(round(side * stride))))
     cover = masks.sum(axis=0)
     has_logits = gradcam.LOGITS_LAYER in {lay.name for lay in model.layers}
     probability = probability_fn(model, images.shape[1:], "logit" if has_logits else "probability")
@@ -163,7 +166,7 @@ def occlusion_heatmaps(model, images: np.ndarray, class_index: Sequence[int], ba
         occluded = images[i][None] * (1.0 - masks[..., None]) + fill * masks[..., None]
         drop = full[i] - class_probabilities(probability, occluded, cls[i], batch_size)
         out[i] = np.tensordot(drop, masks, axes=(0, 0)) / cover
-    return gradcam._normalise(out)
+    return gradcam.normalise(out)
 
 
 def layercam_heatmaps(model, images: np.ndarray, class_index: Sequence[int], layer: str | None = None,
@@ -174,7 +177,7 @@ def layercam_heatmaps(model, images: np.ndarray, class_index: Sequence[int], lay
     layers = [target] + [f for f in [gradcam.finer_layer(model, target)] if f]
     maps = [gradcam.gradcam_heatmaps(model, images, class_index, layer=name, batch_size=batch_size,
                                      variant="layercam") for name in layers]
-    return gradcam._normalise(np.maximum.reduce(maps))
+    return gradcam.normalise(np.maximum.reduce(maps))
 
 
 def explainer(method: str | Explainer, layer: str | None = None, batch_size: int = 32, **options) -> Explainer:

@@ -87,8 +87,8 @@ def cascade_groups(model) -> list[tuple[str, list]]:
     EfficientNet naming); a layer without such a prefix is its own group. A model without a nested
     backbone is treated the same way on its top-level layers.
     """
-    chain = gradcam._chain(model)
-    backbone = gradcam._nested_backbone(model)
+    chain = gradcam.layer_chain(model)
+    backbone = gradcam.nested_backbone(model)
     if backbone is not None and backbone in chain:
         cut = chain.index(backbone)
         head, body = chain[cut + 1:], [lay for lay in backbone.layers]

@@ -24,7 +24,9 @@ import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from engine.data.discovery import frame_label, reader_kind, too_small_reason
+from engine.data.discovery import too_small_reason
+from engine.data.formats import reader_kind
+from engine.data.identity import frame_label
 from engine.errors import InputError
 from engine.integrity.hashing import (
     PHASH_ALGORITHM,

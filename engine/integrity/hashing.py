@@ -17,7 +17,6 @@ No TensorFlow here; PIL + numpy + imagehash only (the readers load pydicom / nib
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import json
@@ -34,6 +33,7 @@ import PIL
 from PIL import Image, ImageFile, UnidentifiedImageError
 
 from engine.atomic import write_text
+from engine.data.formats import UnreadableImage, check_pixel_limit, is_nifti_path, reader_kind, strict_decoding
 from engine.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -45,14 +45,6 @@ PHASH_ALGORITHM = "imagehash.phash"
 # Modes whose pixels survive a lossless trip through RGB(A): hashed after that conversion so an
 # L image re-saved as RGB (same grey levels) is still pixel-identical.
 _RGB_COMPATIBLE = {"1", "L", "P", "RGB", "LA", "PA", "RGBA", "RGBX"}
-
-
-class UnreadableImage(Exception):
-    """The file cannot be decoded as an image; ``reason`` is the user-facing explanation."""
-
-    def __init__(self, reason: str):
-        super().__init__(reason)
-        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -103,17 +95,6 @@ def _pixel_sha256(img: Image.Image) -> str:
     h = hashlib.sha256(f"{canon.mode}:{canon.width}x{canon.height}:".encode())
     h.update(canon.tobytes())
     return h.hexdigest()
-
-
-def check_pixel_limit(img: Image.Image) -> None:
-    """Raise ``UnreadableImage`` when ``img`` (opened, not loaded) is larger than PIL's
-    decompression-bomb limit. PIL only warns up to twice the limit, so an 88 KB PNG would decode
-    to 90 Mpixel. Checked here, not via warnings.catch_warnings: that is not thread-safe."""
-    if Image.MAX_IMAGE_PIXELS and img.width * img.height > Image.MAX_IMAGE_PIXELS:
-        raise UnreadableImage(
-            f"{img.width}x{img.height} pixels exceeds PIL's decompression-bomb limit "
-            f"({Image.MAX_IMAGE_PIXELS} pixels)"
-        )
 
 
 def file_sha256(data: bytes) -> str:
@@ -176,7 +157,7 @@ def fingerprint_frame(path: Path, frame: int, n_bytes: int, hash_size: int, *, s
     """Fingerprint DICOM frame (or NIfTI axial slice) ``frame`` of ``path``, read through
     ``engine.data.readers`` with ``windowing`` (default "auto"): the pixel hash and the perceptual
     hash are of the windowed 8-bit grey frame. Raises ``UnreadableImage`` with the reader's reason."""
-    from engine.data.discovery import is_nifti_path, read_volume_frame
+    from engine.data.discovery import read_volume_frame
 
     if not n_bytes:
         raise UnreadableImage("zero-byte file")
@@ -299,19 +280,6 @@ def fingerprint_files(
                                   windowing=windowing)
 
 
-@contextlib.contextmanager
-def strict_decoding():
-    """Truncated files must fail to decode during the audit. WeasyPrint sets PIL's global
-    LOAD_TRUNCATED_IMAGES on import, so a report rendered earlier in the same process would
-    otherwise let a broken JPEG pass as a half-grey image."""
-    before = ImageFile.LOAD_TRUNCATED_IMAGES
-    ImageFile.LOAD_TRUNCATED_IMAGES = False
-    try:
-        yield
-    finally:
-        ImageFile.LOAD_TRUNCATED_IMAGES = before
-
-
 class _FileHashes:
     """sha256 and size of each file, read once however many of its frames are fingerprinted."""
 
@@ -336,7 +304,7 @@ class _FileHashes:
 def _fingerprint_files(items: list[tuple[Path, int]], hash_size: int, *, cache, progress, workers, windowing):
     from concurrent.futures import ThreadPoolExecutor
 
-    from engine.data.discovery import reader_kind, windowing_key
+    from engine.data.discovery import windowing_key
 
     total = len(items)
     hashes = _FileHashes()

@@ -9,11 +9,11 @@ from typing import Any, Sequence
 
 from engine.report.explanations import ExplanationView, explanation_views, most_faithful
 from engine.report.figures import FigureRecord
-from engine.results import GALLERY_METHOD_NAMES
+from engine.results import GALLERY_METHOD_NAMES, number as _num
 from engine.report.subgroups import SubgroupView, subgroup_view
-from engine.report.values import (ImageRef, Metric, _anchor, _class_metric, _count, _display, _input_size,
-                                  _interval, _metric, _num, _weights_text, format_duration, macro_classes,
-                                  macro_note)
+from engine.report.values import (ImageRef, Metric, anchor_id, as_metric, backbone_display, class_metric, count_of,
+                                  format_duration, input_size_text, interval_metric, macro_classes, macro_note,
+                                  weights_text)
 
 
 @dataclass(frozen=True)
@@ -139,12 +139,12 @@ def _with_interval(point: Any, boot: Any, classes: list[str], boot_classes: Any)
     showing an interval around another number).
     """
     value = _num(point)
-    interval = _interval(boot)
+    interval = interval_metric(boot)
     if value is None or interval is None or interval.value is None:
-        return _metric(point), None
+        return as_metric(point), None
     same_classes = not isinstance(boot_classes, list) or [str(c) for c in boot_classes] == classes
     if abs(interval.value - value) > _SAME_POINT or not same_classes:
-        return _metric(point), interval.value
+        return as_metric(point), interval.value
     return Metric(value, interval.low, interval.high), None
 
 
@@ -187,19 +187,19 @@ def _per_class_rows(backbone: dict, class_names: Sequence[str]) -> list[PerClass
     for cls in class_names:
         pc = per_class.get(cls) or {}
         fpc = free_pc.get(cls)
-        recall = _class_metric(pc, "recall")
+        recall = class_metric(pc, "recall")
         interval, _ = _with_interval(recall.value, recall_ci.get(cls), [], None)
         rows.append(PerClassRow(
             cls=cls,
-            precision=_class_metric(pc, "precision"),
+            precision=class_metric(pc, "precision"),
             recall=recall,
-            f1=_class_metric(pc, "f1"),
-            support=_count(pc.get("support")),
+            f1=class_metric(pc, "f1"),
+            support=count_of(pc.get("support")),
             recall_ci=interval if recall.known else None,
-            lf_precision=_class_metric(fpc, "precision") if fpc is not None else None,
-            lf_recall=_class_metric(fpc, "recall") if fpc is not None else None,
-            lf_f1=_class_metric(fpc, "f1") if fpc is not None else None,
-            lf_support=_count(fpc.get("support")) if fpc is not None else None,
+            lf_precision=class_metric(fpc, "precision") if fpc is not None else None,
+            lf_recall=class_metric(fpc, "recall") if fpc is not None else None,
+            lf_f1=class_metric(fpc, "f1") if fpc is not None else None,
+            lf_support=count_of(fpc.get("support")) if fpc is not None else None,
         ))
     return rows
 
@@ -210,8 +210,8 @@ def _facts(backbone: dict) -> list[tuple[str, str]]:
     facts = [
         ("Architecture", str(backbone.get("architecture") or "n/a")
          + (f" (file {backbone['file']})" if backbone.get("file") else "")),
-        ("Weights", _weights_text(backbone) + (f" — {weights['note']}" if weights.get("note") else "")),
-        ("Input size", _input_size(backbone)),
+        ("Weights", weights_text(backbone) + (f" — {weights['note']}" if weights.get("note") else "")),
+        ("Input size", input_size_text(backbone)),
         ("Preprocessing", str(backbone.get("preprocessing") or "n/a")),
     ]
     if params:
@@ -229,8 +229,8 @@ def _facts(backbone: dict) -> list[tuple[str, str]]:
         facts.append((f"Stage {stage.get('name', '?')}", text))
     validation = backbone.get("validation") or {}
     if validation:
-        facts.append(("Validation", f"accuracy {_metric(validation.get('accuracy')).text}, macro-F1 "
-                                    f"{_metric(validation.get('macro_f1')).text}"))
+        facts.append(("Validation", f"accuracy {as_metric(validation.get('accuracy')).text}, macro-F1 "
+                                    f"{as_metric(validation.get('macro_f1')).text}"))
     timings = backbone.get("timings") or {}
     if timings:
         facts.append(("Time", f"training {format_duration(timings.get('train_s'))}, evaluation "
@@ -242,9 +242,9 @@ def _roc_text(test: dict, class_names: Sequence[str]) -> str | None:
     roc = test.get("roc_auc") or {}
     if not roc:
         return None
-    parts = [f"macro {_metric(roc.get('macro')).text}"]
+    parts = [f"macro {as_metric(roc.get('macro')).text}"]
     per_class = roc.get("per_class") or {}
-    parts += [f"{c} {_metric(per_class.get(c)).text}" for c in class_names if c in per_class]
+    parts += [f"{c} {as_metric(per_class.get(c)).text}" for c in class_names if c in per_class]
     return "One-vs-rest ROC-AUC: " + ", ".join(parts) + "."
 
 
@@ -252,7 +252,8 @@ def _calibration_view(backbone: dict) -> CalibrationView | None:
     cal = backbone.get("calibration")
     if not isinstance(cal, dict):
         return None
-    before, after, t = _metric(cal.get("ece_before")), _metric(cal.get("ece_after")), _metric(cal.get("temperature"), 2)
+    before, after = as_metric(cal.get("ece_before")), as_metric(cal.get("ece_after"))
+    t = as_metric(cal.get("temperature"), 2)
     if cal.get("not_fitted"):
         sentence = (f"Expected calibration error ({cal.get('n_bins', 'n/a')} bins) on the test split: {before.text}. "
                     f"Temperature scaling was not fitted: {cal['not_fitted']}.")
@@ -273,11 +274,11 @@ def _gradcam_gallery(backbone: dict) -> GradcamGallery | None:
     method = GALLERY_METHOD_NAMES.get(block.get("method") or "gradcam", str(block.get("method")))
     if block.get("error"):
         return GradcamGallery("n/a", None, None, None, [], error=str(block["error"]), method=method)
-    name = _display(backbone)
+    name = backbone_display(backbone)
     items = []
     for item in block.get("items") or []:
         true, pred = item.get("true_class", "?"), item.get("predicted_class", "?")
-        prob = _metric(item.get("probability"), 2)
+        prob = as_metric(item.get("probability"), 2)
         correct = bool(item.get("correct", true == pred))
         verdict = "correct" if correct else "misclassified"
         facts = []
@@ -312,7 +313,7 @@ def _gradcam_gallery(backbone: dict) -> GradcamGallery | None:
     pg = block.get("pointing_game") or {}
     pointing, rate = None, None
     if pg.get("total"):
-        rate = _metric(pg.get("rate"), 2)
+        rate = as_metric(pg.get("rate"), 2)
         pointing = (f"Pointing game: the heatmap peak fell inside the tumour box on {pg.get('hits')} of "
                     f"{pg.get('total')} tumour images (hit rate {rate.text}"
                     + (f"; a random peak would hit {_num(pg['chance_rate']):.2f}" if _num(pg.get("chance_rate")) is not None else "")
@@ -322,12 +323,12 @@ def _gradcam_gallery(backbone: dict) -> GradcamGallery | None:
     vg = block.get("pointing_game_validation") or {}
     if pointing and vg.get("total"):
         pointing += (f" On the validation split's boxed images: {vg.get('hits')} of {vg.get('total')} "
-                     f"(hit rate {_metric(vg.get('rate'), 2).text}).")
+                     f"(hit rate {as_metric(vg.get('rate'), 2).text}).")
     return GradcamGallery(str(block.get("layer") or "n/a"), block.get("images_per_class"), pointing, rate, items,
                           method=method)
 
 
-def _section(backbone: dict, class_names: Sequence[str]) -> BackboneSection:
+def backbone_section(backbone: dict, class_names: Sequence[str]) -> BackboneSection:
     test = backbone.get("test") or {}
     free = backbone.get("leakage_free")
     u_test, u_free = _uncertainty_blocks(backbone)
@@ -339,21 +340,21 @@ def _section(backbone: dict, class_names: Sequence[str]) -> BackboneSection:
                 + (f" over {n:,} resamples" if isinstance(n, int) else "") + " of the test images.")
         for block, where in ((u_test, "the test split"), (u_free, "the leakage-free subset")):
             macro = (block or {}).get("macro_f1") or {}
-            kept, total = _count(macro.get("n_resamples_defined")), _count((block or {}).get("n_resamples"))
+            kept, total = count_of(macro.get("n_resamples_defined")), count_of((block or {}).get("n_resamples"))
             if kept is not None and total and kept < total:
                 note += (f" The macro-F1 interval on {where} rests on {kept:,} of {total:,} resamples: the others "
                          "drew no image of one of its classes, where macro-F1 over those classes is undefined.")
     headline, dropped = _headline_rows(backbone, class_names)
     return BackboneSection(
         name=backbone["name"],
-        display_name=_display(backbone),
-        anchor=_anchor(backbone["name"]),
+        display_name=backbone_display(backbone),
+        anchor=anchor_id(backbone["name"]),
         facts=_facts(backbone),
         headline=headline,
         per_class=_per_class_rows(backbone, class_names),
         has_leakage_free=bool(free),
-        n_test=_count(test.get("n_images")),
-        n_leakage_free=_count(free.get("n_images")) if free else None,
+        n_test=count_of(test.get("n_images")),
+        n_leakage_free=count_of(free.get("n_images")) if free else None,
         roc_auc=_roc_text(test, class_names),
         calibration=_calibration_view(backbone),
         gradcam=_gradcam_gallery(backbone),

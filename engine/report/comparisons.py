@@ -6,7 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from engine.evaluation.compare import format_p
-from engine.report.values import _count, _num
+from engine.report.values import count_of
+from engine.results import number as _num
 
 
 @dataclass(frozen=True)
@@ -20,13 +21,13 @@ class ComparisonRow:
     sentence: str
 
 
-def _comparisons(results: dict, display: dict[str, str]) -> list[ComparisonRow]:
+def comparison_rows(results: dict, display: dict[str, str]) -> list[ComparisonRow]:
     rows = []
     for c in results.get("comparisons") or []:
         p, holm = _num(c.get("p_value")), _num(c.get("p_value_holm"))
         rows.append(ComparisonRow(
             a=display.get(c.get("a"), str(c.get("a"))), b=display.get(c.get("b"), str(c.get("b"))),
-            n10=_count(c.get("n10")), n01=_count(c.get("n01")),
+            n10=count_of(c.get("n10")), n01=count_of(c.get("n01")),
             p_value=format_p(p, prefix=False),
             p_value_holm=format_p(holm, prefix=False) if holm is not None else None,
             sentence=str(c.get("sentence") or ""),

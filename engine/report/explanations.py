@@ -8,9 +8,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from engine.report.values import _display, _num
+from engine.report.values import backbone_display
 
-from engine.results import METHOD_LABELS
+from engine.results import METHOD_LABELS, number as _num
 
 
 @dataclass(frozen=True)
@@ -161,7 +161,7 @@ def near_chance_sentence(backbone: dict) -> str | None:
     block, game = blocks[0], _game(blocks[0])
     if (game.get("beats_chance") or {}).get("rate") is not False:
         return None
-    name, who = label(block["method"]), _display(backbone)
+    name, who = label(block["method"]), backbone_display(backbone)
     head = (f"{who}: the {name} maps point at the tumour no better than chance (hit rate {_f(game.get('rate'))}, "
             f"chance {_f(game.get('chance_rate'))}). ")
     rand_ok = (block.get("randomisation") or {}).get("passed") is True

@@ -10,7 +10,8 @@ from typing import Any, Sequence
 # One threshold for the audit's own warning and the report's: both say "more than 5 %".
 from engine.integrity.audit import LEAKAGE_WARN_FRACTION
 from engine.nightly.history import leakage_counts
-from engine.report.values import ImageRef, _count, _listed, _num, _percent, _unreadable_text
+from engine.report.values import ImageRef, count_of, listed_items, percent_text, unreadable_text
+from engine.results import number as _num
 
 
 
@@ -82,7 +83,7 @@ def leakage_warning(leaked: int | None, n_test: int | None) -> str | None:
     fraction = leaked / n_test
     if fraction <= LEAKAGE_WARN_FRACTION:
         return None
-    return (f"Warning: {leaked} of {n_test} test images ({_percent(fraction)}) are copies or near-copies of "
+    return (f"Warning: {leaked} of {n_test} test images ({percent_text(fraction)}) are copies or near-copies of "
             f"training images. Test metrics on this split partly measure memory, not generalisation; read the "
             f"leakage-free figures beside them.")
 
@@ -101,7 +102,7 @@ def _duplicate_pair(pair: dict) -> DuplicatePair:
         how = "near duplicate"
     train_path, test_path = str(pair.get("train", "?")), str(pair.get("test", "?"))
     return DuplicatePair(
-        distance=_count(distance),
+        distance=count_of(distance),
         train=ImageRef(files["train"], f"Training image {train_path}, the twin of test image {test_path} "
                                        f"({how}).", "training") if files.get("train") else None,
         test=ImageRef(files["test"], f"Test image {test_path}, a copy of training image {train_path} "
@@ -120,12 +121,12 @@ def _patient_rows(integrity: dict) -> list[tuple[str, str]]:
     patients = integrity.get("patients")
     if not isinstance(patients, dict) or not patients:
         return []
-    rows = [(f"Patients in {split}", str(_count(n))) for split, n in patients.items()]
+    rows = [(f"Patients in {split}", str(count_of(n))) for split, n in patients.items()]
     rows.append(("Patients with images in more than one split (test images of training patients are "
-                 "left out of the leakage-free subset)", str(_count(integrity.get("cross_split_patients")))))
+                 "left out of the leakage-free subset)", str(count_of(integrity.get("cross_split_patients")))))
     if integrity.get("cross_split_same_patient_pairs") is not None:
         rows.append(("Near pairs across splits that are slices of one patient (counted as patient leakage, "
-                     "not as near duplicates)", str(_count(integrity.get("cross_split_same_patient_pairs")))))
+                     "not as near duplicates)", str(count_of(integrity.get("cross_split_same_patient_pairs")))))
     ids = [str(i) for i in integrity.get("cross_split_patient_ids") or []]
     if ids:
         more = len(ids) - PATIENT_IDS_SHOWN
@@ -139,7 +140,7 @@ def patient_leakage_sentence(integrity: dict) -> str | None:
     keeps out of the leakage-free figures; None without patient ids (plain images)."""
     if not isinstance(integrity.get("patients"), dict) or not integrity["patients"]:
         return None
-    n = _count(integrity.get("cross_split_patients"))
+    n = count_of(integrity.get("cross_split_patients"))
     if n is None:
         return None
     if n == 0:
@@ -150,12 +151,12 @@ def patient_leakage_sentence(integrity: dict) -> str | None:
             f"{'is' if m == 1 else 'are'} left out of the leakage-free figures.")
 
 
-def _integrity_view(results: dict, class_names: Sequence[str]) -> IntegrityView | None:
+def integrity_view(results: dict, class_names: Sequence[str]) -> IntegrityView | None:
     integrity = results.get("integrity")
     if not isinstance(integrity, dict):
         return None
     counts = leakage_counts(results)
-    leaked, n_test = counts if counts else (_count(integrity.get("cross_split_near")), None)
+    leaked, n_test = counts if counts else (count_of(integrity.get("cross_split_near")), None)
     fraction = leaked / n_test if leaked is not None and n_test else None
     rows = [
         ("Test images byte- or pixel-identical to a training image", integrity.get("cross_split_exact")),
@@ -184,20 +185,20 @@ def _integrity_view(results: dict, class_names: Sequence[str]) -> IntegrityView 
     shown = []
     for label, value in rows:
         if label.startswith("Share"):
-            shown.append((label, _percent(fraction) if fraction is not None else "n/a"))
+            shown.append((label, percent_text(fraction) if fraction is not None else "n/a"))
         elif value is not None:
-            shown.append((label, str(_count(value))))
+            shown.append((label, str(count_of(value))))
     shown += _patient_rows(integrity)
     test_counts = ((results.get("data") or {}).get("counts") or {}).get("test") or {}
     lf_counts = integrity.get("leakage_free_test_counts") or {}
-    lf_rows = [(c, _count(test_counts.get(c)), _count(lf_counts.get(c))) for c in class_names] if lf_counts else []
-    conflicts, conflicts_more = _listed(integrity.get("label_conflicts"), _conflict_text)
-    unreadable, unreadable_more = _listed(integrity.get("unreadable"), _unreadable_text)
+    lf_rows = [(c, count_of(test_counts.get(c)), count_of(lf_counts.get(c))) for c in class_names] if lf_counts else []
+    conflicts, conflicts_more = listed_items(integrity.get("label_conflicts"), _conflict_text)
+    unreadable, unreadable_more = listed_items(integrity.get("unreadable"), unreadable_text)
     pairs = [_duplicate_pair(pair) for pair in integrity.get("example_pairs") or []]
     return IntegrityView(shown, leaked, n_test, fraction, leakage_warning(leaked, n_test), lf_rows,
                          conflicts, conflicts_more, unreadable, unreadable_more, pairs,
                          _shift_view(integrity.get("shift"), class_names), patient_leakage_sentence(integrity),
-                         _count(integrity.get("cross_split_patients")) if integrity.get("patients") else None)
+                         count_of(integrity.get("cross_split_patients")) if integrity.get("patients") else None)
 
 
 #: Domain AUC from which the report calls a class's leakage-free test images clearly unlike its
@@ -209,7 +210,7 @@ def _shift_view(block: Any, class_names: Sequence[str]) -> ShiftView | None:
     if not isinstance(block, dict) or not isinstance(block.get("per_class"), dict):
         return None
     per_class = block["per_class"]
-    min_images = _count(block.get("min_images"))
+    min_images = count_of(block.get("min_images"))
     too_few = f"n/a (fewer than {min_images} images)" if min_images else "n/a"
     rows, measured, controls = [], [], []
     for cls in class_names:
@@ -217,9 +218,9 @@ def _shift_view(block: Any, class_names: Sequence[str]) -> ShiftView | None:
         if not isinstance(entry, dict):
             continue
         auc, control = _num(entry.get("auc")), _num(entry.get("control_auc"))
-        n_test = _count(entry.get("n_test"))
+        n_test = count_of(entry.get("n_test"))
         rows.append(ShiftRow(cls, n_test, f"{auc:.2f}" if auc is not None else too_few,
-                             _count(entry.get("n_validation")), f"{control:.2f}" if control is not None else too_few))
+                             count_of(entry.get("n_validation")), f"{control:.2f}" if control is not None else too_few))
         if auc is not None:
             measured.append((cls, auc, n_test))
         if control is not None:

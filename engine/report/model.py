@@ -18,16 +18,16 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from engine.report.backbone import BackboneSection, _section
-from engine.report.comparisons import ComparisonRow, _comparisons
-from engine.report.ethics import EthicsView, _ethics_view
-from engine.report.external import ExternalView, _external
-from engine.report.integrity import IntegrityView, _integrity_view
-from engine.report.nightly import GatesView, TrendView, _gates, _trend
-from engine.report.provenance import Provenance, _provenance
+from engine.report.backbone import BackboneSection, backbone_section
+from engine.report.comparisons import ComparisonRow, comparison_rows
+from engine.report.ethics import EthicsView, ethics_view
+from engine.report.external import ExternalView, external_views
+from engine.report.integrity import IntegrityView, integrity_view
+from engine.report.nightly import GatesView, TrendView, gates_view, trend_view
+from engine.report.provenance import Provenance, provenance_view
 from engine.report.explanations import near_chance_sentence
-from engine.report.summary import SummaryRow, _run_status_warning, _summary_row, best_label, best_sentence
-from engine.report.values import _display
+from engine.report.summary import SummaryRow, best_label, best_sentence, run_status_warning, summary_row
+from engine.report.values import backbone_display
 
 
 @dataclass
@@ -64,7 +64,7 @@ def _warnings(results: dict, summary: list[SummaryRow], failed: list[SummaryRow]
               integrity: IntegrityView | None, gates: GatesView | None) -> list[str]:
     """What the reader must see before any number: an unfinished run, data problems, leakage,
     failed backbones, failed gates (in that order)."""
-    warnings = [w for w in [_run_status_warning(results.get("run") or {})] if w]
+    warnings = [w for w in [run_status_warning(results.get("run") or {})] if w]
     for text in (results.get("data") or {}).get("warnings") or []:
         text = str(text).strip()
         if text:
@@ -98,14 +98,14 @@ def build_report(results: dict, *, manifest_text: str | None = None, now: dateti
     class_names = list((results.get("data") or {}).get("class_names") or [])
     backbones = results["backbones"]
     by_name = {b["name"]: b for b in backbones}
-    display = {b["name"]: _display(b) for b in backbones}
+    display = {b["name"]: backbone_display(b) for b in backbones}
     best = results.get("best_backbone") or {}
     best_name = best.get("name") if best.get("name") in by_name else None
     label = best_label(best.get("selected_by"))
-    rows = [_summary_row(b, class_names, best_name, label, by_name) for b in backbones]
+    rows = [summary_row(b, class_names, best_name, label, by_name) for b in backbones]
     failed = [r for r in rows if r.status != "ok"]
-    integrity = _integrity_view(results, class_names)
-    gates = _gates(results, display)
+    integrity = integrity_view(results, class_names)
+    gates = gates_view(results, display)
     name = experiment.get("name") or "unnamed experiment"
     return Report(
         title=title or f"Audit report: {name}",
@@ -122,13 +122,13 @@ def build_report(results: dict, *, manifest_text: str | None = None, now: dateti
         warnings=_warnings(results, rows, failed, integrity, gates),
         summary=rows,
         failed=failed,
-        backbones=[_section(b, class_names) for b in backbones if b.get("status") == "ok"],
+        backbones=[backbone_section(b, class_names) for b in backbones if b.get("status") == "ok"],
         integrity=integrity,
-        comparisons=_comparisons(results, display),
+        comparisons=comparison_rows(results, display),
         gates=gates,
-        trend=_trend(results, display),
-        external=_external(results, display, class_names),
-        ethics=_ethics_view(backbones, class_names),
-        provenance=_provenance(results, manifest_text, class_names),
+        trend=trend_view(results, display),
+        external=external_views(results, display, class_names),
+        ethics=ethics_view(backbones, class_names),
+        provenance=provenance_view(results, manifest_text, class_names),
         explanation_notes=[s for s in (near_chance_sentence(b) for b in backbones if b.get("status") == "ok") if s],
     )

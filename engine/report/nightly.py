@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from engine.report.figures import FigureRecord
-from engine.report.values import Metric, _metric, _num
+from engine.report.values import Metric, as_metric
+from engine.results import number as _num
 
 
 @dataclass(frozen=True)
@@ -49,15 +50,15 @@ class TrendView:
 _COUNT_GATES = ("max_patient_leakage",)
 
 
-def _gates(results: dict, display: dict[str, str]) -> GatesView | None:
+def gates_view(results: dict, display: dict[str, str]) -> GatesView | None:
     block = results.get("gates")
     if block is None:
         return None
     gates = block.get("gates", [])  # the schema's one shape: {"summary": ..., "gates": [...]}
     rows = [GateRow(
         name=str(g.get("name")), backbone=display.get(g.get("backbone"), g.get("backbone") or "whole run"),
-        status=str(g.get("status")), value=_metric(g.get("value"), 0 if g.get("name") in _COUNT_GATES else 3).text,
-        threshold=_metric(g.get("threshold"), 0 if g.get("name") in _COUNT_GATES else 3).text,
+        status=str(g.get("status")), value=as_metric(g.get("value"), 0 if g.get("name") in _COUNT_GATES else 3).text,
+        threshold=as_metric(g.get("threshold"), 0 if g.get("name") in _COUNT_GATES else 3).text,
         message=str(g.get("message") or ""),
     ) for g in gates]
     if not rows:
@@ -72,7 +73,7 @@ _TREND_METRICS = (("accuracy", "accuracy"), ("macro_f1", "macro-F1"),
                   ("leakage_free_accuracy", "leakage-free accuracy"), ("leakage_free_macro_f1", "leakage-free macro-F1"))
 
 
-def _trend(results: dict, display: dict[str, str]) -> TrendView | None:
+def trend_view(results: dict, display: dict[str, str]) -> TrendView | None:
     """Accepts engine.nightly.history.trend()'s block (``runs`` + ``backbones``) and the flat
     ``deltas``/``series`` form."""
     block = results.get("trend")
@@ -107,4 +108,4 @@ def _delta(backbone: str, label: str, previous: Any, current: Any, delta: Any) -
     d = _num(delta)
     if d is None and _num(previous) is not None and _num(current) is not None:
         d = _num(current) - _num(previous)
-    return TrendDelta(backbone, label, _metric(previous), _metric(current), "n/a" if d is None else f"{d:+.3f}")
+    return TrendDelta(backbone, label, as_metric(previous), as_metric(current), "n/a" if d is None else f"{d:+.3f}")

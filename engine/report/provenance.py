@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from engine.report.values import _count, _display, _listed, _metric, _unreadable_text, format_duration
+from engine.report.values import as_metric, backbone_display, count_of, format_duration, listed_items, unreadable_text
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,7 @@ def _image_counts(data: dict, class_names: Sequence[str]
     splits = [s for s in _SPLIT_ORDER if s in counts] + [s for s in counts if s not in _SPLIT_ORDER]
     count_rows = []
     for split in splits:
-        per = [_count((counts.get(split) or {}).get(c)) or 0 for c in class_names]
+        per = [count_of((counts.get(split) or {}).get(c)) or 0 for c in class_names]
         count_rows.append((split, per, sum(per)))
     totals = [sum(row[1][i] for row in count_rows) for i in range(len(class_names))]
     return splits, count_rows, totals
@@ -85,7 +85,7 @@ def _data_rows(data: dict) -> list[tuple[str, str]]:
     rows = [
         ("Data root", str(data.get("root", "n/a"))),
         ("Layout", str(data.get("layout", "n/a"))),
-        ("Validation fraction", _metric(data.get("validation_fraction"), 2).text),
+        ("Validation fraction", as_metric(data.get("validation_fraction"), 2).text),
     ]
     if data.get("fingerprint"):
         rows.append(("Dataset fingerprint (SHA-256)", str(data["fingerprint"])))
@@ -99,17 +99,17 @@ def _timing_rows(results: dict) -> list[tuple[str, str]]:
     for b in results.get("backbones") or []:
         t = b.get("timings") or {}
         if t:
-            rows.append((_display(b), f"training {format_duration(t.get('train_s'))}, evaluation "
+            rows.append((backbone_display(b), f"training {format_duration(t.get('train_s'))}, evaluation "
                                       f"{format_duration(t.get('evaluate_s'))}"))
     return rows
 
 
-def _provenance(results: dict, manifest_text: str | None, class_names: Sequence[str]) -> Provenance:
+def provenance_view(results: dict, manifest_text: str | None, class_names: Sequence[str]) -> Provenance:
     experiment = results.get("experiment") or {}
     env = results.get("environment") or {}
     data = results.get("data") or {}
     splits, count_rows, totals = _image_counts(data, class_names)
-    skipped, skipped_more = _listed(data.get("skipped"), _unreadable_text)
+    skipped, skipped_more = listed_items(data.get("skipped"), unreadable_text)
     return Provenance(
         manifest_file=str(experiment.get("manifest_file") or "manifest.toml"),
         manifest_text=manifest_text,

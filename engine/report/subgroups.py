@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from engine.report.figures import FigureRecord
-from engine.report.values import Metric, _count, _num
+from engine.report.values import Metric, count_of
+from engine.results import number as _num
 
 #: How the report names an attribute of ``[subgroups] by``.
 ATTRIBUTE_LABELS = {"site": "Site", "scanner": "Scanner", "sex": "Sex", "age_band": "Age band"}
@@ -62,7 +63,7 @@ def _row(entry: dict, recall_classes: list[str]) -> SubgroupRow:
     recall, recall_ci = entry.get("recall") or {}, ci.get("recall") or {}
     recalls = [_with_ci(recall.get(c), recall_ci.get(c)) for c in recall_classes]
     recalls = [r if r.known else Metric(None, missing="no images") for r in recalls]
-    return SubgroupRow(str(entry.get("group", "?")), _count(entry.get("n")),
+    return SubgroupRow(str(entry.get("group", "?")), count_of(entry.get("n")),
                        _with_ci(entry.get("accuracy"), ci.get("accuracy")),
                        _with_ci(entry.get("macro_f1"), ci.get("macro_f1")), recalls,
                        [str(g) for g in entry.get("pooled") or []])
@@ -116,7 +117,7 @@ def subgroup_view(backbone: dict) -> SubgroupView | None:
         return None
     gap = gap if isinstance(gap, dict) else {}
     confidence = _num(gap.get("confidence")) or 0.95
-    min_n = _count(gap.get("min_n"))
+    min_n = count_of(gap.get("min_n"))
     recall_classes: list[str] = []
     for entries in groups.values():
         for entry in entries or []:

@@ -7,8 +7,9 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from engine.report.explanations import summary_cell
-from engine.report.values import (Metric, _class_metric, _display, _input_size, _metric, _num, _weights_text,
-                                  format_duration, macro_note)
+from engine.report.values import (Metric, as_metric, backbone_display, class_metric, format_duration, input_size_text,
+                                  macro_note, weights_text)
+from engine.results import number as _num
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,7 @@ class SummaryRow:
     explanation: str | None = None
 
 
-def _run_status_warning(run: dict) -> str | None:
+def run_status_warning(run: dict) -> str | None:
     """First thing a reader sees when the run did not reach its end."""
     status, error = run.get("status"), run.get("error")
     because = f" ({error})" if error else ""
@@ -66,7 +67,7 @@ def best_label(selected_by: str | None) -> str:
     return f"best ({basis})"
 
 
-def _summary_row(backbone: dict, class_names: Sequence[str], best_name: str | None, label: str,
+def summary_row(backbone: dict, class_names: Sequence[str], best_name: str | None, label: str,
                  by_name: dict[str, dict]) -> SummaryRow:
     ok = backbone.get("status") == "ok"
     test = (backbone.get("test") or {}) if ok else {}
@@ -79,23 +80,24 @@ def _summary_row(backbone: dict, class_names: Sequence[str], best_name: str | No
         if mine is not None and theirs is not None:
             diff = mine - theirs
             word = "gain" if diff > 0 else "loss" if diff < 0 else "no change"
-            baseline_note = (f"{word} of {abs(diff):.3f} test macro-F1 against the frozen baseline {_display(parent)}"
-                             if diff else f"same test macro-F1 as the frozen baseline {_display(parent)}")
+            parent_name = backbone_display(parent)
+            baseline_note = (f"{word} of {abs(diff):.3f} test macro-F1 against the frozen baseline {parent_name}"
+                             if diff else f"same test macro-F1 as the frozen baseline {parent_name}")
     return SummaryRow(
         name=backbone["name"],
-        display_name=_display(backbone),
+        display_name=backbone_display(backbone),
         status=backbone.get("status") or "unknown",
         error=backbone.get("error"),
         best=backbone["name"] == best_name,
         best_label=label,
-        validation_macro_f1=_metric((backbone.get("validation") or {}).get("macro_f1")),
-        accuracy=_metric(test.get("accuracy")),
-        accuracy_lf=_metric(free.get("accuracy")) if free else None,
-        macro_f1=_metric(test.get("macro_f1")),
-        macro_f1_lf=_metric(free.get("macro_f1")) if free else None,
-        per_class_f1=[_class_metric(per_class.get(c), "f1") for c in class_names],
-        weights=_weights_text(backbone),
-        input_size=_input_size(backbone),
+        validation_macro_f1=as_metric((backbone.get("validation") or {}).get("macro_f1")),
+        accuracy=as_metric(test.get("accuracy")),
+        accuracy_lf=as_metric(free.get("accuracy")) if free else None,
+        macro_f1=as_metric(test.get("macro_f1")),
+        macro_f1_lf=as_metric(free.get("macro_f1")) if free else None,
+        per_class_f1=[class_metric(per_class.get(c), "f1") for c in class_names],
+        weights=weights_text(backbone),
+        input_size=input_size_text(backbone),
         training_time=format_duration(_training_seconds(backbone)) if ok else "n/a",
         baseline_note=baseline_note,
         macro_note=macro_note(test, class_names, "the test split") if ok else None,

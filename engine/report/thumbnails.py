@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 THUMBNAIL_DIR = "integrity"
 
 
-#: How the audit names a frame of a multi-image file: ``a/b.nii.gz [slice 12]`` (discovery.frame_label).
+#: How the audit names a frame of a multi-image file: ``a/b.nii.gz [slice 12]`` (identity.frame_label).
 _FRAME = re.compile(r"^(?P<path>.+) \[(?:slice|frame) (?P<frame>\d+)\]$")
 
 
@@ -42,7 +42,8 @@ def _source(name: str, root: Path, sources: Mapping[str, tuple] | None) -> tuple
 
 def _thumbnail_png(path: Path, frame: int, size: int, windowing=None) -> bytes:
     """A thumbnail of one image, read as training reads it: DICOM and NIfTI through the readers."""
-    from engine.data.discovery import read_volume_frame, reader_kind
+    from engine.data.discovery import read_volume_frame
+    from engine.data.formats import reader_kind
 
     if reader_kind(path):
         image = Image.fromarray(read_volume_frame(path, frame, windowing), mode="L").convert("RGB")

@@ -51,11 +51,11 @@ class ImageRef:
     label: str = ""
 
 
-def _metric(value: Any, digits: int = 3) -> Metric:
+def as_metric(value: Any, digits: int = 3) -> Metric:
     return Metric(_num(value), digits=digits)
 
 
-def _interval(block: dict | None, digits: int = 3) -> Metric | None:
+def interval_metric(block: dict | None, digits: int = 3) -> Metric | None:
     """``{"value","low","high"}`` or engine.evaluation.uncertainty's ``{"value","ci_low","ci_high"}``."""
     if not isinstance(block, dict):
         return None
@@ -70,19 +70,19 @@ NO_IMAGES = "no test images"
 NEVER_PREDICTED = "never predicted"
 
 
-def _class_metric(entry: Any, key: str, digits: int = 3, no_images: str = NO_IMAGES) -> Metric:
+def class_metric(entry: Any, key: str, digits: int = 3, no_images: str = NO_IMAGES) -> Metric:
     """A per-class metric of engine.evaluation.metrics' ``per_class`` entry, saying why it is undefined.
 
     Support 0 means no image of the class: its recall and F1 are undefined, also in results.json
     written before they were null (which stored 0.0 for them).
     """
     if not isinstance(entry, dict):
-        return _metric(None, digits)
-    if key in ("recall", "f1") and _count(entry.get("support")) == 0:
+        return as_metric(None, digits)
+    if key in ("recall", "f1") and count_of(entry.get("support")) == 0:
         return Metric(None, digits=digits, missing=no_images)
     if key == "precision" and key in entry and _num(entry[key]) is None:
         return Metric(None, digits=digits, missing=NEVER_PREDICTED)
-    return _metric(entry.get(key), digits)
+    return as_metric(entry.get(key), digits)
 
 
 def macro_classes(block: Any, class_names: Sequence[str]) -> list[str]:
@@ -94,7 +94,7 @@ def macro_classes(block: Any, class_names: Sequence[str]) -> list[str]:
     if isinstance(stored, list):
         return [str(c) for c in stored]
     per_class = block.get("per_class") or {}
-    return [c for c in class_names if _count((per_class.get(c) or {}).get("support")) != 0]
+    return [c for c in class_names if count_of((per_class.get(c) or {}).get("support")) != 0]
 
 
 def macro_note(block: Any, class_names: Sequence[str], where: str = "this subset") -> str | None:
@@ -120,7 +120,7 @@ def format_duration(seconds: Any) -> str:
     return f"{hours} h {minutes:02d} min"
 
 
-def _count(value: Any) -> int | None:
+def count_of(value: Any) -> int | None:
     """Integrity counts arrive as numbers or as the list of offending items."""
     if value is None:
         return None
@@ -130,19 +130,19 @@ def _count(value: Any) -> int | None:
     return None if number is None else int(number)
 
 
-def _percent(fraction: float | None) -> str:
+def percent_text(fraction: float | None) -> str:
     return "n/a" if fraction is None else f"{fraction * 100:.1f} %"
 
 
-def _display(backbone: dict) -> str:
+def backbone_display(backbone: dict) -> str:
     return backbone.get("display_name") or backbone.get("name") or "unnamed backbone"
 
 
-def _anchor(name: str) -> str:
+def anchor_id(name: str) -> str:
     return "bb-" + "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in name)
 
 
-def _weights_text(backbone: dict) -> str:
+def weights_text(backbone: dict) -> str:
     weights = backbone.get("weights") or {}
     used = weights.get("used")
     requested = weights.get("requested")
@@ -159,7 +159,7 @@ def _weights_text(backbone: dict) -> str:
     return text
 
 
-def _input_size(backbone: dict) -> str:
+def input_size_text(backbone: dict) -> str:
     size = backbone.get("input_size")
     if isinstance(size, (list, tuple)) and len(size) == 2:
         return f"{size[0]}×{size[1]}"
@@ -168,13 +168,13 @@ def _input_size(backbone: dict) -> str:
     return "n/a"
 
 
-def _listed(items: Any, render) -> tuple[list[str], int]:
+def listed_items(items: Any, render) -> tuple[list[str], int]:
     """The first MAX_LISTED items rendered, and how many more there are."""
     items = list(items) if isinstance(items, (list, tuple)) else []
     return [render(x) for x in items[:MAX_LISTED]], max(0, len(items) - MAX_LISTED)
 
 
-def _unreadable_text(entry: Any) -> str:
+def unreadable_text(entry: Any) -> str:
     """'path: reason' of a file the integrity audit or data discovery could not use."""
     if isinstance(entry, dict):
         return f"{entry.get('path', '?')}: {entry.get('reason', 'unreadable')}"

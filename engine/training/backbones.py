@@ -111,14 +111,14 @@ def _register():
 
 
 @functools.lru_cache(maxsize=1)
-def _preprocess_class():
+def preprocess_class():
     """The Preprocess layer class, defined (and registered with Keras) once, on first use: defining
     it at import would import Keras with this module."""
     return _register()
 
 
 def preprocess_layer(mode: str, name: str = "preprocess"):
-    return _preprocess_class()(mode=mode, name=name)
+    return preprocess_class()(mode=mode, name=name)
 
 
 def load_saved_model(path):
@@ -126,7 +126,7 @@ def load_saved_model(path):
     import keras
 
     return keras.saving.load_model(path, compile=False,
-                                   custom_objects={"auditrun>Preprocess": _preprocess_class()})
+                                   custom_objects={"auditrun>Preprocess": preprocess_class()})
 
 
 @dataclass

@@ -97,11 +97,11 @@ class _KerasRunner(_Runner):
     def __init__(self, path: Path):
         import keras
 
-        from engine.training.backbones import _preprocess_class
+        from engine.training.backbones import preprocess_class
 
         # A model auditrun trained carries its Preprocess layer; any other .keras file loads as it is.
         self.keras_model = keras.saving.load_model(path, compile=False,
-                                                   custom_objects={"auditrun>Preprocess": _preprocess_class()})
+                                                   custom_objects={"auditrun>Preprocess": preprocess_class()})
         self.input_shape = tuple(self.keras_model.inputs[0].shape)
 
     def run(self, batch):

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.data.formats import file_kind
 from engine.data.readers.common import WINDOW_MODES, FrameRef, ImageMeta, SliceSelection, Windowing
 from engine.errors import InputError
 
@@ -40,24 +41,6 @@ FORMAT_KINDS = {"dicom": "engine.data.readers.dicom", "nifti": "engine.data.read
 
 def _reader(kind: str):
     return import_module(FORMAT_KINDS[kind])
-
-
-def file_kind(path: Path) -> str | None:
-    """"dicom", "nifti" or "plain" by the file's name; a name without a known suffix (DICOM exports
-    are often called ``IM0001`` or by a UID) is DICOM when the file starts like one; else None."""
-    from engine.data.readers.dicom import DICOM_SUFFIXES, is_dicom_file
-    from engine.data.readers.nifti import is_nifti_name
-    from engine.data.readers.plain import PLAIN_SUFFIXES
-
-    path = Path(path)
-    if is_nifti_name(path):
-        return "nifti"
-    suffix = path.suffix.lower()
-    if suffix in DICOM_SUFFIXES:
-        return "dicom"
-    if suffix in PLAIN_SUFFIXES:
-        return "plain"
-    return "dicom" if path.is_file() and is_dicom_file(path) else None
 
 
 def _kind_or_fail(path: Path) -> str:

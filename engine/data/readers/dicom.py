@@ -24,7 +24,6 @@ from engine.data.readers.common import (ImageMeta, Windowing, as_float, one_line
                                         scale_to_uint8)
 from engine.errors import InputError
 
-DICOM_SUFFIXES = frozenset({".dcm", ".dicom"})
 _MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
 _COLOUR = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT")
 _FUNCTIONAL_GROUPS = ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence")
@@ -37,16 +36,6 @@ _META_KEYWORDS = ("SpecificCharacterSet", "PatientID", "StudyInstanceUID", "Inst
                   "PatientBirthDate", "StudyDate", "SeriesDate", "AcquisitionDate")
 _AGE = re.compile(r"^\s*(\d{1,3})\s*([DWMY]?)\s*$", re.IGNORECASE)
 _DATE = re.compile(r"^\s*(\d{4})(\d{2})(\d{2})")
-
-
-def is_dicom_file(path: Path) -> bool:
-    """Whether ``path`` starts like a DICOM Part 10 file (128-byte preamble, then ``DICM``)."""
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(132)
-    except OSError:
-        return False
-    return len(head) == 132 and head[128:] == b"DICM"
 
 
 @lru_cache(maxsize=1)

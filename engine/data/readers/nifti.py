@@ -20,13 +20,6 @@ from engine.data.readers.common import (ImageMeta, SliceSelection, Windowing, as
                                         scale_to_uint8)
 from engine.errors import InputError
 
-NIFTI_SUFFIXES = (".nii", ".nii.gz")
-
-
-def is_nifti_name(path: Path) -> bool:
-    return path.name.lower().endswith(NIFTI_SUFFIXES)
-
-
 def _load(path: Path):
     import nibabel as nib
 

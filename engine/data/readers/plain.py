@@ -13,18 +13,15 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.data.discovery import IMAGE_SUFFIXES
+from engine.data.formats import check_pixel_limit, strict_decoding
 from engine.data.readers.common import ImageMeta, Windowing, percentile_window, reading
 from engine.errors import InputError
 
-PLAIN_SUFFIXES = frozenset(IMAGE_SUFFIXES)
 RAW_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 
 
 def _open(path: Path):
     from PIL import Image
-
-    from engine.integrity.hashing import check_pixel_limit
 
     im = Image.open(path)
     check_pixel_limit(im)
@@ -40,8 +37,6 @@ def frames(path: Path) -> int:
 def read(path: Path, index: int, windowing: Windowing) -> np.ndarray:
     """Page ``index`` as (rows, columns) uint8 grey."""
     from PIL import ImageOps
-
-    from engine.integrity.hashing import strict_decoding
 
     with reading(path, "image"), strict_decoding(), _open(path) as im:
         n = int(getattr(im, "n_frames", 1)) if im.format == "TIFF" else 1
