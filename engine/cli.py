@@ -210,29 +210,17 @@ def _check_writable_file(path: Path, option: str) -> None:
 
 def _manifest_records(manifest: Path, output_dir: Path | None, m=None):
     """(manifest, output root, discovered records, redactor) for the data commands: the same
-    discovery as a run's, patients pseudonymised with the experiment's key under the output root.
-    ``m``: the manifest already loaded from ``manifest``, if the caller has it."""
+    discovery as a run's (engine.data.found), patients pseudonymised with the experiment's key under
+    the output root. ``m``: the manifest already loaded from ``manifest``, if the caller has it."""
     from engine import manifest as manifest_mod
-    from engine.data import discovery as data_mod
-    from engine.data.identity import experiment_pseudonymizer
+    from engine.data.found import find_images
     from engine.paths import check_output_root
 
     m = m or manifest_mod.load(manifest)
     root = Path(output_dir) if output_dir else m.experiment.output_dir
     check_output_root(root, [(manifest_mod.data_root_source(), m.data.root)])
-
-    def pseudonymizer():
-        return experiment_pseudonymizer(root, m.experiment.name)
-
-    aliases = manifest_mod.class_aliases(m)
-    _, records = data_mod.discover(
-        m.data.root, layout=m.data.layout, train_dir=m.data.train_dir, test_dir=m.data.test_dir,
-        classes=m.data.classes, aliases=aliases, test_fraction=m.data.test_fraction,
-        seed=m.experiment.seed, pseudonymizer=pseudonymizer,
-        labels=m.data.labels, columns=m.data.columns, slices=manifest_mod.slice_selection(m.data))
-    redact = data_mod.redactor(m.data.root, records, pseudonymizer, train_dir=m.data.train_dir,
-                               test_dir=m.data.test_dir, aliases=aliases, labels=m.data.labels)
-    return m, root, records, redact
+    found = find_images(m, root)
+    return m, root, found.records, found.redact
 
 
 @main.command("check-data")

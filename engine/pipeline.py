@@ -23,7 +23,7 @@ from engine.data import discovery as data_mod
 from engine import interrupts
 from engine.atomic import save_keras_model, scratch_folder, storage_problem, write_text
 from engine.errors import InputError, RunInterrupted, StorageError, os_error_message
-from engine.manifest import Manifest, class_aliases, data_root_source, integrity_options, slice_selection, windowing_options
+from engine.manifest import Manifest, class_aliases, data_root_source, integrity_options, windowing_options
 from engine.data.identity import display_path
 from engine.paths import check_output_root, child, safe_name
 from engine.results import SCHEMA_VERSION, BackboneResult, WeightsInfo, read_results, write_results
@@ -139,22 +139,13 @@ class Timer:
 
 
 def prepare_data(ctx: RunContext) -> None:
-    from engine.data.identity import experiment_pseudonymizer
+    from engine.data.found import find_images
 
     m = ctx.manifest
-    root = m.data.root.resolve()  # records are resolved too; relative paths in results need both
-    def pseudonymizer():
-        return experiment_pseudonymizer(ctx.output_root, m.experiment.name, run_dir=ctx.run_dir)
-
     with Timer(ctx.echo, "data discovery", ctx.results["timings"], "data_s"):
-        layout, records = data_mod.discover(
-            root, layout=m.data.layout, train_dir=m.data.train_dir, test_dir=m.data.test_dir,
-            classes=m.data.classes, aliases=class_aliases(m), test_fraction=m.data.test_fraction,
-            seed=m.experiment.seed, validation_fraction=m.data.validation_fraction,
-            pseudonymizer=pseudonymizer, labels=m.data.labels, columns=m.data.columns,
-            slices=slice_selection(m.data), require_train=bool(m.backbones))
-    redact = data_mod.redactor(root, records, pseudonymizer, train_dir=m.data.train_dir, test_dir=m.data.test_dir,
-                               aliases=class_aliases(m), labels=m.data.labels)
+        found = find_images(m, ctx.output_root, run_dir=ctx.run_dir, for_run=True)
+    # the root resolved, as the records are: relative paths in results need both
+    root, layout, records, redact = found.root, found.layout, found.records, found.redact
     if redact.active:
         ctx.redact = redact
         ctx.echo = _redacting(ctx.echo, redact)
