@@ -14,6 +14,12 @@ from engine import interrupts
 from engine.errors import RunInterrupted
 
 
+def _send(signum: int) -> None:
+    os.kill(os.getpid(), signum)
+    for _ in range(1000):  # the handler runs at the next bytecode boundary
+        pass
+
+
 def _raised_in(exc: BaseException) -> str:
     return traceback.extract_tb(exc.__traceback__)[-1].name
 
@@ -21,9 +27,7 @@ def _raised_in(exc: BaseException) -> str:
 def test_outside_a_deferred_region_the_signal_raises_at_once():
     with interrupts.installed():
         with pytest.raises(RunInterrupted) as info:
-            os.kill(os.getpid(), signal.SIGTERM)
-            for _ in range(1000):  # the handler runs at the next bytecode boundary
-                pass
+            _send(signal.SIGTERM)
     assert info.value.exit_code == 128 + signal.SIGTERM
     assert _raised_in(info.value) == "handler"
 
@@ -32,9 +36,7 @@ def test_inside_a_deferred_region_the_signal_waits_for_check():
     with interrupts.installed():
         with pytest.raises(RunInterrupted) as info:
             with interrupts.deferred():
-                os.kill(os.getpid(), signal.SIGINT)
-                for _ in range(1000):
-                    pass
+                _send(signal.SIGINT)
                 assert interrupts.pending() == signal.SIGINT  # recorded, nothing raised yet
                 interrupts.check()
                 pytest.fail("check() did not raise")
@@ -46,19 +48,13 @@ def test_a_second_signal_raises_without_waiting_and_the_region_end_acts_on_a_wai
     with interrupts.installed():
         with pytest.raises(RunInterrupted) as info:
             with interrupts.deferred():
-                os.kill(os.getpid(), signal.SIGTERM)
-                for _ in range(1000):
-                    pass
-                os.kill(os.getpid(), signal.SIGTERM)  # the user insists
-                for _ in range(1000):
-                    pass
+                _send(signal.SIGTERM)
+                _send(signal.SIGTERM)  # the user insists
                 pytest.fail("the second signal did not raise")
         assert _raised_in(info.value) == "handler"
         with pytest.raises(RunInterrupted) as info:
             with interrupts.deferred():
-                os.kill(os.getpid(), signal.SIGTERM)
-                for _ in range(1000):
-                    pass
+                _send(signal.SIGTERM)
         assert _raised_in(info.value) == "check"  # raised as the region ended, not inside it
     assert signal.getsignal(signal.SIGTERM) is not interrupts.handler  # the previous handler is back
 
