@@ -37,6 +37,7 @@ _EXPORTS = {
     "min_class_images": "discovery",
     "min_training_images": "discovery",
     "phantom": "synth",
+    "prepare_data_root": "synth",
     "pseudonym": "identity",
     "read_frame": "readers",
     "read_metadata": "readers",

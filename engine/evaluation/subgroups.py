@@ -50,6 +50,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from engine.errors import InputError
+from engine.manifest import DEFAULT_AGE_BANDS, DEFAULT_MIN_N  # the [subgroups] defaults live with the manifest schema
 from engine.evaluation.metrics import (
     _r,
     accuracy_from_confusion,
@@ -67,9 +68,6 @@ from engine.evaluation.uncertainty import (
 
 #: Subgroup attributes a manifest may name in ``[subgroups] by``.
 SUBGROUP_ATTRIBUTES = ("site", "scanner", "sex", "age_band")
-#: Edges of the default age bands: <40, 40-59, 60+ (ages 0 to 199).
-DEFAULT_AGE_BANDS = (0, 40, 60, 200)
-DEFAULT_MIN_N = 20
 OTHER = "other"
 UNKNOWN = "unknown"
 #: The class left out of the default recall columns: recall of the tumour classes is what a
