@@ -72,6 +72,8 @@ class GateTarget:
     subgroup_gap: dict | None = None
     #: the backbone's ``explanations`` list (None when absent or unmeasurable)
     explanations: list | None = None
+    #: the backbone's whole results.json entry ({} when unmeasurable), for a gate on any other block
+    entry: dict = field(default_factory=dict)
 
     @property
     def who(self) -> str:
@@ -185,7 +187,7 @@ def evaluate_gates(results: dict, config: GatesConfig, previous: dict | None) ->
     for backbone, entry, why in _targets(results, config):
         target = GateTarget(backbone, why, {} if why else ((entry or {}).get("test") or {}),
                             None if why else (entry or {}).get("subgroup_gap"),
-                            None if why else (entry or {}).get("explanations"))
+                            None if why else (entry or {}).get("explanations"), {} if why else (entry or {}))
         out += _evaluate(per_backbone, dataclasses.replace(inp, target=target), config)
     out += _evaluate([g for g in GATES.values() if g.scope == "run"], inp, config)
     return out
