@@ -36,12 +36,14 @@ def main() -> None:
 
     from engine import manifest as manifest_mod
     from engine.evaluation.metrics import classification_metrics
+    from engine.data.synth import prepare_data_root
     from engine.pipeline import RunContext, prepare_data
     from engine.training import activations as act
     from engine.training import backbones as bb
     from engine.training.train import fine_tune, train_head
 
     m = manifest_mod.load(args.manifest)
+    prepare_data_root(m)  # [data.synthetic]: load writes nothing, prepare_data below reads the data
     cfg = m.backbones[0]
     ft = cfg.fine_tune
     assert ft is not None, "the first backbone needs [backbones.fine_tune]"

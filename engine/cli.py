@@ -214,9 +214,11 @@ def _manifest_records(manifest: Path, output_dir: Path | None, m=None):
     the output root. ``m``: the manifest already loaded from ``manifest``, if the caller has it."""
     from engine import manifest as manifest_mod
     from engine.data.found import find_images
+    from engine.data.synth import prepare_data_root
     from engine.paths import check_output_root
 
     m = m or manifest_mod.load(manifest)
+    prepare_data_root(m)
     root = Path(output_dir) if output_dir else m.experiment.output_dir
     check_output_root(root, [(manifest_mod.data_root_source(), m.data.root)])
     found = find_images(m, root)
@@ -267,9 +269,11 @@ def locate_cmd(manifest: Path, references, output_dir):
 
     from engine import manifest as manifest_mod
     from engine.data.identity import default_key_dir, key_file
+    from engine.data.synth import prepare_data_root
     from engine.paths import relative_to_root
 
     m = manifest_mod.load(manifest)
+    prepare_data_root(m)
     key = key_file(default_key_dir(Path(output_dir) if output_dir else m.experiment.output_dir), m.experiment.name)
     if not key.is_file():  # a new key would find nothing, and would be left behind
         raise InputError(f"no pseudonym key at {str(key)!r}: references are found under the key of the run that "

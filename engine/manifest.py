@@ -200,7 +200,10 @@ class ModelConfig:
 
 
 @dataclass
-class IntegrityConfig:
+class IntegritySection:
+    """``[integrity]`` as written; integrity_options turns it into the stage's own validated
+    engine.integrity.audit.IntegrityConfig (one name per class: the two were easy to mix up)."""
+
     enabled: bool = True
     #: Perceptual-hash Hamming distance at or below which two images count as near duplicates
     #: (bits of a hash_size x hash_size pHash; see engine.integrity.audit.IntegrityConfig for why 12 of 256).
@@ -218,9 +221,6 @@ class IntegrityConfig:
 #: Cap on boxed tumour images scored for the pointing game (a seeded sample beyond it): the one
 #: default of the run's explain stage and of ``auditrun evaluate``.
 POINTING_MAX_IMAGES = 200
-#: The explanation methods of engine.explain.methods.METHODS (a test keeps the two equal; the
-#: manifest must not import the explain stage).
-EXPLANATION_METHODS = ("gradcam", "gradcam++", "layercam", "scorecam", "occlusion")
 
 
 @dataclass
@@ -230,8 +230,8 @@ class GradcamConfig:
     layer: str | None = None
     #: Cap on test tumour images scored for the pointing game (seeded sample beyond it).
     max_pointing_images: int = POINTING_MAX_IMAGES
-    #: Explanation method(s) whose maps get the three checks of docs/explanations.md: one of
-    #: EXPLANATION_METHODS or a list of them (the first is the primary one the gates read).
+    #: Explanation method(s) whose maps get the three checks of docs/explanations.md: a name
+    #: registered in engine.explain.methods.METHODS or a list of them (the first is the primary one the gates read).
     method: str | list[str] = "gradcam"
     #: Radius of the tolerant pointing game, in pixels of the ORIGINAL image (Zhang et al. 2016: 15).
     tolerance_px: float = 15.0
@@ -265,27 +265,45 @@ class ReportConfig:
     trend_window: int = 10
 
 
-from engine.nightly.gates import GatesConfig  # noqa: E402 - the gates stage owns its section
-from engine.evaluation.subgroups import (  # noqa: E402 - the evaluation stage owns the definitions
-    DEFAULT_AGE_BANDS,
-    DEFAULT_MIN_N,
-    SUBGROUP_ATTRIBUTES,
-    age_bands_problem,
-)
+# --------------------------------------------------------------------------------------------
+# Names the stages define. The manifest imports no stage at module level (tests/test_architecture.py):
+# each registry is imported when a manifest is checked, and none of these modules loads TensorFlow.
+
+
+def gate_registry():
+    """engine.nightly.gates.GATES: the gate names ``[gates] warn_only`` takes."""
+    from engine.nightly.gates import GATES
+
+    return GATES
+
+
+def method_registry():
+    """engine.explain.methods.METHODS: the names ``[gradcam] method`` takes."""
+    from engine.explain.methods import METHODS
+
+    return METHODS
+
+
+def subgroup_attributes() -> tuple[str, ...]:
+    """engine.evaluation.subgroups.SUBGROUP_ATTRIBUTES: the names ``[subgroups] by`` takes."""
+    from engine.evaluation.subgroups import SUBGROUP_ATTRIBUTES
+
+    return SUBGROUP_ATTRIBUTES
 
 
 @dataclass
 class SubgroupsConfig:
     """Performance by subgroup of the test images (engine.evaluation.subgroups); off while ``by`` is empty.
 
-    by: attributes to split by, from SUBGROUP_ATTRIBUTES (site, scanner, sex, age_band).
+    by: attributes to split by, from engine.evaluation.subgroups.SUBGROUP_ATTRIBUTES (site, scanner, sex,
+        age_band).
     age_bands: edges of the age bands in years, e.g. [0, 40, 60, 200] -> <40, 40-59, 60+.
     min_n: groups with fewer test images are pooled into "other".
     """
 
     by: list[str] = field(default_factory=list)
-    age_bands: list[int] = field(default_factory=lambda: list(DEFAULT_AGE_BANDS))
-    min_n: int = DEFAULT_MIN_N
+    age_bands: list[int] = field(default_factory=lambda: list(_subgroup_defaults()[0]))
+    min_n: int = field(default_factory=lambda: _subgroup_defaults()[1])
 
 
 @dataclass
@@ -295,11 +313,11 @@ class Manifest:
     training: TrainingConfig = field(default_factory=TrainingConfig)
     backbones: list[BackboneConfig] = field(default_factory=list)
     models: list[ModelConfig] = field(default_factory=list)
-    integrity: IntegrityConfig = field(default_factory=IntegrityConfig)
+    integrity: IntegritySection = field(default_factory=IntegritySection)
     gradcam: GradcamConfig = field(default_factory=GradcamConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
-    gates: GatesConfig = field(default_factory=GatesConfig)
+    gates: GatesConfig = field(default_factory=lambda: _stage_types()["GatesConfig"]())  # engine.nightly.gates
     subgroups: SubgroupsConfig = field(default_factory=SubgroupsConfig)
     #: Where the manifest was read from (not a TOML key).
     path: Path | None = None
@@ -401,8 +419,24 @@ def _convert(value: Any, tp: Any, key: str, base: Path) -> Any:
     raise TypeError(f"unsupported manifest type {tp!r} for {key}")  # programming error
 
 
+def _subgroup_defaults() -> tuple[tuple[int, ...], int]:
+    """engine.evaluation.subgroups' default age-band edges and smallest group (the stage owns them)."""
+    from engine.evaluation.subgroups import DEFAULT_AGE_BANDS, DEFAULT_MIN_N
+
+    return DEFAULT_AGE_BANDS, DEFAULT_MIN_N
+
+
+def _stage_types() -> dict[str, type]:
+    """Sections whose schema their stage owns, so a new gate's threshold is one module's change
+    (engine.nightly.gates). Imported here, not at the top, so the gates may import the manifest's
+    names and no cycle forms."""
+    from engine.nightly.gates import GatesConfig
+
+    return {"GatesConfig": GatesConfig}
+
+
 def _build(cls: type, table: dict, prefix: str, base: Path):
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, localns=_stage_types())
     names = [f.name for f in dataclasses.fields(cls) if f.name not in ("path", "text")]
     kwargs = {}
     for key, value in table.items():
@@ -440,12 +474,12 @@ def _check_ranges(m: Manifest) -> None:
 
 
 def _check_gradcam(g: GradcamConfig) -> None:
-    methods = g.methods
+    methods, methods_known = g.methods, method_registry()
     _need(bool(methods), "gradcam.method", "must name at least one method")
     for i, name in enumerate(methods):
         key = "gradcam.method" if isinstance(g.method, str) else f"gradcam.method[{i}]"
-        _need(name in EXPLANATION_METHODS, key,
-              f"{name!r} is not an explanation method; use one of {', '.join(map(repr, EXPLANATION_METHODS))}")
+        _need(name in methods_known, key,
+              f"{name!r} is not an explanation method; use one of {', '.join(map(repr, methods_known))}")
     _need(len(set(methods)) == len(methods), "gradcam.method", "must not repeat a method")
     _need(g.tolerance_px >= 0, "gradcam.tolerance_px", "must be >= 0")
     _need(g.check_images >= 0, "gradcam.check_images", "must be >= 0")
@@ -518,9 +552,12 @@ def _check_labels(data: DataConfig) -> None:
 
 
 def _check_subgroups(sub: SubgroupsConfig) -> None:
+    from engine.evaluation.subgroups import age_bands_problem
+
+    attributes = subgroup_attributes()
     for i, name in enumerate(sub.by):
-        _need(name in SUBGROUP_ATTRIBUTES, f"subgroups.by[{i}]",
-              f"is {name!r}, not a subgroup attribute; use one of {', '.join(SUBGROUP_ATTRIBUTES)}")
+        _need(name in attributes, f"subgroups.by[{i}]",
+              f"is {name!r}, not a subgroup attribute; use one of {', '.join(attributes)}")
     _need(len(set(sub.by)) == len(sub.by), "subgroups.by", "must not repeat an attribute")
     problem = age_bands_problem(sub.age_bands)
     _need(problem is None, "subgroups.age_bands", f"{problem}")
@@ -620,7 +657,7 @@ def slice_selection(data: DataConfig | Mapping[str, Any]):
                          "(every second slice)") from None
 
 
-def integrity_options(cfg: IntegrityConfig):
+def integrity_options(cfg: IntegritySection):
     """The integrity stage's own (validated) options from the manifest section."""
     from engine.integrity.audit import IntegrityConfig as Options
 
@@ -648,6 +685,22 @@ def data_root_source() -> str:
     return DATA_ROOT_ENV if os.environ.get(DATA_ROOT_ENV) else "data.root"
 
 
+def synthetic_root(m: Manifest) -> Path | None:
+    """Where ``[data.synthetic]`` is to write its phantoms before the data is read: ``data.root`` when
+    it is missing; None when there is nothing to write. Never the path of ``$AUDITRUN_DATA_ROOT``,
+    which must hold real data. The writing is the data stage's (engine.data.synth.prepare_data_root):
+    parsing a manifest writes nothing."""
+    root = m.data.root
+    if m.data.synthetic is None or os.environ.get(DATA_ROOT_ENV) or root is None or _is_dir(root):
+        return None
+    return root
+
+
+def manifest_error(m: Manifest, message: str) -> InputError:
+    """``message`` as ``load`` words an error of the manifest file: prefixed with its path."""
+    return InputError(f"{m.path}: {message}" if m.path is not None else message)
+
+
 def resolve_data_root(m: Manifest) -> Path:
     """The data root: ``$AUDITRUN_DATA_ROOT`` wins over ``data.root``; it must exist."""
     env = os.environ.get(DATA_ROOT_ENV)
@@ -656,17 +709,6 @@ def resolve_data_root(m: Manifest) -> Path:
         raise InputError(
             f"manifest key 'data.root' is required (or set {DATA_ROOT_ENV}); it names the dataset folder"
         )
-    if not _is_dir(root) and m.data.synthetic is not None and not env:
-        from engine.data.synth import write_dataset
-
-        syn = m.data.synthetic
-        try:
-            write_dataset(root, per_class=syn.per_class, size=syn.size, seed=syn.seed,
-                          test_fraction=syn.test_fraction)
-        except (OSError, InputError) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-            raise InputError(f"manifest key 'data.root' points to {str(root)!r}, where [data.synthetic] cannot "
-                             f"write its phantoms: {reason}") from None
     if not _is_dir(root):
         source = f"environment variable {DATA_ROOT_ENV}" if env else "manifest key 'data.root'"
         if _is_file(root):
@@ -681,7 +723,11 @@ def resolve_data_root(m: Manifest) -> Path:
 
 
 def loads(text: str, *, base: Path, path: Path | None = None, check_data: bool = True) -> Manifest:
-    """Parse and validate manifest text. Raises InputError naming the offending key."""
+    """Parse and validate manifest text. Raises InputError naming the offending key.
+
+    Writes nothing. ``check_data``: the data root must exist, unless ``[data.synthetic]`` is to
+    generate it (``synthetic_root``); the caller then runs engine.data.synth.prepare_data_root.
+    """
     where = str(path) if path else "manifest"
     try:
         raw = tomllib.loads(text)
@@ -693,7 +739,8 @@ def loads(text: str, *, base: Path, path: Path | None = None, check_data: bool =
     m = _build(Manifest, raw, "", base)
     m.path, m.text = path, text
     _check_ranges(m)
-    if check_data:
+    # A root that [data.synthetic] is to generate is checked once it is written (prepare_data_root).
+    if check_data and synthetic_root(m) is None:
         m.data.root = resolve_data_root(m)
     return m
 

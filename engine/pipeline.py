@@ -23,7 +23,8 @@ from engine.data import discovery as data_mod
 from engine import interrupts
 from engine.atomic import save_keras_model, scratch_folder, storage_problem, write_text
 from engine.errors import InputError, RunInterrupted, StorageError, os_error_message
-from engine.manifest import Manifest, class_aliases, data_root_source, integrity_options, windowing_options
+from engine.manifest import (Manifest, class_aliases, data_root_source, integrity_options, synthetic_root,
+                             windowing_options)
 from engine.data.identity import display_path
 from engine.paths import check_output_root, child, safe_name
 from engine.results import SCHEMA_VERSION, BackboneResult, WeightsInfo, read_results, write_results
@@ -586,8 +587,12 @@ def run_audit(m: Manifest, *, output_dir: Path | None = None, run_id: str | None
     """Run every stage under the experiment's lock. Raises InputError for bad input."""
     from engine.nightly.lock import experiment_lock
 
+    from engine.data.synth import prepare_data_root
+
     echo = echo or _quiet
     now = now or (lambda: datetime.now(timezone.utc))
+    if synthetic_root(m) is not None:  # manifest.load leaves the writing of the phantoms to the run
+        prepare_data_root(m)
     # before anything is written: the output and the data must not hold one another
     check_output_root(Path(resume).resolve().parent.parent if resume is not None
                       else Path(output_dir) if output_dir else m.experiment.output_dir,

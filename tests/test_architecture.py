@@ -14,7 +14,7 @@ import pytest
 ENGINE = Path(__file__).resolve().parents[1] / "engine"
 STAGES = ("data", "integrity", "training", "evaluation", "explain", "report", "nightly")
 TOP_LEVEL = {"__init__", "cli", "pipeline", "manifest", "results", "provenance", "atomic", "errors", "paths",
-             "sklearn_warnings", "progress", "interrupts"}
+             "sklearn_warnings", "progress", "interrupts", "registry"}
 HEAVY = ("tensorflow", "keras")
 
 
@@ -190,6 +190,53 @@ def test_only_cli_imports_click():
 def test_no_stage_imports_the_pipeline():
     users = sorted(m for m, imported in EDGES.items() if "engine.pipeline" in imported and m != "engine.cli")
     assert users == []
+
+
+def module_level_imports(path: Path, root: Path = ENGINE) -> set[str]:
+    """What ``path`` imports when it is imported: statements at the top of the module only, not
+    those inside functions (nor under ``if TYPE_CHECKING``, which never runs)."""
+    name = module_name(path, root)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = set()
+    for node in ast.parse(path.read_text(encoding="utf-8")).body:
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")
+                base = ".".join(parts[:len(parts) - node.level + 1] + ([base] if base else []))
+            found.add(base)
+    return found
+
+
+def test_the_manifest_imports_no_stage_at_module_level():
+    """Parsing a manifest needs no stage: the names it checks come from the registries, imported
+    inside the checks (issue 27)."""
+    bad = sorted(i for i in module_level_imports(ENGINE / "manifest.py") if stage_of(i))
+    assert not bad, f"engine/manifest.py imports stage modules at module level: {bad}"
+
+
+def test_the_manifest_rule_catches_a_module_level_stage_import(tmp_path):
+    copy = tmp_path / "engine"
+    copy.mkdir()
+    (copy / "manifest.py").write_text("import os\nfrom engine.nightly.gates import GATES\n\n"
+                                      "def late():\n    from engine.explain.methods import METHODS\n")
+    found = module_level_imports(copy / "manifest.py", copy)
+    assert "engine.nightly.gates" in found and "engine.explain.methods" not in found
+
+
+def test_importing_the_manifest_loads_no_stage_and_no_tensorflow():
+    import subprocess
+    import sys
+
+    code = ("import sys, engine.manifest\n"
+            "loaded = sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras')\n"
+            "                or (m.startswith('engine.') and m.split('.')[1] in %r))\n"
+            "assert not loaded, loaded\n" % (STAGES,))
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ENGINE.parent, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
 
 
 def test_the_rules_catch_a_report_module_that_imports_keras(tmp_path):

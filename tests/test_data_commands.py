@@ -1,4 +1,4 @@
-"""Data without training (issue 15): ``[data.synthetic]`` generation when a manifest loads, and the
+"""Data without training (issue 15): ``[data.synthetic]`` generation when the data is prepared, and the
 ``check-data`` and ``synth-data`` commands through the CLI. No TensorFlow work; 32-px phantoms.
 
 Each test names, in a comment, the one-line mutation of the engine it was seen to catch.
@@ -34,17 +34,10 @@ def png_counts(root: Path) -> dict[str, dict[str, int]]:
 
 
 # ------------------------------------------------------------------------------------------------
-# 5. [data.synthetic]: a missing data.root is generated when the manifest loads
+# 5. [data.synthetic]: a missing data.root is generated before the data is read (never by the parser)
 
 
-def test_manifest_with_data_synthetic_generates_the_missing_root(tmp_path, monkeypatch):
-    # mutations seen to fail: manifest.resolve_data_root `per_class=syn.per_class` -> `per_class=syn.size`;
-    # `seed=syn.seed` -> `seed=0`; deleting the `write_dataset(...)` call (load exits 2: root missing)
-    from engine import manifest as manifest_mod
-    from engine.data.synth import write_dataset
-
-    monkeypatch.delenv(manifest_mod.DATA_ROOT_ENV, raising=False)
-    path = write_manifest(tmp_path / "synthetic.toml", """
+SYNTHETIC = """
 [data]
 root = "generated/phantoms"
 [data.synthetic]
@@ -55,11 +48,25 @@ test_fraction = 0.5
 [[backbones]]
 name = "EfficientNetB0"
 weights_fallback = "random"
-""")
+"""
+
+
+def listing(folder: Path) -> list[str]:
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*"))
+
+
+def test_data_synthetic_generates_the_missing_root_when_the_data_is_prepared(tmp_path, monkeypatch):
+    # mutations seen to fail: synth.prepare_data_root `per_class=syn.per_class` -> `per_class=syn.size`;
+    # `seed=syn.seed` -> `seed=0`; deleting the `write_dataset(...)` call (exit 2: root missing)
+    from engine import manifest as manifest_mod
+    from engine.data.synth import prepare_data_root, write_dataset
+
+    monkeypatch.delenv(manifest_mod.DATA_ROOT_ENV, raising=False)
+    path = write_manifest(tmp_path / "synthetic.toml", SYNTHETIC)
     root = tmp_path / "generated" / "phantoms"
-    assert not root.exists()
     m = manifest_mod.load(path)
-    assert m.data.root == root.resolve()
+    assert not root.exists()  # the parser writes nothing (issue 27)
+    assert prepare_data_root(m) == root.resolve() == m.data.root
     assert png_counts(root) == {"Training": {c: 3 for c in CLASSES}, "Testing": {c: 3 for c in CLASSES}}
     boxes = {c: len(list((root / "Training" / KAGGLE_FOLDERS[c]).glob("*.txt"))) for c in CLASSES}
     assert boxes == {"glioma": 3, "meningioma": 3, "no_tumor": 0, "pituitary": 3}
@@ -68,13 +75,53 @@ weights_fallback = "random"
     assert files_of(root) == files_of(tmp_path / "expected")
     # an existing root is read, never regenerated
     stamp = {p: p.stat().st_mtime_ns for p in root.rglob("*")}
-    assert manifest_mod.load(path).data.root == root.resolve()
+    m = manifest_mod.load(path)
+    assert m.data.root == root.resolve() and prepare_data_root(m) == root.resolve()
     assert {p: p.stat().st_mtime_ns for p in root.rglob("*")} == stamp
 
 
+def test_loading_a_manifest_with_data_synthetic_writes_nothing(tmp_path, monkeypatch):
+    # mutation seen to fail: manifest.loads `synthetic_root(m) is None` -> `True` (load then exits 2
+    # on the missing root instead of leaving it to the data stage)
+    from engine import manifest as manifest_mod
+
+    monkeypatch.delenv(manifest_mod.DATA_ROOT_ENV, raising=False)
+    path = write_manifest(tmp_path / "synthetic.toml", SYNTHETIC)
+    before = listing(tmp_path)
+    m = manifest_mod.load(path)
+    manifest_mod.loads(path.read_text(encoding="utf-8"), base=tmp_path, path=path)
+    assert listing(tmp_path) == before
+    assert manifest_mod.synthetic_root(m) == tmp_path / "generated" / "phantoms"
+
+
+def test_check_data_generates_the_data_synthetic_root_as_before(tmp_path, monkeypatch):
+    # mutation seen to fail: deleting prepare_data_root(m) from cli._manifest_records
+    from engine import manifest as manifest_mod
+
+    monkeypatch.delenv(manifest_mod.DATA_ROOT_ENV, raising=False)
+    path = write_manifest(tmp_path / "synthetic.toml", SYNTHETIC)
+    result = invoke("check-data", path, "--output-dir", tmp_path / "out", "--quiet")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["integrity"]["n_files"] == 24
+    assert png_counts(tmp_path / "generated" / "phantoms")["Testing"] == {c: 3 for c in CLASSES}
+
+
+def test_a_data_synthetic_root_that_cannot_be_written_is_exit_2_naming_the_key(tmp_path, monkeypatch):
+    from engine import manifest as manifest_mod
+
+    monkeypatch.delenv(manifest_mod.DATA_ROOT_ENV, raising=False)
+    (tmp_path / "generated").write_text("a file where the folder should be")
+    path = write_manifest(tmp_path / "synthetic.toml", SYNTHETIC)
+    manifest_mod.load(path)  # the parser does not try to write
+    result = invoke("check-data", path, "--output-dir", tmp_path / "out")
+    assert result.exit_code == 2
+    assert f"{path}: manifest key 'data.root' points to" in result.stderr
+    assert "where [data.synthetic] cannot write its phantoms" in result.stderr
+
+
 def test_data_synthetic_is_not_generated_where_auditrun_data_root_points(tmp_path, monkeypatch):
-    # mutation seen to fail: manifest.resolve_data_root `... and not env:` -> `...:` (phantoms written at the
-    # environment's path, which must hold real data)
+    # mutation seen to fail: manifest.synthetic_root `os.environ.get(DATA_ROOT_ENV) or` deleted (phantoms
+    # written at the environment's path, which must hold real data)
     from engine import manifest as manifest_mod
     from engine.errors import InputError
 

@@ -39,6 +39,7 @@ _EXPORTS = {
     "min_class_images": "splits",
     "min_training_images": "splits",
     "phantom": "synth",
+    "prepare_data_root": "synth",
     "pseudonym": "identity",
     "read_frame": "readers",
     "read_metadata": "readers",

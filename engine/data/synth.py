@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from engine import manifest as manifest_mod
 from engine.atomic import write_bytes, write_text
 from engine.errors import InputError
 
@@ -169,6 +170,31 @@ def write_dataset(out: Path, *, per_class: int, size: int = 64, seed: int = 0,
                               kaggle_names=kaggle_names)
     write_files(Path(out), files, force=force)
     return counts
+
+
+def prepare_data_root(m) -> Path:
+    """The manifest's data root, resolved, once ``[data.synthetic]`` has written its phantoms there
+    if it was missing (engine.manifest.synthetic_root); sets ``m.data.root`` to it. InputError,
+    worded as ``manifest.load``'s, when the phantoms cannot be written or the root is unusable.
+
+    Called by the commands that read the data (run, check-data, locate) right after loading the
+    manifest, so the manifest parser itself writes nothing. A no-op write when the root exists."""
+    root = manifest_mod.synthetic_root(m)
+    if root is not None:
+        syn = m.data.synthetic
+        try:
+            write_dataset(root, per_class=syn.per_class, size=syn.size, seed=syn.seed,
+                          test_fraction=syn.test_fraction)
+        except (OSError, InputError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise manifest_mod.manifest_error(
+                m, f"manifest key 'data.root' points to {str(root)!r}, where [data.synthetic] cannot "
+                f"write its phantoms: {reason}") from None
+    try:
+        m.data.root = manifest_mod.resolve_data_root(m)
+    except InputError as exc:
+        raise manifest_mod.manifest_error(m, str(exc)) from None
+    return m.data.root
 
 
 def write_files(out: Path, files: dict[str, bytes], *, force: bool) -> None:

@@ -65,11 +65,15 @@ from engine.evaluation.uncertainty import (
     resampled_confusion_matrices,
 )
 
+#: Edges of the default ``[subgroups] age_bands``: <40, 40-59, 60+ (ages 0 to 199); the manifest's
+#: default too (engine.manifest.SubgroupsConfig).
+DEFAULT_AGE_BANDS = (0, 40, 60, 200)
+#: Default ``[subgroups] min_n``: smaller groups are pooled into "other".
+DEFAULT_MIN_N = 20
+
+
 #: Subgroup attributes a manifest may name in ``[subgroups] by``.
 SUBGROUP_ATTRIBUTES = ("site", "scanner", "sex", "age_band")
-#: Edges of the default age bands: <40, 40-59, 60+ (ages 0 to 199).
-DEFAULT_AGE_BANDS = (0, 40, 60, 200)
-DEFAULT_MIN_N = 20
 OTHER = "other"
 UNKNOWN = "unknown"
 #: The class left out of the default recall columns: recall of the tumour classes is what a

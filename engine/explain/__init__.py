@@ -30,6 +30,7 @@ _EXPORTS = {
     "randomisation_cascade_figure": "figures",
     "randomisation_test": "randomisation",
     "read_yolo_boxes": "gradcam",
+    "register_method": "methods",
     "render_gallery_images": "gallery",
     "select_gallery": "gallery",
 }

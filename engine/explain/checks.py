@@ -23,7 +23,7 @@ from engine.explain import gradcam
 from engine.explain.faithfulness import DEFAULT_STEPS as FAITH_STEPS
 from engine.explain.faithfulness import FaithfulnessResult, faithfulness_test
 from engine.explain.localisation import TOLERANCE_PX, localisation_scores
-from engine.explain.methods import Explainer, explainer, probability_fn
+from engine.explain.methods import Explainer, explainer, probability_fn, uses_target_layer
 from engine.explain.randomisation import DEFAULT_STEPS as CASCADE_STEPS
 from engine.explain.randomisation import RandomisationResult, randomisation_test
 
@@ -53,7 +53,7 @@ class ExplanationChecks:
 
 
 def _layer_of(model, method, layer: str | None) -> str | None:
-    if method in ("gradcam", "gradcam++", "layercam", "scorecam"):
+    if uses_target_layer(method):
         return gradcam.find_target_layer(model, layer)
     return None  # occlusion and custom explainers have no target layer
 
@@ -75,7 +75,8 @@ def explanation_checks(model, images: np.ndarray, class_index: Sequence[int], bo
             ``6 * (faithfulness_steps + 1)`` forward passes per image.
         class_index: (n,) the class explained for each image (the TRUE class, as in the pointing game).
         boxes: per image, None / [] or YOLO boxes (only boxed images enter the pointing games).
-        method: "gradcam" | "gradcam++" | "layercam" | "scorecam" | "occlusion", or an explainer callable.
+        method: a name in ``methods.METHODS`` (gradcam, gradcam++, layercam, scorecam, occlusion), or an
+            explainer callable.
         seed: the experiment seed; drives the cascade permutations, the random baseline map, pixel
             tie-breaking and every bootstrap.
         original_sizes: per image (height, width) of the original file, for the 15-px tolerance.

@@ -24,6 +24,7 @@ positive evidence, never NaN. The expensive ones (Score-CAM, occlusion) run as t
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
@@ -32,11 +33,42 @@ from engine import interrupts
 
 from engine.errors import InputError
 from engine.explain import gradcam
-
-METHODS = ("gradcam", "gradcam++", "layercam", "scorecam", "occlusion")
+from engine.registry import Registry
 
 #: An explainer: (model, images (n, H, W, 3) as the model takes them, class_index (n,)) -> (n, H, W).
 Explainer = Callable[..., np.ndarray]
+#: What a method registers: (layer, batch_size, **options) -> its explainer. ``layer`` is the CAM
+#: target layer (None: gradcam.find_target_layer); ``options`` come from ``explainer(**options)``.
+MethodFactory = Callable[..., Explainer]
+
+
+@dataclass(frozen=True)
+class Method:
+    """A registered explanation method. ``target_layer``: its maps come from a CAM target layer,
+    which the checks then record (occlusion and other model-agnostic methods have none)."""
+
+    name: str
+    make: MethodFactory
+    target_layer: bool = False
+
+
+#: Every explanation method by name, in the order messages list them.
+METHODS: Registry[Method] = Registry("explanation method")
+
+
+def register_method(name: str, *, target_layer: bool = False):
+    """Decorator: register ``make(layer, batch_size, **options) -> Explainer`` as method ``name``."""
+    def add(make: MethodFactory) -> MethodFactory:
+        METHODS.add(name, Method(name, make, target_layer))
+        return make
+
+    return add
+
+
+def uses_target_layer(method: str | Explainer) -> bool:
+    """Whether ``method`` (a name, or an explainer callable: never) explains from a CAM target layer."""
+    entry = METHODS.get(method) if isinstance(method, str) else None
+    return entry is not None and entry.target_layer
 
 #: Score-CAM channels kept per image (those with the highest mean activation).
 SCORECAM_CHANNELS = 32
@@ -180,23 +212,44 @@ def layercam_heatmaps(model, images: np.ndarray, class_index: Sequence[int], lay
     return gradcam.normalise(np.maximum.reduce(maps))
 
 
+@register_method("gradcam", target_layer=True)
+def _gradcam(layer: str | None, batch_size: int, **options) -> Explainer:
+    return lambda model, images, cls: gradcam.gradcam_heatmaps(
+        model, images, cls, layer=layer, batch_size=batch_size, variant="gradcam")
+
+
+@register_method("gradcam++", target_layer=True)
+def _gradcam_plus_plus(layer: str | None, batch_size: int, **options) -> Explainer:
+    return lambda model, images, cls: gradcam.gradcam_heatmaps(
+        model, images, cls, layer=layer, batch_size=batch_size, variant="gradcam++")
+
+
+@register_method("layercam", target_layer=True)
+def _layercam(layer: str | None, batch_size: int, **options) -> Explainer:
+    return lambda model, images, cls: layercam_heatmaps(model, images, cls, layer=layer, batch_size=batch_size)
+
+
+@register_method("scorecam", target_layer=True)
+def _scorecam(layer: str | None, batch_size: int, **options) -> Explainer:
+    return lambda model, images, cls: scorecam_heatmaps(model, images, cls, layer=layer,
+                                                        batch_size=batch_size, **options)
+
+
+@register_method("occlusion")
+def _occlusion(layer: str | None, batch_size: int, **options) -> Explainer:
+    return lambda model, images, cls: occlusion_heatmaps(model, images, cls, batch_size=batch_size, **options)
+
+
 def explainer(method: str | Explainer, layer: str | None = None, batch_size: int = 32, **options) -> Explainer:
     """The ``(model, images, class_index) -> maps`` function of ``method`` (a name in METHODS, or a
     callable with that signature, returned as it is). ``options`` go to the method
     (``channels`` for Score-CAM; ``patch``, ``stride`` for occlusion)."""
     if callable(method):
         return method
-    if method in ("gradcam", "gradcam++"):
-        return lambda model, images, cls: gradcam.gradcam_heatmaps(
-            model, images, cls, layer=layer, batch_size=batch_size, variant=method)
-    if method == "layercam":
-        return lambda model, images, cls: layercam_heatmaps(model, images, cls, layer=layer, batch_size=batch_size)
-    if method == "scorecam":
-        return lambda model, images, cls: scorecam_heatmaps(model, images, cls, layer=layer,
-                                                            batch_size=batch_size, **options)
-    if method == "occlusion":
-        return lambda model, images, cls: occlusion_heatmaps(model, images, cls, batch_size=batch_size, **options)
-    raise InputError(f"explanation method {method!r} unknown; choose one of {', '.join(METHODS)}")
+    entry = METHODS.get(method)
+    if entry is None:
+        raise InputError(f"explanation method {method!r} unknown; choose one of {', '.join(METHODS)}")
+    return entry.make(layer=layer, batch_size=batch_size, **options)
 
 
 def explain_maps(model, images: np.ndarray, class_index: Sequence[int], method: str = "gradcam",

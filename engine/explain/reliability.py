@@ -85,6 +85,7 @@ def explain_reliability(model, images: np.ndarray, y_true: Sequence[int], box_pa
             ``checks.explanation_checks`` takes it); out_dir: where the cascade PNGs go.
     """
     from engine.explain.checks import explanation_checks
+    from engine.explain.methods import uses_target_layer
 
     out_dir, run_dir = Path(out_dir), Path(run_dir)
     boxes = [gradcam.read_yolo_boxes(p) if p else [] for p in box_paths]
@@ -100,7 +101,7 @@ def explain_reliability(model, images: np.ndarray, y_true: Sequence[int], box_pa
         name = method if isinstance(method, str) else getattr(method, "__name__", "custom")
         try:
             result = explanation_checks(model, x, cls, sub_boxes, method, seed, original_sizes=sizes,
-                                        tolerance_px=tolerance_px, layer=layer if name != "occlusion" else None,
+                                        tolerance_px=tolerance_px, layer=layer if uses_target_layer(method) else None,
                                         cascade_steps=cascade_steps, cascade_draws=cascade_draws,
                                         faithfulness_steps=faithfulness_steps)
             block = result.to_json()

@@ -10,8 +10,12 @@ from engine import lazy_exports
 #: Public name -> the module of this stage that defines it (imported on first use).
 _EXPORTS = {
     "ExperimentLock": "lock",
+    "GATES": "gates",
     "GATE_FAMILIES": "gates",
+    "Gate": "gates",
+    "GateInput": "gates",
     "GateResult": "gates",
+    "GateTarget": "gates",
     "GatesConfig": "gates",
     "HISTORY_FILE": "history",
     "LATEST_FILE": "history",
@@ -35,6 +39,7 @@ _EXPORTS = {
     "prune_runs": "retention",
     "read_history": "history",
     "read_latest": "history",
+    "register_gate": "gates",
     "record_from_results": "history",
     "record_metric": "history",
     "run_directories": "retention",

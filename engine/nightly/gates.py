@@ -1,8 +1,9 @@
 """Regression gates: Deepchecks-style conditions that turn measured values into PASS / WARN / FAIL.
 
-The manifest's ``[gates]`` section becomes :class:`GatesConfig`. :func:`evaluate_gates` reads a
-run's results dict (and the previous history record, for the drop gate) and returns one
-:class:`GateResult` per gate and target; serialisers (dict for results.json, JUnit XML for CI, lines
+The manifest's ``[gates]`` section becomes :class:`GatesConfig`, defined here so that a new gate and its threshold key are one module's change.
+Each gate is one function registered in :data:`GATES` with ``@register_gate(name, scope=...)``;
+:func:`evaluate_gates` runs them on a run's results dict (and the previous history record, for the
+drop gate) and returns one :class:`GateResult` per gate and target; serialisers (dict for results.json, JUnit XML for CI, lines
 for stderr) are separate functions so the result keeps its machine value apart from its display.
 
 Gate names, usable in ``warn_only`` either exactly or by family (the part before the dot):
@@ -42,21 +43,54 @@ from __future__ import annotations
 import dataclasses
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
-from typing import Literal, Sequence
+from typing import Callable, Literal, Sequence
 
 from engine.errors import InputError
 from engine.nightly.history import leakage_counts, record_metric
+from engine.registry import Registry
 from engine.results import number as _num
 
-GATE_FAMILIES = ("all_backbones_finished", "min_accuracy", "min_macro_f1", "min_recall", "max_macro_f1_drop",
-                 "max_leakage_fraction", "max_subgroup_gap", "max_patient_leakage", "min_pointing_game",
-               "explanation_sanity")
+#: Where a gate is evaluated: "first" once per run, before every backbone gate (the verdict on the
+#: run as a whole leads the list), "backbone" once per gated backbone (``applies_to``), "run" once
+#: per run after the backbone gates.
+GateScope = Literal["first", "backbone", "run"]
 STATUSES = ("PASS", "WARN", "FAIL")
 
 #: Metrics from sklearn are exact ratios, but thresholds typed in TOML are decimal: 0.9 must pass 0.9.
 _EPS = 1e-9
 
 
+@dataclass(frozen=True)
+class GateTarget:
+    """One gated backbone: its name (None when there is none to gate), why its values cannot be
+    measured ("" when they can), its ``test`` block ({} when unmeasurable) and its
+    ``subgroup_gap`` block (None when absent or unmeasurable)."""
+
+    backbone: str | None
+    why: str
+    test: dict
+    subgroup_gap: dict | None = None
+    #: the backbone's ``explanations`` list (None when absent or unmeasurable)
+    explanations: list | None = None
+    #: the backbone's whole results.json entry ({} when unmeasurable), for a gate on any other block
+    entry: dict = field(default_factory=dict)
+
+    @property
+    def who(self) -> str:
+        return self.backbone or "best backbone"
+
+
+@dataclass(frozen=True)
+class GateInput:
+    """What a gate reads: the run's results.json dict, the previous comparable history record (None
+    on the first run) and, for a "backbone" gate, the backbone it judges (None for the others)."""
+
+    results: dict
+    previous: dict | None
+    target: GateTarget | None = None
+
+
+#: A gate: (input, config) -> its result(s); None (or []) when the manifest does not turn it on.
 @dataclass
 class GatesConfig:
     """``[gates]`` of the manifest. Every threshold is optional; an unset gate is not evaluated.
@@ -114,12 +148,14 @@ class GatesConfig:
                              f"got {limit!r}")
         for cls, value in self.min_recall.items():
             unit(f"min_recall.{cls}", value)
+        gates = GATES
         for i, name in enumerate(self.warn_only):
             family, _, cls = name.partition(".")
-            if family not in GATE_FAMILIES or (cls and family != "min_recall"):
+            gate = gates.get(family)
+            if gate is None or (cls and not gate.per_class):
                 raise InputError(
                     f"manifest key 'gates.warn_only[{i}]': {name!r} is not a gate; use one of "
-                    + ", ".join(GATE_FAMILIES) + " or min_recall.<class>"
+                    + ", ".join(gates) + "".join(f" or {g}.<class>" for g, e in gates.items() if e.per_class)
                 )
         if self.applies_to not in ("best", "all"):
             raise InputError(f"manifest key 'gates.applies_to': {self.applies_to!r} is not allowed; "
@@ -127,6 +163,40 @@ class GatesConfig:
 
     def is_warn_only(self, name: str) -> bool:
         return name in self.warn_only or name.partition(".")[0] in self.warn_only
+
+
+
+
+GateFunction = Callable[[GateInput, GatesConfig], "GateResult | Sequence[GateResult] | None"]
+
+
+@dataclass(frozen=True)
+class Gate:
+    """A registered gate. ``per_class``: ``warn_only`` also takes ``name.<class>`` (min_recall)."""
+
+    name: str
+    evaluate: GateFunction
+    scope: GateScope = "backbone"
+    per_class: bool = False
+
+
+#: Every gate in the order ``warn_only`` messages list them; within a scope, also the order of
+#: evaluation and so of results.json, the report and JUnit.
+GATES: Registry[Gate] = Registry("gate")
+#: The gate names ``warn_only`` takes (a live view of GATES).
+GATE_FAMILIES = GATES
+
+
+def register_gate(name: str, *, scope: GateScope = "backbone", per_class: bool = False):
+    """Decorator: register ``fn(inp: GateInput, config: GatesConfig)`` as gate ``name``."""
+    if scope not in ("first", "backbone", "run"):
+        raise ValueError(f"gate {name!r}: scope must be 'first', 'backbone' or 'run', got {scope!r}")
+
+    def add(fn: GateFunction) -> GateFunction:
+        GATES.add(name, Gate(name, fn, scope, per_class))
+        return fn
+
+    return add
 
 
 @dataclass(frozen=True)
@@ -155,6 +225,10 @@ class GateResult:
 # Evaluation
 
 
+# ------------------------------------------------------------------------------------------------
+# Evaluation
+
+
 def _targets(results: dict, config: GatesConfig) -> list[tuple[str | None, dict | None, str]]:
     """(backbone name, backbone entry or None, why it is unmeasurable or "") per gated backbone."""
     entries = {b.get("name"): b for b in results.get("backbones") or []}
@@ -174,8 +248,85 @@ def _targets(results: dict, config: GatesConfig) -> list[tuple[str | None, dict 
     return [(best, entry, "")]
 
 
-def _all_finished(results: dict, config: GatesConfig) -> GateResult:
+def evaluate_gates(results: dict, config: GatesConfig, previous: dict | None) -> list[GateResult]:
+    """Evaluate every configured gate on ``results`` (results.json dict, schema version 1).
+
+    ``previous``: the previous comparable history record (engine.nightly.history.previous_record), or None
+    on the first run. Returns results in a stable order, the registration order of GATES within each
+    scope: all_backbones_finished; then per target backbone, accuracy, macro-F1, recall per class
+    (manifest order), drop, subgroup gap, pointing game, explanation sanity; then the run-level
+    leakage gates (images, then patients).
+    """
+    inp = GateInput(results, previous)
+    out = _evaluate([g for g in GATES.values() if g.scope == "first"], inp, config)
+    per_backbone = [g for g in GATES.values() if g.scope == "backbone"]
+    for backbone, entry, why in _targets(results, config):
+        target = GateTarget(backbone, why, {} if why else ((entry or {}).get("test") or {}),
+                            None if why else (entry or {}).get("subgroup_gap"),
+                            None if why else (entry or {}).get("explanations"), {} if why else (entry or {}))
+        out += _evaluate(per_backbone, dataclasses.replace(inp, target=target), config)
+    out += _evaluate([g for g in GATES.values() if g.scope == "run"], inp, config)
+    return out
+
+
+def _evaluate(gates: Sequence[Gate], inp: GateInput, config: GatesConfig) -> list[GateResult]:
+    out: list[GateResult] = []
+    for gate in gates:
+        found = gate.evaluate(inp, config)
+        if isinstance(found, GateResult):
+            out.append(found)
+        elif found:
+            out.extend(found)
+    return out
+
+
+def _judged(config: GatesConfig, name: str, backbone: str | None, value: float | None, threshold: float,
+            ok: bool, message: str) -> GateResult:
+    """FAIL when ``value`` is unmeasured, PASS when ``ok``, else FAIL or (``warn_only``) WARN."""
+    if value is None:
+        status = "FAIL"
+    elif ok:
+        status = "PASS"
+    else:
+        status = "WARN" if config.is_warn_only(name) else "FAIL"
+    if status == "WARN":
+        message += " (warn only)"
+    return GateResult(name, backbone, status, value, float(threshold), message)
+
+
+def _minimum_gate(target: GateTarget, config: GatesConfig, name: str, what: str, value,
+                  threshold: float) -> GateResult:
+    value = _num(value)
+    who = target.who
+    if value is None:
+        msg = f"{who} {what} is missing ({target.why or 'not in results'}); minimum {threshold:.3f}"
+    elif value + _EPS >= threshold:
+        msg = f"{who} {what} {value:.3f} meets the minimum {threshold:.3f}"
+    else:
+        msg = f"{who} {what} {value:.3f} is below the minimum {threshold:.3f}"
+    return _judged(config, name, target.backbone, value, threshold, value is not None and value + _EPS >= threshold,
+                   msg)
+
+
+def _recall_gate(target: GateTarget, config: GatesConfig, cls: str, threshold: float) -> GateResult:
+    entry = (target.test.get("per_class") or {}).get(cls) or {}
+    if entry.get("support") == 0:
+        # undefined recall (older results.json stored it as 0.0): judge by the support
+        return GateResult(f"min_recall.{cls}", target.backbone, "WARN", None, float(threshold),
+                          f"{target.who}: not evaluated (no test images of class {cls}); minimum {threshold:.3f}")
+    return _minimum_gate(target, config, f"min_recall.{cls}", f"test recall of {cls}", entry.get("recall"),
+                         threshold)
+
+
+# Registered gates, in the order of GATES (see register_gate).
+
+
+@register_gate("all_backbones_finished", scope="first")
+def _all_finished(inp: GateInput, config: GatesConfig) -> GateResult | None:
     """PASS when every listed backbone trained, evaluated and explained; else FAIL naming the errors."""
+    if not config.all_backbones_finished:
+        return None
+    results = inp.results
     entries = results.get("backbones") or []
     broken = [(b.get("name"), b.get("error") or "no error recorded") for b in entries if b.get("status") != "ok"]
     broken += [(b.get("name"), f"explanations failed: {b['gradcam']['error']}") for b in entries
@@ -195,110 +346,34 @@ def _all_finished(results: dict, config: GatesConfig) -> GateResult:
     return GateResult("all_backbones_finished", None, status, value, 1.0, message)
 
 
-def evaluate_gates(results: dict, config: GatesConfig, previous: dict | None) -> list[GateResult]:
-    """Evaluate every configured gate on ``results`` (results.json dict, schema version 1).
-
-    ``previous``: the previous comparable history record (engine.nightly.history.previous_record), or None
-    on the first run. Returns results in a stable order: all_backbones_finished; then per target
-    backbone, accuracy, macro-F1, recall per class (manifest order), drop, subgroup gap; then the
-    run-level leakage gates (images, then patients).
-    """
-    out: list[GateResult] = []
-    if config.all_backbones_finished:
-        out.append(_all_finished(results, config))
-    for backbone, entry, why in _targets(results, config):
-        target = _Target(backbone, why, {} if why else ((entry or {}).get("test") or {}),
-                         None if why else (entry or {}).get("subgroup_gap"),
-                         None if why else (entry or {}).get("explanations"))
-        out += _minimum_gates(target, config)
-        if config.max_macro_f1_drop is not None:
-            out.append(_drop_gate(target, config, previous))
-        if config.max_subgroup_gap is not None:
-            out.append(_subgroup_gap_gate(target, config))
-        if config.min_pointing_game is not None:
-            out.append(_pointing_game_gate(target, config))
-        if config.explanation_sanity:
-            out.append(_explanation_sanity_gate(target, config))
-    if config.max_leakage_fraction is not None:
-        out.append(_leakage_gate(results, config))
-    if config.max_patient_leakage is not None:
-        out.append(_patient_leakage_gate(results, config))
-    return out
+@register_gate("min_accuracy")
+def _min_accuracy(inp: GateInput, config: GatesConfig) -> GateResult | None:
+    if config.min_accuracy is None:
+        return None
+    return _minimum_gate(inp.target, config, "min_accuracy", "test accuracy", inp.target.test.get("accuracy"),
+                         config.min_accuracy)
 
 
-@dataclass(frozen=True)
-class _Target:
-    """One gated backbone: its name (None when there is none to gate), why its values cannot be
-    measured ("" when they can), its ``test`` block ({} when unmeasurable) and its
-    ``subgroup_gap`` block (None when absent or unmeasurable)."""
-
-    backbone: str | None
-    why: str
-    test: dict
-    subgroup_gap: dict | None = None
-    #: the backbone's ``explanations`` list (None when absent or unmeasurable)
-    explanations: list | None = None
-
-    @property
-    def who(self) -> str:
-        return self.backbone or "best backbone"
+@register_gate("min_macro_f1")
+def _min_macro_f1(inp: GateInput, config: GatesConfig) -> GateResult | None:
+    if config.min_macro_f1 is None:
+        return None
+    return _minimum_gate(inp.target, config, "min_macro_f1", "test macro-F1", inp.target.test.get("macro_f1"),
+                         config.min_macro_f1)
 
 
-def _judged(config: GatesConfig, name: str, backbone: str | None, value: float | None, threshold: float,
-            ok: bool, message: str) -> GateResult:
-    """FAIL when ``value`` is unmeasured, PASS when ``ok``, else FAIL or (``warn_only``) WARN."""
-    if value is None:
-        status = "FAIL"
-    elif ok:
-        status = "PASS"
-    else:
-        status = "WARN" if config.is_warn_only(name) else "FAIL"
-    if status == "WARN":
-        message += " (warn only)"
-    return GateResult(name, backbone, status, value, float(threshold), message)
+@register_gate("min_recall", per_class=True)
+def _min_recall(inp: GateInput, config: GatesConfig) -> list[GateResult]:
+    """One min_recall.<class> per class of ``[gates.min_recall]``, in manifest order."""
+    return [_recall_gate(inp.target, config, cls, threshold) for cls, threshold in config.min_recall.items()]
 
 
-def _minimum_gate(target: _Target, config: GatesConfig, name: str, what: str, value,
-                  threshold: float) -> GateResult:
-    value = _num(value)
-    who = target.who
-    if value is None:
-        msg = f"{who} {what} is missing ({target.why or 'not in results'}); minimum {threshold:.3f}"
-    elif value + _EPS >= threshold:
-        msg = f"{who} {what} {value:.3f} meets the minimum {threshold:.3f}"
-    else:
-        msg = f"{who} {what} {value:.3f} is below the minimum {threshold:.3f}"
-    return _judged(config, name, target.backbone, value, threshold, value is not None and value + _EPS >= threshold,
-                   msg)
-
-
-def _minimum_gates(target: _Target, config: GatesConfig) -> list[GateResult]:
-    """min_accuracy, min_macro_f1 and min_recall.<class> (in manifest order) of one target."""
-    test = target.test
-    out = []
-    if config.min_accuracy is not None:
-        out.append(_minimum_gate(target, config, "min_accuracy", "test accuracy", test.get("accuracy"),
-                                 config.min_accuracy))
-    if config.min_macro_f1 is not None:
-        out.append(_minimum_gate(target, config, "min_macro_f1", "test macro-F1", test.get("macro_f1"),
-                                 config.min_macro_f1))
-    for cls, threshold in config.min_recall.items():
-        out.append(_recall_gate(target, config, cls, threshold))
-    return out
-
-
-def _recall_gate(target: _Target, config: GatesConfig, cls: str, threshold: float) -> GateResult:
-    entry = (target.test.get("per_class") or {}).get(cls) or {}
-    if entry.get("support") == 0:
-        # undefined recall (older results.json stored it as 0.0): judge by the support
-        return GateResult(f"min_recall.{cls}", target.backbone, "WARN", None, float(threshold),
-                          f"{target.who}: not evaluated (no test images of class {cls}); minimum {threshold:.3f}")
-    return _minimum_gate(target, config, f"min_recall.{cls}", f"test recall of {cls}", entry.get("recall"),
-                         threshold)
-
-
-def _drop_gate(target: _Target, config: GatesConfig, previous: dict | None) -> GateResult:
+@register_gate("max_macro_f1_drop")
+def _drop_gate(inp: GateInput, config: GatesConfig) -> GateResult | None:
     """max_macro_f1_drop of one target against its result in ``previous``."""
+    if config.max_macro_f1_drop is None:
+        return None
+    target, previous = inp.target, inp.previous
     limit = config.max_macro_f1_drop
     backbone, who = target.backbone, target.who
     now = _num(target.test.get("macro_f1"))
@@ -319,8 +394,32 @@ def _drop_gate(target: _Target, config: GatesConfig, previous: dict | None) -> G
                    f"{now:.3f} now; allowed drop {limit:.3f}")
 
 
-def _subgroup_gap_gate(target: _Target, config: GatesConfig) -> GateResult:
+@register_gate("max_leakage_fraction", scope="run")
+def _leakage_gate(inp: GateInput, config: GatesConfig) -> GateResult | None:
+    """max_leakage_fraction: the run-level gate on test images with a twin in training."""
+    if config.max_leakage_fraction is None:
+        return None
+    results = inp.results
+    limit = config.max_leakage_fraction
+    counts = leakage_counts(results)
+    if counts is None:
+        return _judged(config, "max_leakage_fraction", None, None, limit, False,
+                       "leakage fraction is unknown (no integrity block with cross_split_near, or no test "
+                       f"images); allowed at most {limit:.1%}")
+    near, n_test = counts
+    fraction = near / n_test
+    relation = "within" if fraction <= limit + _EPS else "above"
+    return _judged(config, "max_leakage_fraction", None, fraction, limit, fraction <= limit + _EPS,
+                   f"{fraction:.1%} of test images ({near} of {n_test}) have an exact or near twin in training; "
+                   f"{relation} the allowed {limit:.1%}")
+
+
+@register_gate("max_subgroup_gap")
+def _subgroup_gap_gate(inp: GateInput, config: GatesConfig) -> GateResult | None:
     """max_subgroup_gap of one target: its largest macro-F1 gap between two subgroups of an attribute."""
+    if config.max_subgroup_gap is None:
+        return None
+    target = inp.target
     name, limit, who = "max_subgroup_gap", config.max_subgroup_gap, target.who
     if target.why:
         return _judged(config, name, target.backbone, None, limit, False,
@@ -353,8 +452,44 @@ def _subgroup_gap_gate(target: _Target, config: GatesConfig) -> GateResult:
                    f"{side(higher)} and {side(lower)}; {relation} the allowed gap {limit:.3f}")
 
 
-def _pointing_game_gate(target: _Target, config: GatesConfig) -> GateResult:
+#: Pseudonyms a patient-leakage gate message names (the integrity block lists up to 100).
+_PATIENTS_NAMED = 5
+
+
+@register_gate("max_patient_leakage", scope="run")
+def _patient_leakage_gate(inp: GateInput, config: GatesConfig) -> GateResult | None:
+    """max_patient_leakage: the run-level gate on patients with images in more than one split."""
+    if config.max_patient_leakage is None:
+        return None
+    results = inp.results
+    name, limit = "max_patient_leakage", config.max_patient_leakage
+    integrity = results.get("integrity")
+    count = integrity.get("cross_split_patients") if isinstance(integrity, dict) else None
+    if isinstance(count, bool) or not isinstance(count, int):
+        return _judged(config, name, None, None, limit, False,
+                       f"patients in more than one split are unknown (no integrity block with cross_split_patients); "
+                       f"allowed at most {limit}")
+    if not integrity.get("patients"):
+        return GateResult(name, None, "WARN", None, float(limit),
+                          f"not evaluated (no image carries a patient id, e.g. plain images without DICOM headers); "
+                          f"allowed at most {limit}")
+    ids = [str(i) for i in integrity.get("cross_split_patient_ids") or []]
+    named = f" ({', '.join(ids[:_PATIENTS_NAMED])}{', ...' if count > _PATIENTS_NAMED else ''})" if ids else ""
+    leaked = len(integrity.get("patient_leaked_test_files") or [])
+    ok = count <= limit
+    return _judged(config, name, None, float(count), limit, ok,
+                   f"{count} patient{'' if count == 1 else 's'}{named} {'has' if count == 1 else 'have'} images in "
+                   f"more than one split ({leaked} test images of training "
+                   f"patients, left out of the leakage-free figures); {'within' if ok else 'above'} the allowed "
+                   f"{limit}")
+
+
+@register_gate("min_pointing_game")
+def _pointing_game_gate(inp: GateInput, config: GatesConfig) -> GateResult | None:
     """min_pointing_game: the strict pointing-game rate of the primary (first) explanation method."""
+    if config.min_pointing_game is None:
+        return None
+    target = inp.target
     name, limit, who = "min_pointing_game", config.min_pointing_game, target.who
     blocks = [b for b in target.explanations or [] if isinstance(b, dict)]
     if target.why or not blocks:
@@ -378,10 +513,14 @@ def _pointing_game_gate(target: _Target, config: GatesConfig) -> GateResult:
                    f"{detail} {'meets' if ok else 'is below'} the minimum {limit:.3f}")
 
 
-def _explanation_sanity_gate(target: _Target, config: GatesConfig) -> GateResult:
+@register_gate("explanation_sanity")
+def _explanation_sanity_gate(inp: GateInput, config: GatesConfig) -> GateResult | None:
     """explanation_sanity: every method's maps change when the learned weights are randomised.
 
     ``value`` is the share of methods whose maps passed (1.0: all); threshold 1.0."""
+    if not config.explanation_sanity:
+        return None
+    target = inp.target
     name, who = "explanation_sanity", target.who
     blocks = [b for b in target.explanations or [] if isinstance(b, dict)]
     if target.why or not blocks:
@@ -407,49 +546,6 @@ def _explanation_sanity_gate(target: _Target, config: GatesConfig) -> GateResult
         message = f"{who}: the maps of {', '.join(map(median, verdicts))} change when the learned weights are randomised"
     return _judged(config, name, target.backbone, value, 1.0, not failed, message)
 
-
-def _leakage_gate(results: dict, config: GatesConfig) -> GateResult:
-    """max_leakage_fraction: the run-level gate on test images with a twin in training."""
-    limit = config.max_leakage_fraction
-    counts = leakage_counts(results)
-    if counts is None:
-        return _judged(config, "max_leakage_fraction", None, None, limit, False,
-                       "leakage fraction is unknown (no integrity block with cross_split_near, or no test "
-                       f"images); allowed at most {limit:.1%}")
-    near, n_test = counts
-    fraction = near / n_test
-    relation = "within" if fraction <= limit + _EPS else "above"
-    return _judged(config, "max_leakage_fraction", None, fraction, limit, fraction <= limit + _EPS,
-                   f"{fraction:.1%} of test images ({near} of {n_test}) have an exact or near twin in training; "
-                   f"{relation} the allowed {limit:.1%}")
-
-
-#: Pseudonyms a patient-leakage gate message names (the integrity block lists up to 100).
-_PATIENTS_NAMED = 5
-
-
-def _patient_leakage_gate(results: dict, config: GatesConfig) -> GateResult:
-    """max_patient_leakage: the run-level gate on patients with images in more than one split."""
-    name, limit = "max_patient_leakage", config.max_patient_leakage
-    integrity = results.get("integrity")
-    count = integrity.get("cross_split_patients") if isinstance(integrity, dict) else None
-    if isinstance(count, bool) or not isinstance(count, int):
-        return _judged(config, name, None, None, limit, False,
-                       f"patients in more than one split are unknown (no integrity block with cross_split_patients); "
-                       f"allowed at most {limit}")
-    if not integrity.get("patients"):
-        return GateResult(name, None, "WARN", None, float(limit),
-                          f"not evaluated (no image carries a patient id, e.g. plain images without DICOM headers); "
-                          f"allowed at most {limit}")
-    ids = [str(i) for i in integrity.get("cross_split_patient_ids") or []]
-    named = f" ({', '.join(ids[:_PATIENTS_NAMED])}{', ...' if count > _PATIENTS_NAMED else ''})" if ids else ""
-    leaked = len(integrity.get("patient_leaked_test_files") or [])
-    ok = count <= limit
-    return _judged(config, name, None, float(count), limit, ok,
-                   f"{count} patient{'' if count == 1 else 's'}{named} {'has' if count == 1 else 'have'} images in "
-                   f"more than one split ({leaked} test images of training "
-                   f"patients, left out of the leakage-free figures); {'within' if ok else 'above'} the allowed "
-                   f"{limit}")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -519,6 +615,6 @@ def gates_summary_lines(gates: Sequence[GateResult], include_pass: bool = True) 
 
 
 __all__ = [
-    "GATE_FAMILIES", "GateResult", "GatesConfig", "evaluate_gates", "gates_summary_lines",
-    "gates_to_dict", "gates_to_junit", "overall_status",
+    "GATES", "GATE_FAMILIES", "Gate", "GateInput", "GateResult", "GateTarget", "GatesConfig", "evaluate_gates",
+    "gates_summary_lines", "gates_to_dict", "gates_to_junit", "overall_status", "register_gate",
 ]
