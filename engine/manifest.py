@@ -435,8 +435,13 @@ def _stage_types() -> dict[str, type]:
     return {"GatesConfig": GatesConfig}
 
 
+def type_hints(cls: type) -> dict[str, Any]:
+    """The field types of a manifest section (a stage-owned section's class resolved too)."""
+    return typing.get_type_hints(cls, localns=_stage_types())
+
+
 def _build(cls: type, table: dict, prefix: str, base: Path):
-    hints = typing.get_type_hints(cls, localns=_stage_types())
+    hints = type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls) if f.name not in ("path", "text")]
     kwargs = {}
     for key, value in table.items():

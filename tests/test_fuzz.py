@@ -333,7 +333,7 @@ def _kind(tp):
 def schema(cls=manifest.Manifest, path=()):
     """(table path, key, edge kind) for every key load knows, read off its dataclasses so a key
     added later is swept too."""
-    hints = typing.get_type_hints(cls)
+    hints = manifest.type_hints(cls)
     for f in dataclasses.fields(cls):
         if f.name in ("path", "text"):
             continue
