@@ -23,13 +23,12 @@ def module_name(path: Path, root: Path = ENGINE) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def imports_of(path: Path, root: Path = ENGINE) -> set[str]:
-    """Every module ``path`` imports, absolute names, wherever in the file the import stands."""
-    tree = ast.parse(path.read_text(encoding="utf-8"))
-    name = module_name(path, root)
-    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+def _imported(nodes, name: str, is_package: bool, members: bool) -> set[str]:
+    """Absolute names of the modules the import statements among ``nodes`` name; with ``members``,
+    ``from engine.x import y`` also counts ``engine.x.y`` (y may be a module)."""
+    package = name if is_package else name.rpartition(".")[0]
     found = set()
-    for node in ast.walk(tree):
+    for node in nodes:
         if isinstance(node, ast.Import):
             found |= {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom):
@@ -38,8 +37,15 @@ def imports_of(path: Path, root: Path = ENGINE) -> set[str]:
                 parts = package.split(".")
                 base = ".".join(parts[:len(parts) - node.level + 1] + ([base] if base else []))
             found.add(base)
-            found |= {f"{base}.{alias.name}" for alias in node.names}  # `from engine.x import module`
+            if members:
+                found |= {f"{base}.{alias.name}" for alias in node.names}
     return found
+
+
+def imports_of(path: Path, root: Path = ENGINE) -> set[str]:
+    """Every module ``path`` imports, absolute names, wherever in the file the import stands."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    return _imported(ast.walk(tree), module_name(path, root), path.name == "__init__.py", members=True)
 
 
 def graph(root: Path = ENGINE) -> dict[str, set[str]]:
@@ -195,19 +201,8 @@ def test_no_stage_imports_the_pipeline():
 def module_level_imports(path: Path, root: Path = ENGINE) -> set[str]:
     """What ``path`` imports when it is imported: statements at the top of the module only, not
     those inside functions (nor under ``if TYPE_CHECKING``, which never runs)."""
-    name = module_name(path, root)
-    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-    found = set()
-    for node in ast.parse(path.read_text(encoding="utf-8")).body:
-        if isinstance(node, ast.Import):
-            found |= {alias.name for alias in node.names}
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                parts = package.split(".")
-                base = ".".join(parts[:len(parts) - node.level + 1] + ([base] if base else []))
-            found.add(base)
-    return found
+    body = ast.parse(path.read_text(encoding="utf-8")).body
+    return _imported(body, module_name(path, root), path.name == "__init__.py", members=False)
 
 
 def test_the_manifest_imports_no_stage_at_module_level():
