@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
-
 from engine.data.identity import Redactor, experiment_pseudonymizer
 from engine.data.records import ImageRecord
 
@@ -22,8 +20,6 @@ class FoundImages:
     layout: str
     records: list[ImageRecord]
     redact: Redactor
-    #: () -> the experiment's patient pseudonym function (made on first need: it may create the key)
-    pseudonymizer: Callable[[], Callable[[str], str]]
 
 
 def find_images(m, output_root: Path, *, run_dir: Path | None = None, for_run: bool = False) -> FoundImages:
@@ -51,4 +47,4 @@ def find_images(m, output_root: Path, *, run_dir: Path | None = None, for_run: b
         labels=data.labels, columns=data.columns, slices=manifest_mod.slice_selection(data), **extra)
     redact = discovery.redactor(root, records, pseudonymizer, train_dir=data.train_dir, test_dir=data.test_dir,
                                 aliases=aliases, labels=data.labels)
-    return FoundImages(root, layout, records, redact, pseudonymizer)
+    return FoundImages(root, layout, records, redact)
