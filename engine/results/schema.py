@@ -1,9 +1,5 @@
-"""Typed run results and their JSON form (``results.json``, the report's only input).
-
-The dataclasses keep machine values; ``to_dict`` is the one serializer the report, history and
-gates read. Optional blocks written by later stages (integrity, gradcam, calibration, ...) live in
-``extra`` so each stage owns its own block.
-"""
+"""results.json on disk: the shipped JSON Schemas, the one reader that checks a document against
+them, and the one writer (atomic)."""
 
 from __future__ import annotations
 
@@ -12,7 +8,6 @@ import importlib.resources
 import json
 import math
 import re
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -24,88 +19,6 @@ from engine.errors import InputError
 
 #: Must equal the version in engine/schemas/results.schema.json ($id and schema_version const).
 SCHEMA_VERSION = 1
-
-#: How figures and the report name each explanation method of results.json (``explanations[].method``;
-#: engine.explain.methods.METHODS). One table for the explain stage and the report, which imports
-#: nothing from that stage.
-METHOD_LABELS = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "layercam": "LayerCAM", "scorecam": "Score-CAM",
-                 "occlusion": "Occlusion"}
-#: How gallery captions and colour bars name ``gradcam.method`` (an imported model's gallery may be
-#: occlusion sensitivity rather than Grad-CAM).
-GALLERY_METHOD_NAMES = {**METHOD_LABELS, "occlusion": "Occlusion sensitivity"}
-
-
-@dataclass
-class WeightsInfo:
-    requested: str
-    used: str
-    note: str
-
-
-#: BackboneResult blocks that results.json holds only when a stage measured them.
-OPTIONAL_BLOCKS = ("leakage_free", "calibration", "uncertainty", "gradcam", "explanations", "subgroups",
-                   "subgroup_gap")
-
-
-@dataclass
-class BackboneResult:
-    name: str
-    display_name: str
-    architecture: str
-    source: str
-    file: str | None
-    input_size: int
-    status: str = "ok"  # "ok" | "failed"
-    error: str | None = None
-    weights: WeightsInfo | None = None
-    preprocessing: str = ""
-    parameters: dict = field(default_factory=dict)
-    fine_tuned_from: str | None = None
-    history: list[dict] = field(default_factory=list)
-    stages: list[dict] = field(default_factory=list)
-    validation: dict = field(default_factory=dict)
-    test: dict | None = None
-    timings: dict = field(default_factory=dict)
-    artifacts: dict = field(default_factory=dict)
-    #: Blocks later stages add, each set by its own stage on this object (None: not measured,
-    #: and absent from results.json): the leakage-free twin of ``test`` (evaluation), ``calibration``
-    #: and ``uncertainty`` (statistics), ``gradcam`` (explain), ``subgroups`` and ``subgroup_gap``
-    #: (statistics, with ``[subgroups] by``: engine.evaluation.subgroups.audit_subgroups).
-    leakage_free: dict | None = None
-    calibration: dict | None = None
-    uncertainty: dict | None = None
-    gradcam: dict | None = None
-    #: The explanation checks (explain, docs/explanations.md): per ``[gradcam] method``, primary
-    #: first, ``{"method", "pointing_game", "randomisation", "faithfulness", "figure", ...}`` or
-    #: ``{"method", "error"}`` (engine.explain.reliability.explain_reliability).
-    explanations: list[dict] | None = None
-    #: {attribute: [{"group", "n", "accuracy", "macro_f1", "recall": {class: value}, "ci": {...}}]}
-    subgroups: dict[str, list[dict]] | None = None
-    #: the largest macro-F1 gap between two groups, per attribute and overall, with its interval
-    subgroup_gap: dict | None = None
-    #: Keys of a results.json entry this auditrun does not know (a newer writer's), kept on a round trip.
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        """The entry as results.json holds it: the one serializer of a backbone's results."""
-        d = asdict(self)
-        d.pop("extra")
-        for key in OPTIONAL_BLOCKS:
-            if d[key] is None:
-                d.pop(key)
-        d["input_size"] = [self.input_size, self.input_size]
-        d.update(self.extra)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "BackboneResult":
-        known = {f for f in cls.__dataclass_fields__ if f != "extra"}
-        kwargs = {k: v for k, v in d.items() if k in known}
-        size = kwargs.get("input_size", 0)
-        kwargs["input_size"] = size[0] if isinstance(size, list) else size
-        if kwargs.get("weights"):
-            kwargs["weights"] = WeightsInfo(**kwargs["weights"])
-        return cls(**kwargs, extra={k: v for k, v in d.items() if k not in known})
 
 
 def number(value: Any) -> float | None:

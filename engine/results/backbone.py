@@ -1,0 +1,129 @@
+"""A backbone's entry of results.json (``backbones[]``): what was trained or imported, how, and
+every block the later stages measured on it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from engine.results.explain import Explanation, Gradcam
+from engine.results.metrics import Calibration, Metrics, Subgroup, SubgroupGap, Uncertainty, ValidationMetrics
+from engine.results.record import Record, items, optional, record
+
+#: How figures and the report name each explanation method of results.json (``explanations[].method``;
+#: engine.explain.methods.METHODS). One table for the explain stage and the report, which imports
+#: nothing from that stage.
+METHOD_LABELS = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "layercam": "LayerCAM", "scorecam": "Score-CAM",
+                 "occlusion": "Occlusion"}
+#: How gallery captions and colour bars name ``gradcam.method`` (an imported model's gallery may be
+#: occlusion sensitivity rather than Grad-CAM).
+GALLERY_METHOD_NAMES = {**METHOD_LABELS, "occlusion": "Occlusion sensitivity"}
+
+#: BackboneResult blocks that results.json holds only when a stage measured them.
+OPTIONAL_BLOCKS = ("leakage_free", "calibration", "uncertainty", "gradcam", "explanations", "subgroups",
+                   "subgroup_gap")
+
+
+@record(kw_only=False)
+class WeightsInfo(Record):
+    requested: str | None = None
+    used: str | None = None
+    note: str | None = None
+
+
+@record
+class Parameters(Record):
+    total: int | None = None
+    trainable: int | None = None
+
+
+@record
+class TrainingStage(Record):
+    """One training stage (the frozen head, then fine-tuning): engine.training.train.StageResult."""
+
+    name: str | None = None
+    epochs_run: int | None = None
+    best_epoch: int | None = None
+    stopped_early: bool | None = None
+    time_s: float | None = None
+
+
+@record
+class Imported(Record):
+    """What an imported ``[[models]]`` entry is (engine.training.imported) and its checks' warnings."""
+
+    format: str | None = None
+    file: str | None = None
+    preprocess: str | None = None
+    scaling: str | None = None
+    channels: Any = None
+    layout: Any = None
+    output: Any = None
+    class_order: list[str] = items()
+    classes: list[str] | None = None
+    training_data: Any = None
+    warnings: list[str] = items()
+
+
+@record
+class BackboneResult(Record):
+    name: str
+    display_name: str | None = None
+    architecture: str | None = None
+    source: str | None = None
+    file: str | None = None
+    #: the square input side in pixels; results.json writes ``[side, side]``
+    input_size: int = 0
+    status: str = "ok"  # "ok" | "failed"
+    error: str | None = None
+    weights: WeightsInfo | None = None
+    preprocessing: str = ""
+    parameters: Parameters | dict = items(dict)
+    fine_tuned_from: str | None = None
+    #: per epoch: stage, epoch, loss, accuracy, val_loss, val_accuracy
+    history: list[dict[str, Any]] = items()
+    stages: list[TrainingStage] = items()
+    validation: ValidationMetrics | dict = items(dict)
+    test: Metrics | None = None
+    timings: dict[str, float | None] = items(dict)
+    artifacts: dict[str, str] = items(dict)
+    #: Blocks later stages add, each set by its own stage (None: not measured, and absent from
+    #: results.json): the leakage-free twin of ``test`` (evaluation), ``calibration`` and
+    #: ``uncertainty`` (statistics), ``gradcam`` and ``explanations`` (explain), ``subgroups`` and
+    #: ``subgroup_gap`` (statistics, with ``[subgroups] by``).
+    leakage_free: Metrics | None = optional()
+    calibration: Calibration | None = optional()
+    uncertainty: Uncertainty | None = optional()
+    gradcam: Gradcam | None = optional()
+    explanations: list[Explanation] | None = optional()
+    #: {attribute: [one row per group]}
+    subgroups: dict[str, list[Subgroup]] | None = optional()
+    subgroup_gap: SubgroupGap | None = optional()
+    #: an imported model's description and checks
+    imported: Imported | None = optional()
+    #: the method an imported model's gallery used (Grad-CAM or occlusion sensitivity)
+    explanation_method: str | None = optional()
+
+    @property
+    def label(self) -> str:
+        return self.display_name or self.name
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    @classmethod
+    def from_json(cls, data: dict) -> "BackboneResult":
+        size = data.get("input_size")
+        if isinstance(size, list):
+            data = {**data, "input_size": size[0] if size else 0}
+        return super().from_json(data)
+
+    def to_json(self) -> dict:
+        out = super().to_json()
+        if "input_size" in out:
+            out["input_size"] = [self.input_size, self.input_size]
+        return out
+
+    #: the names the training and evaluation stages use
+    to_dict = to_json
+    from_dict = from_json

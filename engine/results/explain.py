@@ -1,0 +1,133 @@
+"""Typed explanation blocks of a backbone entry: the Grad-CAM gallery (``gradcam``) and the
+explanation checks per method (``explanations``, docs/explanations.md)."""
+
+from __future__ import annotations
+
+from engine.results.record import Record, items, record
+
+
+@record
+class GalleryItem(Record):
+    image: str | None = None
+    true_class: str | None = None
+    predicted_class: str | None = None
+    explained_class: str | None = None
+    probability: float | None = None
+    correct: bool | None = None
+    peak: list[float] | None = None
+    top20_area_fraction: float | None = None
+    peak_in_box: bool | None = None
+    box_area_fraction: float | None = None
+    files: dict[str, str] = items(dict)
+
+
+@record
+class PointingGame(Record):
+    """The gallery's pointing game (engine.explain.gradcam.pointing_game), overall and per class."""
+
+    hits: int | None = None
+    total: int | None = None
+    rate: float | None = None
+    chance_rate: float | None = None
+    explained_class: str | None = None
+    per_class: dict[str, "PointingGame"] = items(dict)
+
+
+@record
+class Gradcam(Record):
+    """The gallery block (engine.explain.gallery.explain_backbone), or ``{"error", "method"}``."""
+
+    layer: str | None = None
+    method: str | None = None
+    error: str | None = None
+    images_per_class: int | None = None
+    items: list[GalleryItem] = items()
+    pointing_game: PointingGame | None = None
+    #: the same game on boxed validation images, to tune Grad-CAM settings without the test split
+    pointing_game_validation: PointingGame | None = None
+
+
+@record
+class Localisation(Record):
+    """The strict and tolerant pointing games and the energy share (engine.explain.localisation)."""
+
+    rate: float | None = None
+    hits: int | None = None
+    total: int | None = None
+    tolerance_px: float | None = None
+    tolerant_rate: float | None = None
+    tolerant_hits: int | None = None
+    energy: float | None = None
+    chance_rate: float | None = None
+    tolerant_chance_rate: float | None = None
+    rate_ci: list[float | None] | None = None
+    tolerant_rate_ci: list[float | None] | None = None
+    energy_ci: list[float | None] | None = None
+    beats_chance: dict[str, bool] | None = None
+
+
+@record
+class CascadeStep(Record):
+    name: str | None = None
+    layers: list[str] = items()
+    spearman_median: float | None = None
+    ssim_median: float | None = None
+    blank_fraction: float | None = None
+
+
+@record
+class Randomisation(Record):
+    """The model-randomisation test (Adebayo et al. 2018, engine.explain.randomisation)."""
+
+    spearman_median: float | None = None
+    spearman_ci: list[float | None] | None = None
+    ssim_median: float | None = None
+    ssim_ci: list[float | None] | None = None
+    passed: bool | None = None
+    threshold: float | None = None
+    steps: list[CascadeStep] = items()
+
+
+@record
+class Faithfulness(Record):
+    """Deletion and insertion curves against random and centre baselines (engine.explain.faithfulness)."""
+
+    deletion_auc: float | None = None
+    deletion_auc_ci: list[float | None] | None = None
+    insertion_auc: float | None = None
+    insertion_auc_ci: list[float | None] | None = None
+    random_deletion_auc: float | None = None
+    random_deletion_auc_ci: list[float | None] | None = None
+    random_insertion_auc: float | None = None
+    random_insertion_auc_ci: list[float | None] | None = None
+    centre_deletion_auc: float | None = None
+    centre_deletion_auc_ci: list[float | None] | None = None
+    centre_insertion_auc: float | None = None
+    centre_insertion_auc_ci: list[float | None] | None = None
+    beats: dict[str, bool] = items(dict)
+    beats_baselines: bool | None = None
+    steps: int | None = None
+    baseline: str | None = None
+    n_images: int | None = None
+
+
+@record
+class Figure(Record):
+    path: str | None = None
+    alt: str | None = None
+    caption: str | None = None
+
+
+@record
+class Explanation(Record):
+    """One ``[gradcam] method``'s checks (engine.explain.reliability), or ``{"method", "error"}``."""
+
+    method: str | None = None
+    layer: str | None = None
+    n_images: int | None = None
+    error: str | None = None
+    pointing_game: Localisation | None = None
+    randomisation: Randomisation | None = None
+    faithfulness: Faithfulness | None = None
+    seconds: dict[str, float | None] = items(dict)
+    figure: Figure | None = None

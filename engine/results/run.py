@@ -1,0 +1,124 @@
+"""The root of results.json: ``RunResults``, the one typed tree every stage fills and every reader
+(report, gates, history, reuse) reads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from engine.results.backbone import BackboneResult
+from engine.results.integrity import DataInfo, Integrity
+from engine.results.nightly import Comparison, External, Gates, Trend
+from engine.results.record import Record, items, optional, record
+from engine.results.schema import SCHEMA_VERSION, read_results, validate_results, write_results
+
+
+@record
+class Experiment(Record):
+    name: str = ""
+    description: str | None = None
+    seed: int = 0
+    manifest_file: str | None = None
+    manifest_sha256: str | None = None
+
+
+@record
+class RunInfo(Record):
+    id: str = ""
+    started_at: str | None = None
+    finished_at: str | None = None
+    status: str = "running"  # running | ok | partial | failed | interrupted
+    wall_time_s: float | None = None
+    resumed: bool = False
+    reused_from: str | None = None
+    active_s: float | None = optional()
+    active_s_before_resume: float | None = optional()
+    error: str | None = optional()
+    resume_command: str | None = optional()
+
+
+@record
+class Device(Record):
+    type: str | None = None
+    name: str | None = None
+    count: int | None = None
+    threads: int | None = None
+
+
+@record
+class TrainingSetup(Record):
+    devices: list[Device] = items()
+    distribute: str | None = None
+    replicas: int | None = None
+    precision: str | None = None
+
+
+@record
+class Environment(Record):
+    python: str | None = None
+    platform: str | None = None
+    machine: str | None = None
+    packages: dict[str, str | None] = items(dict)
+    git_commit: str | None = None
+    auditrun: str | None = None
+    training: TrainingSetup | None = optional()
+
+
+@record
+class BestBackbone(Record):
+    name: str = ""
+    selected_by: str | None = None
+
+
+@record
+class RunResults(Record):
+    """results.json, typed. ``from_json`` reads a checked document; ``to_json`` is its one serializer."""
+
+    schema_version: int = SCHEMA_VERSION
+    experiment: Experiment = items(Experiment)
+    run: RunInfo = items(RunInfo)
+    environment: Environment = items(Environment)
+    backbones: list[BackboneResult] = items()
+    best_backbone: BestBackbone | None = None
+    timings: dict[str, float | None] = items(dict)
+    integrity: Integrity | None = optional()
+    data: DataInfo | None = optional()
+    comparisons: list[Comparison] | None = optional()
+    comparisons_leakage_free: list[Comparison] | None = optional()
+    gates: Gates | None = optional()
+    trend: Trend | None = optional()
+    external: list[External] | None = optional()
+
+    @classmethod
+    def read(cls, run_dir: Path) -> "RunResults":
+        """``run_dir/results.json``, schema-checked (engine.results.read_results), typed."""
+        return cls.from_json(read_results(run_dir))
+
+    @classmethod
+    def checked(cls, data: dict, where: Path | str = "results.json") -> "RunResults":
+        """A results document already in memory, schema-checked, typed."""
+        validate_results(data, where)
+        return cls.from_json(data)
+
+    def write(self, run_dir: Path, *, in_place: bool = False) -> Path:
+        return write_results(run_dir, self.to_json(), in_place=in_place)
+
+    # --------------------------------------------------------------------------------------- views
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.data.class_names) if self.data is not None else []
+
+    def finished(self) -> list[BackboneResult]:
+        return [b for b in self.backbones if b.status == "ok"]
+
+    def backbone(self, name: str) -> BackboneResult | None:
+        return next((b for b in self.backbones if b.name == name), None)
+
+    def display_names(self) -> dict[str, str]:
+        return {b.name: b.label for b in self.backbones}
+
+
+def as_run_results(results: "RunResults | dict[str, Any]") -> RunResults:
+    """A reader's input as the typed tree: results.json's dict (already checked) or the tree itself."""
+    return results if isinstance(results, RunResults) else RunResults.from_json(results)
