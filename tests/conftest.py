@@ -113,3 +113,13 @@ def as_path(name: str, names: dict[str, str]) -> str:
     with the same frame suffix."""
     ref, sep, frame = name.partition(" [")
     return names.get(ref, ref) + sep + frame
+
+
+def assert_reads_back_unchanged(document: dict):
+    """The typed tree (engine.results.RunResults) holds ``document`` losslessly, so the report and
+    nightly can read it typed; returns the tree."""
+    from engine.results import RunResults
+
+    typed = RunResults.from_json(document)
+    assert typed.to_json() == document
+    return typed

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from engine.cli import main
 
-from conftest import LITE0, needs_lite0, needs_poppler, write_manifest, trains
+from conftest import LITE0, assert_reads_back_unchanged, needs_lite0, needs_poppler, write_manifest, trains
 
 
 def tiny_backbone(path: Path, size: int = 64) -> Path:
@@ -282,3 +282,9 @@ def test_evaluate_rejects_unknown_backbone(smoke_run, tmp_path):
     result = CliRunner().invoke(main, ["evaluate", str(tmp / "out" / "e2e" / "r1"), "--data", str(tmp_path),
                                        "--backbone", "nope"])
     assert result.exit_code == 2 and "nope" in result.output
+
+
+def test_results_json_of_a_real_run_reads_into_the_typed_tree_unchanged(smoke_run):
+    tmp, _ = smoke_run
+    typed = assert_reads_back_unchanged(json.loads((tmp / "out" / "e2e" / "r1" / "results.json").read_text()))
+    assert [b.status for b in typed.backbones] == ["ok", "failed"] and typed.gates.summary.FAIL >= 1

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 
 keras = pytest.importorskip("keras")
 
-from conftest import trains, write_manifest  # noqa: E402
+from conftest import assert_reads_back_unchanged, trains, write_manifest  # noqa: E402
 from test_explain_checks import blobs, edge_explainer, trained  # noqa: E402,F401 - fixtures
 from test_nightly_e2e import manifest_text, tiny_backbone  # noqa: E402
 
@@ -243,3 +243,10 @@ def test_evaluate_adds_the_explanation_blocks(audit):
     from engine.results import read_results
 
     assert read_results(run_dir)["external"][0]["backbones"][0]["explanations"] == blocks
+
+
+def test_explanation_blocks_read_into_the_typed_tree_unchanged(audit):
+    _, run_dir, _ = audit
+    typed = assert_reads_back_unchanged(json.loads((run_dir / "results.json").read_text()))
+    checks = typed.backbones[0].explanations
+    assert [c.method for c in checks] == ["gradcam", "gradcam++"] and checks[1].randomisation.passed is False

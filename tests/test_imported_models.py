@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from conftest import write_manifest, trains
+from conftest import assert_reads_back_unchanged, write_manifest, trains
 from engine.cli import main
 from test_audit_e2e import tiny_backbone
 
@@ -300,3 +300,10 @@ def test_an_onnx_model_without_onnxruntime_names_the_install_command(exported, m
     with pytest.raises(InputError, match=r"model 'x'.*pip install 'auditrun\[onnx\]'"):
         load_imported(ModelConfig(name="x", file=tmp / "exp.onnx", preprocess="none", class_order=CLASSES),
                       CLASSES, folder_aliases(CLASSES, {}))
+
+
+def test_imported_entries_read_into_the_typed_tree_unchanged(audit):
+    _, results, _ = audit
+    typed = assert_reads_back_unchanged(results)
+    imported = [b for b in typed.backbones if b.source == "imported"]
+    assert imported and all(b.imported is not None and b.imported.class_order for b in imported)

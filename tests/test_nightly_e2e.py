@@ -26,7 +26,7 @@ from click.testing import CliRunner
 
 from engine.cli import main
 
-from conftest import write_manifest, trains
+from conftest import assert_reads_back_unchanged, write_manifest, trains
 
 REPO = Path(__file__).resolve().parents[1]
 CLOCK_1 = datetime(2026, 1, 1, 2, 0, tzinfo=timezone.utc)
@@ -424,3 +424,9 @@ def test_resume_takes_over_stale_lock_and_does_not_retrain_finished_backbone(int
     assert [r["run_id"] for r in records] == ["r1"] and records[0]["status"] == "ok"
     assert set(records[0]["backbones"]) == {"fast", "slow"}
     assert (run_dir / "report.html").is_file()
+
+
+def test_a_second_runs_trend_and_gates_read_into_the_typed_tree_unchanged(two_runs):
+    _, (first, second), _ = two_runs
+    typed = assert_reads_back_unchanged(json.loads((second.run_dir / "results.json").read_text()))
+    assert typed.trend.previous_run_id == first.run_dir.name and typed.gates.gates

@@ -22,7 +22,7 @@ import pytest
 from click.testing import CliRunner
 from jsonschema import Draft202012Validator
 
-from conftest import as_path, needs_lite0, shown_names, write_manifest, LITE0, trains
+from conftest import as_path, assert_reads_back_unchanged, needs_lite0, shown_names, write_manifest, LITE0, trains
 from engine.cli import main
 from engine.errors import InputError
 from engine.evaluation.predictions import METADATA_COLUMNS
@@ -385,3 +385,10 @@ def test_site_noise_is_checked_and_recorded(site_data, tmp_path):
                           ("S2=11", "must be a number in [0, 10]")):
         result = invoke("synth-data", tmp_path / value, "--format", "dicom", "--site-noise", value)
         assert result.exit_code == 2 and needle in result.output, (value, result.output)
+
+
+def test_subgroup_blocks_read_into_the_typed_tree_unchanged(tiny_runs):
+    first, second, _ = tiny_runs
+    for result in (first, second):
+        typed = assert_reads_back_unchanged(json.loads((run_dir_of(result) / "results.json").read_text()))
+        assert typed.backbones[0].subgroups and typed.backbones[0].subgroup_gap.attributes
