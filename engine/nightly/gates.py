@@ -2,7 +2,7 @@
 
 The manifest's ``[gates]`` section becomes :class:`GatesConfig`, defined here so that a new gate and its threshold key are one module's change.
 Each gate is one function registered in :data:`GATES` with ``@register_gate(name, scope=...)``;
-:func:`evaluate_gates` runs them on a run's results dict (and the previous history record, for the
+:func:`evaluate_gates` runs them on a run's typed results (``RunResults``; and the previous history record, for the
 drop gate) and returns one :class:`GateResult` per gate and target; serialisers (dict for results.json, JUnit XML for CI, lines
 for stderr) are separate functions so the result keeps its machine value apart from its display.
 

@@ -15,6 +15,9 @@ end in one, so a torn fragment can never swallow the next record. Writers are se
 experiment lock (engine.nightly.lock); ``latest`` is small and is replaced atomically (tmp + ``os.replace``),
 because a text file survives copies and archives where a symlink does not.
 
+Records are typed as ``engine.results.HistoryRecord`` for reading; the functions here take a record
+or its decoded JSON alike, and return the JSON forms the pipeline stores (a record, a trend block).
+
 This module is pure Python (json, hashlib, jsonschema, pandas for tables): no TensorFlow.
 """
 
