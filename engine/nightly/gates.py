@@ -2,7 +2,7 @@
 
 The manifest's ``[gates]`` section becomes :class:`GatesConfig`, defined here so that a new gate and its threshold key are one module's change.
 Each gate is one function registered in :data:`GATES` with ``@register_gate(name, scope=...)``;
-:func:`evaluate_gates` runs them on a run's results dict (and the previous history record, for the
+:func:`evaluate_gates` runs them on a run's typed results (``RunResults``; and the previous history record, for the
 drop gate) and returns one :class:`GateResult` per gate and target; serialisers (dict for results.json, JUnit XML for CI, lines
 for stderr) are separate functions so the result keeps its machine value apart from its display.
 
@@ -46,8 +46,11 @@ from dataclasses import dataclass, field
 from typing import Callable, Literal, Sequence
 
 from engine.errors import InputError
-from engine.nightly.history import leakage_counts, record_metric
+from engine.nightly.history import leakage_counts
 from engine.registry import Registry
+from engine.results import (BackboneResult, BestBackbone, ClassMetrics, Explanation, Gradcam, HistoryRecord, Integrity,
+                            LargestGap, Localisation, Metrics, Randomisation, RunResults, SubgroupGap, SubgroupSide,
+                            as_history_record, as_run_results)
 from engine.results import number as _num
 
 #: Where a gate is evaluated: "first" once per run, before every backbone gate (the verdict on the
@@ -63,17 +66,17 @@ _EPS = 1e-9
 @dataclass(frozen=True)
 class GateTarget:
     """One gated backbone: its name (None when there is none to gate), why its values cannot be
-    measured ("" when they can), its ``test`` block ({} when unmeasurable) and its
+    measured ("" when they can), its ``test`` block (an empty one when unmeasurable) and its
     ``subgroup_gap`` block (None when absent or unmeasurable)."""
 
     backbone: str | None
     why: str
-    test: dict
-    subgroup_gap: dict | None = None
+    test: Metrics = field(default_factory=Metrics)
+    subgroup_gap: SubgroupGap | None = None
     #: the backbone's ``explanations`` list (None when absent or unmeasurable)
-    explanations: list | None = None
-    #: the backbone's whole results.json entry ({} when unmeasurable), for a gate on any other block
-    entry: dict = field(default_factory=dict)
+    explanations: list[Explanation] | None = None
+    #: the backbone's whole results.json entry (None when unmeasurable), for a gate on any other block
+    entry: BackboneResult | None = None
 
     @property
     def who(self) -> str:
@@ -82,11 +85,11 @@ class GateTarget:
 
 @dataclass(frozen=True)
 class GateInput:
-    """What a gate reads: the run's results.json dict, the previous comparable history record (None
-    on the first run) and, for a "backbone" gate, the backbone it judges (None for the others)."""
+    """What a gate reads: the run's results, the previous comparable history record (None on the
+    first run) and, for a "backbone" gate, the backbone it judges (None for the others)."""
 
-    results: dict
-    previous: dict | None
+    results: RunResults
+    previous: HistoryRecord | None
     target: GateTarget | None = None
 
 
@@ -229,27 +232,43 @@ class GateResult:
 # Evaluation
 
 
-def _targets(results: dict, config: GatesConfig) -> list[tuple[str | None, dict | None, str]]:
+def _finished(b: BackboneResult) -> bool:
+    # an entry without a status did not finish: ``status`` reads "ok" only as a stand-in default
+    return b.ok and b.has("status")
+
+
+def _failure(b: BackboneResult) -> str:
+    return f"backbone failed: {b.error or 'no error recorded'}"
+
+
+def _targets(results: RunResults, config: GatesConfig) -> list[tuple[str | None, BackboneResult | None, str]]:
     """(backbone name, backbone entry or None, why it is unmeasurable or "") per gated backbone."""
-    entries = {b.get("name"): b for b in results.get("backbones") or []}
+    entries = {b.name: b for b in results.backbones}
     if config.applies_to == "all":
         if not entries:
             return [(None, None, "the run has no backbones")]
-        return [(name, b, "" if b.get("status") == "ok" else
-                 f"backbone failed: {b.get('error') or 'no error recorded'}") for name, b in entries.items()]
-    best = (results.get("best_backbone") or {}).get("name")
+        return [(name, b, "" if _finished(b) else _failure(b)) for name, b in entries.items()]
+    best = results.best_backbone.name if isinstance(results.best_backbone, BestBackbone) else None
     if not best:
         return [(None, None, "no best backbone was selected (did every backbone fail?)")]
-    entry = entries.get(best)
+    entry = results.backbone(best)
     if entry is None:
         return [(best, None, f"best backbone {best!r} is not among the run's backbones")]
-    if entry.get("status") != "ok":
-        return [(best, entry, f"backbone failed: {entry.get('error') or 'no error recorded'}")]
+    if not _finished(entry):
+        return [(best, entry, _failure(entry))]
     return [(best, entry, "")]
 
 
-def evaluate_gates(results: dict, config: GatesConfig, previous: dict | None) -> list[GateResult]:
-    """Evaluate every configured gate on ``results`` (results.json dict, schema version 1).
+def _target(backbone: str | None, entry: BackboneResult | None, why: str) -> GateTarget:
+    if why or entry is None:
+        return GateTarget(backbone, why)
+    return GateTarget(backbone, why, entry.test if isinstance(entry.test, Metrics) else Metrics(),
+                      entry.subgroup_gap, entry.explanations, entry)
+
+
+def evaluate_gates(results: RunResults | dict, config: GatesConfig,
+                   previous: HistoryRecord | dict | None) -> list[GateResult]:
+    """Evaluate every configured gate on ``results`` (``RunResults`` or results.json's dict, schema version 1).
 
     ``previous``: the previous comparable history record (engine.nightly.history.previous_record), or None
     on the first run. Returns results in a stable order, the registration order of GATES within each
@@ -257,14 +276,11 @@ def evaluate_gates(results: dict, config: GatesConfig, previous: dict | None) ->
     (manifest order), drop, subgroup gap, pointing game, explanation sanity; then the run-level
     leakage gates (images, then patients).
     """
-    inp = GateInput(results, previous)
+    inp = GateInput(as_run_results(results), as_history_record(previous) if previous is not None else None)
     out = _evaluate([g for g in GATES.values() if g.scope == "first"], inp, config)
     per_backbone = [g for g in GATES.values() if g.scope == "backbone"]
-    for backbone, entry, why in _targets(results, config):
-        target = GateTarget(backbone, why, {} if why else ((entry or {}).get("test") or {}),
-                            None if why else (entry or {}).get("subgroup_gap"),
-                            None if why else (entry or {}).get("explanations"), {} if why else (entry or {}))
-        out += _evaluate(per_backbone, dataclasses.replace(inp, target=target), config)
+    for backbone, entry, why in _targets(inp.results, config):
+        out += _evaluate(per_backbone, dataclasses.replace(inp, target=_target(backbone, entry, why)), config)
     out += _evaluate([g for g in GATES.values() if g.scope == "run"], inp, config)
     return out
 
@@ -309,12 +325,12 @@ def _minimum_gate(target: GateTarget, config: GatesConfig, name: str, what: str,
 
 
 def _recall_gate(target: GateTarget, config: GatesConfig, cls: str, threshold: float) -> GateResult:
-    entry = (target.test.get("per_class") or {}).get(cls) or {}
-    if entry.get("support") == 0:
+    entry = target.test.class_metrics(cls) or ClassMetrics()
+    if entry.support == 0:
         # undefined recall (older results.json stored it as 0.0): judge by the support
         return GateResult(f"min_recall.{cls}", target.backbone, "WARN", None, float(threshold),
                           f"{target.who}: not evaluated (no test images of class {cls}); minimum {threshold:.3f}")
-    return _minimum_gate(target, config, f"min_recall.{cls}", f"test recall of {cls}", entry.get("recall"),
+    return _minimum_gate(target, config, f"min_recall.{cls}", f"test recall of {cls}", entry.recall,
                          threshold)
 
 
@@ -326,11 +342,10 @@ def _all_finished(inp: GateInput, config: GatesConfig) -> GateResult | None:
     """PASS when every listed backbone trained, evaluated and explained; else FAIL naming the errors."""
     if not config.all_backbones_finished:
         return None
-    results = inp.results
-    entries = results.get("backbones") or []
-    broken = [(b.get("name"), b.get("error") or "no error recorded") for b in entries if b.get("status") != "ok"]
-    broken += [(b.get("name"), f"explanations failed: {b['gradcam']['error']}") for b in entries
-               if b.get("status") == "ok" and isinstance(b.get("gradcam"), dict) and b["gradcam"].get("error")]
+    entries = inp.results.backbones
+    broken = [(b.name, b.error or "no error recorded") for b in entries if not _finished(b)]
+    broken += [(b.name, f"explanations failed: {b.gradcam.error}") for b in entries
+               if _finished(b) and isinstance(b.gradcam, Gradcam) and b.gradcam.error]
     finished = len(entries) - len({name for name, _ in broken})
     if not entries:
         message, ok = "the run has no backbone results", False
@@ -350,7 +365,7 @@ def _all_finished(inp: GateInput, config: GatesConfig) -> GateResult | None:
 def _min_accuracy(inp: GateInput, config: GatesConfig) -> GateResult | None:
     if config.min_accuracy is None:
         return None
-    return _minimum_gate(inp.target, config, "min_accuracy", "test accuracy", inp.target.test.get("accuracy"),
+    return _minimum_gate(inp.target, config, "min_accuracy", "test accuracy", inp.target.test.accuracy,
                          config.min_accuracy)
 
 
@@ -358,7 +373,7 @@ def _min_accuracy(inp: GateInput, config: GatesConfig) -> GateResult | None:
 def _min_macro_f1(inp: GateInput, config: GatesConfig) -> GateResult | None:
     if config.min_macro_f1 is None:
         return None
-    return _minimum_gate(inp.target, config, "min_macro_f1", "test macro-F1", inp.target.test.get("macro_f1"),
+    return _minimum_gate(inp.target, config, "min_macro_f1", "test macro-F1", inp.target.test.macro_f1,
                          config.min_macro_f1)
 
 
@@ -376,21 +391,21 @@ def _drop_gate(inp: GateInput, config: GatesConfig) -> GateResult | None:
     target, previous = inp.target, inp.previous
     limit = config.max_macro_f1_drop
     backbone, who = target.backbone, target.who
-    now = _num(target.test.get("macro_f1"))
-    before = record_metric(previous, backbone, "macro_f1") if previous and backbone else None
+    now = _num(target.test.macro_f1)
+    before = previous.metric(backbone, "macro_f1") if previous is not None and backbone else None
     if now is None:
         return _judged(config, "max_macro_f1_drop", backbone, None, limit, False,
                        f"{who} test macro-F1 is missing ({target.why or 'not in results'}); "
                        f"allowed drop {limit:.3f}")
     if before is None:
         reason = "no previous run" if previous is None else \
-            f"no previous result for {who} in run {previous.get('run_id')}"
+            f"no previous result for {who} in run {previous.run_id}"
         return GateResult("max_macro_f1_drop", backbone, "PASS", None, float(limit),
                           f"{who}: {reason}; nothing to compare (macro-F1 now {now:.3f})")
     drop = before - now
     verb = f"fell by {drop:.3f}" if drop > 0 else f"did not fall (change {-drop:+.3f})"
     return _judged(config, "max_macro_f1_drop", backbone, drop, limit, drop <= limit + _EPS,
-                   f"{who} test macro-F1 {verb}: {before:.3f} in run {previous.get('run_id')} -> "
+                   f"{who} test macro-F1 {verb}: {before:.3f} in run {previous.run_id} -> "
                    f"{now:.3f} now; allowed drop {limit:.3f}")
 
 
@@ -399,9 +414,8 @@ def _leakage_gate(inp: GateInput, config: GatesConfig) -> GateResult | None:
     """max_leakage_fraction: the run-level gate on test images with a twin in training."""
     if config.max_leakage_fraction is None:
         return None
-    results = inp.results
     limit = config.max_leakage_fraction
-    counts = leakage_counts(results)
+    counts = leakage_counts(inp.results)
     if counts is None:
         return _judged(config, "max_leakage_fraction", None, None, limit, False,
                        "leakage fraction is unknown (no integrity block with cross_split_near, or no test "
@@ -425,31 +439,33 @@ def _subgroup_gap_gate(inp: GateInput, config: GatesConfig) -> GateResult | None
         return _judged(config, name, target.backbone, None, limit, False,
                        f"{who} subgroup gap is missing ({target.why}); allowed gap {limit:.3f}")
     block = target.subgroup_gap
-    if not isinstance(block, dict):
+    if not isinstance(block, SubgroupGap):
         return GateResult(name, target.backbone, "WARN", None, float(limit),
                           f"{who}: not evaluated (no subgroup results: set [subgroups] by, with site, scanner, "
                           f"sex or age in the data); allowed gap {limit:.3f}")
-    largest = block.get("largest") if isinstance(block.get("largest"), dict) else {}
-    gap = _num(largest.get("gap"))
+    largest = block.largest if isinstance(block.largest, LargestGap) else LargestGap()
+    gap = _num(largest.gap)
     if gap is None:
-        unavailable = [str(a) for a in block.get("unavailable") or []]
+        unavailable = [str(a) for a in block.unavailable or []]
         missing = f"no test image records {', '.join(unavailable)}; " if unavailable else ""
         return GateResult(name, target.backbone, "WARN", None, float(limit),
                           f"{who}: not evaluated ({missing}no attribute has two subgroups of at least "
-                          f"{block.get('min_n', '?')} test images); allowed gap {limit:.3f}")
-    lo, hi = _num(largest.get("ci_low")), _num(largest.get("ci_high"))
+                          f"{block.min_n if block.has('min_n') else '?'} test images); allowed gap {limit:.3f}")
+    lo, hi = _num(largest.ci_low), _num(largest.ci_high)
     ci = f" [CI {lo:.3f}, {hi:.3f}]" if lo is not None and hi is not None else ""
-    higher, lower = largest.get("higher") or {}, largest.get("lower") or {}
 
-    def side(s: dict) -> str:
-        f1 = _num(s.get("macro_f1"))
-        return f"{s.get('group')} {f1:.3f} (n={s.get('n')})" if f1 is not None else str(s.get("group"))
+    def side(s: SubgroupSide | None) -> str:
+        s = s if isinstance(s, SubgroupSide) else SubgroupSide.from_json({})
+        # a side without group or n names them "None", as it always has, not by a stand-in default
+        group = s.group if s.has("group") else None
+        f1 = _num(s.macro_f1)
+        return f"{group} {f1:.3f} (n={s.n if s.has('n') else None})" if f1 is not None else str(group)
 
     ok = gap <= limit + _EPS
     relation = "within" if ok else "above"
     return _judged(config, name, target.backbone, gap, limit, ok,
-                   f"{who} test macro-F1 differs by {gap:.3f}{ci} between {largest.get('attribute')} groups "
-                   f"{side(higher)} and {side(lower)}; {relation} the allowed gap {limit:.3f}")
+                   f"{who} test macro-F1 differs by {gap:.3f}{ci} between {largest.attribute} groups "
+                   f"{side(largest.higher)} and {side(largest.lower)}; {relation} the allowed gap {limit:.3f}")
 
 
 #: Pseudonyms a patient-leakage gate message names (the integrity block lists up to 100).
@@ -461,21 +477,20 @@ def _patient_leakage_gate(inp: GateInput, config: GatesConfig) -> GateResult | N
     """max_patient_leakage: the run-level gate on patients with images in more than one split."""
     if config.max_patient_leakage is None:
         return None
-    results = inp.results
     name, limit = "max_patient_leakage", config.max_patient_leakage
-    integrity = results.get("integrity")
-    count = integrity.get("cross_split_patients") if isinstance(integrity, dict) else None
+    integrity = inp.results.integrity
+    count = integrity.cross_split_patients if isinstance(integrity, Integrity) else None
     if isinstance(count, bool) or not isinstance(count, int):
         return _judged(config, name, None, None, limit, False,
                        f"patients in more than one split are unknown (no integrity block with cross_split_patients); "
                        f"allowed at most {limit}")
-    if not integrity.get("patients"):
+    if not integrity.patients:
         return GateResult(name, None, "WARN", None, float(limit),
                           f"not evaluated (no image carries a patient id, e.g. plain images without DICOM headers); "
                           f"allowed at most {limit}")
-    ids = [str(i) for i in integrity.get("cross_split_patient_ids") or []]
+    ids = [str(i) for i in integrity.cross_split_patient_ids or []]
     named = f" ({', '.join(ids[:_PATIENTS_NAMED])}{', ...' if count > _PATIENTS_NAMED else ''})" if ids else ""
-    leaked = len(integrity.get("patient_leaked_test_files") or [])
+    leaked = len(integrity.patient_leaked_test_files or [])
     ok = count <= limit
     return _judged(config, name, None, float(count), limit, ok,
                    f"{count} patient{'' if count == 1 else 's'}{named} {'has' if count == 1 else 'have'} images in "
@@ -491,22 +506,22 @@ def _pointing_game_gate(inp: GateInput, config: GatesConfig) -> GateResult | Non
         return None
     target = inp.target
     name, limit, who = "min_pointing_game", config.min_pointing_game, target.who
-    blocks = [b for b in target.explanations or [] if isinstance(b, dict)]
+    blocks = [b for b in target.explanations or [] if isinstance(b, Explanation)]
     if target.why or not blocks:
         why = target.why or "no explanation checks in results: [gradcam] enabled with check_images > 0"
         return _judged(config, name, target.backbone, None, limit, False,
                        f"{who} pointing game is missing ({why}); minimum {limit:.3f}")
     primary = blocks[0]
-    if primary.get("error"):
+    if primary.error:
         return _judged(config, name, target.backbone, None, limit, False,
-                       f"{who} {primary.get('method')} checks failed ({primary['error']}); minimum {limit:.3f}")
-    game = primary.get("pointing_game") if isinstance(primary.get("pointing_game"), dict) else {}
-    rate = _num(game.get("rate"))
+                       f"{who} {primary.method} checks failed ({primary.error}); minimum {limit:.3f}")
+    game = primary.pointing_game if isinstance(primary.pointing_game, Localisation) else Localisation()
+    rate = _num(game.rate)
     if rate is None:
         return GateResult(name, target.backbone, "WARN", None, float(limit),
                           f"{who}: not evaluated (no checked test image has a tumour box); minimum {limit:.3f}")
-    chance = _num(game.get("chance_rate"))
-    detail = (f"{who} {primary.get('method')} pointing game {rate:.3f} ({game.get('hits')} of {game.get('total')} "
+    chance = _num(game.chance_rate)
+    detail = (f"{who} {primary.method} pointing game {rate:.3f} ({game.hits} of {game.total} "
               f"peaks in the tumour box" + (f"; chance {chance:.3f}" if chance is not None else "") + ")")
     ok = rate + _EPS >= limit
     return _judged(config, name, target.backbone, rate, limit, ok,
@@ -522,19 +537,23 @@ def _explanation_sanity_gate(inp: GateInput, config: GatesConfig) -> GateResult 
         return None
     target = inp.target
     name, who = "explanation_sanity", target.who
-    blocks = [b for b in target.explanations or [] if isinstance(b, dict)]
+    blocks = [b for b in target.explanations or [] if isinstance(b, Explanation)]
     if target.why or not blocks:
         why = target.why or "no explanation checks in results: [gradcam] enabled with check_images > 0"
         return _judged(config, name, target.backbone, None, 1.0, False, f"{who} explanation checks are missing ({why})")
-    verdicts = {str(b.get("method")): (b.get("randomisation") or {}).get("passed") for b in blocks}
+
+    def randomisation(b: Explanation) -> Randomisation:
+        return b.randomisation if isinstance(b.randomisation, Randomisation) else Randomisation()
+
+    verdicts = {str(b.method): randomisation(b).passed for b in blocks}
     unmeasured = [m for m, v in verdicts.items() if not isinstance(v, bool)]
     if unmeasured:
         return _judged(config, name, target.backbone, None, 1.0, False,
                        f"{who}: the randomisation test did not run for {', '.join(unmeasured)}")
 
     def median(m: str) -> str:
-        block = next(b for b in blocks if str(b.get("method")) == m)
-        rho = _num((block.get("randomisation") or {}).get("spearman_median"))
+        block = next(b for b in blocks if str(b.method) == m)
+        rho = _num(randomisation(block).spearman_median)
         return f"{m} (Spearman {rho:.2f})" if rho is not None else m
 
     failed = [m for m, v in verdicts.items() if not v]

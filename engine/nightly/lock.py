@@ -30,6 +30,7 @@ from typing import Callable
 
 from engine.atomic import writing
 from engine.errors import InputError
+from engine.results.record import Record, record
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,19 @@ _READ_WAIT_S = 1.0
 #: Paths locked by this process: a second ExperimentLock on one of them must not "take over" our own
 #: lock just because our pid is alive.
 _HELD_HERE: set[str] = set()
+
+
+@record
+class LockFile(Record):
+    """The lock file's JSON as :meth:`ExperimentLock._create` writes it; pid and hostname are
+    required (a file without them was not written by a finished create)."""
+
+    pid: int
+    hostname: str
+    started_at: str | None = "?"
+    boot_id: str | None = None
+    proc_start: str | None = None
+    experiment: str | None = None
 
 
 @dataclass(frozen=True)
@@ -162,9 +176,9 @@ class ExperimentLock:
             except FileNotFoundError:
                 return None
             try:
-                data = json.loads(raw)
-                return LockHolder(int(data["pid"]), str(data["hostname"]), str(data.get("started_at", "?")),
-                                  data.get("boot_id"), data.get("proc_start"), raw)
+                data = LockFile.from_json(json.loads(raw))
+                return LockHolder(int(data.pid), str(data.hostname), str(data.started_at), data.boot_id,
+                                  data.proc_start, raw)
             except (ValueError, KeyError, TypeError):
                 pass
             if time.monotonic() > deadline:

@@ -12,6 +12,8 @@ from engine.results.explain import (CascadeStep, Explanation, Faithfulness, Figu
                                     Localisation, PointingGame, Randomisation)
 from engine.results.integrity import (CrossSplitPair, DataInfo, DuplicateGroup, ExamplePair, FileRef, Integrity,
                                       LabelConflict, Shift, ShiftClass, SkippedImage, WithinSplit)
+from engine.results.history import (CodeVersion, HistoryBackbone, HistoryHeadline, HistoryRecord,
+                                     as_history_record)
 from engine.results.metrics import (Bootstrap, Calibration, ClassMetrics, Estimate, Interval, LargestGap, Metrics,
                                     ReliabilityBin, RocAuc, Subgroup, SubgroupGap, SubgroupGapEntry,
                                     SubgroupIntervals, SubgroupSide, Uncertainty, ValidationMetrics)

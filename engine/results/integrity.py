@@ -27,6 +27,11 @@ class DataInfo(Record):
     skipped: list[SkippedImage] = items()
     warnings: list[str] = items()
 
+    def split_counts(self, split: str) -> dict[str, int]:
+        """``counts[split]`` (class -> images); {} when the split is not counted."""
+        found = self.counts.get(split) if isinstance(self.counts, dict) else None
+        return found if isinstance(found, dict) else {}
+
 
 @record
 class FileRef(Record):

@@ -38,6 +38,11 @@ class Metrics(Record):
     #: leakage-free twin only: the share of the test split it keeps
     fraction_of_test: float | None = optional()
 
+    def class_metrics(self, cls: str) -> ClassMetrics | None:
+        """``per_class[cls]``; None when the class is not listed (or its entry is not an object)."""
+        found = self.per_class.get(cls) if isinstance(self.per_class, dict) else None
+        return found if isinstance(found, ClassMetrics) else None
+
 
 @record
 class ValidationMetrics(Record):

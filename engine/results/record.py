@@ -67,6 +67,13 @@ class Record:
         obj._absent = frozenset(absent)
         return obj
 
+    def has(self, name: str) -> bool:
+        """Whether the block holds field ``name``: the document had the key, or it was set since.
+
+        Readers that must tell an absent key from its stand-in default (a missing ``status`` is
+        not "ok") ask this rather than the raw document."""
+        return name not in self._absent or not _is_default(type(self), name, getattr(self, name))
+
     def to_json(self) -> dict:
         out: dict[str, Any] = {}
         for name, key, _hint, omit in _spec(type(self)):
