@@ -17,7 +17,8 @@ from engine.results.metrics import (Bootstrap, Calibration, ClassMetrics, Estima
                                     ReliabilityBin, RocAuc, Subgroup, SubgroupGap, SubgroupGapEntry,
                                     SubgroupIntervals, SubgroupSide, Uncertainty, ValidationMetrics)
 from engine.results.nightly import (Comparison, External, ExternalBackbone, GateCounts, GateEntry, Gates, Headline,
-                                    InputsChanged, Trend, TrendBackbone, TrendChange, TrendChanges, TrendPoint, TrendRun)
+                                    InputsChanged, Trend, TrendBackbone, TrendChange, TrendChanges, TrendPoint,
+                                    TrendRun)
 from engine.results.record import Record, optional, record
 from engine.results.run import (BestBackbone, Device, Environment, Experiment, RunInfo, RunResults, TrainingSetup,
                                 as_run_results)
