@@ -86,12 +86,13 @@ class LabelConflict(Record):
     classes: list[str] = items()
     kind: str | None = None
     pairs: list[dict[str, Any]] = items()
-    #: older audits named the files ``paths`` (plain strings)
-    paths: list[str] = items()
+    #: older audits named the files ``paths`` (plain strings); optional, so a conflict a stage
+    #: builds never writes it
+    paths: list[str] | None = optional()
 
     @property
     def named_files(self) -> list:
-        return self.files or self.paths
+        return self.files or self.paths or []
 
 
 @record

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from engine.results.explain import Explanation, PointingGame
 from engine.results.metrics import ClassMetrics
-from engine.results.record import Record, items, record
+from engine.results.record import Record, items, optional, record
 
 
 @record
@@ -116,9 +116,10 @@ class Trend(Record):
     inputs_changed: InputsChanged | None = None
     sentences: list[str] = items()
     #: the flat form some trend blocks hold instead of ``runs`` + ``backbones``:
-    #: {backbone: changes} and {backbone: [one point per run]}
-    deltas: dict[str, TrendChanges] = items(dict)
-    series: dict[str, list[TrendPoint]] = items(dict)
+    #: {backbone: changes} and {backbone: [one point per run]}; optional, so a Trend that a stage
+    #: builds never writes them
+    deltas: dict[str, TrendChanges] | None = optional()
+    series: dict[str, list[TrendPoint]] | None = optional()
 
     @property
     def per_backbone(self) -> bool:
