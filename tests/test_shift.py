@@ -5,6 +5,7 @@ import pytest
 
 from engine.report.integrity import _shift_view
 from engine.integrity.shift import MIN_IMAGES, domain_auc, image_descriptors, measure_shift
+from engine.results import Shift
 
 CLASSES = ["glioma", "meningioma", "no_tumor", "pituitary"]
 
@@ -70,9 +71,9 @@ def test_measure_shift_per_class_with_validation_control():
 
 
 def _block(aucs):
-    return {"per_class": {c: {"n_training": 100, "n_test": 20 if a is not None else 3, "auc": a,
-                              "n_validation": 20, "control_auc": 0.5} for c, a in zip(CLASSES, aucs)},
-            "seed": 0, "method": "domain classifier", "min_images": 10}
+    return Shift.from_json({"per_class": {c: {"n_training": 100, "n_test": 20 if a is not None else 3, "auc": a,
+                                              "n_validation": 20, "control_auc": 0.5} for c, a in zip(CLASSES, aucs)},
+                            "seed": 0, "method": "domain classifier", "min_images": 10})
 
 
 def test_report_sentence_names_shifted_classes_only():
@@ -84,7 +85,7 @@ def test_report_sentence_names_shifted_classes_only():
     assert "at most 0.62 (glioma)" in calm.sentence and "No large shift" in calm.sentence
     none = _shift_view(_block([None, None, None, None]), CLASSES)
     assert "was not measured" in none.sentence
-    assert _shift_view(None, CLASSES) is None and _shift_view({"per_class": "x"}, CLASSES) is None
+    assert _shift_view(None, CLASSES) is None and _shift_view(Shift.from_json({"per_class": "x"}), CLASSES) is None
 
 
 def test_a_tiny_class_is_recorded_as_not_measured_with_the_reason():

@@ -31,7 +31,7 @@ from engine.atomic import write_bytes, write_text
 from engine.errors import InputError
 from engine.report import figures
 from engine.report.model import Report, TrendView, build_report
-from engine.results import read_results
+from engine.results import RunResults, as_run_results, read_results
 
 log = logging.getLogger(__name__)
 
@@ -52,10 +52,9 @@ def load_results(run_dir: Path) -> dict:
     return read_results(run_dir)
 
 
-def _manifest(run_dir: Path, results: dict) -> tuple[str | None, dict]:
+def _manifest(run_dir: Path, results: RunResults) -> tuple[str | None, dict]:
     """The manifest copy's text (for provenance) and its ``[report]`` table (title, author)."""
-    name = (results.get("experiment") or {}).get("manifest_file") or "manifest.toml"
-    path = Path(run_dir) / name
+    path = Path(run_dir) / (results.experiment.manifest_file or "manifest.toml")
     try:
         text = path.read_text(encoding="utf-8")
     except (FileNotFoundError, UnicodeDecodeError):
@@ -103,9 +102,9 @@ def make_environment(run_dir: Path, templates_dir: Path | None = None) -> jinja2
     return env
 
 
-def _attach_figures(report: Report, results: dict, run_dir: Path) -> None:
+def _attach_figures(report: Report, results: RunResults, run_dir: Path) -> None:
     class_names = report.class_names
-    by_name = {b["name"]: b for b in results["backbones"]}
+    by_name = {b.name: b.to_json() for b in results.backbones}  # typed after merge
     for section in report.backbones:
         backbone = by_name[section.name]
         section.curves = figures.training_curves(backbone, run_dir)
@@ -115,15 +114,14 @@ def _attach_figures(report: Report, results: dict, run_dir: Path) -> None:
         if section.subgroups is not None:
             section.subgroups.forest = figures.subgroup_forest(backbone, run_dir)
     if isinstance(report.trend, TrendView):
-        display = {b["name"]: b.get("display_name") or b["name"] for b in results["backbones"]}
-        report.trend.figure = figures.trend_plot(report.trend.series, display, run_dir)
+        report.trend.figure = figures.trend_plot(report.trend.series, results.display_names(), run_dir)
 
 
 def prepare_report(run_dir: Path, *, now: datetime | None = None) -> Report:
     """Load ``run_dir/results.json`` and the manifest copy, build the typed report and draw its
     figures under ``run_dir/figures/`` (the step before any output format)."""
     run_dir = Path(run_dir)
-    results = load_results(run_dir)
+    results = as_run_results(load_results(run_dir))
     manifest_text, report_options = _manifest(run_dir, results)
     title, author = report_options.get("title"), report_options.get("author")
     report = build_report(results, manifest_text=manifest_text, now=now,

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from engine.evaluation.compare import format_p
 from engine.report.values import count_of
+from engine.results import RunResults
 from engine.results import number as _num
 
 
@@ -21,15 +22,15 @@ class ComparisonRow:
     sentence: str
 
 
-def comparison_rows(results: dict, display: dict[str, str]) -> list[ComparisonRow]:
+def comparison_rows(results: RunResults) -> list[ComparisonRow]:
     rows = []
-    for c in results.get("comparisons") or []:
-        p, holm = _num(c.get("p_value")), _num(c.get("p_value_holm"))
+    for c in results.comparisons or []:
+        p, holm = _num(c.p_value), _num(c.p_value_holm)
         rows.append(ComparisonRow(
-            a=display.get(c.get("a"), str(c.get("a"))), b=display.get(c.get("b"), str(c.get("b"))),
-            n10=count_of(c.get("n10")), n01=count_of(c.get("n01")),
+            a=results.label_of(c.a) or str(c.a), b=results.label_of(c.b) or str(c.b),
+            n10=count_of(c.n10), n01=count_of(c.n01),
             p_value=format_p(p, prefix=False),
             p_value_holm=format_p(holm, prefix=False) if holm is not None else None,
-            sentence=str(c.get("sentence") or ""),
+            sentence=str(c.sentence or ""),
         ))
     return rows

@@ -6,7 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-from engine.report.values import Metric, backbone_display, percent_text
+from engine.report.values import Metric, percent_text
+from engine.results import BackboneResult, Metrics
 
 
 #: The class whose prediction for a tumour image is the costly error (a missed tumour).
@@ -52,25 +53,29 @@ def tumour_miss_counts(cm: Sequence[Sequence[int]], class_names: Sequence[str],
     return rows, sum(r[1] for r in rows), sum(r[2] for r in rows)
 
 
-def ethics_view(backbones: Sequence[dict], class_names: Sequence[str]) -> EthicsView:
+def _confusion(block: Metrics | None) -> list[list[int]] | None:
+    return block.confusion_matrix if isinstance(block, Metrics) else None
+
+
+def ethics_view(backbones: Sequence[BackboneResult], class_names: Sequence[str]) -> EthicsView:
     present = NO_TUMOUR_CLASS in class_names
     rows = []
     for b in backbones:
-        if b.get("status") != "ok":
+        if not b.ok:
             continue
-        counts = tumour_miss_counts((b.get("test") or {}).get("confusion_matrix"), class_names)
+        counts = tumour_miss_counts(_confusion(b.test), class_names)
         if counts is None:
             continue
         per_class, missed, total = counts
         rate = Metric(missed / total if total else None)
         lf_rate = None
-        lf_counts = tumour_miss_counts((b.get("leakage_free") or {}).get("confusion_matrix"), class_names)
+        lf_counts = tumour_miss_counts(_confusion(b.leakage_free), class_names)
         if lf_counts is not None and lf_counts[2]:
             lf_rate = Metric(lf_counts[1] / lf_counts[2])
-        sentence = (f"{backbone_display(b)} called {missed} of {total} tumour images in the test split "
+        sentence = (f"{b.label} called {missed} of {total} tumour images in the test split "
                     f"{NO_TUMOUR_CLASS} ({percent_text(rate.value)})"
                     + (f"; on the leakage-free subset {lf_counts[1]} of {lf_counts[2]} ({percent_text(lf_rate.value)})"
                        if lf_rate else "") + ".")
-        rows.append(MissRow(backbone_display(b), per_class, missed, total, rate, lf_rate, sentence))
+        rows.append(MissRow(b.label, per_class, missed, total, rate, lf_rate, sentence))
     tumour_classes = [c for c in class_names if c != NO_TUMOUR_CLASS]
     return EthicsView(present, tumour_classes, rows)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from engine.report.values import Metric, as_metric, class_metric, count_of, macro_note
+from engine.results import PointingGame, RunResults
 from engine.results import number as _num
 
 
@@ -28,23 +29,23 @@ class ExternalView:
     rows: list[ExternalRow]
 
 
-def external_views(results: dict, display: dict[str, str], class_names: Sequence[str]) -> list[ExternalView]:
+def _pointing(pg: PointingGame | float | None) -> str | None:
+    if isinstance(pg, PointingGame):
+        return f"{pg.hits} of {pg.total} ({as_metric(pg.rate, 2).text})" if pg.total else None
+    return as_metric(pg, 2).text if _num(pg) is not None else None
+
+
+def external_views(results: RunResults, class_names: Sequence[str]) -> list[ExternalView]:
     views = []
-    for entry in results.get("external") or []:
+    for entry in results.external or []:
         rows = []
-        for b in entry.get("backbones") or []:
-            pg = b.get("pointing_game")
-            pointing = None
-            if isinstance(pg, dict) and pg.get("total"):
-                pointing = f"{pg.get('hits')} of {pg.get('total')} ({as_metric(pg.get('rate'), 2).text})"
-            elif _num(pg) is not None:
-                pointing = as_metric(pg, 2).text
-            per_class = b.get("per_class") or {}
-            recall = ", ".join(f"{c} {class_metric(per_class.get(c), 'recall', 2, 'no images').text}"
-                               for c in class_names if c in per_class)
-            rows.append(ExternalRow(display.get(b.get("name"), str(b.get("name"))), count_of(b.get("n_images")),
-                                    as_metric(b.get("accuracy")), as_metric(b.get("balanced_accuracy")),
-                                    as_metric(b.get("macro_f1")), pointing, recall or "n/a",
-                                    macro_note(b, class_names, "this data")))
-        views.append(ExternalView(str(entry.get("data", "external data")), rows))
+        for b in entry.backbones or []:
+            per_class = b.per_class or {}
+            recall = ", ".join(f"{c} {class_metric(per_class[c].to_json(), 'recall', 2, 'no images').text}"
+                               for c in class_names if c in per_class)  # typed after merge
+            rows.append(ExternalRow(results.label_of(b.name) or str(b.name), count_of(b.n_images),
+                                    as_metric(b.accuracy), as_metric(b.balanced_accuracy),
+                                    as_metric(b.macro_f1), _pointing(b.pointing_game), recall or "n/a",
+                                    macro_note(b.to_json(), class_names, "this data")))  # typed after merge
+        views.append(ExternalView(str(entry.data or "external data"), rows))
     return views

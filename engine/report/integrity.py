@@ -11,6 +11,8 @@ from typing import Any, Sequence
 from engine.integrity.audit import LEAKAGE_WARN_FRACTION
 from engine.nightly.history import leakage_counts
 from engine.report.values import ImageRef, count_of, listed_items, percent_text, unreadable_text
+from engine.results import (ExamplePair, FileRef, Integrity, LabelConflict, RunResults, Shift, ShiftClass,
+                            SkippedImage, WithinSplit)
 from engine.results import number as _num
 
 
@@ -61,16 +63,21 @@ class ShiftView:
     method: str
 
 
+def _file_text(entry: Any) -> str:
+    if isinstance(entry, FileRef):
+        return str(entry.path) if entry.path is not None else str(entry.to_json())
+    return str(entry)
+
+
 def _conflict_text(group: Any) -> str:
-    if isinstance(group, dict):
-        classes = group.get("classes")
-        files = group.get("files") or group.get("paths")
+    if isinstance(group, LabelConflict):
+        files = group.named_files
         parts = []
-        if classes:
-            parts.append("classes " + ", ".join(map(str, classes)))
+        if group.classes:
+            parts.append("classes " + ", ".join(map(str, group.classes)))
         if files:
-            parts.append("files " + ", ".join(str(f.get("path", f)) if isinstance(f, dict) else str(f) for f in files))
-        return "; ".join(parts) or str(group)
+            parts.append("files " + ", ".join(_file_text(f) for f in files))
+        return "; ".join(parts) or str(group.to_json())
     if isinstance(group, (list, tuple)):
         return ", ".join(map(str, group))
     return str(group)
@@ -88,25 +95,27 @@ def leakage_warning(leaked: int | None, n_test: int | None) -> str | None:
             f"leakage-free figures beside them.")
 
 
-def _duplicate_pair(pair: dict) -> DuplicatePair:
+def _duplicate_pair(pair: ExamplePair) -> DuplicatePair:
     """One example test/train twin, its thumbnails' alt text saying how close the copy is."""
-    files = pair.get("files") or {}
-    distance = pair.get("distance")
-    if pair.get("byte_identical"):
+    files = pair.files or {}
+    distance = pair.distance
+    if pair.byte_identical:
         how = "byte-identical copy"
-    elif pair.get("exact"):
+    elif pair.exact:
         how = "pixel-identical copy"
     elif distance is not None:
         how = f"near duplicate at perceptual-hash distance {distance}"
     else:
         how = "near duplicate"
-    train_path, test_path = str(pair.get("train", "?")), str(pair.get("test", "?"))
+    train_path = str(pair.train) if pair.train is not None else "?"
+    test_path = str(pair.test) if pair.test is not None else "?"
+    train_file, test_file = files.get("train"), files.get("test")
     return DuplicatePair(
         distance=count_of(distance),
-        train=ImageRef(files["train"], f"Training image {train_path}, the twin of test image {test_path} "
-                                       f"({how}).", "training") if files.get("train") else None,
-        test=ImageRef(files["test"], f"Test image {test_path}, a copy of training image {train_path} "
-                                     f"({how}).", "test") if files.get("test") else None,
+        train=ImageRef(train_file, f"Training image {train_path}, the twin of test image {test_path} "
+                                   f"({how}).", "training") if train_file else None,
+        test=ImageRef(test_file, f"Test image {test_path}, a copy of training image {train_path} "
+                                 f"({how}).", "test") if test_file else None,
         train_path=train_path, test_path=test_path, how=how,
     )
 
@@ -115,19 +124,19 @@ def _duplicate_pair(pair: dict) -> DuplicatePair:
 PATIENT_IDS_SHOWN = 10
 
 
-def _patient_rows(integrity: dict) -> list[tuple[str, str]]:
+def _patient_rows(integrity: Integrity) -> list[tuple[str, str]]:
     """Patients per split and those in more than one split (by pseudonym), when the data had
     patient ids (DICOM); nothing otherwise."""
-    patients = integrity.get("patients")
+    patients = integrity.patients
     if not isinstance(patients, dict) or not patients:
         return []
     rows = [(f"Patients in {split}", str(count_of(n))) for split, n in patients.items()]
     rows.append(("Patients with images in more than one split (test images of training patients are "
-                 "left out of the leakage-free subset)", str(count_of(integrity.get("cross_split_patients")))))
-    if integrity.get("cross_split_same_patient_pairs") is not None:
+                 "left out of the leakage-free subset)", str(count_of(integrity.cross_split_patients))))
+    if integrity.cross_split_same_patient_pairs is not None:
         rows.append(("Near pairs across splits that are slices of one patient (counted as patient leakage, "
-                     "not as near duplicates)", str(count_of(integrity.get("cross_split_same_patient_pairs")))))
-    ids = [str(i) for i in integrity.get("cross_split_patient_ids") or []]
+                     "not as near duplicates)", str(count_of(integrity.cross_split_same_patient_pairs))))
+    ids = [str(i) for i in integrity.cross_split_patient_ids or []]
     if ids:
         more = len(ids) - PATIENT_IDS_SHOWN
         rows.append(("Their pseudonyms (keyed hashes, not patient ids)",
@@ -135,53 +144,59 @@ def _patient_rows(integrity: dict) -> list[tuple[str, str]]:
     return rows
 
 
-def patient_leakage_sentence(integrity: dict) -> str | None:
+def patient_leakage_sentence(integrity: Integrity) -> str | None:
     """How many patients have images in both training and test, and how many test images that
     keeps out of the leakage-free figures; None without patient ids (plain images)."""
-    if not isinstance(integrity.get("patients"), dict) or not integrity["patients"]:
+    if not isinstance(integrity.patients, dict) or not integrity.patients:
         return None
-    n = count_of(integrity.get("cross_split_patients"))
+    n = count_of(integrity.cross_split_patients)
     if n is None:
         return None
     if n == 0:
         return "No patient has images in both training and test."
-    m = len(integrity.get("patient_leaked_test_files") or [])
+    m = len(integrity.patient_leaked_test_files or [])
     return (f"{n} patient{' has' if n == 1 else 's have'} images in both training and test; "
             f"{'its' if n == 1 else 'their'} {m} test image{'' if m == 1 else 's'} "
             f"{'is' if m == 1 else 'are'} left out of the leakage-free figures.")
 
 
-def integrity_view(results: dict, class_names: Sequence[str]) -> IntegrityView | None:
-    integrity = results.get("integrity")
-    if not isinstance(integrity, dict):
+def _within_rows(integrity: Integrity) -> list[tuple[str, Any]]:
+    with_patients = bool(integrity.patients)
+    rows: list[tuple[str, Any]] = []
+    for split, within in (integrity.within_split or {}).items():
+        if not isinstance(within, WithinSplit):
+            continue
+        rows.append((f"Exact-duplicate groups within {split}", within.exact_groups))
+        if not with_patients:
+            rows.append((f"Near-duplicate groups within {split}", within.near_groups))
+            continue
+        # one patient's neighbouring slices look alike by design: near in hash, not copies
+        rows.append((f"Near-duplicate groups within {split} (images of different patients)", within.near_groups))
+        rows.append((f"Near pairs within {split} that are neighbouring slices of one patient (not duplicates)",
+                     within.neighbouring_pairs))
+    return rows
+
+
+def integrity_view(results: RunResults, class_names: Sequence[str]) -> IntegrityView | None:
+    integrity = results.integrity
+    if not isinstance(integrity, Integrity):
         return None
-    counts = leakage_counts(results)
-    leaked, n_test = counts if counts else (count_of(integrity.get("cross_split_near")), None)
+    counts = leakage_counts(results.to_json())  # typed after merge
+    leaked, n_test = counts if counts else (count_of(integrity.cross_split_near), None)
     fraction = leaked / n_test if leaked is not None and n_test else None
     rows = [
-        ("Test images byte- or pixel-identical to a training image", integrity.get("cross_split_exact")),
-        ("Test images with a near duplicate in training (exact copies included)", integrity.get("cross_split_near")),
+        ("Test images byte- or pixel-identical to a training image", integrity.cross_split_exact),
+        ("Test images with a near duplicate in training (exact copies included)", integrity.cross_split_near),
         ("Share of the test split with a twin in training", None),
-        ("Label conflicts (the same image under two classes)", integrity.get("label_conflicts")),
-        ("Unreadable or non-image files (skipped)", integrity.get("unreadable")),
+        ("Label conflicts (the same image under two classes)", integrity.label_conflicts),
+        ("Unreadable or non-image files (skipped)", integrity.unreadable),
     ]
-    for key, value in sorted((integrity.get("counts") or {}).items()):
+    for key, value in sorted((integrity.counts or {}).items()):
         if not isinstance(value, (dict, list)):  # engine.integrity.audit nests counts per split: shown in provenance
             rows.append((str(key).replace("_", " ").capitalize(), value))
-    with_patients = bool(integrity.get("patients"))
-    for split, within in (integrity.get("within_split") or {}).items():
-        if isinstance(within, dict):
-            rows.append((f"Exact-duplicate groups within {split}", within.get("exact_groups")))
-            if not with_patients:
-                rows.append((f"Near-duplicate groups within {split}", within.get("near_groups")))
-                continue
-            # one patient's neighbouring slices look alike by design: near in hash, not copies
-            rows.append((f"Near-duplicate groups within {split} (images of different patients)",
-                         within.get("near_groups")))
-            rows.append((f"Near pairs within {split} that are neighbouring slices of one patient (not duplicates)",
-                         (within.get("neighbouring_slices") or {}).get("pairs")))
-    if integrity.get("near_threshold") is not None:
-        rows.append(("Near-duplicate threshold (perceptual-hash distance at most)", integrity["near_threshold"]))
+    rows += _within_rows(integrity)
+    if integrity.near_threshold is not None:
+        rows.append(("Near-duplicate threshold (perceptual-hash distance at most)", integrity.near_threshold))
     shown = []
     for label, value in rows:
         if label.startswith("Share"):
@@ -189,16 +204,17 @@ def integrity_view(results: dict, class_names: Sequence[str]) -> IntegrityView |
         elif value is not None:
             shown.append((label, str(count_of(value))))
     shown += _patient_rows(integrity)
-    test_counts = ((results.get("data") or {}).get("counts") or {}).get("test") or {}
-    lf_counts = integrity.get("leakage_free_test_counts") or {}
+    test_counts = results.data.split_counts("test") if results.data is not None else {}
+    lf_counts = integrity.leakage_free_test_counts or {}
     lf_rows = [(c, count_of(test_counts.get(c)), count_of(lf_counts.get(c))) for c in class_names] if lf_counts else []
-    conflicts, conflicts_more = listed_items(integrity.get("label_conflicts"), _conflict_text)
-    unreadable, unreadable_more = listed_items(integrity.get("unreadable"), unreadable_text)
-    pairs = [_duplicate_pair(pair) for pair in integrity.get("example_pairs") or []]
+    conflicts, conflicts_more = listed_items(integrity.label_conflicts, _conflict_text)
+    unreadable, unreadable_more = listed_items([u.to_json() if isinstance(u, SkippedImage) else u
+                                                for u in integrity.unreadable], unreadable_text)  # typed after merge
+    pairs = [_duplicate_pair(pair) for pair in integrity.example_pairs or [] if isinstance(pair, ExamplePair)]
     return IntegrityView(shown, leaked, n_test, fraction, leakage_warning(leaked, n_test), lf_rows,
                          conflicts, conflicts_more, unreadable, unreadable_more, pairs,
-                         _shift_view(integrity.get("shift"), class_names), patient_leakage_sentence(integrity),
-                         count_of(integrity.get("cross_split_patients")) if integrity.get("patients") else None)
+                         _shift_view(integrity.shift, class_names), patient_leakage_sentence(integrity),
+                         count_of(integrity.cross_split_patients) if integrity.patients else None)
 
 
 #: Domain AUC from which the report calls a class's leakage-free test images clearly unlike its
@@ -206,21 +222,20 @@ def integrity_view(results: dict, class_names: Sequence[str]) -> IntegrityView |
 SHIFTED_AUC = 0.8
 
 
-def _shift_view(block: Any, class_names: Sequence[str]) -> ShiftView | None:
-    if not isinstance(block, dict) or not isinstance(block.get("per_class"), dict):
+def _shift_view(block: Shift | None, class_names: Sequence[str]) -> ShiftView | None:
+    if not isinstance(block, Shift) or not isinstance(block.per_class, dict):
         return None
-    per_class = block["per_class"]
-    min_images = count_of(block.get("min_images"))
+    min_images = count_of(block.min_images)
     too_few = f"n/a (fewer than {min_images} images)" if min_images else "n/a"
     rows, measured, controls = [], [], []
     for cls in class_names:
-        entry = per_class.get(cls)
-        if not isinstance(entry, dict):
+        entry = block.per_class.get(cls)
+        if not isinstance(entry, ShiftClass):
             continue
-        auc, control = _num(entry.get("auc")), _num(entry.get("control_auc"))
-        n_test = count_of(entry.get("n_test"))
+        auc, control = _num(entry.auc), _num(entry.control_auc)
+        n_test = count_of(entry.n_test)
         rows.append(ShiftRow(cls, n_test, f"{auc:.2f}" if auc is not None else too_few,
-                             count_of(entry.get("n_validation")), f"{control:.2f}" if control is not None else too_few))
+                             count_of(entry.n_validation), f"{control:.2f}" if control is not None else too_few))
         if auc is not None:
             measured.append((cls, auc, n_test))
         if control is not None:
@@ -244,4 +259,4 @@ def _shift_view(block: Any, class_names: Sequence[str]) -> ShiftView | None:
         sentence = (f"A classifier on simple image descriptors tells leakage-free test images from training images of "
                     f"their class with ROC AUC at most {top[1]:.2f} ({top[0]}), where 0.5 would mean "
                     f"indistinguishable; {control_text}. No large shift in brightness, contrast or framing was found.")
-    return ShiftView(rows, sentence, str(block.get("method") or "domain classifier"))
+    return ShiftView(rows, sentence, str(block.method or "domain classifier"))

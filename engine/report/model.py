@@ -27,7 +27,7 @@ from engine.report.nightly import GatesView, TrendView, gates_view, trend_view
 from engine.report.provenance import Provenance, provenance_view
 from engine.report.explanations import near_chance_sentence
 from engine.report.summary import SummaryRow, best_label, best_sentence, run_status_warning, summary_row
-from engine.report.values import backbone_display
+from engine.results import BestBackbone, RunResults, as_run_results
 
 
 @dataclass
@@ -60,12 +60,12 @@ class Report:
     explanation_notes: list[str] = field(default_factory=list)
 
 
-def _warnings(results: dict, summary: list[SummaryRow], failed: list[SummaryRow],
+def _warnings(results: RunResults, summary: list[SummaryRow], failed: list[SummaryRow],
               integrity: IntegrityView | None, gates: GatesView | None) -> list[str]:
     """What the reader must see before any number: an unfinished run, data problems, leakage,
     failed backbones, failed gates (in that order)."""
-    warnings = [w for w in [run_status_warning(results.get("run") or {})] if w]
-    for text in (results.get("data") or {}).get("warnings") or []:
+    warnings = [w for w in [run_status_warning(results.run)] if w]
+    for text in results.data.warnings if results.data is not None else []:
         text = str(text).strip()
         if text:
             warnings.append("Warning: " + text + ("" if text.endswith(".") else "."))
@@ -87,34 +87,34 @@ def _utc(now: datetime | None) -> datetime:
     return now.astimezone(timezone.utc)
 
 
-def build_report(results: dict, *, manifest_text: str | None = None, now: datetime | None = None,
+def build_report(results: RunResults | dict, *, manifest_text: str | None = None, now: datetime | None = None,
                  title: str | None = None, author: str | None = None) -> Report:
-    """The typed report for one run's ``results.json`` dict. Figures are attached by the caller."""
-    if not isinstance(results, dict) or not isinstance(results.get("backbones"), list):
+    """The typed report for one run's results (the typed tree, or results.json's dict). Figures
+    are attached by the caller."""
+    if isinstance(results, dict) and not isinstance(results.get("backbones"), list):
         raise ValueError("results has no 'backbones' list")
+    results = as_run_results(results)
     now = _utc(now)
-    experiment = results.get("experiment") or {}
-    run = results.get("run") or {}
-    class_names = list((results.get("data") or {}).get("class_names") or [])
-    backbones = results["backbones"]
-    by_name = {b["name"]: b for b in backbones}
-    display = {b["name"]: backbone_display(b) for b in backbones}
-    best = results.get("best_backbone") or {}
-    best_name = best.get("name") if best.get("name") in by_name else None
-    label = best_label(best.get("selected_by"))
-    rows = [summary_row(b, class_names, best_name, label, by_name) for b in backbones]
+    experiment, run = results.experiment, results.run
+    class_names = results.class_names
+    backbones = results.backbones
+    best = results.best_backbone or BestBackbone()
+    best_name = best.name if results.backbone(best.name) is not None else None
+    label = best_label(best.selected_by)
+    rows = [summary_row(b, class_names, best_name, label, results) for b in backbones]
     failed = [r for r in rows if r.status != "ok"]
     integrity = integrity_view(results, class_names)
-    gates = gates_view(results, display)
-    name = experiment.get("name") or "unnamed experiment"
+    gates = gates_view(results)
+    name = experiment.name or "unnamed experiment"
+    finished = results.finished()
     return Report(
         title=title or f"Audit report: {name}",
         author=author or "auditrun",
         language="en",
         experiment=name,
-        description=str(experiment.get("description") or ""),
-        run_id=str(run.get("id", "n/a")),
-        run_status=str(run.get("status", "n/a")),
+        description=str(experiment.description or ""),
+        run_id=str(run.id),
+        run_status=str(run.status),
         generated_at=now.strftime("%Y-%m-%d %H:%M UTC"),
         generated_iso=now.isoformat(timespec="seconds"),
         class_names=class_names,
@@ -122,13 +122,13 @@ def build_report(results: dict, *, manifest_text: str | None = None, now: dateti
         warnings=_warnings(results, rows, failed, integrity, gates),
         summary=rows,
         failed=failed,
-        backbones=[backbone_section(b, class_names) for b in backbones if b.get("status") == "ok"],
+        backbones=[backbone_section(b.to_json(), class_names) for b in finished],  # typed after merge
         integrity=integrity,
-        comparisons=comparison_rows(results, display),
+        comparisons=comparison_rows(results),
         gates=gates,
-        trend=trend_view(results, display),
-        external=external_views(results, display, class_names),
+        trend=trend_view(results),
+        external=external_views(results, class_names),
         ethics=ethics_view(backbones, class_names),
         provenance=provenance_view(results, manifest_text, class_names),
-        explanation_notes=[s for s in (near_chance_sentence(b) for b in backbones if b.get("status") == "ok") if s],
+        explanation_notes=[s for s in (near_chance_sentence(b.to_json()) for b in finished) if s],  # typed after merge
     )

@@ -8,6 +8,7 @@ from typing import Any
 
 from engine.report.figures import FigureRecord
 from engine.report.values import Metric, as_metric
+from engine.results import Headline, RunResults, Trend, TrendChange
 from engine.results import number as _num
 
 
@@ -50,17 +51,17 @@ class TrendView:
 _COUNT_GATES = ("max_patient_leakage",)
 
 
-def gates_view(results: dict, display: dict[str, str]) -> GatesView | None:
-    block = results.get("gates")
+def gates_view(results: RunResults) -> GatesView | None:
+    block = results.gates
     if block is None:
         return None
-    gates = block.get("gates", [])  # the schema's one shape: {"summary": ..., "gates": [...]}
+    # the schema's one shape: {"summary": ..., "gates": [...]}
     rows = [GateRow(
-        name=str(g.get("name")), backbone=display.get(g.get("backbone"), g.get("backbone") or "whole run"),
-        status=str(g.get("status")), value=as_metric(g.get("value"), 0 if g.get("name") in _COUNT_GATES else 3).text,
-        threshold=as_metric(g.get("threshold"), 0 if g.get("name") in _COUNT_GATES else 3).text,
-        message=str(g.get("message") or ""),
-    ) for g in gates]
+        name=str(g.name), backbone=results.label_of(g.backbone) or g.backbone or "whole run",
+        status=str(g.status), value=as_metric(g.value, 0 if g.name in _COUNT_GATES else 3).text,
+        threshold=as_metric(g.threshold, 0 if g.name in _COUNT_GATES else 3).text,
+        message=str(g.message or ""),
+    ) for g in block.gates]
     if not rows:
         return None
     counts = {s: sum(r.status == s for r in rows) for s in ("FAIL", "WARN", "PASS")}
@@ -69,39 +70,40 @@ def gates_view(results: dict, display: dict[str, str]) -> GatesView | None:
     return GatesView(status, text, rows)
 
 
-_TREND_METRICS = (("accuracy", "accuracy"), ("macro_f1", "macro-F1"),
-                  ("leakage_free_accuracy", "leakage-free accuracy"), ("leakage_free_macro_f1", "leakage-free macro-F1"))
+#: (how the report names a trend metric, that metric of a Headline or TrendChanges)
+_TREND_METRICS = (("accuracy", lambda h: h.accuracy), ("macro-F1", lambda h: h.macro_f1),
+                  ("leakage-free accuracy", lambda h: h.leakage_free_accuracy),
+                  ("leakage-free macro-F1", lambda h: h.leakage_free_macro_f1))
 
 
-def trend_view(results: dict, display: dict[str, str]) -> TrendView | None:
+def trend_view(results: RunResults) -> TrendView | None:
     """Accepts engine.nightly.history.trend()'s block (``runs`` + ``backbones``) and the flat
     ``deltas``/``series`` form."""
-    block = results.get("trend")
-    if not isinstance(block, dict):
+    block = results.trend
+    if not isinstance(block, Trend):
         return None
     deltas: list[TrendDelta] = []
     series: dict[str, list[tuple[str, float | None]]] = {}
-    if isinstance(block.get("backbones"), dict):
-        run_ids = [str(r.get("run_id")) for r in block.get("runs") or []]
-        for name, b in block["backbones"].items():
-            shown = display.get(name) or b.get("display_name") or name
-            values = b.get("series") or []
-            series[name] = list(zip(run_ids, [_num(v) for v in values]))
-            cur, prev, delta = b.get("current") or {}, b.get("previous") or {}, b.get("delta") or {}
-            for key, label in _TREND_METRICS:
-                if cur.get(key) is None and prev.get(key) is None:
+    if block.per_backbone:
+        run_ids = [str(r.run_id) for r in block.runs or []]
+        for name, b in block.backbones.items():
+            shown = results.label_of(name) or b.display_name or name
+            series[name] = list(zip(run_ids, [_num(v) for v in b.series or []]))
+            cur, prev, delta = b.current or Headline(), b.previous or Headline(), b.delta or Headline()
+            for label, metric in _TREND_METRICS:
+                if metric(cur) is None and metric(prev) is None:
                     continue
-                deltas.append(_delta(shown, label, prev.get(key), cur.get(key), delta.get(key)))
+                deltas.append(_delta(shown, label, metric(prev), metric(cur), metric(delta)))
     else:
-        for name, metrics in (block.get("deltas") or {}).items():
-            shown = display.get(name, name)
-            for key, label in _TREND_METRICS:
-                m = metrics.get(key)
-                if isinstance(m, dict):
-                    deltas.append(_delta(shown, label, m.get("previous"), m.get("current"), m.get("delta")))
-        for name, points in (block.get("series") or {}).items():
-            series[name] = [(str(p.get("run_id")), _num(p.get("macro_f1"))) for p in points]
-    return TrendView(block.get("previous_run_id"), [str(s) for s in block.get("sentences") or []], deltas, series)
+        for name, changes in (block.deltas or {}).items():
+            shown = results.label_of(name) or name
+            for label, metric in _TREND_METRICS:
+                m = metric(changes)
+                if isinstance(m, TrendChange):
+                    deltas.append(_delta(shown, label, m.previous, m.current, m.delta))
+        for name, points in (block.series or {}).items():
+            series[name] = [(str(p.run_id), _num(p.macro_f1)) for p in points]
+    return TrendView(block.previous_run_id, [str(s) for s in block.sentences or []], deltas, series)
 
 
 def _delta(backbone: str, label: str, previous: Any, current: Any, delta: Any) -> TrendDelta:

@@ -7,7 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from engine.report.values import as_metric, backbone_display, count_of, format_duration, listed_items, unreadable_text
+from engine.report.values import as_metric, count_of, format_duration, listed_items, unreadable_text
+from engine.results import DataInfo, Environment, RunResults, SkippedImage, TrainingSetup
 
 
 @dataclass(frozen=True)
@@ -36,88 +37,88 @@ _RUN_TIMINGS = (("data_s", "Data discovery and decoding"), ("integrity_s", "Inte
                 ("total_s", "Whole run"))
 
 
-def _image_counts(data: dict, class_names: Sequence[str]
+def _image_counts(data: DataInfo, class_names: Sequence[str]
                   ) -> tuple[list[str], list[tuple[str, list[int], int]], list[int]]:
     """(splits, [(split, images per class, total)], images per class over all splits)."""
-    counts = data.get("counts") or {}
+    counts = data.counts or {}
     splits = [s for s in _SPLIT_ORDER if s in counts] + [s for s in counts if s not in _SPLIT_ORDER]
     count_rows = []
     for split in splits:
-        per = [count_of((counts.get(split) or {}).get(c)) or 0 for c in class_names]
+        per_class = data.split_counts(split)
+        per = [count_of(per_class.get(c)) or 0 for c in class_names]
         count_rows.append((split, per, sum(per)))
     totals = [sum(row[1][i] for row in count_rows) for i in range(len(class_names))]
     return splits, count_rows, totals
 
 
-def _run_rows(results: dict) -> list[tuple[str, str]]:
-    run = results.get("run") or {}
-    experiment = results.get("experiment") or {}
+def _run_rows(results: RunResults) -> list[tuple[str, str]]:
+    run, experiment = results.run, results.experiment
     return [
-        ("Run id", str(run.get("id", "n/a"))),
-        ("Status", str(run.get("status", "n/a"))),
-        ("Started (UTC)", str(run.get("started_at", "n/a"))),
-        ("Finished (UTC)", str(run.get("finished_at", "n/a"))),
-        ("Wall time", format_duration(run.get("wall_time_s"))),
-        ("Seed", str(experiment.get("seed", "n/a"))),
-        ("Results schema version", str(results.get("schema_version", "n/a"))),
+        ("Run id", str(run.id)),
+        ("Status", str(run.status)),
+        ("Started (UTC)", str(run.started_at)),
+        ("Finished (UTC)", str(run.finished_at)),
+        ("Wall time", format_duration(run.wall_time_s)),
+        ("Seed", str(experiment.seed)),
+        ("Results schema version", str(results.schema_version)),
     ]
 
 
-def _environment_rows(env: dict) -> list[tuple[str, str]]:
+def _environment_rows(env: Environment) -> list[tuple[str, str]]:
     return [
-        ("auditrun", str(env.get("auditrun") or "n/a")),
-        ("Git commit", str(env.get("git_commit") or "not recorded (not run from a git checkout)")),
-        ("Python", str(env.get("python") or "n/a")),
-        ("Platform", str(env.get("platform") or "n/a")),
-    ] + _training_rows(env.get("training"))
+        ("auditrun", str(env.auditrun or "n/a")),
+        ("Git commit", str(env.git_commit or "not recorded (not run from a git checkout)")),
+        ("Python", str(env.python or "n/a")),
+        ("Platform", str(env.platform or "n/a")),
+    ] + _training_rows(env.training)
 
 
-def _training_rows(training: dict | None) -> list[tuple[str, str]]:
+def _training_rows(training: TrainingSetup | None) -> list[tuple[str, str]]:
     """Where training ran; absent in runs from before it was recorded."""
     if not training:
         return []
-    devices = ", ".join(f"{d['count']} x {d['type']} ({d['name']})" for d in training.get("devices", []))
-    how = f"{training.get('distribute', 'none')}, {training.get('replicas', 1)} replica(s), {training.get('precision')}"
+    devices = ", ".join(f"{d.count} x {d.type} ({d.name})" for d in training.devices)
+    how = f"{training.distribute}, {training.replicas} replica(s), {training.precision}"
     return [("Training devices", devices or "n/a"), ("Distribution and precision", how)]
 
 
-def _data_rows(data: dict) -> list[tuple[str, str]]:
+def _data_rows(data: DataInfo) -> list[tuple[str, str]]:
     rows = [
-        ("Data root", str(data.get("root", "n/a"))),
-        ("Layout", str(data.get("layout", "n/a"))),
-        ("Validation fraction", as_metric(data.get("validation_fraction"), 2).text),
+        ("Data root", str(data.root if data.root is not None else "n/a")),
+        ("Layout", str(data.layout if data.layout is not None else "n/a")),
+        ("Validation fraction", as_metric(data.validation_fraction, 2).text),
     ]
-    if data.get("fingerprint"):
-        rows.append(("Dataset fingerprint (SHA-256)", str(data["fingerprint"])))
+    if data.fingerprint:
+        rows.append(("Dataset fingerprint (SHA-256)", str(data.fingerprint)))
     return rows
 
 
-def _timing_rows(results: dict) -> list[tuple[str, str]]:
+def _timing_rows(results: RunResults) -> list[tuple[str, str]]:
     """The run's stage timings that were recorded, then training and evaluation time per backbone."""
-    timings = results.get("timings") or {}
-    rows = [(label, format_duration(timings.get(key))) for key, label in _RUN_TIMINGS if key in timings]
-    for b in results.get("backbones") or []:
-        t = b.get("timings") or {}
+    timings = results.timings or {}
+    rows = [(label, format_duration(timings[key])) for key, label in _RUN_TIMINGS if key in timings]
+    for b in results.backbones:
+        t = b.timings or {}
         if t:
-            rows.append((backbone_display(b), f"training {format_duration(t.get('train_s'))}, evaluation "
-                                      f"{format_duration(t.get('evaluate_s'))}"))
+            rows.append((b.label, f"training {format_duration(t.get('train_s'))}, evaluation "
+                                  f"{format_duration(t.get('evaluate_s'))}"))
     return rows
 
 
-def provenance_view(results: dict, manifest_text: str | None, class_names: Sequence[str]) -> Provenance:
-    experiment = results.get("experiment") or {}
-    env = results.get("environment") or {}
-    data = results.get("data") or {}
+def provenance_view(results: RunResults, manifest_text: str | None, class_names: Sequence[str]) -> Provenance:
+    experiment, env = results.experiment, results.environment
+    data = results.data or DataInfo()
     splits, count_rows, totals = _image_counts(data, class_names)
-    skipped, skipped_more = listed_items(data.get("skipped"), unreadable_text)
+    skipped, skipped_more = listed_items([s.to_json() if isinstance(s, SkippedImage) else s
+                                          for s in data.skipped], unreadable_text)  # typed after merge
     return Provenance(
-        manifest_file=str(experiment.get("manifest_file") or "manifest.toml"),
+        manifest_file=str(experiment.manifest_file or "manifest.toml"),
         manifest_text=manifest_text,
-        manifest_sha256=experiment.get("manifest_sha256"),
-        seed=experiment.get("seed"),
+        manifest_sha256=experiment.manifest_sha256,
+        seed=experiment.seed,
         run_rows=_run_rows(results),
         environment_rows=_environment_rows(env),
-        packages=sorted((str(k), str(v)) for k, v in (env.get("packages") or {}).items()),
+        packages=sorted((str(k), str(v)) for k, v in (env.packages or {}).items()),
         splits=splits,
         class_names=list(class_names),
         counts=count_rows,

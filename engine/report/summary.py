@@ -4,11 +4,12 @@ the sentence naming the best backbone, and the warning when the run did not reac
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 from engine.report.explanations import summary_cell
-from engine.report.values import (Metric, as_metric, backbone_display, class_metric, format_duration, input_size_text,
+from engine.report.values import (Metric, as_metric, class_metric, format_duration, input_size_text,
                                   macro_note, weights_text)
+from engine.results import BackboneResult, Metrics, Record, RunInfo, RunResults, ValidationMetrics
 from engine.results import number as _num
 
 
@@ -37,14 +38,14 @@ class SummaryRow:
     explanation: str | None = None
 
 
-def run_status_warning(run: dict) -> str | None:
+def run_status_warning(run: RunInfo) -> str | None:
     """First thing a reader sees when the run did not reach its end."""
-    status, error = run.get("status"), run.get("error")
+    status, error = run.status, run.error
     because = f" ({error})" if error else ""
     if status == "failed":
         return f"This run failed and did not finish{because}. Every section below is incomplete."
     if status == "interrupted":
-        command = run.get("resume_command")
+        command = run.resume_command
         return (f"This run was interrupted{because} and did not finish; every section below is incomplete."
                 + (f" Continue it with: {command}" if command else ""))
     if status == "running":
@@ -52,13 +53,12 @@ def run_status_warning(run: dict) -> str | None:
     return None
 
 
-def _training_seconds(backbone: dict) -> float | None:
-    timings = backbone.get("timings") or {}
-    if _num(timings.get("train_s")) is not None:
-        return _num(timings["train_s"])
-    stages = backbone.get("stages") or []
-    times = [_num(s.get("time_s")) for s in stages]
-    return sum(t for t in times if t is not None) if stages else None
+def _training_seconds(backbone: BackboneResult) -> float | None:
+    train_s = _num(backbone.timings.get("train_s")) if isinstance(backbone.timings, dict) else None
+    if train_s is not None:
+        return train_s
+    times = [_num(s.time_s) for s in backbone.stages]
+    return sum(t for t in times if t is not None) if backbone.stages else None
 
 
 def best_label(selected_by: str | None) -> str:
@@ -67,42 +67,51 @@ def best_label(selected_by: str | None) -> str:
     return f"best ({basis})"
 
 
-def summary_row(backbone: dict, class_names: Sequence[str], best_name: str | None, label: str,
-                 by_name: dict[str, dict]) -> SummaryRow:
-    ok = backbone.get("status") == "ok"
-    test = (backbone.get("test") or {}) if ok else {}
-    free = backbone.get("leakage_free") if ok else None
-    per_class = test.get("per_class") or {}
+def _as_json(entry: Any) -> Any:
+    return entry.to_json() if isinstance(entry, Record) else entry
+
+
+def _macro_f1(block: Metrics | None) -> float | None:
+    return _num(block.macro_f1) if isinstance(block, Metrics) else None
+
+
+def summary_row(backbone: BackboneResult, class_names: Sequence[str], best_name: str | None, label: str,
+                results: RunResults) -> SummaryRow:
+    ok = backbone.ok
+    test = (backbone.test or Metrics()) if ok else Metrics()
+    free = backbone.leakage_free if ok else None
     baseline_note = None
-    parent = by_name.get(backbone.get("fine_tuned_from") or "")
-    if ok and parent and parent.get("status") == "ok":
-        mine, theirs = _num(test.get("macro_f1")), _num((parent.get("test") or {}).get("macro_f1"))
+    parent = results.backbone(backbone.fine_tuned_from or "")
+    if ok and parent is not None and parent.ok:
+        mine, theirs = _macro_f1(test), _macro_f1(parent.test)
         if mine is not None and theirs is not None:
             diff = mine - theirs
             word = "gain" if diff > 0 else "loss" if diff < 0 else "no change"
-            parent_name = backbone_display(parent)
-            baseline_note = (f"{word} of {abs(diff):.3f} test macro-F1 against the frozen baseline {parent_name}"
-                             if diff else f"same test macro-F1 as the frozen baseline {parent_name}")
+            baseline_note = (f"{word} of {abs(diff):.3f} test macro-F1 against the frozen baseline {parent.label}"
+                             if diff else f"same test macro-F1 as the frozen baseline {parent.label}")
+    validation = backbone.validation
+    as_dict = backbone.to_json()  # typed after merge
+    test_dict, free_dict = test.to_json(), free.to_json() if free else None  # typed after merge
     return SummaryRow(
-        name=backbone["name"],
-        display_name=backbone_display(backbone),
-        status=backbone.get("status") or "unknown",
-        error=backbone.get("error"),
-        best=backbone["name"] == best_name,
+        name=backbone.name,
+        display_name=backbone.label,
+        status=backbone.status or "unknown",
+        error=backbone.error,
+        best=backbone.name == best_name,
         best_label=label,
-        validation_macro_f1=as_metric((backbone.get("validation") or {}).get("macro_f1")),
-        accuracy=as_metric(test.get("accuracy")),
-        accuracy_lf=as_metric(free.get("accuracy")) if free else None,
-        macro_f1=as_metric(test.get("macro_f1")),
-        macro_f1_lf=as_metric(free.get("macro_f1")) if free else None,
-        per_class_f1=[class_metric(per_class.get(c), "f1") for c in class_names],
-        weights=weights_text(backbone),
-        input_size=input_size_text(backbone),
+        validation_macro_f1=as_metric(validation.macro_f1 if isinstance(validation, ValidationMetrics) else None),
+        accuracy=as_metric(test.accuracy),
+        accuracy_lf=as_metric(free.accuracy) if free else None,
+        macro_f1=as_metric(test.macro_f1),
+        macro_f1_lf=as_metric(free.macro_f1) if free else None,
+        per_class_f1=[class_metric(_as_json(test.per_class.get(c)), "f1") for c in class_names],  # typed after merge
+        weights=weights_text(as_dict),  # typed after merge
+        input_size=input_size_text(as_dict),  # typed after merge
         training_time=format_duration(_training_seconds(backbone)) if ok else "n/a",
         baseline_note=baseline_note,
-        macro_note=macro_note(test, class_names, "the test split") if ok else None,
-        macro_note_lf=macro_note(free, class_names) if free else None,
-        explanation=summary_cell(backbone) if ok else None,
+        macro_note=macro_note(test_dict, class_names, "the test split") if ok else None,  # typed after merge
+        macro_note_lf=macro_note(free_dict, class_names) if free else None,  # typed after merge
+        explanation=summary_cell(as_dict) if ok else None,  # typed after merge
     )
 
 

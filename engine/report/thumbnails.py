@@ -19,6 +19,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from engine.atomic import write_bytes
 from engine.errors import InputError
+from engine.results import ExamplePair, Integrity, RunResults, as_run_results
 
 log = logging.getLogger(__name__)
 
@@ -56,13 +57,14 @@ def _thumbnail_png(path: Path, frame: int, size: int, windowing=None) -> bytes:
     return buffer.getvalue()
 
 
-def add_pair_thumbnails(results: dict, run_dir: Path, data_root: Path | None = None, size: int = 192,
+def add_pair_thumbnails(results: RunResults | dict, run_dir: Path, data_root: Path | None = None, size: int = 192,
                         windowing=None, sources: Mapping[str, tuple] | None = None) -> int:
     """Write ``integrity/pair<i>_{train,test}.png`` for every example pair without ``"files"``.
 
     Args:
-        results: the run's results dict; ``results["integrity"]["example_pairs"]`` is updated in place
-            (``pair["files"] = {"train": ..., "test": ...}``, paths relative to ``run_dir``).
+        results: the run's results (the typed tree or results.json's dict); each of
+            ``integrity.example_pairs`` gets ``files = {"train": ..., "test": ...}`` in place (paths
+            relative to ``run_dir``).
         run_dir: the run directory.
         data_root: folder the pair paths are relative to (default: ``results["data"]["root"]``).
         size: longest side of a thumbnail in pixels.
@@ -74,28 +76,35 @@ def add_pair_thumbnails(results: dict, run_dir: Path, data_root: Path | None = N
     Returns the number of pairs that got thumbnails. A pair whose images cannot be read keeps no
     ``"files"`` (the report then lists its paths) and is logged, never fatal.
     """
-    integrity = results.get("integrity")
-    pairs = integrity.get("example_pairs") if isinstance(integrity, dict) else None
+    typed = as_run_results(results)
+    pairs = typed.integrity.example_pairs if isinstance(typed.integrity, Integrity) else None
     if not pairs:
         return 0
-    root = Path(data_root if data_root is not None else (results.get("data") or {}).get("root") or ".")
+    stored = typed.data.root if typed.data is not None else None
+    root = Path(data_root if data_root is not None else stored or ".")
     written = 0
     for index, pair in enumerate(pairs):
-        if pair.get("files"):
+        if not isinstance(pair, ExamplePair) or pair.files:
             continue
         files: dict[str, str] = {}
-        source = None
+        source, side, name = None, None, None
         try:
-            for side in ("train", "test"):
-                source, frame = _source(pair[side], root, sources)
+            for side, name in (("train", pair.train), ("test", pair.test)):
+                if name is None:
+                    raise KeyError(side)
+                source, frame = _source(name, root, sources)
                 rel = f"{THUMBNAIL_DIR}/pair{index}_{side}.png"
                 write_bytes(Path(run_dir) / rel, _thumbnail_png(source, frame, size, windowing))
                 files[side] = rel
         except (KeyError, OSError, UnidentifiedImageError, ValueError, InputError) as exc:
             # the pair's name (a reference when the data holds patient ids), never the source path
-            reason = str(exc).replace(str(source), pair.get(side, "?")) if source is not None else str(exc)
-            log.warning("no thumbnail for duplicate pair %d (%s): %s", index, pair.get(side), reason)
+            shown = name if name is not None else "?"
+            reason = str(exc).replace(str(source), shown) if source is not None else str(exc)
+            log.warning("no thumbnail for duplicate pair %d (%s): %s", index, name, reason)
             continue
-        pair["files"] = files
+        pair.files = files
+        if typed is not results:
+            # the caller's dict is the document the pipeline goes on to save
+            results["integrity"]["example_pairs"][index]["files"] = files
         written += 1
     return written

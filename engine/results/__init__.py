@@ -11,14 +11,16 @@ from engine.results.backbone import (GALLERY_METHOD_NAMES, METHOD_LABELS, OPTION
 from engine.results.explain import (CascadeStep, Explanation, Faithfulness, Figure, GalleryItem, Gradcam,
                                     Localisation, PointingGame, Randomisation)
 from engine.results.integrity import (CrossSplitPair, DataInfo, DuplicateGroup, ExamplePair, FileRef, Integrity,
-                                      LabelConflict, Shift, ShiftClass, SkippedImage, WithinSplit)
+                                      LabelConflict, NeighbouringSlices, Shift, ShiftClass, SkippedImage,
+                                      WithinSplit)
 from engine.results.history import (CodeVersion, HistoryBackbone, HistoryHeadline, HistoryRecord,
-                                     as_history_record)
+                                    as_history_record)
 from engine.results.metrics import (Bootstrap, Calibration, ClassMetrics, Estimate, Interval, LargestGap, Metrics,
                                     ReliabilityBin, RocAuc, Subgroup, SubgroupGap, SubgroupGapEntry,
                                     SubgroupIntervals, SubgroupSide, Uncertainty, ValidationMetrics)
 from engine.results.nightly import (Comparison, External, ExternalBackbone, GateCounts, GateEntry, Gates, Headline,
-                                    InputsChanged, Trend, TrendBackbone, TrendRun)
+                                    InputsChanged, Trend, TrendBackbone, TrendChange, TrendChanges, TrendPoint,
+                                    TrendRun)
 from engine.results.record import Record, optional, record
 from engine.results.run import (BestBackbone, Device, Environment, Experiment, RunInfo, RunResults, TrainingSetup,
                                 as_run_results)

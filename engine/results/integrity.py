@@ -49,13 +49,26 @@ class DuplicateGroup(Record):
 
 
 @record
+class NeighbouringSlices(Record):
+    """Near pairs within a split that are neighbouring slices of one patient (not duplicates)."""
+
+    pairs: int | None = None
+    images: int | None = None
+    patients: int | None = None
+
+
+@record
 class WithinSplit(Record):
     exact_groups: list[DuplicateGroup] = items()
     near_groups: list[DuplicateGroup] = items()
     n_images_in_exact_groups: int | None = None
     n_redundant_exact_copies: int | None = None
     n_images_in_near_groups: int | None = None
-    neighbouring_slices: dict[str, Any] | None = None
+    neighbouring_slices: NeighbouringSlices | None = None
+
+    @property
+    def neighbouring_pairs(self) -> int | None:
+        return self.neighbouring_slices.pairs if isinstance(self.neighbouring_slices, NeighbouringSlices) else None
 
 
 @record
@@ -74,6 +87,13 @@ class LabelConflict(Record):
     classes: list[str] = items()
     kind: str | None = None
     pairs: list[dict[str, Any]] = items()
+    #: older audits named the files ``paths`` (plain strings); optional, so a conflict a stage
+    #: builds never writes it
+    paths: list[str] | None = optional()
+
+    @property
+    def named_files(self) -> list:
+        return self.files or self.paths or []
 
 
 @record

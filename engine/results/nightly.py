@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from engine.results.explain import Explanation, PointingGame
 from engine.results.metrics import ClassMetrics
-from engine.results.record import Record, items, record
+from engine.results.record import Record, items, optional, record
 
 
 @record
@@ -83,6 +83,31 @@ class InputsChanged(Record):
 
 
 @record
+class TrendChange(Record):
+    """One metric of the flat trend form: its previous and current value and their difference."""
+
+    previous: float | None = None
+    current: float | None = None
+    delta: float | None = None
+
+
+@record
+class TrendChanges(Record):
+    """A backbone's metrics in the flat trend form (the keys of ``Headline``)."""
+
+    accuracy: TrendChange | None = None
+    macro_f1: TrendChange | None = None
+    leakage_free_accuracy: TrendChange | None = None
+    leakage_free_macro_f1: TrendChange | None = None
+
+
+@record
+class TrendPoint(Record):
+    run_id: str | None = None
+    macro_f1: float | None = None
+
+
+@record
 class Trend(Record):
     current_run_id: str | None = None
     previous_run_id: str | None = None
@@ -90,6 +115,16 @@ class Trend(Record):
     backbones: dict[str, TrendBackbone] = items(dict)
     inputs_changed: InputsChanged | None = None
     sentences: list[str] = items()
+    #: the flat form some trend blocks hold instead of ``runs`` + ``backbones``:
+    #: {backbone: changes} and {backbone: [one point per run]}; optional, so a Trend that a stage
+    #: builds never writes them
+    deltas: dict[str, TrendChanges] | None = optional()
+    series: dict[str, list[TrendPoint]] | None = optional()
+
+    @property
+    def per_backbone(self) -> bool:
+        """Whether the block has engine.nightly.history.trend()'s form rather than the flat one."""
+        return isinstance(self.backbones, dict) and bool(self.backbones)
 
 
 @record
@@ -102,7 +137,8 @@ class ExternalBackbone(Record):
     macro_f1: float | None = None
     per_class: dict[str, ClassMetrics] = items(dict)
     confusion_matrix: list[list[int]] = items()
-    pointing_game: PointingGame | None = None
+    #: older runs stored the bare hit rate
+    pointing_game: PointingGame | float | None = None
     explanations: list[Explanation] = items()
 
 

@@ -48,8 +48,9 @@ class Device(Record):
 @record
 class TrainingSetup(Record):
     devices: list[Device] = items()
-    distribute: str | None = None
-    replicas: int | None = None
+    #: what a block without the key means: one replica, no distribution strategy
+    distribute: str | None = "none"
+    replicas: int | None = 1
     precision: str | None = None
 
 
@@ -117,6 +118,12 @@ class RunResults(Record):
 
     def display_names(self) -> dict[str, str]:
         return {b.name: b.label for b in self.backbones}
+
+    def label_of(self, name: str | None) -> str | None:
+        """How the report names backbone ``name``; None when no backbone has that name (a gate of
+        the whole run, a comparison or trend entry of a backbone this run no longer has)."""
+        found = self.backbone(name) if name is not None else None
+        return found.label if found is not None else None
 
 
 def as_run_results(results: "RunResults | dict[str, Any]") -> RunResults:
