@@ -181,7 +181,7 @@ def integrity_view(results: RunResults, class_names: Sequence[str]) -> Integrity
     integrity = results.integrity
     if not isinstance(integrity, Integrity):
         return None
-    counts = leakage_counts(results.to_json())  # typed after merge
+    counts = leakage_counts(results)
     leaked, n_test = counts if counts else (count_of(integrity.cross_split_near), None)
     fraction = leaked / n_test if leaked is not None and n_test else None
     rows = [
