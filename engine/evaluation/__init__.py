@@ -11,6 +11,18 @@ from engine import lazy_exports
 
 #: Public name -> the module of this stage that defines it (imported on first use).
 _EXPORTS = {
+    "Evaluation": "scores",
+    "evaluate": "scores",
+    "predict_probs": "scores",
+    "split_metrics": "scores",
+    "save_predictions": "scores",
+    "outputs_of": "scores",
+    "read_outputs": "scores",
+    "Statistics": "run_statistics",
+    "ModelStatistics": "run_statistics",
+    "statistics": "run_statistics",
+    "check_subgroup_values": "run_statistics",
+    "select_best": "selection",
     "CalibrationResult": "calibration",
     "ClassificationMetrics": "metrics",
     "McNemarResult": "compare",
@@ -24,7 +36,6 @@ _EXPORTS = {
     "calibrate": "calibration",
     "classification_metrics": "metrics",
     "discover_folder": "external",
-    "evaluate_external": "external",
     "expected_calibration_error": "calibration",
     "fit_temperature": "calibration",
     "format_p": "compare",
