@@ -3,11 +3,13 @@ history, the latest pointer and retention; or, for a run that stopped early, its
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
-from engine.errors import StorageError
+from engine.errors import InputError, RunInterrupted, StorageError, os_error_message
+from engine.failures import save_traceback
 from engine.progress import Timer
-from engine.workflows.context import RunContext
+from engine.workflows.context import TRACEBACK_FILE, RunContext, resume_command
 
 
 def finish_run(ctx: RunContext, exp_dir: Path) -> list:
@@ -71,3 +73,35 @@ def record_end(ctx: RunContext, exp_dir: Path, status: str, error: str) -> None:
         history.append_record(exp_dir, history.record_from_results(ctx.results))
     except (OSError, ValueError, StorageError) as exc:
         ctx.echo(f"warning: could not record the run as {status}: {exc}")
+
+
+def stopped(ctx: RunContext, exp_dir: Path, exc: BaseException) -> BaseException:
+    """Record the run as stopped by ``exc`` and give what the CLI is to see: the same exception,
+    or (for the user's input or file system, and Ctrl-C) the one that names it for the user."""
+    if isinstance(exc, StorageError):  # the output's disk is full or read-only: the CLI exits 2
+        exc.args = (ctx.redact(str(exc)),)
+        record_end(ctx, exp_dir, "failed", str(exc))
+        return exc
+    if isinstance(exc, (InputError, OSError)):  # the user's input or file system: the CLI exits 2
+        message = ctx.redact(str(exc) if isinstance(exc, InputError) else os_error_message(exc))
+        record_end(ctx, exp_dir, "failed", message)
+        return _without_context(InputError(message))
+    if isinstance(exc, (RunInterrupted, KeyboardInterrupt)):
+        stop = exc if isinstance(exc, RunInterrupted) else RunInterrupted(signal.SIGINT)
+        ctx.results["run"]["resume_command"] = resume_command(ctx.manifest, ctx.run_dir)
+        record_end(ctx, exp_dir, "interrupted", str(stop))
+        stop.hint = f"run marked interrupted; continue it with: {ctx.results['run']['resume_command']}"
+        return stop if stop is exc else _without_context(stop)
+    # A bug, not the user's input: keep the whole traceback where the user will look for it.
+    trace = save_traceback(ctx.run_dir, TRACEBACK_FILE, exc)
+    if trace is not None:
+        exc.auditrun_traceback = trace  # type: ignore[attr-defined]
+    where = f"traceback in {TRACEBACK_FILE}" if trace else "the traceback could not be saved"
+    record_end(ctx, exp_dir, "failed", ctx.redact(f"internal error {type(exc).__name__}: {exc} ({where})"))
+    return exc
+
+
+def _without_context(exc: BaseException) -> BaseException:
+    """``exc`` raised as ``raise exc from None`` would: the exception it replaces is not shown."""
+    exc.__cause__, exc.__suppress_context__ = None, True
+    return exc

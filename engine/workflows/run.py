@@ -10,7 +10,6 @@ leaves a readable, resumable record of what finished.
 from __future__ import annotations
 
 import hashlib
-import signal
 import time
 from datetime import datetime, timezone
 from functools import partial
@@ -20,15 +19,14 @@ from typing import Callable
 from engine import data as data_stage
 from engine import evaluation, explain, integrity, interrupts, training
 from engine.atomic import scratch_folder, write_text
-from engine.errors import InputError, RunInterrupted, StorageError, os_error_message
-from engine.failures import save_traceback
+from engine.errors import InputError, RunInterrupted, StorageError
 from engine.manifest import Manifest, data_root_source, synthetic_root
 from engine.paths import check_output_root, child, safe_name
 from engine.progress import Timer
 from engine.results import BackboneResult, read_results
-from engine.workflows.finish import finish_run, record_end as _record_end
-from engine.workflows.context import (FINISHED_STATUSES, TRACEBACK_FILE, Echo, RunContext, RunOutcome, new_results,
-                                      new_run_id, quiet_echo, resume_command)
+from engine.workflows.finish import finish_run, stopped
+from engine.workflows.context import (FINISHED_STATUSES, Echo, RunContext, RunOutcome, new_results, new_run_id,
+                                      quiet_echo)
 
 
 def run_audit(m: Manifest, *, output_dir: Path | None = None, run_id: str | None = None,
@@ -115,30 +113,8 @@ def _run_locked(m: Manifest, exp_dir: Path, run_id, echo: Echo, now, resume) -> 
         # Keras builds every .keras archive in the temp folder: it must lie inside the output root.
         with scratch_folder(exp_dir):
             return _run_stages(ctx, exp_dir, manifest_sha, previous)
-    except StorageError as exc:  # the output's disk is full or read-only: the CLI exits 2
-        exc.args = (ctx.redact(str(exc)),)
-        _record_end(ctx, exp_dir, "failed", str(exc))
-        raise
-    except (InputError, OSError) as exc:  # the user's input or file system: the CLI exits 2
-        message = ctx.redact(str(exc) if isinstance(exc, InputError) else os_error_message(exc))
-        _record_end(ctx, exp_dir, "failed", message)
-        raise InputError(message) from None
-    except (RunInterrupted, KeyboardInterrupt) as exc:
-        stop = exc if isinstance(exc, RunInterrupted) else RunInterrupted(signal.SIGINT)
-        ctx.results["run"]["resume_command"] = resume_command(m, run_dir)
-        _record_end(ctx, exp_dir, "interrupted", str(stop))
-        stop.hint = f"run marked interrupted; continue it with: {ctx.results['run']['resume_command']}"
-        if stop is exc:
-            raise
-        raise stop from None
-    except Exception as exc:
-        # A bug, not the user's input: keep the whole traceback where the user will look for it.
-        trace = save_traceback(run_dir, TRACEBACK_FILE, exc)
-        if trace is not None:
-            exc.auditrun_traceback = trace  # type: ignore[attr-defined]
-        where = f"traceback in {TRACEBACK_FILE}" if trace else "the traceback could not be saved"
-        _record_end(ctx, exp_dir, "failed", ctx.redact(f"internal error {type(exc).__name__}: {exc} ({where})"))
-        raise
+    except (Exception, KeyboardInterrupt, StorageError, RunInterrupted) as exc:
+        raise stopped(ctx, exp_dir, exc)
 
 
 def _run_stages(ctx: RunContext, exp_dir: Path, manifest_sha: str, previous: dict | None) -> RunOutcome:
