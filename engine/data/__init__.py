@@ -16,6 +16,7 @@ from engine import lazy_exports
 
 #: Public name -> the module of this stage that defines it (imported on first use).
 _EXPORTS = {
+    "display_path": "identity",
     "PreparedData": "preparation",
     "AuditedImages": "preparation",
     "prepare": "preparation",

@@ -11,6 +11,14 @@ from engine import lazy_exports
 
 #: Public name -> the module of this stage that defines it (imported on first use).
 _EXPORTS = {
+    "ExternalImages": "external",
+    "read_run_results": "external",
+    "finished_backbones": "external",
+    "with_references": "external",
+    "pointing_sample": "external",
+    "folder_key": "external",
+    "metrics_block": "external",
+    "store_report": "external",
     "Evaluation": "scores",
     "evaluate": "scores",
     "predict_probs": "scores",

@@ -14,8 +14,7 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-from engine.data.identity import display_path
-from engine.data.discovery import record_label
+from engine.data import display_path, record_label
 from engine.failures import failure_message
 from engine.manifest import GradcamConfig, Manifest
 from engine.paths import slug

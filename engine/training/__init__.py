@@ -9,6 +9,7 @@ from engine import lazy_exports
 
 #: Public name -> the module of this stage that defines it (imported on first use).
 _EXPORTS = {
+    "is_chief": "devices",
     "from_entry": "imported",
     "Trained": "stage",
     "Place": "stage",

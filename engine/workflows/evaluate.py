@@ -19,7 +19,6 @@ from typing import Callable
 
 from engine import evaluation, explain
 from engine.errors import InputError
-from engine.evaluation import external
 from engine.manifest import POINTING_MAX_IMAGES, Manifest, folder_aliases, run_settings, slice_selection, \
     windowing_options
 from engine.paths import check_output_root
@@ -37,28 +36,28 @@ def evaluate_external(run_dir: Path, data: Path, backbone: str | None = None, *,
     """
     run_dir, data = Path(run_dir), Path(data)
     # Before TensorFlow loads: a broken results.json should cost the user no import time.
-    results = external.read_run_results(run_dir)
+    results = evaluation.read_run_results(run_dir)
     check_output_root(run_dir, [("--data", data)])  # it writes RUN_DIR/external
     echo = echo or (lambda _m: None)
     warn = warn or (lambda msg: echo(f"warning: {msg}"))
     class_names = results["data"]["class_names"]
     seed = results["experiment"]["seed"] if seed is None else seed
-    entries = external.finished_backbones(results, backbone)
+    entries = evaluation.finished_backbones(results, backbone)
     m = run_settings(run_dir)  # the run's own settings: aliases, image size, TTA, windowing, checks
     windowing = windowing_options(m.data)
-    records, y = external.discover_folder(data, class_names, folder_aliases(class_names, m.data.aliases),
+    records, y = evaluation.discover_folder(data, class_names, folder_aliases(class_names, m.data.aliases),
                                           slice_selection(m.data))
-    records = external.with_references(records, data, run_dir, results["experiment"]["name"], warn)
-    records, y, skipped = external.usable_images(data, records, y, m.integrity.min_image_size, warn, windowing)
-    images = external.ExternalImages(records, y, class_names,
-                                     *external.pointing_sample(records, y, class_names, seed, max_pointing),
+    records = evaluation.with_references(records, data, run_dir, results["experiment"]["name"], warn)
+    records, y, skipped = evaluation.usable_images(data, records, y, m.integrity.min_image_size, warn, windowing)
+    images = evaluation.ExternalImages(records, y, class_names,
+                                     *evaluation.pointing_sample(records, y, class_names, seed, max_pointing),
                                      windowing=windowing)
-    out_dir = run_dir / "external" / external.folder_key(data)
+    out_dir = run_dir / "external" / evaluation.folder_key(data)
     out = [_evaluate_backbone(run_dir, e, images, echo, m, seed, out_dir) for e in entries]
     counts = {c: int((y == i).sum()) for i, c in enumerate(class_names)}
     report = {"data": str(data.resolve()), "evaluated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "counts": counts, "skipped": skipped, "n_boxed_images": len(images.boxed), "backbones": out}
-    external.store_report(run_dir, data, results, report)
+    evaluation.store_report(run_dir, data, results, report)
     return report
 
 
@@ -85,7 +84,7 @@ def _evaluate_backbone(run_dir: Path, e: dict, images, echo: Echo, m: Manifest, 
     x = images.pixels(e["input_size"][0])
     probs = evaluation.predict_probs(model, x, tta_flip=m.evaluation.tta_flip, echo=echo,
                                      label=f"{e['name']}: predictions")
-    block, scores = external.metrics_block(e, images, probs)
+    block, scores = evaluation.metrics_block(e, images, probs)
     if images.boxed:
         # the layer the run's own Grad-CAM used (a manifest may name one), else the automatic one
         layer = (e.get("gradcam") or {}).get("layer")
@@ -100,9 +99,7 @@ def _evaluate_backbone(run_dir: Path, e: dict, images, echo: Echo, m: Manifest, 
 
 
 def _imported_heatmaps(model):
-    from engine.explain.agnostic import heatmaps_for
-
-    return heatmaps_for(model)[0]
+    return explain.heatmaps_for(model)[0]
 
 
 def _explanations(model, e: dict, x, images, run_dir: Path, m: Manifest, seed: int, out_dir: Path,

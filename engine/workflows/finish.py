@@ -6,6 +6,7 @@ from __future__ import annotations
 import signal
 from pathlib import Path
 
+from engine import nightly
 from engine.errors import InputError, RunInterrupted, StorageError, os_error_message
 from engine.failures import save_traceback
 from engine.progress import Timer
@@ -14,26 +15,22 @@ from engine.workflows.context import TRACEBACK_FILE, RunContext, resume_command
 
 def finish_run(ctx: RunContext, exp_dir: Path) -> list:
     """Gates against the previous run, trend, report, then history, latest pointer and retention."""
-    from engine.nightly import gates as gates_mod
-    from engine.nightly import history
-    from engine.nightly.retention import prune_cache, prune_runs
-
     m, results = ctx.manifest, ctx.results
     run_id = results["run"]["id"]
-    records = [r for r in history.read_history(exp_dir) if r.get("run_id") != run_id]
-    gates = gates_mod.evaluate_gates(results, m.gates, history.previous_record(records, run_id))
-    results["gates"] = gates_mod.gates_to_dict(gates)
-    record = history.record_from_results(results)
-    results["trend"] = history.trend(records + [record], run_id, last_n=m.report.trend_window)
+    records = [r for r in nightly.read_history(exp_dir) if r.get("run_id") != run_id]
+    gates = nightly.evaluate_gates(results, m.gates, nightly.previous_record(records, run_id))
+    results["gates"] = nightly.gates_to_dict(gates)
+    record = nightly.record_from_results(results)
+    results["trend"] = nightly.trend(records + [record], run_id, last_n=m.report.trend_window)
     ctx.save()
     render_stage(ctx)
-    history.append_record(exp_dir, history.record_from_results(results))
-    history.write_latest(exp_dir, run_id)
+    nightly.append_record(exp_dir, nightly.record_from_results(results))
+    nightly.write_latest(exp_dir, run_id)
     protect = {run_id} | ({results["run"]["reused_from"]} if results["run"].get("reused_from") else set())
-    for pruned in prune_runs(exp_dir, m.experiment.keep_last, protect, experiment=m.experiment.name):
+    for pruned in nightly.prune_runs(exp_dir, m.experiment.keep_last, protect, experiment=m.experiment.name):
         ctx.echo(f"retention: removed old run {pruned.name} (keep_last = {m.experiment.keep_last})")
     if m.data.cache:
-        stale = prune_cache(ctx.output_root / ".cache", m.data.cache_max_age_days)
+        stale = nightly.prune_cache(ctx.output_root / ".cache", m.data.cache_max_age_days)
         if stale:
             ctx.echo(f"retention: removed {len(stale)} cached image arrays unused for "
                      f"{m.data.cache_max_age_days} days")
@@ -58,8 +55,6 @@ def record_end(ctx: RunContext, exp_dir: Path, status: str, error: str) -> None:
     Best effort on top of an error already on its way to the user: a second failure here (a full
     disk, say) must not replace the first.
     """
-    from engine.nightly import history
-
     run = ctx.results["run"]
     run.update(status=status, error=error, finished_at=ctx.now().isoformat(timespec="seconds"),
                wall_time_s=round(ctx.active_s(), 1))
@@ -70,7 +65,7 @@ def record_end(ctx: RunContext, exp_dir: Path, status: str, error: str) -> None:
             # No room for the temporary copy an atomic write needs: the file's own blocks, compact.
             # A run left saying "running" would be resumed as if it had been interrupted.
             ctx.save(in_place=True)
-        history.append_record(exp_dir, history.record_from_results(ctx.results))
+        nightly.append_record(exp_dir, nightly.record_from_results(ctx.results))
     except (OSError, ValueError, StorageError) as exc:
         ctx.echo(f"warning: could not record the run as {status}: {exc}")
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 from engine import data as data_stage
-from engine import evaluation, explain, integrity, interrupts, training
+from engine import evaluation, explain, integrity, interrupts, nightly, training
 from engine.atomic import scratch_folder, write_text
 from engine.errors import InputError, RunInterrupted, StorageError
 from engine.manifest import Manifest, data_root_source, synthetic_root
@@ -33,8 +33,6 @@ def run_audit(m: Manifest, *, output_dir: Path | None = None, run_id: str | None
               echo: Echo | None = None, now: Callable[[], datetime] | None = None,
               resume: Path | None = None) -> RunOutcome:
     """Run every stage under the experiment's lock. Raises InputError for bad input."""
-    from engine.nightly.lock import experiment_lock
-
     echo = echo or quiet_echo()
     now = now or (lambda: datetime.now(timezone.utc))
     if synthetic_root(m) is not None:  # manifest.load leaves the writing of the phantoms to the run
@@ -44,9 +42,7 @@ def run_audit(m: Manifest, *, output_dir: Path | None = None, run_id: str | None
                       else Path(output_dir) if output_dir else m.experiment.output_dir,
                       [(data_root_source(), m.data.root)] if m.data.root is not None else [])
     if m.training.distribute == "multiworker":
-        from engine.training.devices import is_chief
-
-        if not is_chief():
+        if not training.is_chief():
             return _run_as_worker(m, Path(output_dir) if output_dir else m.experiment.output_dir, run_id, echo, now)
     if resume is not None:
         exp_dir = Path(resume).resolve().parent
@@ -57,7 +53,7 @@ def run_audit(m: Manifest, *, output_dir: Path | None = None, run_id: str | None
         if run_id is not None:
             safe_name(run_id, "--run-id")
     exp_dir.mkdir(parents=True, exist_ok=True)
-    with experiment_lock(exp_dir, experiment=m.experiment.name):
+    with nightly.experiment_lock(exp_dir, experiment=m.experiment.name):
         return _run_locked(m, exp_dir, run_id, echo, now, resume)
 
 
