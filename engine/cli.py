@@ -313,7 +313,7 @@ def evaluate_cmd(run_dir: Path, data: Path, backbone, quiet):
     are skipped, listed and warned about on stderr; the rest are evaluated.
     """
     from engine.atomic import dumps_json
-    from engine.evaluation.external import evaluate_external
+    from engine.workflows.evaluate import evaluate_external
 
     _silence_tensorflow()
     click.get_current_context().meta["auditrun.output"] = run_dir

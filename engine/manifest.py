@@ -463,16 +463,18 @@ def _need(cond: bool, key: str, what: str) -> None:
         raise InputError(f"manifest key '{key}' {what}")
 
 
-def _check_ranges(m: Manifest) -> None:
-    """Values the types allow but the engine cannot use, each named by its key."""
+def _check_ranges(m: Manifest, finished_run: bool = False) -> None:
+    """Values the types allow but the engine cannot use, each named by its key. A finished run's
+    settings skip what the run's own models need (engine.manifest.run_settings)."""
     _check_numbers(m)
     _check_synthetic(m.data.synthetic)
     _check_names(m)
     _check_fine_tunes(m)
-    _need(bool(m.backbones or m.models), "backbones",
-          "must list at least one [[backbones]] entry with a name (or [[models]] to audit)")
-    _check_backbones(m.backbones)
-    _check_models(m)
+    if not finished_run:
+        _need(bool(m.backbones or m.models), "backbones",
+              "must list at least one [[backbones]] entry with a name (or [[models]] to audit)")
+        _check_backbones(m.backbones)
+        _check_models(m)
     _check_subgroups(m.subgroups)
     _check_labels(m.data)
     _check_gradcam(m.gradcam)
@@ -747,6 +749,27 @@ def loads(text: str, *, base: Path, path: Path | None = None, check_data: bool =
     # A root that [data.synthetic] is to generate is checked once it is written (prepare_data_root).
     if check_data and synthetic_root(m) is None:
         m.data.root = resolve_data_root(m)
+    return m
+
+
+def run_settings(run_dir: Path) -> Manifest:
+    """The settings a finished run used, from its copy ``RUN_DIR/manifest.toml``: what ``auditrun
+    evaluate`` applies to other images (aliases, image size, windowing, TTA, the explanation checks).
+
+    The copy need not list ``[[backbones]]`` or ``[[models]]`` (the run's results.json names its
+    models, and their files need not be where the manifest said); unset keys take their defaults,
+    and a copy that is missing or is not TOML gives every default. A value the manifest would
+    refuse is an InputError naming its key, as it was when the run started.
+    """
+    run_dir = Path(run_dir)
+    try:
+        text = (run_dir / "manifest.toml").read_text(encoding="utf-8")
+        raw = tomllib.loads(text)
+    except (OSError, tomllib.TOMLDecodeError):
+        return Manifest()
+    m = _build(Manifest, raw, "", run_dir)
+    m.path, m.text = run_dir / "manifest.toml", text
+    _check_ranges(m, finished_run=True)
     return m
 
 

@@ -147,3 +147,9 @@ def relative_to_root(path: Path | str, root: Path | str | None) -> str:
 
 
 __all__ = ["EXPERIMENT_MARKERS", "MAX_NAME_LENGTH", "RUN_MARKERS", "check_output_root", "child", "folder_key", "is_output_folder", "is_inside", "name_problem", "relative_to_root", "safe_name"]
+
+
+def slug(name: str) -> str:
+    """A backbone label as a file stem."""
+    s = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name).strip("._")
+    return s or "backbone"

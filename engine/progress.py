@@ -92,3 +92,22 @@ class Progress:
         self.close()
         return False
 
+
+
+class Timer:
+    """Prints one line per finished step with its wall time."""
+
+    def __init__(self, echo, label: str, sink: dict | None = None, key: str | None = None):
+        self.echo, self.label, self.sink, self.key = echo, label, sink, key
+
+    def __enter__(self):
+        self.t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        self.elapsed = time.perf_counter() - self.t0
+        if self.sink is not None and self.key:
+            self.sink[self.key] = round(self.elapsed, 2)
+        if exc_type is None:
+            self.echo(f"done: {self.label} ({self.elapsed:.1f}s)")
+        return False

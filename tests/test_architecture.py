@@ -13,8 +13,8 @@ import pytest
 
 ENGINE = Path(__file__).resolve().parents[1] / "engine"
 STAGES = ("data", "integrity", "training", "evaluation", "explain", "report", "nightly")
-TOP_LEVEL = {"__init__", "cli", "pipeline", "manifest", "results", "provenance", "atomic", "errors", "paths",
-             "sklearn_warnings", "progress", "interrupts", "registry"}
+TOP_LEVEL = {"__init__", "cli", "pipeline", "manifest", "results", "provenance", "atomic", "errors", "paths", "failures",
+             "sklearn_warnings", "progress", "interrupts", "registry", "workflows"}
 HEAVY = ("tensorflow", "keras")
 
 

@@ -184,12 +184,12 @@ def test_every_command_exits_2_when_a_file_stands_where_a_folder_should_be(asset
 
 
 def test_engine_bug_exits_70_with_traceback_saved_in_the_run(assets, tmp_path, monkeypatch):
-    import engine.pipeline
+    import engine.workflows.run
 
     def broken(ctx):
         raise ZeroDivisionError("planted bug")
 
-    monkeypatch.setattr(engine.pipeline, "prepare_data", broken)
+    monkeypatch.setattr(engine.workflows.run, "prepare_data", broken)
     result = invoke(manifest(assets, tmp_path), "--output-dir", tmp_path / "out", "--run-id", "r1", "--quiet")
     assert result.exit_code == INTERNAL_ERROR_EXIT not in (0, 1, 2)
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
@@ -204,12 +204,12 @@ def test_engine_bug_exits_70_with_traceback_saved_in_the_run(assets, tmp_path, m
 
 
 def test_file_system_error_inside_a_run_is_recorded_as_such_not_as_a_bug(assets, tmp_path, monkeypatch):
-    import engine.pipeline
+    import engine.workflows.run
 
     def unwritable(ctx):
         raise PermissionError(13, "Permission denied", str(tmp_path / "somewhere"))
 
-    monkeypatch.setattr(engine.pipeline, "prepare_data", unwritable)
+    monkeypatch.setattr(engine.workflows.run, "prepare_data", unwritable)
     result = invoke(manifest(assets, tmp_path), "--output-dir", tmp_path / "out", "--run-id", "r1", "--quiet")
     assert_clean_error(result, 2, "somewhere", "Permission denied")
     run = tmp_path / "out" / "hard" / "r1"

@@ -310,26 +310,31 @@ def test_a_run_and_evaluate_on_multiframe_dicom_go_frame_by_frame(tmp_path):
 
 
 def test_evaluate_reads_an_external_folder_frame_by_frame_with_the_runs_windowing(sets):
-    # mutations: _ExternalImages decodes frame 0 of every file -> the rows of one file's frames are
-    # equal; _readers_from_run ignores data.windowing -> the pixels are the "auto" ones
-    from engine.evaluation.external import _ExternalImages, _readers_from_run, discover_folder, usable_images
+    # mutations: ExternalImages decodes frame 0 of every file -> the rows of one file's frames are
+    # equal; run_settings ignores data.windowing -> the pixels are the "auto" ones
+    from engine.evaluation.external import ExternalImages, discover_folder, usable_images
+    from engine.manifest import run_settings, slice_selection, windowing_options
 
     tmp, truth = sets
     folder = tmp / "multi" / "Testing"
-    windowing, slices = _readers_from_run({"data": {"windowing": "percentile", "window_percentiles": [5, 95],
-                                                    "slices": [0, 2]}})
+    (tmp / "windowing-run").mkdir(exist_ok=True)
+    (tmp / "windowing-run" / "manifest.toml").write_text('[data]\nwindowing = "percentile"\nwindow_percentiles = [5, 95]\n'
+                                               'slices = [0, 2]\n')
+    settings = run_settings(tmp / "windowing-run")
+    windowing, slices = windowing_options(settings.data), slice_selection(settings.data)
     records, y = discover_folder(folder, CLASSES, ALIASES, slices)
     per_file = {f: n for f, n in slices_per_file(truth["multi"]).items() if f.startswith("Testing/")}
     assert len(records) == len(y) == sum(min(n, 2) for n in per_file.values())
     records, y, skipped = usable_images(folder, records, y, 32, lambda _m: None, windowing)
     assert not skipped
-    x = _ExternalImages(records, y, CLASSES, [[]] * len(records), [], windowing=windowing).pixels(32)
+    x = ExternalImages(records, y, CLASSES, [[]] * len(records), [], windowing=windowing).pixels(32)
     first = next(i for i, r in enumerate(records) if r.frame == 1)
     assert records[first - 1].path == records[first].path and not np.array_equal(x[first - 1], x[first])
     assert np.array_equal(x[first], decode_image(records[first].path, 32, 1, Windowing("percentile", (5, 95))))
     assert not np.array_equal(x[first], decode_image(records[first].path, 32, 1))
+    (tmp / "windowing-run" / "manifest.toml").write_text("[data]\nslices = [3, 1]\n")
     with pytest.raises(InputError, match="data.slices"):
-        _readers_from_run({"data": {"slices": [3, 1]}})
+        run_settings(tmp / "windowing-run")
 
 
 def test_16_bit_png_is_windowed_by_the_data_windowing_keys(tmp_path):

@@ -115,3 +115,22 @@ def test_cli_exits_2_before_training(tmp_path, monkeypatch):
 def test_cli_usage_error_is_exit_2():
     result = CliRunner().invoke(main, ["run"])
     assert result.exit_code == 2
+
+
+def test_run_settings_read_a_finished_runs_copy_without_backbones_and_default_the_rest(tmp_path):
+    """``auditrun evaluate`` reads the run's manifest copy through the parser (issue 27): a copy
+    without [[backbones]] is a run's settings, a missing or non-TOML copy gives the defaults, and a
+    value the manifest refuses is still an error naming its key."""
+    from engine.errors import InputError
+    from engine.manifest import Manifest, run_settings
+
+    assert run_settings(tmp_path) == Manifest()  # no copy
+    (tmp_path / "manifest.toml").write_text("[integrity\nmin_image_size = 8\n")
+    assert run_settings(tmp_path) == Manifest()  # not TOML
+    (tmp_path / "manifest.toml").write_text("[integrity]\nmin_image_size = 48\n[evaluation]\ntta_flip = true\n")
+    m = run_settings(tmp_path)
+    assert m.integrity.min_image_size == 48 and m.evaluation.tta_flip and m.backbones == []
+    assert m.gradcam.check_images == Manifest().gradcam.check_images
+    (tmp_path / "manifest.toml").write_text('[gradcam]\nmethod = "nope"\n')
+    with pytest.raises(InputError, match="gradcam.method"):
+        run_settings(tmp_path)

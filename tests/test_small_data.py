@@ -248,7 +248,7 @@ def test_hold_back_keeps_sklearn_warnings_and_passes_the_rest_on(recwarn):
 def test_evaluate_predicts_with_the_runs_tta_setting(tmp_path, monkeypatch, tta):
     """External validation scores the models as the run did: flip TTA when its manifest says so."""
     import engine.training.train
-    from engine.evaluation.external import evaluate_external
+    from engine.workflows.evaluate import evaluate_external
 
     run = _constant_run(tmp_path / "run")
     (run / "manifest.toml").write_text(f"[evaluation]\ntta_flip = {str(tta).lower()}\n")

@@ -16,6 +16,13 @@ from engine import lazy_exports
 
 #: Public name -> the module of this stage that defines it (imported on first use).
 _EXPORTS = {
+    "display_path": "identity",
+    "PreparedData": "preparation",
+    "AuditedImages": "preparation",
+    "prepare": "preparation",
+    "redacting": "preparation",
+    "dataset_fingerprint": "fingerprint",
+    "record_label": "discovery",
     "Box": "synth",
     "Dataset": "discovery",
     "FrameRef": "readers",

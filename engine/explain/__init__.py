@@ -11,6 +11,12 @@ from engine import lazy_exports
 
 #: Public name -> the module of this stage that defines it (imported on first use).
 _EXPORTS = {
+    "heatmaps_for": "agnostic",
+    "Explained": "stage",
+    "explain": "stage",
+    "check_explanations": "stage",
+    "boxed_pointing_game": "stage",
+    "box_paths": "stage",
     "candidate_layers": "gradcam",
     "cascade_groups": "randomisation",
     "cascade_panels": "figures",

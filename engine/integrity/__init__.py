@@ -10,6 +10,7 @@ from engine import lazy_exports
 
 #: Public name -> the module of this stage that defines it (imported on first use).
 _EXPORTS = {
+    "check_shift": "stage",
     "ClassShift": "shift",
     "DuplicateGroup": "audit",
     "FileRef": "audit",

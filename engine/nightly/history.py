@@ -23,7 +23,6 @@ This module is pure Python (json, hashlib, jsonschema, pandas for tables): no Te
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import logging
@@ -32,6 +31,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from engine.atomic import fsync_dir, writing, write_text as _write_text
+from engine.data.fingerprint import dataset_fingerprint  # noqa: F401 - the history's name for it
 from engine.errors import InputError
 from engine.results import (CodeVersion, GateCounts, Gates, HistoryBackbone, HistoryHeadline, HistoryRecord, Integrity, Metrics,
                             RunResults, ValidationMetrics, as_history_record, as_run_results, number_problem,
@@ -50,22 +50,6 @@ COMPARABLE_STATUSES = ("ok", "partial")
 
 # ------------------------------------------------------------------------------------------------
 # Fingerprints and records
-
-
-def dataset_fingerprint(files: Iterable[tuple[str, int, int | str]]) -> str:
-    """SHA-256 over the dataset's file list, independent of listing order and of the data root.
-
-    ``files``: ``(relpath, size_bytes, mtime_ns or content sha)`` per image, relpath relative to the
-    data root. Backslashes are normalised to ``/`` so one dataset fingerprints alike on every OS.
-    Using mtime is cheap but conservative (a plain copy changes it, so a copied dataset counts as
-    changed); pass a content hash instead where the data is re-synced nightly.
-    """
-    entries = sorted((str(rel).replace("\\", "/"), int(size), stamp) for rel, size, stamp in files)
-    digest = hashlib.sha256()
-    for entry in entries:
-        # One JSON array per line: no separator inside a file name can make two lists collide.
-        digest.update(json.dumps(entry, ensure_ascii=False).encode("utf-8") + b"\n")
-    return digest.hexdigest()
 
 
 def leakage_counts(results: RunResults | dict) -> tuple[int, int] | None:

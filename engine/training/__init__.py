@@ -9,6 +9,17 @@ from engine import lazy_exports
 
 #: Public name -> the module of this stage that defines it (imported on first use).
 _EXPORTS = {
+    "is_chief": "devices",
+    "from_entry": "imported",
+    "Trained": "stage",
+    "Place": "stage",
+    "train_backbone": "stage",
+    "import_model": "stage",
+    "fine_tune_saved": "stage",
+    "check_model_files": "stage",
+    "setup_training": "stage",
+    "count_params": "stage",
+    "load_saved_model": "backbones",
     "BackboneSpec": "backbones",
     "LoadedBackbone": "backbones",
     "StageResult": "train",

@@ -1,0 +1,148 @@
+"""The explanation stage: galleries, the pointing game and the explanation checks of each finished
+model, for a run (``explain``) and for ``auditrun evaluate`` (``check_explanations``,
+``boxed_pointing_game``), so both explain a model the same way.
+
+``explain`` yields one ``Explained`` per model as it finishes, so the caller can checkpoint
+between models; a failure is recorded in the block, never raised (a full disk is).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+
+from engine.data import display_path, record_label
+from engine.failures import failure_message
+from engine.manifest import GradcamConfig, Manifest
+from engine.paths import slug
+from engine.progress import Timer
+
+Echo = Callable[[str], None]
+
+
+@dataclass
+class Explained:
+    """What one model's results.json entry gains (engine.results.BackboneResult fields)."""
+
+    name: str
+    gradcam: dict | None = None
+    explanations: list[dict] | None = None
+    #: The method an imported model was explained by (its entry's ``explanation_method``).
+    method: str | None = None
+    timings: dict = field(default_factory=dict)
+
+
+def box_paths(records) -> list[str | None]:
+    """Where each record's YOLO box file (``<image>.txt``) would lie: none for a frame of a
+    multi-image file, since one box file cannot say which of its frames it boxes."""
+    return [None if r.frame_name else str(r.path) for r in records]
+
+
+def check_explanations(model, images: np.ndarray, y: np.ndarray, boxes: Sequence[str | None], g: GradcamConfig,
+                       seed: int, out_dir: Path, run_dir: Path, layer: str | None, echo: Echo) -> list[dict]:
+    """The three checks of docs/explanations.md per ``[gradcam] method`` (engine.explain.reliability)."""
+    from engine.explain.reliability import explain_reliability
+
+    return explain_reliability(model, images, y, boxes, g.methods, seed, out_dir, run_dir, layer=layer,
+                               n_images=g.check_images, tolerance_px=g.tolerance_px, cascade_steps=g.cascade_steps,
+                               faithfulness_steps=g.faithfulness_steps, echo=echo)
+
+
+def boxed_pointing_game(model, images: np.ndarray, y: np.ndarray, boxes: list, boxed: list[int],
+                        layer: str | None = None, heatmaps=None) -> dict:
+    """The pointing game (engine.explain.gradcam.pointing_game) on the images ``boxed`` indexes:
+    Grad-CAM of ``model`` at ``layer``, or ``heatmaps(images, classes)`` (an imported model's)."""
+    from engine.explain.gradcam import gradcam_heatmaps, heatmap_stats, pointing_game
+
+    idx = np.array(boxed)
+    maps = heatmaps(images[idx], y[idx]) if heatmaps is not None else \
+        gradcam_heatmaps(model, images[idx].astype("float32"), y[idx], layer=layer)
+    return pointing_game([heatmap_stats(h, boxes[i]) for h, i in zip(maps, idx)])
+
+
+def explain(m: Manifest, data, entries: list, outputs: dict[str, dict], run_dir: Path,
+            echo: Echo) -> Iterator[Explained]:
+    """Galleries and pointing games of ``entries`` (engine.results.BackboneResult) from their saved
+    models; ``data``: engine.data.PreparedData, ``outputs``: the models' probabilities by name."""
+    layers = {c.name: c.gradcam_layer for c in m.backbones}
+    for res in entries:
+        if res.source == "imported":  # issue 19: a model trained elsewhere, explained through its adapter
+            model = outputs[res.name].get("imported")
+            if model is not None:  # an entry adopted from an earlier run: its model is not loaded here
+                yield _explain_imported(m, data, res, model, outputs[res.name], run_dir, echo)
+            continue
+        yield _explain_backbone(m, data, res, outputs[res.name], layers.get(res.fine_tuned_from or res.name),
+                                run_dir, echo)
+
+
+def _explain_backbone(m: Manifest, data, res, out: dict, layer: str | None, run_dir: Path, echo: Echo) -> Explained:
+    from engine.explain.gallery import explain_backbone, pointing_game_on
+    from engine.training import load_saved_model
+
+    ds, cache, g, seed = data.dataset, data.cache, m.gradcam, m.experiment.seed
+    done = Explained(res.name)
+    with Timer(echo, f"Grad-CAM {res.name}"):
+        try:
+            model = load_saved_model(run_dir / res.artifacts["model"])
+            size = res.input_size
+            done.gradcam = explain_backbone(
+                model, cache.load(ds.test, size, "test"), ds.labels("test"), out["test_probs"],
+                [record_label(r) for r in ds.test], ds.class_names, run_dir / "gradcam" / slug(res.name),
+                g.images_per_class, seed, layer=g.layer or layer, data_root=ds.root, run_dir=run_dir,
+                pointing_max_images=g.max_pointing_images, box_paths=box_paths(ds.test),
+                names=[display_path(r, ds.root) for r in ds.test], echo=echo)
+            # Boxed validation images score the explanation without the test split, so Grad-CAM
+            # settings (layer, input size) can be tuned on them.
+            val_game = pointing_game_on(
+                model, cache.load(ds.val, size, "validation"), ds.labels("val"),
+                [record_label(r) for r in ds.val], ds.class_names, seed, layer=done.gradcam["layer"],
+                max_images=g.max_pointing_images, box_paths=box_paths(ds.val)) if ds.val else None
+            if val_game is not None:
+                done.gradcam["pointing_game_validation"] = val_game
+        except Exception as exc:  # noqa: BLE001 - one failed explanation must not lose the report
+            message = failure_message(exc, f"gradcam-{res.name}", run_dir, data.redact)
+            done.gradcam = {"error": message}
+            echo(f"error: Grad-CAM for {res.name}: {message}")
+    if g.check_images and "error" not in done.gradcam:
+        with Timer(echo, f"explanation checks {res.name} ({', '.join(g.methods)})", done.timings,
+                   "explanation_checks_s"):
+            done.explanations = check_explanations(
+                model, cache.load(ds.test, res.input_size, "test"), ds.labels("test"), box_paths(ds.test), g, seed,
+                run_dir / "gradcam" / slug(res.name), run_dir, done.gradcam.get("layer"), echo)
+    return done
+
+
+def _explain_imported(m: Manifest, data, res, model, out: dict, run_dir: Path, echo: Echo) -> Explained:
+    """Gallery and pointing game of an imported model: Grad-CAM where a .keras model has a
+    convolutional layer, occlusion sensitivity through its predict function otherwise
+    (engine.explain.agnostic); the method is recorded in the block and named in every caption."""
+    from engine.explain.agnostic import heatmaps_for
+    from engine.explain.gallery import explain_backbone, pointing_game_on
+
+    ds, cache, g, seed = data.dataset, data.cache, m.gradcam, m.experiment.seed
+    heatmaps, method, layer = heatmaps_for(model)
+    done = Explained(res.name)
+    with Timer(echo, f"explanations ({method}) {res.name}"):
+        try:
+            size = res.input_size
+            done.gradcam = explain_backbone(
+                None, cache.load(ds.test, size, "test"), ds.labels("test"), out["test_probs"],
+                [record_label(r) for r in ds.test], ds.class_names, run_dir / "gradcam" / slug(res.name),
+                g.images_per_class, seed, layer=layer, data_root=ds.root, run_dir=run_dir,
+                pointing_max_images=g.max_pointing_images, box_paths=box_paths(ds.test),
+                names=[display_path(r, ds.root) for r in ds.test], heatmaps=heatmaps, method=method)
+            val_game = pointing_game_on(
+                None, cache.load(ds.val, size, "validation"), ds.labels("val"),
+                [record_label(r) for r in ds.val], ds.class_names, seed,
+                max_images=g.max_pointing_images, box_paths=box_paths(ds.val), heatmaps=heatmaps) if ds.val else None
+            if val_game is not None:
+                done.gradcam["pointing_game_validation"] = val_game
+            done.method = method
+        except Exception as exc:  # noqa: BLE001 - one failed explanation must not lose the report
+            message = failure_message(exc, f"explain-{res.name}", run_dir, data.redact)
+            done.gradcam = {"error": message, "method": method}
+            echo(f"error: explanations for {res.name}: {message}")
+    return done

@@ -1,0 +1,115 @@
+"""``auditrun evaluate RUN_DIR --data FOLDER``: a finished run's saved models on another labelled
+folder, scored by the run's own stage functions (prediction, metrics, the pointing game and the
+explanation checks) with the run's own settings (its manifest copy, engine.manifest.run_settings).
+
+The folder holds one sub-folder per class (same aliases as the run's manifest), images of any
+size; DICOM files and NIfTI volumes give one image per frame or selected slice, decoded with the
+run's ``data.windowing``, ``data.window_percentiles`` and ``data.slices``. Where YOLO box files
+(``<image>.txt``: ``class x_center y_center width height``, normalised) lie beside tumour images,
+each backbone also gets the Grad-CAM pointing game on them and the explanation checks of the
+run's ``[gradcam] method`` list (``explanations``, docs/explanations.md).
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+from engine import evaluation, explain
+from engine.errors import InputError
+from engine.manifest import POINTING_MAX_IMAGES, Manifest, folder_aliases, run_settings, slice_selection, \
+    windowing_options
+from engine.paths import check_output_root
+
+Echo = Callable[[str], None]
+
+
+def evaluate_external(run_dir: Path, data: Path, backbone: str | None = None, *,
+                      echo: Echo | None = None, seed: int | None = None,
+                      max_pointing: int = POINTING_MAX_IMAGES, warn: Echo | None = None) -> dict:
+    """Score the run's models on ``data``; store and return ``{"data", "backbones": [...]}``.
+
+    Unreadable images and images below the run's ``integrity.min_image_size`` are skipped, each
+    passed to ``warn`` (default: ``echo``) and listed under ``"skipped"``; the rest are evaluated.
+    """
+    run_dir, data = Path(run_dir), Path(data)
+    # Before TensorFlow loads: a broken results.json should cost the user no import time.
+    results = evaluation.read_run_results(run_dir)
+    check_output_root(run_dir, [("--data", data)])  # it writes RUN_DIR/external
+    echo = echo or (lambda _m: None)
+    warn = warn or (lambda msg: echo(f"warning: {msg}"))
+    class_names = results["data"]["class_names"]
+    seed = results["experiment"]["seed"] if seed is None else seed
+    entries = evaluation.finished_backbones(results, backbone)
+    m = run_settings(run_dir)  # the run's own settings: aliases, image size, TTA, windowing, checks
+    windowing = windowing_options(m.data)
+    records, y = evaluation.discover_folder(data, class_names, folder_aliases(class_names, m.data.aliases),
+                                          slice_selection(m.data))
+    records = evaluation.with_references(records, data, run_dir, results["experiment"]["name"], warn)
+    records, y, skipped = evaluation.usable_images(data, records, y, m.integrity.min_image_size, warn, windowing)
+    images = evaluation.ExternalImages(records, y, class_names,
+                                     *evaluation.pointing_sample(records, y, class_names, seed, max_pointing),
+                                     windowing=windowing)
+    out_dir = run_dir / "external" / evaluation.folder_key(data)
+    out = [_evaluate_backbone(run_dir, e, images, echo, m, seed, out_dir) for e in entries]
+    counts = {c: int((y == i).sum()) for i, c in enumerate(class_names)}
+    report = {"data": str(data.resolve()), "evaluated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+              "counts": counts, "skipped": skipped, "n_boxed_images": len(images.boxed), "backbones": out}
+    evaluation.store_report(run_dir, data, results, report)
+    return report
+
+
+def _load_model(run_dir: Path, e: dict, class_names: list[str]):
+    """The model behind a finished entry: the run's saved Keras model, or an imported model read
+    from its own file and preprocessed as the audit did."""
+    from engine.training import from_entry, load_saved_model  # loads Keras: after the inputs are checked
+
+    if e.get("source") == "imported":
+        return from_entry(e, class_names, folder_aliases(class_names, {}))
+    model_path = run_dir / e["artifacts"]["model"]
+    if not model_path.is_file():
+        raise InputError(f"model file {str(model_path)!r} is missing; external validation needs the run's models")
+    return load_saved_model(model_path)
+
+
+def _evaluate_backbone(run_dir: Path, e: dict, images, echo: Echo, m: Manifest, seed: int, out_dir: Path) -> dict:
+    """One backbone's block: its metrics on the images and, where there are boxes, its pointing
+    game (and, for the run's own models, the explanation checks). Predicts as the run did: with
+    flip test-time augmentation when its manifest asked for it."""
+    t0 = time.perf_counter()
+    imported = e.get("source") == "imported"
+    model = _load_model(run_dir, e, images.class_names)
+    x = images.pixels(e["input_size"][0])
+    probs = evaluation.predict_probs(model, x, tta_flip=m.evaluation.tta_flip, echo=echo,
+                                     label=f"{e['name']}: predictions")
+    block, scores = evaluation.metrics_block(e, images, probs)
+    if images.boxed:
+        # the layer the run's own Grad-CAM used (a manifest may name one), else the automatic one
+        layer = (e.get("gradcam") or {}).get("layer")
+        heatmaps = _imported_heatmaps(model) if imported else None
+        block["pointing_game"] = explain.boxed_pointing_game(model, x, images.y, images.boxes, images.boxed,
+                                                             layer=layer, heatmaps=heatmaps)
+        if not imported and m.gradcam.enabled and m.gradcam.check_images > 0:
+            block["explanations"] = _explanations(model, e, x, images, run_dir, m, seed, out_dir, layer, echo)
+    echo(f"{e['name']}: accuracy {scores['accuracy']:.3f}, balanced accuracy {scores['balanced_accuracy']:.3f}, "
+         f"macro-F1 {scores['macro_f1']:.3f} on {scores['n_images']} images ({time.perf_counter() - t0:.1f}s)")
+    return block
+
+
+def _imported_heatmaps(model):
+    return explain.heatmaps_for(model)[0]
+
+
+def _explanations(model, e: dict, x, images, run_dir: Path, m: Manifest, seed: int, out_dir: Path,
+                  layer: str | None, echo: Echo) -> list[dict]:
+    """The run's explanation checks on the external tumour images with boxes (and, to make up the
+    number, other external images), as the run's explain stage runs them."""
+    boxed = set(images.boxed)
+    box_paths = [str(r.path) if i in boxed else None for i, r in enumerate(images.records)]
+    t0 = time.perf_counter()
+    out = explain.check_explanations(model, x, images.y, box_paths, m.gradcam, seed, out_dir / e["name"], run_dir,
+                                     layer, echo)
+    echo(f"{e['name']}: explanation checks ({', '.join(m.gradcam.methods)}) in {time.perf_counter() - t0:.1f}s")
+    return out
