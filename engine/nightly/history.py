@@ -28,7 +28,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
 from engine.atomic import fsync_dir, writing, write_text as _write_text
 from engine.data.fingerprint import dataset_fingerprint  # noqa: F401 - the history's name for it
