@@ -267,6 +267,7 @@ def test_discovery_warns_of_a_class_without_test_images_and_records_it(tmp_path)
 
     from engine.manifest import loads
     from engine.pipeline import RunContext, prepare_data
+    from engine.results import RunResults
 
     rng = np.random.default_rng(0)
     root = tmp_path / "data"
@@ -285,10 +286,10 @@ def test_discovery_warns_of_a_class_without_test_images_and_records_it(tmp_path)
               '[integrity]\nshift = false\n[[backbones]]\nname = "ResNet50"\n', base=tmp_path)
     echoed = []
     ctx = RunContext(m, tmp_path / "run", tmp_path, echoed.append, lambda: datetime.now(timezone.utc),
-                     {"timings": {}})
+                     RunResults())
     ctx.run_dir.mkdir()
     prepare_data(ctx)
-    stored = ctx.results["data"]["warnings"]
+    stored = ctx.results.data.warnings
     assert [w.split(":")[0] for w in stored] == ["class no_tumor has no test images",
                                                  "class meningioma has no leakage-free test images (all 2 test "
                                                  "images have a copy or near-copy in training)"]

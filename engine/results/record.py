@@ -74,6 +74,14 @@ class Record:
         not "ok") ask this rather than the raw document."""
         return name not in self._absent or not _is_default(type(self), name, getattr(self, name))
 
+    def put(self, name: str, value: Any) -> None:
+        """Set field ``name`` from a stage's JSON-form value (a dict, a list of dicts), typed as the
+        field declares: what a stage returns becomes the block every later reader reads."""
+        hints = {n: h for n, _k, h, _o in _spec(type(self))}
+        if name not in hints:
+            raise AttributeError(f"{type(self).__name__} has no field {name!r}")
+        setattr(self, name, _read(hints[name], value))
+
     def to_json(self) -> dict:
         out: dict[str, Any] = {}
         for name, key, _hint, omit in _spec(type(self)):

@@ -107,14 +107,15 @@ def _evaluate_and_store(m: Manifest, data, place: Place, res: BackboneResult, mo
         p_te = evaluation.predict_probs(model, cache.load(ds.test, size, "test"), tta_flip=tta, echo=echo,
                                         label=f"{res.name}: test predictions")
     ev = evaluation.evaluate(data, p_va, p_te)
-    res.validation, res.test, res.leakage_free = ev.validation, ev.test, ev.leakage_free
+    for block in ("validation", "test", "leakage_free"):
+        res.put(block, getattr(ev, block))
     files = evaluation.save_predictions(place.run_dir, slug(res.name), data, ev, m.subgroups.age_bands)
     model_file = f"models/{slug(res.name)}.keras"
     save_keras_model(model, place.run_dir / model_file)
     res.artifacts = {"model": model_file, "predictions": files["test"]}
     res.timings["evaluate_s"] = round(time.perf_counter() - t0, 2)
     echo(f"  {res.display_name}: validation macro-F1 {ev.val_macro_f1:.3f}; test accuracy "
-         f"{res.test['accuracy']:.3f}, macro-F1 {res.test['macro_f1']:.3f}")
+         f"{res.test.accuracy:.3f}, macro-F1 {res.test.macro_f1:.3f}")
     return evaluation.outputs_of(ev, size)
 
 
@@ -137,25 +138,26 @@ def import_model(m: Manifest, data, place: Place, cfg) -> Trained:
     keras_model = model.keras_model
     res = BackboneResult(name=cfg.name, display_name=cfg.name, architecture=f"imported {model.format} model",
                          source="imported", file=str(cfg.file), input_size=size,
-                         preprocessing=f"{model.preprocess} ({model.scaling.describe()})",
-                         parameters=count_params(keras_model) if keras_model is not None else {})
+                         preprocessing=f"{model.preprocess} ({model.scaling.describe()})")
+    res.put("parameters", count_params(keras_model) if keras_model is not None else {})
     warnings = collapse_warnings(cfg.name, "test", ds.labels("test"), p_te, ds.class_names)
     if p_va is not None:
         warnings += collapse_warnings(cfg.name, "validation", ds.labels("val"), p_va, ds.class_names)
-    res.extra = {"imported": {**model.describe(), "warnings": warnings},
-                 "explanation_method": model.explain_method}
+    res.put("imported", {**model.describe(), "warnings": warnings})
+    res.explanation_method = model.explain_method
     for w in warnings:
         echo(f"warning: model {cfg.name}: {w}")
     ev = evaluation.evaluate(data, p_va, p_te)
     if ev.validation is not None:
-        res.validation = ev.validation
-    res.test, res.leakage_free = ev.test, ev.leakage_free
+        res.put("validation", ev.validation)
+    res.put("test", ev.test)
+    res.put("leakage_free", ev.leakage_free)
     files = evaluation.save_predictions(place.run_dir, slug(res.name), data, ev, m.subgroups.age_bands)
     # the file the audit read (absolute): the run does not copy a model it did not make
     res.artifacts = {"model": str(Path(cfg.file).resolve()), "predictions": files["test"]}
     res.timings["evaluate_s"] = round(time.perf_counter() - t0, 2)
-    echo(f"  {res.display_name} ({model.format}): test accuracy {res.test['accuracy']:.3f}, "
-         f"macro-F1 {res.test['macro_f1']:.3f}")
+    echo(f"  {res.display_name} ({model.format}): test accuracy {res.test.accuracy:.3f}, "
+         f"macro-F1 {res.test.macro_f1:.3f}")
     return Trained(res, evaluation.outputs_of(ev, size, imported=model))
 
 
@@ -201,8 +203,8 @@ def train_backbone(m: Manifest, data, place: Place, cfg, fine_tune_cfg=None) -> 
         if shared is not None:
             history.stages[-1].time_s += t_shared  # the one pass of the frozen layers is the head's cost
         res.history = list(history.history)
-        res.stages = [s.to_dict() for s in history.stages]
-        res.parameters = count_params(model)
+        res.put("stages", [s.to_dict() for s in history.stages])
+        res.put("parameters", count_params(model))
         res.timings["train_s"] = round(history.time_s, 2)
         out[0].outputs = _evaluate_and_store(m, data, place, res, model, cfg.input_size, history, shared=shared)
         res.timings["total_s"] = round(time.perf_counter() - t_start, 2)
@@ -267,8 +269,8 @@ def fine_tune_entry(m: Manifest, data, place: Place, cfg, frozen: BackboneResult
                               seed=m.experiment.seed, label=res.name, echo=place.echo, result=result, store=store,
                               cached=shared)
         res.history = result.history
-        res.stages = list(frozen.stages) + [result.stages[-1].to_dict()]
-        res.parameters = count_params(model)
+        res.put("stages", list(frozen.stages) + [result.stages[-1].to_dict()])
+        res.put("parameters", count_params(model))
         res.timings["train_s"] = round(frozen.timings.get("train_s", 0) + result.stages[-1].time_s, 2)
         out.outputs = _evaluate_and_store(m, data, place, res, model, cfg.input_size, shared=shared)
         res.timings["total_s"] = round(time.perf_counter() - t0 + frozen.timings.get("total_s", 0), 2)

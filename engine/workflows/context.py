@@ -1,5 +1,5 @@
 """What a run keeps between its stages: the manifest, the run directory, the prepared data, the
-results dict it checkpoints to results.json, and each model's probabilities."""
+typed results (``RunResults``) it checkpoints to results.json, and each model's probabilities."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Callable
 import numpy as np
 
 from engine.manifest import Manifest
-from engine.results import BackboneResult, write_results
+from engine.results import BackboneResult, Environment, Experiment, RunInfo, RunResults
 
 Echo = Callable[[str], None]
 
@@ -45,11 +45,10 @@ class RunContext:
     output_root: Path
     echo: Echo
     now: Callable[[], datetime]
-    results: dict = field(default_factory=dict)
+    results: RunResults = field(default_factory=RunResults)
     #: What the data stage gave (engine.data.PreparedData); None before it ran.
     data: object | None = None
-    #: Every backbone's typed results, in the order they ran; stages set their blocks on these and
-    #: save() serialises them (BackboneResult.to_dict) into results.json's "backbones".
+    #: Every backbone's typed results, in the order they ran (``results.backbones`` is this list).
     backbones: list[BackboneResult] = field(default_factory=list)
     # per backbone name: arrays the later stages (explain, calibration, comparisons) need
     outputs: dict[str, dict] = field(default_factory=dict)
@@ -88,7 +87,7 @@ class RunContext:
 
     def leakage_free_mask(self) -> np.ndarray | None:
         """(n_test,) bool, True for test images with no copy in training; None without an integrity audit."""
-        if "integrity" not in self.results:
+        if self.results.integrity is None:
             return None
         return np.array([r.key not in self.leaked_test for r in self.dataset.test])
 
@@ -96,11 +95,10 @@ class RunContext:
         return [b for b in self.backbones if b.status == "ok"]
 
     def save(self, in_place: bool = False) -> None:
-        if "run" in self.results:
-            self.results["run"]["active_s"] = round(self.active_s(), 1)
-        if "backbones" in self.results:
-            self.results["backbones"] = [b.to_dict() for b in self.backbones]
-        write_results(self.run_dir, self.results, in_place=in_place)
+        """results.json, serialised from the typed tree (its one serializer, ``RunResults.to_json``)."""
+        self.results.run.active_s = round(self.active_s(), 1)
+        self.results.backbones = self.backbones
+        self.results.write(self.run_dir, in_place=in_place)
 
 
 @dataclass
@@ -133,19 +131,12 @@ def resume_command(m: Manifest, run_dir: Path) -> str:
     return f"auditrun {shlex.quote(str(manifest))} --resume {shlex.quote(str(run_dir))}"
 
 
-def new_results(m: Manifest, run_dir: Path, started: datetime, manifest_sha: str, resumed: bool) -> dict:
-    """results.json of a run that has just started (engine.results writes and checks it)."""
+def new_results(m: Manifest, run_dir: Path, started: datetime, manifest_sha: str, resumed: bool) -> RunResults:
+    """The results of a run that has just started."""
     from engine.provenance import environment
-    from engine.results import SCHEMA_VERSION
 
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "experiment": {"name": m.experiment.name, "description": m.experiment.description,
-                       "seed": m.experiment.seed, "manifest_file": "manifest.toml", "manifest_sha256": manifest_sha},
-        "run": {"id": run_dir.name, "started_at": started.isoformat(timespec="seconds"), "finished_at": None,
-                "status": "running", "wall_time_s": None, "resumed": resumed, "reused_from": None},
-        "environment": environment(),
-        "backbones": [],
-        "best_backbone": None,
-        "timings": {},
-    }
+    return RunResults(
+        experiment=Experiment(name=m.experiment.name, description=m.experiment.description, seed=m.experiment.seed,
+                              manifest_file="manifest.toml", manifest_sha256=manifest_sha),
+        run=RunInfo(id=run_dir.name, started_at=started.isoformat(timespec="seconds"), resumed=resumed),
+        environment=Environment.from_json(environment()))

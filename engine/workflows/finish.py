@@ -16,17 +16,17 @@ from engine.workflows.context import TRACEBACK_FILE, RunContext, resume_command
 def finish_run(ctx: RunContext, exp_dir: Path) -> list:
     """Gates against the previous run, trend, report, then history, latest pointer and retention."""
     m, results = ctx.manifest, ctx.results
-    run_id = results["run"]["id"]
+    run_id = results.run.id
     records = [r for r in nightly.read_history(exp_dir) if r.get("run_id") != run_id]
     gates = nightly.evaluate_gates(results, m.gates, nightly.previous_record(records, run_id))
-    results["gates"] = nightly.gates_to_dict(gates)
+    results.put("gates", nightly.gates_to_dict(gates))
     record = nightly.record_from_results(results)
-    results["trend"] = nightly.trend(records + [record], run_id, last_n=m.report.trend_window)
+    results.put("trend", nightly.trend(records + [record], run_id, last_n=m.report.trend_window))
     ctx.save()
     render_stage(ctx)
     nightly.append_record(exp_dir, nightly.record_from_results(results))
     nightly.write_latest(exp_dir, run_id)
-    protect = {run_id} | ({results["run"]["reused_from"]} if results["run"].get("reused_from") else set())
+    protect = {run_id} | ({results.run.reused_from} if results.run.reused_from else set())
     for pruned in nightly.prune_runs(exp_dir, m.experiment.keep_last, protect, experiment=m.experiment.name):
         ctx.echo(f"retention: removed old run {pruned.name} (keep_last = {m.experiment.keep_last})")
     if m.data.cache:
@@ -43,7 +43,7 @@ def render_stage(ctx: RunContext) -> None:
         return
     from engine.report import render_report
 
-    with Timer(ctx.echo, "report", ctx.results["timings"], "report_s"):
+    with Timer(ctx.echo, "report", ctx.results.timings, "report_s"):
         written = render_report(ctx.run_dir, formats, now=ctx.now())  # the run's clock dates the report
     for fmt, path in written.items():
         ctx.echo(f"report: {path}")
@@ -55,9 +55,9 @@ def record_end(ctx: RunContext, exp_dir: Path, status: str, error: str) -> None:
     Best effort on top of an error already on its way to the user: a second failure here (a full
     disk, say) must not replace the first.
     """
-    run = ctx.results["run"]
-    run.update(status=status, error=error, finished_at=ctx.now().isoformat(timespec="seconds"),
-               wall_time_s=round(ctx.active_s(), 1))
+    run = ctx.results.run
+    run.status, run.error = status, error
+    run.finished_at, run.wall_time_s = ctx.now().isoformat(timespec="seconds"), round(ctx.active_s(), 1)
     try:
         try:
             ctx.save()
@@ -83,9 +83,9 @@ def stopped(ctx: RunContext, exp_dir: Path, exc: BaseException) -> BaseException
         return _without_context(InputError(message))
     if isinstance(exc, (RunInterrupted, KeyboardInterrupt)):
         stop = exc if isinstance(exc, RunInterrupted) else RunInterrupted(signal.SIGINT)
-        ctx.results["run"]["resume_command"] = resume_command(ctx.manifest, ctx.run_dir)
+        ctx.results.run.resume_command = resume_command(ctx.manifest, ctx.run_dir)
         record_end(ctx, exp_dir, "interrupted", str(stop))
-        stop.hint = f"run marked interrupted; continue it with: {ctx.results['run']['resume_command']}"
+        stop.hint = f"run marked interrupted; continue it with: {ctx.results.run.resume_command}"
         return stop if stop is exc else _without_context(stop)
     # A bug, not the user's input: keep the whole traceback where the user will look for it.
     trace = save_traceback(ctx.run_dir, TRACEBACK_FILE, exc)

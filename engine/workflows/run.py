@@ -23,7 +23,8 @@ from engine.errors import InputError, RunInterrupted, StorageError
 from engine.manifest import Manifest, data_root_source, synthetic_root
 from engine.paths import check_output_root, child, safe_name
 from engine.progress import Timer
-from engine.results import BackboneResult, read_results
+from engine.results import (BackboneResult, BestBackbone, DataInfo, Integrity, Shift, TrainingSetup,
+                            read_results)
 from engine.workflows.finish import finish_run, stopped
 from engine.workflows.context import (FINISHED_STATUSES, Echo, RunContext, RunOutcome, new_results, new_run_id,
                                       quiet_echo)
@@ -102,7 +103,7 @@ def _run_locked(m: Manifest, exp_dir: Path, run_id, echo: Echo, now, resume) -> 
     ctx = RunContext(m, run_dir, exp_dir.parent, echo, now, results, clock_start=t_run,
                      prior_active_s=float((previous or {}).get("run", {}).get("active_s") or 0.0))
     if previous is not None:
-        results["run"]["active_s_before_resume"] = ctx.prior_active_s
+        results.run.active_s_before_resume = ctx.prior_active_s
     ctx.save()
     echo(f"run directory: {run_dir}")
     try:
@@ -164,36 +165,37 @@ def _run_stages(ctx: RunContext, exp_dir: Path, manifest_sha: str, previous: dic
                 _record_trained(ctx, training.import_model(m, ctx.data, place, cfg))
             ctx.save()
 
-        results["best_backbone"] = evaluation.select_best(ctx.backbones)
+        best = evaluation.select_best(ctx.backbones)
+        results.best_backbone = BestBackbone.from_json(best) if best is not None else None
         run_post_stages(ctx)
     ok = ctx.finished()
-    results["run"]["status"] = "ok" if len(ok) == len(ctx.backbones) else ("partial" if ok else "failed")
-    results["run"]["finished_at"] = ctx.now().isoformat(timespec="seconds")
+    results.run.status = "ok" if len(ok) == len(ctx.backbones) else ("partial" if ok else "failed")
+    results.run.finished_at = ctx.now().isoformat(timespec="seconds")
     # On --resume: the interrupted part (up to its last save) plus this one.
-    results["run"]["wall_time_s"] = round(ctx.active_s(), 1)
-    results["timings"]["total_s"] = results["run"]["wall_time_s"]
+    results.run.wall_time_s = round(ctx.active_s(), 1)
+    results.timings["total_s"] = results.run.wall_time_s
     gates = finish_run(ctx, exp_dir)
-    return RunOutcome(ctx.run_dir, results["run"]["status"], gates)
+    return RunOutcome(ctx.run_dir, results.run.status, gates)
 
 
 def prepare_data(ctx: RunContext) -> None:
-    ctx.data = data_stage.prepare(ctx.manifest, ctx.output_root, ctx.run_dir, ctx.echo, ctx.results["timings"],
+    ctx.data = data_stage.prepare(ctx.manifest, ctx.output_root, ctx.run_dir, ctx.echo, ctx.results.timings,
                                   check_test=partial(evaluation.check_subgroup_values, ctx.manifest),
                                   audited=partial(_record_audit, ctx), found_ids=partial(_record_redactor, ctx))
     _record_data(ctx, ctx.data)
 
 
 def shift_stage(ctx: RunContext) -> None:
-    shift = integrity.check_shift(ctx.manifest, ctx.data, ctx.echo, ctx.results["timings"])
+    shift = integrity.check_shift(ctx.manifest, ctx.data, ctx.echo, ctx.results.timings)
     if shift is not None:
-        ctx.results["integrity"]["shift"] = shift
+        ctx.results.integrity.shift = Shift.from_json(shift)
 
 
 def run_post_stages(ctx: RunContext) -> None:
     """Stages that need every backbone's outputs: calibration, uncertainty, comparisons, Grad-CAM."""
     m = ctx.manifest
     ok = [b for b in ctx.finished() if b.name in ctx.outputs]
-    _record_statistics(ctx, ok, evaluation.statistics(m, ctx.data, ok, ctx.outputs, ctx.echo, ctx.results["timings"]))
+    _record_statistics(ctx, ok, evaluation.statistics(m, ctx.data, ok, ctx.outputs, ctx.echo, ctx.results.timings))
     ctx.save()
     if m.gradcam.enabled and ok:
         by_name = {b.name: b for b in ok}
@@ -207,14 +209,14 @@ def run_post_stages(ctx: RunContext) -> None:
 
 def _record_setup(ctx: RunContext, setup) -> None:
     ctx.training_setup = setup
-    ctx.results["environment"]["training"] = setup.to_dict()
+    ctx.results.environment.training = TrainingSetup.from_json(setup.to_dict())
     ctx.echo(setup.describe())
 
 
 def _record_audit(ctx: RunContext, audited) -> None:
     from engine.report.thumbnails import add_pair_thumbnails
 
-    ctx.results["integrity"] = audited.integrity
+    ctx.results.integrity = Integrity.from_json(audited.integrity)
     add_pair_thumbnails(ctx.results, ctx.run_dir, data_root=audited.root, windowing=audited.windowing,
                         sources=audited.thumbnail_sources)
 
@@ -224,7 +226,7 @@ def _record_redactor(ctx: RunContext, redact, echo: Echo) -> None:
 
 
 def _record_data(ctx: RunContext, prepared) -> None:
-    ctx.results["data"] = prepared.block
+    ctx.results.data = DataInfo.from_json(prepared.block)
 
 
 def _record_trained(ctx: RunContext, *trained) -> None:
@@ -238,20 +240,20 @@ def _record_statistics(ctx: RunContext, entries: list[BackboneResult], stats) ->
     for res in entries:
         for key, value in vars(stats.per_model[res.name]).items():
             if value is not None:
-                setattr(res, key, value)
+                res.put(key, value)
     if stats.comparisons is not None:
-        ctx.results["comparisons"] = stats.comparisons
+        ctx.results.put("comparisons", stats.comparisons)
     if stats.comparisons_leakage_free is not None:
-        ctx.results["comparisons_leakage_free"] = stats.comparisons_leakage_free
+        ctx.results.put("comparisons_leakage_free", stats.comparisons_leakage_free)
 
 
 def _record_explained(res: BackboneResult, done) -> None:
-    res.gradcam = done.gradcam
+    res.put("gradcam", done.gradcam)
     if done.explanations is not None:
-        res.explanations = done.explanations
+        res.put("explanations", done.explanations)
     res.timings.update(done.timings)
     if done.method is not None:
-        res.extra["explanation_method"] = done.method
+        res.explanation_method = done.method
 
 
 # ------------------------------------------------------------------------- resume and reuse
@@ -269,7 +271,7 @@ def _reusable_entries(ctx: RunContext, exp_dir: Path, manifest_sha: str) -> tupl
     if run_id is None:
         ctx.echo("reuse: no earlier run with unchanged manifest, data and code; training")
         return {}, ctx.run_dir
-    ctx.results["run"]["reused_from"] = run_id
+    ctx.results.run.reused_from = run_id
     ctx.echo(f"reuse: manifest, data and code unchanged since run {run_id}; reusing its models")
     return finished_entries(exp_dir / run_id), exp_dir / run_id
 
