@@ -60,6 +60,18 @@ class TrainingStage(Record):
 
 
 @record
+class Epoch(Record):
+    """One row of ``history`` (engine.training.train): a training epoch's losses and accuracies."""
+
+    stage: str | None = "head"
+    epoch: int | None = None
+    loss: float | None = None
+    accuracy: float | None = None
+    val_loss: float | None = None
+    val_accuracy: float | None = None
+
+
+@record
 class Imported(Record):
     """What an imported ``[[models]]`` entry is (engine.training.imported) and its checks' warnings."""
 
@@ -118,6 +130,10 @@ class BackboneResult(Record):
     @property
     def label(self) -> str:
         return self.display_name or self.name
+
+    def epochs(self) -> list[Epoch]:
+        """``history`` typed. The training stage appends plain rows to ``history``, so it stays a list of dicts."""
+        return [Epoch.from_json(row) for row in self.history if isinstance(row, dict)]
 
     @property
     def ok(self) -> bool:

@@ -86,6 +86,11 @@ class Calibration(Record):
     #: why temperature scaling was skipped (too few validation images); absent when it was fitted
     not_fitted: str | None = optional()
 
+    @property
+    def bins(self) -> int | None:
+        """The number of bins: ``n_bins``, or where results.json lacks it the bins it lists."""
+        return len(self.reliability_before) if "n_bins" in self._absent else self.n_bins
+
 
 @record
 class Estimate(Record):
