@@ -321,7 +321,7 @@ def _gradcam_gallery(backbone: BackboneResult) -> GradcamGallery | None:
             if path:
                 images.append(ImageRef(str(path), alt, label))
         items.append(GradcamItem(true, pred, prob, correct, description, images))
-    pg = block.pointing_game or PointingGame()
+    pg = block.pointing_game or PointingGame.from_json({})
     pointing, rate = None, None
     if pg.total:
         rate = as_metric(pg.rate, 2)
@@ -332,7 +332,7 @@ def _gradcam_gallery(backbone: BackboneResult) -> GradcamGallery | None:
                     + ").")
     elif pg.to_json():
         pointing = "Pointing game: no test image in the gallery had a tumour box, so no hit rate was measured."
-    vg = block.pointing_game_validation or PointingGame()
+    vg = block.pointing_game_validation or PointingGame.from_json({})
     if pointing and vg.total:
         pointing += (f" On the validation split's boxed images: {vg.hits} of {vg.total} "
                      f"(hit rate {as_metric(vg.rate, 2).text}).")
