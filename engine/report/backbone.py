@@ -171,7 +171,7 @@ def _headline_rows(backbone: BackboneResult, class_names: Sequence[str]) -> tupl
             continue
         cells = []
         for block, boot, where in ((test, u_test, "the test split"), (free, u_free, "the leakage-free subset")):
-            if not block:
+            if block is None:
                 cells.append((None, None))
                 continue
             metric, other = _with_interval(_headline_value(block, key), _boot_estimate(boot, key),
@@ -194,7 +194,7 @@ def _per_class_rows(backbone: BackboneResult, class_names: Sequence[str]) -> lis
     u_test, _ = _uncertainty_blocks(backbone)
     rows = []
     for cls in class_names:
-        pc = test.of_class(cls) or ClassMetrics()
+        pc = test.of_class(cls) or ClassMetrics.from_json({})
         fpc = free.of_class(cls)
         recall = class_metric(pc, "recall")
         interval, _ = _with_interval(recall.value, u_test.recall_interval(cls) if u_test else None, [], None)

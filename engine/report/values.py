@@ -107,13 +107,11 @@ def macro_classes(block: Any, class_names: Sequence[str]) -> list[str]:
         return list(class_names)
     if isinstance(metrics.classes_in_macro, list):
         return [str(c) for c in metrics.classes_in_macro]
-    per_class = metrics.per_class if isinstance(metrics.per_class, dict) else {}
-    return [c for c in class_names if count_of(_support(per_class, c)) != 0]
+    return [c for c in class_names if count_of(_support(metrics.of_class(c))) != 0]
 
 
-def _support(per_class: dict, cls: str) -> int | None:
-    entry = per_class[cls] if cls in per_class else None
-    return entry.support if isinstance(entry, ClassMetrics) else None
+def _support(entry: ClassMetrics | None) -> int | None:
+    return None if entry is None else entry.support
 
 
 def macro_note(block: Any, class_names: Sequence[str], where: str = "this subset") -> str | None:

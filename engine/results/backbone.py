@@ -19,7 +19,6 @@ METHOD_LABELS = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "layercam": "
 GALLERY_METHOD_NAMES = {**METHOD_LABELS, "occlusion": "Occlusion sensitivity"}
 
 
-
 def method_label(method: object) -> str:
     """How the report names an ``explanations[].method``; an unknown one by itself."""
     return METHOD_LABELS.get(str(method), str(method))
