@@ -144,6 +144,7 @@ def test_too_few_validation_images_skip_the_fit_and_say_why(tmp_path):
     from engine.evaluation.calibration import MIN_VALIDATION_IMAGES
     from engine.report.figures import reliability_diagram
     from engine.report.backbone import _calibration_view
+    from engine.results import BackboneResult
 
     y_val, logits_val = _synthetic_overconfident(MIN_VALIDATION_IMAGES - 1, 4, 2.5, seed=4)
     y_test, logits_test = _synthetic_overconfident(200, 4, 2.5, seed=5)
@@ -154,7 +155,7 @@ def test_too_few_validation_images_skip_the_fit_and_say_why(tmp_path):
     assert d["ece_before"] == pytest.approx(expected_calibration_error(y_test, softmax(logits_test, 1), 15))
     assert d["reliability_after"] == [] and d["n_val"] == MIN_VALIDATION_IMAGES - 1
     json.dumps(d, allow_nan=False)
-    view = _calibration_view({"calibration": d})
+    view = _calibration_view(BackboneResult.from_json({"name": "m", "calibration": d}))
     assert view.sentence.endswith(f"Temperature scaling was not fitted: {d['not_fitted']}.")
     assert "after temperature scaling" not in view.sentence
     fig = reliability_diagram({"name": "m", "calibration": d}, tmp_path)

@@ -104,3 +104,22 @@ def test_a_reader_accepts_the_tree_or_a_results_dict():
     assert as_run_results({"schema_version": 1, "backbones": [{"name": "b"}]}).backbones[0].name == "b"
     with pytest.raises(TypeError, match="RunResults: expected a JSON object"):
         RunResults.from_json([])
+
+def test_legacy_shapes_the_report_reads_round_trip_and_normalise():
+    """Older results.json: the bootstrap block flat under ``uncertainty``, bounds named low/high,
+    recall intervals under ``recall``; a calibration that was not fitted says why."""
+    from engine.results import BackboneResult
+
+    flat = {"n_resamples": 200, "confidence": 0.9,
+            "accuracy": {"value": 0.8, "low": 0.7, "high": 0.9},
+            "recall": {"glioma": {"value": 0.5, "ci_low": 0.4, "ci_high": 0.6}}}
+    entry = {"name": "m", "uncertainty": flat,
+             "calibration": {"ece_before": 0.1, "reliability_before": [{"count": 1}, {"count": 2}],
+                             "not_fitted": "9 validation images"}}
+    b = BackboneResult.from_json(entry)
+    assert b.to_json() == entry
+    test, free = b.uncertainty.blocks()
+    assert free is None and test.n_resamples == 200 and test.confidence == 0.9
+    assert (test.accuracy.lower, test.accuracy.upper) == (0.7, 0.9)
+    assert test.recall_interval("glioma").upper == 0.6 and test.recall_interval("meningioma") is None
+    assert b.calibration.not_fitted == "9 validation images" and b.calibration.bins == 2

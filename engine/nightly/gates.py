@@ -325,7 +325,7 @@ def _minimum_gate(target: GateTarget, config: GatesConfig, name: str, what: str,
 
 
 def _recall_gate(target: GateTarget, config: GatesConfig, cls: str, threshold: float) -> GateResult:
-    entry = target.test.class_metrics(cls) or ClassMetrics()
+    entry = target.test.of_class(cls) or ClassMetrics()
     if entry.support == 0:
         # undefined recall (older results.json stored it as 0.0): judge by the support
         return GateResult(f"min_recall.{cls}", target.backbone, "WARN", None, float(threshold),

@@ -79,7 +79,7 @@ def leakage_fraction(results: RunResults | dict) -> float | None:
 def _headline(block: Metrics | None, class_names: Sequence[str]) -> HistoryHeadline | None:
     if not isinstance(block, Metrics) or block.macro_f1 is None:
         return None
-    found = {c: block.class_metrics(c) for c in class_names}
+    found = {c: block.of_class(c) for c in class_names}
     return HistoryHeadline(n_images=block.n_images, accuracy=block.accuracy, macro_f1=block.macro_f1,
                            recall={c: m.recall if m is not None else None for c, m in found.items()})
 

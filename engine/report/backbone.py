@@ -9,7 +9,9 @@ from typing import Any, Sequence
 
 from engine.report.explanations import ExplanationView, explanation_views, most_faithful
 from engine.report.figures import FigureRecord
-from engine.results import GALLERY_METHOD_NAMES, number as _num
+from engine.results import (BackboneResult, Bootstrap, Calibration, ClassMetrics, Estimate, Gradcam, Imported, Metrics,
+                            Parameters, PointingGame, Record, RocAuc, Uncertainty, ValidationMetrics, WeightsInfo,
+                            as_backbone_result, gallery_method_name, number as _num)
 from engine.report.subgroups import SubgroupView, subgroup_view
 from engine.report.values import (ImageRef, Metric, anchor_id, as_metric, backbone_display, class_metric, count_of,
                                   format_duration, input_size_text, interval_metric, macro_classes, macro_note,
@@ -105,20 +107,17 @@ class BackboneSection:
     notes: list[str] = field(default_factory=list)
 
 
-def _uncertainty_blocks(backbone: dict) -> tuple[dict | None, dict | None]:
+def _uncertainty_blocks(backbone: BackboneResult) -> tuple[Bootstrap | None, Bootstrap | None]:
     """(test, leakage_free) bootstrap blocks, whether nested under test/leakage_free or not."""
-    block = backbone.get("uncertainty")
-    if not isinstance(block, dict):
+    if not isinstance(backbone.uncertainty, Uncertainty):
         return None, None
-    if "accuracy" in block or "macro_f1" in block:
-        return block, None
-    return block.get("test"), block.get("leakage_free")
+    test, free = backbone.uncertainty.blocks()
+    return _measured(test), _measured(free)
 
 
-def _recall_intervals(block: dict | None) -> dict:
-    if not block:
-        return {}
-    return block.get("per_class_recall") or block.get("recall") or {}
+def _measured(block: Record | None) -> Any:
+    """The block, or None where results.json holds none or an empty one (a stage that measured nothing)."""
+    return block if isinstance(block, Record) and block.to_json() else None
 
 
 #: Largest gap between a stored bootstrap value and the point value for the interval to count as
@@ -132,7 +131,8 @@ _HEADLINE = (("accuracy", "Accuracy", "accuracy", False),
              ("macro_f1", "Macro-F1", "macro-F1", True), ("weighted_f1", "Weighted F1", "weighted F1", False))
 
 
-def _with_interval(point: Any, boot: Any, classes: list[str], boot_classes: Any) -> tuple[Metric, float | None]:
+def _with_interval(point: Any, boot: Estimate | None, classes: list[str],
+                   boot_classes: Any) -> tuple[Metric, float | None]:
     """The point value with the bootstrap interval when that interval was computed around it.
 
     Returns (metric, the stored bootstrap value when it was not: the report says so instead of
@@ -148,22 +148,35 @@ def _with_interval(point: Any, boot: Any, classes: list[str], boot_classes: Any)
     return Metric(value, interval.low, interval.high), None
 
 
-def _headline_rows(backbone: dict, class_names: Sequence[str]) -> tuple[list[HeadlineRow], list[str]]:
+def _headline_value(block: Metrics, key: str) -> Any:
+    return {"accuracy": block.accuracy, "balanced_accuracy": block.balanced_accuracy, "macro_f1": block.macro_f1,
+            "weighted_f1": block.weighted_f1}[key]
+
+
+def _boot_estimate(boot: Bootstrap | None, key: str) -> Estimate | None:
+    """The bootstrap estimate of a headline metric; the bootstrap measures accuracy and macro-F1 only."""
+    if boot is None or key not in ("accuracy", "macro_f1"):
+        return None
+    return boot.accuracy if key == "accuracy" else boot.macro_f1
+
+
+def _headline_rows(backbone: BackboneResult, class_names: Sequence[str]) -> tuple[list[HeadlineRow], list[str]]:
     """Rows of the headline table, and a note per stored interval left out (see _with_interval)."""
-    test = backbone.get("test") or {}
-    free = backbone.get("leakage_free")
+    test = backbone.test or Metrics()
+    free = _measured(backbone.leakage_free)
     u_test, u_free = _uncertainty_blocks(backbone)
     rows, dropped = [], []
     for key, label, name, is_macro in _HEADLINE:
-        if test.get(key) is None:
+        if _headline_value(test, key) is None:
             continue
         cells = []
         for block, boot, where in ((test, u_test, "the test split"), (free, u_free, "the leakage-free subset")):
-            if not block:
+            if block is None:
                 cells.append((None, None))
                 continue
-            metric, other = _with_interval(block.get(key), (boot or {}).get(key), macro_classes(block, class_names),
-                                           (boot or {}).get("classes_in_macro") if is_macro else None)
+            metric, other = _with_interval(_headline_value(block, key), _boot_estimate(boot, key),
+                                           macro_classes(block, class_names),
+                                           boot.classes_in_macro if is_macro and boot else None)
             if other is not None:
                 dropped.append(f"The stored bootstrap interval of {name} "
                                f"on {where} was computed around {other:.3f}, not the {metric.text} shown: results.json "
@@ -176,185 +189,184 @@ def _headline_rows(backbone: dict, class_names: Sequence[str]) -> tuple[list[Hea
     return rows, dropped
 
 
-def _per_class_rows(backbone: dict, class_names: Sequence[str]) -> list[PerClassRow]:
-    test = backbone.get("test") or {}
-    free = backbone.get("leakage_free") or {}
-    per_class = test.get("per_class") or {}
-    free_pc = free.get("per_class") or {}
+def _per_class_rows(backbone: BackboneResult, class_names: Sequence[str]) -> list[PerClassRow]:
+    test, free = backbone.test or Metrics(), backbone.leakage_free or Metrics()
     u_test, _ = _uncertainty_blocks(backbone)
-    recall_ci = _recall_intervals(u_test)
     rows = []
     for cls in class_names:
-        pc = per_class.get(cls) or {}
-        fpc = free_pc.get(cls)
+        pc = test.of_class(cls) or ClassMetrics.from_json({})
+        fpc = free.of_class(cls)
         recall = class_metric(pc, "recall")
-        interval, _ = _with_interval(recall.value, recall_ci.get(cls), [], None)
+        interval, _ = _with_interval(recall.value, u_test.recall_interval(cls) if u_test else None, [], None)
         rows.append(PerClassRow(
             cls=cls,
             precision=class_metric(pc, "precision"),
             recall=recall,
             f1=class_metric(pc, "f1"),
-            support=count_of(pc.get("support")),
+            support=count_of(pc.support),
             recall_ci=interval if recall.known else None,
             lf_precision=class_metric(fpc, "precision") if fpc is not None else None,
             lf_recall=class_metric(fpc, "recall") if fpc is not None else None,
             lf_f1=class_metric(fpc, "f1") if fpc is not None else None,
-            lf_support=count_of(fpc.get("support")) if fpc is not None else None,
+            lf_support=count_of(fpc.support) if fpc is not None else None,
         ))
     return rows
 
 
-def _facts(backbone: dict) -> list[tuple[str, str]]:
-    weights = backbone.get("weights") or {}
-    params = backbone.get("parameters") or {}
+def _or_na(value: Any) -> Any:
+    return "n/a" if value is None else value
+
+
+def _facts(backbone: BackboneResult) -> list[tuple[str, str]]:
+    weights = backbone.weights or WeightsInfo()
+    params = backbone.parameters
     facts = [
-        ("Architecture", str(backbone.get("architecture") or "n/a")
-         + (f" (file {backbone['file']})" if backbone.get("file") else "")),
-        ("Weights", weights_text(backbone) + (f" — {weights['note']}" if weights.get("note") else "")),
+        ("Architecture", str(backbone.architecture or "n/a")
+         + (f" (file {backbone.file})" if backbone.file else "")),
+        ("Weights", weights_text(backbone) + (f" — {weights.note}" if weights.note else "")),
         ("Input size", input_size_text(backbone)),
-        ("Preprocessing", str(backbone.get("preprocessing") or "n/a")),
+        ("Preprocessing", str(backbone.preprocessing or "n/a")),
     ]
-    if params:
-        total, trainable = params.get("total"), params.get("trainable")
+    if isinstance(params, Parameters) and params.to_json():
+        total, trainable = params.total, params.trainable
         facts.append(("Parameters", f"{total:,} total, {trainable:,} trainable"
                       if isinstance(total, int) and isinstance(trainable, int) else "n/a"))
-    if backbone.get("fine_tuned_from"):
-        facts.append(("Fine-tuned from", str(backbone["fine_tuned_from"])))
-    if backbone.get("source") == "imported":
+    if backbone.fine_tuned_from:
+        facts.append(("Fine-tuned from", str(backbone.fine_tuned_from)))
+    if backbone.source == "imported":
         facts.append(("Source", "imported (trained elsewhere; training data unknown)"))
-    for stage in backbone.get("stages") or []:
-        text = (f"{stage.get('epochs_run', 'n/a')} epochs run, best epoch {stage.get('best_epoch', 'n/a')}"
-                + (", stopped early" if stage.get("stopped_early") else "")
-                + f", {format_duration(stage.get('time_s'))}")
-        facts.append((f"Stage {stage.get('name', '?')}", text))
-    validation = backbone.get("validation") or {}
-    if validation:
-        facts.append(("Validation", f"accuracy {as_metric(validation.get('accuracy')).text}, macro-F1 "
-                                    f"{as_metric(validation.get('macro_f1')).text}"))
-    timings = backbone.get("timings") or {}
-    if timings:
-        facts.append(("Time", f"training {format_duration(timings.get('train_s'))}, evaluation "
-                              f"{format_duration(timings.get('evaluate_s'))}, total {format_duration(timings.get('total_s'))}"))
+    for stage in backbone.stages:
+        text = (f"{_or_na(stage.epochs_run)} epochs run, best epoch {_or_na(stage.best_epoch)}"
+                + (", stopped early" if stage.stopped_early else "")
+                + f", {format_duration(stage.time_s)}")
+        facts.append((f"Stage {'?' if stage.name is None else stage.name}", text))
+    validation = backbone.validation
+    if isinstance(validation, ValidationMetrics) and validation.to_json():
+        facts.append(("Validation", f"accuracy {as_metric(validation.accuracy).text}, macro-F1 "
+                                    f"{as_metric(validation.macro_f1).text}"))
+    if backbone.timings:
+        facts.append(("Time", f"training {format_duration(backbone.train_s)}, evaluation "
+                              f"{format_duration(backbone.evaluate_s)}, total {format_duration(backbone.total_s)}"))
     return facts
 
 
-def _roc_text(test: dict, class_names: Sequence[str]) -> str | None:
-    roc = test.get("roc_auc") or {}
-    if not roc:
+def _roc_text(test: Metrics, class_names: Sequence[str]) -> str | None:
+    roc = test.roc_auc
+    if not isinstance(roc, RocAuc) or not roc.to_json():
         return None
-    parts = [f"macro {as_metric(roc.get('macro')).text}"]
-    per_class = roc.get("per_class") or {}
-    parts += [f"{c} {as_metric(per_class.get(c)).text}" for c in class_names if c in per_class]
+    parts = [f"macro {as_metric(roc.macro).text}"]
+    parts += [f"{c} {as_metric(roc.of_class(c)).text}" for c in class_names if c in roc.per_class]
     return "One-vs-rest ROC-AUC: " + ", ".join(parts) + "."
 
 
-def _calibration_view(backbone: dict) -> CalibrationView | None:
-    cal = backbone.get("calibration")
-    if not isinstance(cal, dict):
+def _calibration_view(backbone: BackboneResult) -> CalibrationView | None:
+    cal = backbone.calibration
+    if not isinstance(cal, Calibration):
         return None
-    before, after = as_metric(cal.get("ece_before")), as_metric(cal.get("ece_after"))
-    t = as_metric(cal.get("temperature"), 2)
-    if cal.get("not_fitted"):
-        sentence = (f"Expected calibration error ({cal.get('n_bins', 'n/a')} bins) on the test split: {before.text}. "
-                    f"Temperature scaling was not fitted: {cal['not_fitted']}.")
-        return CalibrationView(cal.get("n_bins"), t, before, after, sentence)
-    sentence = (f"Expected calibration error ({cal.get('n_bins', 'n/a')} bins) on the test split: {before.text} "
+    before, after = as_metric(cal.ece_before), as_metric(cal.ece_after)
+    t = as_metric(cal.temperature, 2)
+    bins = "n/a" if cal.n_bins is None else cal.n_bins
+    if cal.not_fitted:
+        sentence = (f"Expected calibration error ({bins} bins) on the test split: {before.text}. "
+                    f"Temperature scaling was not fitted: {cal.not_fitted}.")
+        return CalibrationView(cal.n_bins, t, before, after, sentence)
+    sentence = (f"Expected calibration error ({bins} bins) on the test split: {before.text} "
                 f"before and {after.text} after temperature scaling with T = {t.text}, fitted on the validation split.")
-    if cal.get("temperature_at_bound"):
+    if cal.temperature_at_bound:
         sentence += " The fitted temperature sits at the edge of its search range; treat it with care."
-    return CalibrationView(cal.get("n_bins"), t, before, after, sentence)
+    return CalibrationView(cal.n_bins, t, before, after, sentence)
 
 
-
-
-def _gradcam_gallery(backbone: dict) -> GradcamGallery | None:
-    block = backbone.get("gradcam")
-    if not isinstance(block, dict):
+def _gradcam_gallery(backbone: BackboneResult) -> GradcamGallery | None:
+    block = backbone.gradcam
+    if not isinstance(block, Gradcam):
         return None
-    method = GALLERY_METHOD_NAMES.get(block.get("method") or "gradcam", str(block.get("method")))
-    if block.get("error"):
-        return GradcamGallery("n/a", None, None, None, [], error=str(block["error"]), method=method)
+    method = gallery_method_name(block.method)
+    if block.error:
+        return GradcamGallery("n/a", None, None, None, [], error=str(block.error), method=method)
     name = backbone_display(backbone)
     items = []
-    for item in block.get("items") or []:
-        true, pred = item.get("true_class", "?"), item.get("predicted_class", "?")
-        prob = as_metric(item.get("probability"), 2)
-        correct = bool(item.get("correct", true == pred))
+    for item in block.items:
+        true = "?" if item.true_class is None else item.true_class
+        pred = "?" if item.predicted_class is None else item.predicted_class
+        prob = as_metric(item.probability, 2)
+        correct = bool(true == pred if item.correct is None else item.correct)
         verdict = "correct" if correct else "misclassified"
         facts = []
-        peak = item.get("peak")
+        peak = item.peak
         if isinstance(peak, (list, tuple)) and len(peak) == 2 and None not in peak:
             facts.append(f"heatmap peak at {float(peak[0]) * 100:.0f} % from the top and "
                          f"{float(peak[1]) * 100:.0f} % from the left")
         else:
             facts.append("the heatmap is empty (no positive evidence)")
-        if item.get("peak_in_box") is True:
+        if item.peak_in_box is True:
             facts.append("inside the tumour box")
-        elif item.get("peak_in_box") is False:
+        elif item.peak_in_box is False:
             facts.append("outside the tumour box")
-        area = _num(item.get("top20_area_fraction"))
+        area = _num(item.top20_area_fraction)
         if area is not None:
             facts.append(f"the top 20 % of the heatmap covers {area * 100:.0f} % of the image")
         what = f"{true} image predicted {pred} with probability {prob.text} ({verdict})"
         description = what[0].upper() + what[1:] + "; " + ", ".join(facts) + "."
-        if block.get("method"):
+        if block.method:
             description = f"{method}: {description}"
-        files = item.get("files") or {}
         images = []
         for key, label, alt in (
-            ("original", "original", f"Test image of true class {true} ({item.get('image', 'unnamed')})."),
+            ("original", "original", f"Test image of true class {true} ({'unnamed' if item.image is None else item.image})."),
             ("heatmap", "heatmap", f"{method} heatmap of {name} for a {what}: " + ", ".join(facts) + "."),
             ("overlay", "overlay", f"{method} overlay with contour lines of {name} on the {true} image: "
                                    + ", ".join(facts) + "."),
         ):
-            if files.get(key):
-                images.append(ImageRef(str(files[key]), alt, label))
+            path = item.file(key)
+            if path:
+                images.append(ImageRef(str(path), alt, label))
         items.append(GradcamItem(true, pred, prob, correct, description, images))
-    pg = block.get("pointing_game") or {}
+    pg = block.pointing_game or PointingGame.from_json({})
     pointing, rate = None, None
-    if pg.get("total"):
-        rate = as_metric(pg.get("rate"), 2)
-        pointing = (f"Pointing game: the heatmap peak fell inside the tumour box on {pg.get('hits')} of "
-                    f"{pg.get('total')} tumour images (hit rate {rate.text}"
-                    + (f"; a random peak would hit {_num(pg['chance_rate']):.2f}" if _num(pg.get("chance_rate")) is not None else "")
+    if pg.total:
+        rate = as_metric(pg.rate, 2)
+        chance = _num(pg.chance_rate)
+        pointing = (f"Pointing game: the heatmap peak fell inside the tumour box on {pg.hits} of "
+                    f"{pg.total} tumour images (hit rate {rate.text}"
+                    + (f"; a random peak would hit {chance:.2f}" if chance is not None else "")
                     + ").")
-    elif pg:
+    elif pg.to_json():
         pointing = "Pointing game: no test image in the gallery had a tumour box, so no hit rate was measured."
-    vg = block.get("pointing_game_validation") or {}
-    if pointing and vg.get("total"):
-        pointing += (f" On the validation split's boxed images: {vg.get('hits')} of {vg.get('total')} "
-                     f"(hit rate {as_metric(vg.get('rate'), 2).text}).")
-    return GradcamGallery(str(block.get("layer") or "n/a"), block.get("images_per_class"), pointing, rate, items,
-                          method=method)
+    vg = block.pointing_game_validation or PointingGame.from_json({})
+    if pointing and vg.total:
+        pointing += (f" On the validation split's boxed images: {vg.hits} of {vg.total} "
+                     f"(hit rate {as_metric(vg.rate, 2).text}).")
+    return GradcamGallery(str(block.layer or "n/a"), block.images_per_class, pointing, rate, items, method=method)
 
 
-def backbone_section(backbone: dict, class_names: Sequence[str]) -> BackboneSection:
-    test = backbone.get("test") or {}
-    free = backbone.get("leakage_free")
+def backbone_section(backbone: BackboneResult | dict, class_names: Sequence[str]) -> BackboneSection:
+    backbone = as_backbone_result(backbone)
+    test = backbone.test or Metrics()
+    free = _measured(backbone.leakage_free)
     u_test, u_free = _uncertainty_blocks(backbone)
     note = None
     if u_test:
-        n = (backbone.get("uncertainty") or {}).get("n_resamples") or u_test.get("n_resamples")
-        conf = u_test.get("confidence") or (backbone.get("uncertainty") or {}).get("confidence") or 0.95
+        n = u_test.n_resamples
+        conf = u_test.confidence or 0.95
         note = (f"Intervals are {conf * 100:.0f} % percentile-bootstrap confidence intervals"
                 + (f" over {n:,} resamples" if isinstance(n, int) else "") + " of the test images.")
         for block, where in ((u_test, "the test split"), (u_free, "the leakage-free subset")):
-            macro = (block or {}).get("macro_f1") or {}
-            kept, total = count_of(macro.get("n_resamples_defined")), count_of((block or {}).get("n_resamples"))
+            macro = (block.macro_f1 if block else None) or Estimate()
+            kept, total = count_of(macro.n_resamples_defined), count_of(block.n_resamples if block else None)
             if kept is not None and total and kept < total:
                 note += (f" The macro-F1 interval on {where} rests on {kept:,} of {total:,} resamples: the others "
                          "drew no image of one of its classes, where macro-F1 over those classes is undefined.")
     headline, dropped = _headline_rows(backbone, class_names)
     return BackboneSection(
-        name=backbone["name"],
+        name=backbone.name,
         display_name=backbone_display(backbone),
-        anchor=anchor_id(backbone["name"]),
+        anchor=anchor_id(backbone.name),
         facts=_facts(backbone),
         headline=headline,
         per_class=_per_class_rows(backbone, class_names),
         has_leakage_free=bool(free),
-        n_test=count_of(test.get("n_images")),
-        n_leakage_free=count_of(free.get("n_images")) if free else None,
+        n_test=count_of(test.n_images),
+        n_leakage_free=count_of(free.n_images) if free else None,
         roc_auc=_roc_text(test, class_names),
         calibration=_calibration_view(backbone),
         gradcam=_gradcam_gallery(backbone),
@@ -363,20 +375,21 @@ def backbone_section(backbone: dict, class_names: Sequence[str]) -> BackboneSect
         subgroups=subgroup_view(backbone),
         explanations=explanation_views(backbone),
         most_faithful=most_faithful(backbone),
-        warnings=[str(w) for w in (backbone.get("imported") or {}).get("warnings") or []],
+        warnings=[str(w) for w in (backbone.imported.warnings if backbone.imported else [])],
         notes=_imported_notes(backbone),
     )
 
 
-def _imported_notes(backbone: dict) -> list[str]:
+def _imported_notes(backbone: BackboneResult) -> list[str]:
     """What a reader of an imported model's section must know: where it came from and that its
     training data is unknown, so the leakage-free column cannot vouch for the test split."""
-    block = backbone.get("imported")
-    if backbone.get("source") != "imported" or not isinstance(block, dict):
+    block = backbone.imported
+    if backbone.source != "imported" or not isinstance(block, Imported):
         return []
-    return [f"Imported {block.get('format', 'model')} model {block.get('file', '')}, not trained by this audit; "
-            f"class order {', '.join(map(str, block.get('class_order') or []))}; "
-            f"explained by {backbone.get('explanation_method') or 'n/a'}.",
+    return [f"Imported {'model' if block.format is None else block.format} model "
+            f"{'' if block.file is None else block.file}, not trained by this audit; "
+            f"class order {', '.join(map(str, block.class_order or []))}; "
+            f"explained by {backbone.explanation_method or 'n/a'}.",
             "Its training data is unknown: the leakage-free column removes only test images with a copy in this "
             "data set's training folder. Whether the test images were part of the model's own training data cannot "
             "be checked here, so its test metrics may be optimistic."]

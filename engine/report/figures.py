@@ -27,6 +27,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from engine.atomic import write_bytes
+from engine.results import (BackboneResult, Calibration, Epoch, Interval, LargestGap, Metrics, ReliabilityBin, Subgroup,
+                            SubgroupGap, SubgroupIntervals, as_backbone_result)
 
 FIGURES_DIR = "figures"
 DPI = 110
@@ -91,12 +93,12 @@ def _f(value: float | None, digits: int = 2) -> str:
 # Training curves
 
 
-def _global_epochs(history: Sequence[dict]) -> tuple[list[int], int | None]:
+def _global_epochs(history: Sequence[Epoch]) -> tuple[list[int], int | None]:
     """Running epoch numbers across stages, and the last epoch of the head stage when a
     fine-tuning stage follows it (None when there is no stage change)."""
     epochs, boundary, previous_stage = [], None, None
     for i, row in enumerate(history, start=1):
-        stage = row.get("stage", "head")
+        stage = row.stage
         if previous_stage is not None and stage != previous_stage and boundary is None:
             boundary = i - 1
         previous_stage = stage
@@ -104,19 +106,19 @@ def _global_epochs(history: Sequence[dict]) -> tuple[list[int], int | None]:
     return epochs, boundary
 
 
-def training_curves(backbone: dict, run_dir: Path) -> FigureRecord | None:
+def training_curves(backbone: BackboneResult | dict, run_dir: Path) -> FigureRecord | None:
     """Accuracy and loss per epoch, training vs validation, with the head/fine-tune boundary.
 
     Returns None when the backbone has no recorded history (a failed backbone).
     """
-    history = backbone.get("history") or []
+    backbone = as_backbone_result(backbone)
+    history = backbone.epochs()
     if not history:
         return None
-    name = backbone.get("display_name") or backbone["name"]
+    name = backbone.label
     epochs, boundary = _global_epochs(history)
-    series = {
-        key: [row.get(key) for row in history] for key in ("accuracy", "val_accuracy", "loss", "val_loss")
-    }
+    series = {"accuracy": [row.accuracy for row in history], "val_accuracy": [row.val_accuracy for row in history],
+              "loss": [row.loss for row in history], "val_loss": [row.val_loss for row in history]}
     with matplotlib.rc_context(_RC):
         fig = _new_figure(7.2, 2.8)
         axes = fig.subplots(1, 2)
@@ -135,7 +137,7 @@ def training_curves(backbone: dict, run_dir: Path) -> FigureRecord | None:
             ax.set_xticks(epochs if len(epochs) <= 15 else np.linspace(1, len(epochs), 8).round().astype(int))
             ax.grid(True, color="#dddddd", linewidth=0.5)
         axes[0].legend(loc="lower right")
-        rel = _save(fig, run_dir, f"{safe_stem(backbone['name'])}_curves.png")
+        rel = _save(fig, run_dir, f"{safe_stem(backbone.name)}_curves.png")
 
     known = [(v, i) for i, v in enumerate(series["val_accuracy"], start=1) if v is not None]
     n = len(epochs)
@@ -144,10 +146,10 @@ def training_curves(backbone: dict, run_dir: Path) -> FigureRecord | None:
         best_value, best_epoch = max(known, key=lambda t: (t[0], -t[1]))
         facts.append(f"best validation accuracy {best_value:.2f} at epoch {best_epoch} of {n}")
     last = history[-1]
-    facts.append(f"final training accuracy {_f(last.get('accuracy'))}, final validation accuracy "
-                 f"{_f(last.get('val_accuracy'))}")
-    facts.append(f"final training loss {_f(last.get('loss'), 3)}, final validation loss "
-                 f"{_f(last.get('val_loss'), 3)}")
+    facts.append(f"final training accuracy {_f(last.accuracy)}, final validation accuracy "
+                 f"{_f(last.val_accuracy)}")
+    facts.append(f"final training loss {_f(last.loss, 3)}, final validation loss "
+                 f"{_f(last.val_loss, 3)}")
     if boundary is not None:
         facts.append(f"head training for epochs 1 to {boundary}, fine-tuning for epochs {boundary + 1} to {n}")
     alt = f"Training curves for {name}: " + "; ".join(facts) + "."
@@ -185,8 +187,8 @@ def confusion_facts(cm: np.ndarray, class_names: Sequence[str]) -> list[str]:
     return clauses
 
 
-def _matrix(block: dict, class_names: Sequence[str]) -> np.ndarray | None:
-    cm = block.get("confusion_matrix") if block else None
+def _matrix(block: Metrics | None, class_names: Sequence[str]) -> np.ndarray | None:
+    cm = block.confusion_matrix if isinstance(block, Metrics) else None
     if not cm:
         return None
     arr = np.asarray(cm, dtype=np.int64)
@@ -215,14 +217,22 @@ def _confusion_heatmap(values: np.ndarray, class_names: Sequence[str], run_dir: 
         return _save(fig, run_dir, filename)
 
 
-def confusion_matrix_counts(backbone: dict, class_names: Sequence[str], run_dir: Path,
+def _split(backbone: BackboneResult, split: str) -> Metrics | None:
+    """The metrics of ``split``: "test" or "leakage_free"."""
+    if split not in ("test", "leakage_free"):
+        raise ValueError(f"no confusion matrix for split {split!r}: expected 'test' or 'leakage_free'")
+    return backbone.test if split == "test" else backbone.leakage_free
+
+
+def confusion_matrix_counts(backbone: BackboneResult | dict, class_names: Sequence[str], run_dir: Path,
                             split: str = "test") -> FigureRecord | None:
     """Counts per (true, predicted) cell, annotated, viridis."""
-    cm = _matrix(backbone.get(split) or {}, class_names)
+    backbone = as_backbone_result(backbone)
+    cm = _matrix(_split(backbone, split), class_names)
     if cm is None:
         return None
-    name = backbone.get("display_name") or backbone["name"]
-    rel = _confusion_heatmap(cm, class_names, run_dir, f"{safe_stem(backbone['name'])}_{split}_confusion.png",
+    name = backbone.label
+    rel = _confusion_heatmap(cm, class_names, run_dir, f"{safe_stem(backbone.name)}_{split}_confusion.png",
                              "Counts", "images", fmt="d")
     correct, total = int(np.trace(cm)), int(cm.sum())
     clauses = confusion_facts(cm, class_names)
@@ -233,18 +243,19 @@ def confusion_matrix_counts(backbone: dict, class_names: Sequence[str], run_dir:
     return FigureRecord(rel, alt, caption, "confusion")
 
 
-def confusion_matrix_normalised(backbone: dict, class_names: Sequence[str], run_dir: Path,
+def confusion_matrix_normalised(backbone: BackboneResult | dict, class_names: Sequence[str], run_dir: Path,
                                 split: str = "test") -> FigureRecord | None:
     """Each row divided by its total (per-class recall on the diagonal), viridis 0..1."""
-    cm = _matrix(backbone.get(split) or {}, class_names)
+    backbone = as_backbone_result(backbone)
+    cm = _matrix(_split(backbone, split), class_names)
     if cm is None:
         return None
-    name = backbone.get("display_name") or backbone["name"]
+    name = backbone.label
     totals = cm.sum(axis=1, keepdims=True)
     with np.errstate(invalid="ignore", divide="ignore"):
         norm = np.where(totals > 0, cm / np.maximum(totals, 1), np.nan)
     rel = _confusion_heatmap(norm, class_names, run_dir,
-                             f"{safe_stem(backbone['name'])}_{split}_confusion_normalised.png",
+                             f"{safe_stem(backbone.name)}_{split}_confusion_normalised.png",
                              "Share of each true class", "share of the true class", fmt=".2f", vmin=0.0, vmax=1.0)
     recalls = [f"{cls} {_f(norm[i, i])}" for i, cls in enumerate(class_names)]
     off = np.where(np.eye(len(class_names), dtype=bool), -1.0, np.nan_to_num(norm, nan=-1.0))
@@ -261,33 +272,34 @@ def confusion_matrix_normalised(backbone: dict, class_names: Sequence[str], run_
 # Calibration
 
 
-def _reliability_points(rows: Sequence[dict]) -> tuple[list[float], list[float], list[int]]:
+def _reliability_points(rows: Sequence[ReliabilityBin]) -> tuple[list[float], list[float], list[int]]:
     conf, acc, count = [], [], []
     for row in rows or []:
-        if row.get("count") and row.get("confidence") is not None and row.get("accuracy") is not None:
-            conf.append(float(row["confidence"]))
-            acc.append(float(row["accuracy"]))
-            count.append(int(row["count"]))
+        if row.count and row.confidence is not None and row.accuracy is not None:
+            conf.append(float(row.confidence))
+            acc.append(float(row.accuracy))
+            count.append(int(row.count))
     return conf, acc, count
 
 
-def reliability_diagram(backbone: dict, run_dir: Path) -> FigureRecord | None:
+def reliability_diagram(backbone: BackboneResult | dict, run_dir: Path) -> FigureRecord | None:
     """Mean confidence vs accuracy per bin, before and after temperature scaling."""
-    cal = backbone.get("calibration")
-    if not cal:
+    backbone = as_backbone_result(backbone)
+    cal = backbone.calibration
+    if not isinstance(cal, Calibration) or not cal.to_json():
         return None
-    name = backbone.get("display_name") or backbone["name"]
-    before = _reliability_points(cal.get("reliability_before"))
-    after = _reliability_points(cal.get("reliability_after"))
+    name = backbone.label
+    before = _reliability_points(cal.reliability_before)
+    after = _reliability_points(cal.reliability_after)
     with matplotlib.rc_context(_RC):
         fig = _new_figure(4.2, 3.8)
         ax = fig.subplots()
         ax.plot([0, 1], [0, 1], color="#000000", linestyle=":", linewidth=1, label="perfect calibration")
         ax.plot(before[0], before[1], color=OKABE_ITO[1], linestyle="--", marker="s", markersize=4,
-                label=f"before (ECE {_f(cal.get('ece_before'), 3)})")
-        if not cal.get("not_fitted"):
+                label=f"before (ECE {_f(cal.ece_before, 3)})")
+        if not cal.not_fitted:
             ax.plot(after[0], after[1], color=OKABE_ITO[0], linestyle="-", marker="o", markersize=4,
-                    label=f"after T = {_f(cal.get('temperature'))} (ECE {_f(cal.get('ece_after'), 3)})")
+                    label=f"after T = {_f(cal.temperature)} (ECE {_f(cal.ece_after, 3)})")
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1)
         ax.set_aspect("equal")
@@ -296,27 +308,27 @@ def reliability_diagram(backbone: dict, run_dir: Path) -> FigureRecord | None:
         ax.set_title(f"Reliability: {name}")
         ax.grid(True, color="#dddddd", linewidth=0.5)
         ax.legend(loc="upper left")
-        rel = _save(fig, run_dir, f"{safe_stem(backbone['name'])}_reliability.png")
+        rel = _save(fig, run_dir, f"{safe_stem(backbone.name)}_reliability.png")
     gap = ""
     if before[0]:
         gaps = [abs(c - a) for c, a in zip(before[0], before[1])]
         k = int(np.argmax(gaps))
         gap = (f"; before scaling the largest gap is at mean confidence {before[0][k]:.2f}, where accuracy is "
                f"{before[1][k]:.2f} ({before[2][k]} images)")
-    bins = cal.get('n_bins', len(cal.get('reliability_before') or []))
-    if cal.get("not_fitted"):
-        alt = (f"Reliability diagram for {name}: expected calibration error {_f(cal.get('ece_before'), 3)}, "
-               f"{bins} bins{gap}; no temperature scaling ({cal['not_fitted']}).")
+    bins = cal.bins
+    if cal.not_fitted:
+        alt = (f"Reliability diagram for {name}: expected calibration error {_f(cal.ece_before, 3)}, "
+               f"{bins} bins{gap}; no temperature scaling ({cal.not_fitted}).")
         caption = (f"Reliability diagram for {name} on the test split. Points on the dotted diagonal are perfectly "
-                   f"calibrated; dashed line with squares: model output (ECE {_f(cal.get('ece_before'), 3)}). "
-                   f"Temperature scaling was not fitted: {cal['not_fitted']}.")
+                   f"calibrated; dashed line with squares: model output (ECE {_f(cal.ece_before, 3)}). "
+                   f"Temperature scaling was not fitted: {cal.not_fitted}.")
         return FigureRecord(rel, alt, caption, "reliability")
-    alt = (f"Reliability diagram for {name}: expected calibration error {_f(cal.get('ece_before'), 3)} before "
-           f"and {_f(cal.get('ece_after'), 3)} after temperature scaling with T = {_f(cal.get('temperature'))}, "
+    alt = (f"Reliability diagram for {name}: expected calibration error {_f(cal.ece_before, 3)} before "
+           f"and {_f(cal.ece_after, 3)} after temperature scaling with T = {_f(cal.temperature)}, "
            f"{bins} bins{gap}.")
     caption = (f"Reliability diagram for {name} on the test split. Points on the dotted diagonal are perfectly "
-               f"calibrated; dashed line with squares: model output (ECE {_f(cal.get('ece_before'), 3)}); solid "
-               f"line with circles: after temperature scaling fitted on validation (ECE {_f(cal.get('ece_after'), 3)}).")
+               f"calibrated; dashed line with squares: model output (ECE {_f(cal.ece_before, 3)}); solid "
+               f"line with circles: after temperature scaling fitted on validation (ECE {_f(cal.ece_after, 3)}).")
     return FigureRecord(rel, alt, caption, "reliability")
 
 
@@ -335,6 +347,7 @@ def trend_plot(series: dict[str, list[tuple[str, float | None]]], display: dict[
         for run_id, _ in points:
             if run_id not in run_ids:
                 run_ids.append(run_id)
+    labels = {name: display.get(name, name) for name in usable}
     with matplotlib.rc_context(_RC):
         fig = _new_figure(7.2, 3.0)
         ax = fig.subplots()
@@ -342,7 +355,7 @@ def trend_plot(series: dict[str, list[tuple[str, float | None]]], display: dict[
             xs = [run_ids.index(r) for r, _ in points]
             ys = _nan([v for _, v in points])
             ax.plot(xs, ys, color=OKABE_ITO[k % len(OKABE_ITO)], linestyle=LINESTYLES[k % len(LINESTYLES)],
-                    marker=MARKERS[k % len(MARKERS)], markersize=5, label=display.get(name, name))
+                    marker=MARKERS[k % len(MARKERS)], markersize=5, label=labels[name])
         ax.set_xticks(range(len(run_ids)))
         ax.set_xticklabels(run_ids, rotation=20, ha="right", fontsize=7)
         ax.set_ylabel("test macro-F1")
@@ -355,8 +368,8 @@ def trend_plot(series: dict[str, list[tuple[str, float | None]]], display: dict[
     for name, points in usable.items():
         known = [(r, v) for r, v in points if v is not None]
         first, last = known[0], known[-1]
-        parts.append(f"{display.get(name, name)} from {first[1]:.2f} (run {first[0]}) to {last[1]:.2f} "
-                     f"(run {last[0]})" if len(known) > 1 else f"{display.get(name, name)} {last[1]:.2f} (run {last[0]})")
+        parts.append(f"{labels[name]} from {first[1]:.2f} (run {first[0]}) to {last[1]:.2f} "
+                     f"(run {last[0]})" if len(known) > 1 else f"{labels[name]} {last[1]:.2f} (run {last[0]})")
     alt = f"Line chart of test macro-F1 over the last {len(run_ids)} runs: " + "; ".join(parts) + "."
     caption = (f"Test macro-F1 of each backbone over the last {len(run_ids)} runs, oldest on the left; each "
                f"backbone has its own colour, line style and marker. " + "; ".join(parts) + ".")
@@ -370,67 +383,74 @@ def trend_plot(series: dict[str, list[tuple[str, float | None]]], display: dict[
 _ATTRIBUTE_NAMES = {"site": "site", "scanner": "scanner", "sex": "sex", "age_band": "age band"}
 
 
-def _forest_rows(groups: dict) -> list[tuple[str, dict]]:
+def _forest_rows(groups: dict[str, list[Subgroup]]) -> list[tuple[str, Subgroup]]:
     """(attribute, entry) of every group with a macro-F1, attributes in order, groups in order."""
     return [(attribute, e) for attribute, entries in groups.items() for e in entries or []
-            if isinstance(e, dict) and e.get("macro_f1") is not None]
+            if isinstance(e, Subgroup) and e.macro_f1 is not None]
 
 
-def _forest_text(attribute: str, e: dict, confidence: float) -> str:
-    ci = ((e.get("ci") or {}).get("macro_f1") or {})
-    lo, hi = ci.get("low"), ci.get("high")
+def _macro_f1_interval(e: Subgroup) -> Interval:
+    return e.ci.macro_f1 if isinstance(e.ci, SubgroupIntervals) and isinstance(e.ci.macro_f1, Interval) else Interval()
+
+
+def _forest_text(attribute: str, e: Subgroup, confidence: float) -> str:
+    ci = _macro_f1_interval(e)
+    lo, hi = ci.low, ci.high
     interval = f", {confidence * 100:.0f} % CI {lo:.2f}–{hi:.2f}" if lo is not None and hi is not None else ""
-    pooled = f", pooled from {', '.join(map(str, e['pooled']))}" if e.get("pooled") else ""
-    name = _ATTRIBUTE_NAMES.get(attribute, attribute)
-    return f"{name} {e['group']} {e['macro_f1']:.2f}{interval} (n={e['n']}{pooled})"
+    pooled = f", pooled from {', '.join(map(str, e.pooled))}" if e.pooled else ""
+    return f"{_attribute_name(attribute)} {e.group} {e.macro_f1:.2f}{interval} (n={e.n}{pooled})"
 
 
-def subgroup_forest(backbone: dict, run_dir: Path) -> FigureRecord | None:
+def _attribute_name(attribute: object) -> object:
+    return _ATTRIBUTE_NAMES.get(attribute, attribute)
+
+
+def subgroup_forest(backbone: BackboneResult | dict, run_dir: Path) -> FigureRecord | None:
     """Forest plot: test macro-F1 of every subgroup with its bootstrap interval, one row per group,
     grouped by attribute, and the backbone's macro-F1 on the whole test split as a dotted line.
 
     Groups are blue circles; the pooled group "other" is a vermilion square, so the two differ by
     shape as well as colour. None when the backbone has no subgroup with a macro-F1.
     """
-    groups = backbone.get("subgroups")
+    backbone = as_backbone_result(backbone)
+    groups = backbone.subgroups
     rows = _forest_rows(groups) if isinstance(groups, dict) else []
     if not rows:
         return None
-    gap = backbone.get("subgroup_gap") or {}
-    confidence = float(gap.get("confidence") or 0.95)
-    overall = (backbone.get("test") or {}).get("macro_f1")
-    name = backbone.get("display_name") or backbone["name"]
+    gap = backbone.subgroup_gap if isinstance(backbone.subgroup_gap, SubgroupGap) else SubgroupGap()
+    confidence = float(gap.confidence or 0.95)
+    overall = backbone.test.macro_f1 if isinstance(backbone.test, Metrics) else None
+    name = backbone.label
     with matplotlib.rc_context(_RC):
         fig = _new_figure(6.4, 1.0 + 0.32 * len(rows))
         ax = fig.subplots()
         for y, (attribute, e) in enumerate(rows):
-            ci = (e.get("ci") or {}).get("macro_f1") or {}
-            other = e["group"] == "other"
+            ci = _macro_f1_interval(e)
+            other = e.group == "other"
             style = dict(color=OKABE_ITO[1] if other else OKABE_ITO[0], marker="s" if other else "o", markersize=5)
-            if ci.get("low") is not None and ci.get("high") is not None:
-                ax.errorbar([e["macro_f1"]], [y], xerr=[[e["macro_f1"] - ci["low"]], [ci["high"] - e["macro_f1"]]],
+            if ci.low is not None and ci.high is not None:
+                ax.errorbar([e.macro_f1], [y], xerr=[[e.macro_f1 - ci.low], [ci.high - e.macro_f1]],
                             capsize=3, linewidth=1.2, **style)
             else:
-                ax.plot([e["macro_f1"]], [y], linestyle="none", **style)
+                ax.plot([e.macro_f1], [y], linestyle="none", **style)
         if overall is not None:
             ax.axvline(overall, color="#000000", linestyle=":", linewidth=1)
         ax.set_yticks(range(len(rows)))
-        ax.set_yticklabels([f"{_ATTRIBUTE_NAMES.get(a, a)}: {e['group']} (n={e['n']})" for a, e in rows])
+        ax.set_yticklabels([f"{_attribute_name(a)}: {e.group} (n={e.n})" for a, e in rows])
         ax.invert_yaxis()
         ax.set_xlim(0, 1)
         ax.set_xlabel(f"test macro-F1 with {confidence * 100:.0f} % bootstrap interval")
         ax.set_title(f"Macro-F1 by subgroup: {name}")
         ax.grid(True, axis="x", color="#dddddd", linewidth=0.5)
-        rel = _save(fig, run_dir, f"{safe_stem(backbone['name'])}_subgroups.png")
+        rel = _save(fig, run_dir, f"{safe_stem(backbone.name)}_subgroups.png")
     parts = "; ".join(_forest_text(a, e, confidence) for a, e in rows)
-    largest = gap.get("largest") if isinstance(gap.get("largest"), dict) else None
+    largest = gap.largest if isinstance(gap.largest, LargestGap) else None
     gap_text = ""
-    if largest and largest.get("gap") is not None:
-        interval = (f" ({confidence * 100:.0f} % CI {largest['ci_low']:.2f} to {largest['ci_high']:.2f})"
-                    if largest.get("ci_low") is not None and largest.get("ci_high") is not None else "")
-        gap_text = (f" Largest gap: {largest['gap']:.2f}{interval} between "
-                    f"{_ATTRIBUTE_NAMES.get(largest.get('attribute'), largest.get('attribute'))} "
-                    f"{largest['higher']['group']} and {largest['lower']['group']}.")
+    if largest and largest.gap is not None:
+        interval = (f" ({confidence * 100:.0f} % CI {largest.ci_low:.2f} to {largest.ci_high:.2f})"
+                    if largest.ci_low is not None and largest.ci_high is not None else "")
+        gap_text = (f" Largest gap: {largest.gap:.2f}{interval} between "
+                    f"{_attribute_name(largest.attribute)} {largest.higher.group} and {largest.lower.group}.")
     line = f" Dotted line: macro-F1 on the whole test split, {overall:.2f}." if overall is not None else ""
     alt = f"Forest plot of test macro-F1 by subgroup for {name}: {parts}.{gap_text}{line}"
     caption = (f"Test macro-F1 of {name} per subgroup, each point with its {confidence * 100:.0f} % bootstrap "

@@ -12,7 +12,8 @@ from typing import Any
 
 from engine.report.figures import FigureRecord
 from engine.report.values import Metric, count_of
-from engine.results import number as _num
+from engine.results import (BackboneResult, Interval, LargestGap, Subgroup, SubgroupGap, SubgroupGapEntry,
+                            SubgroupIntervals, SubgroupSide, as_backbone_result, number as _num)
 
 #: How the report names an attribute of ``[subgroups] by``.
 ATTRIBUTE_LABELS = {"site": "Site", "scanner": "Scanner", "sex": "Sex", "age_band": "Age band"}
@@ -53,20 +54,17 @@ def attribute_label(attribute: str) -> str:
     return ATTRIBUTE_LABELS.get(attribute, attribute.replace("_", " ").capitalize())
 
 
-def _with_ci(value: Any, ci: Any) -> Metric:
-    ci = ci if isinstance(ci, dict) else {}
-    return Metric(_num(value), _num(ci.get("low")), _num(ci.get("high")))
+def _with_ci(value: Any, ci: Interval | None) -> Metric:
+    ci = ci if isinstance(ci, Interval) else Interval()
+    return Metric(_num(value), _num(ci.low), _num(ci.high))
 
 
-def _row(entry: dict, recall_classes: list[str]) -> SubgroupRow:
-    ci = entry.get("ci") if isinstance(entry.get("ci"), dict) else {}
-    recall, recall_ci = entry.get("recall") or {}, ci.get("recall") or {}
-    recalls = [_with_ci(recall.get(c), recall_ci.get(c)) for c in recall_classes]
+def _row(entry: Subgroup, recall_classes: list[str]) -> SubgroupRow:
+    ci = entry.ci if isinstance(entry.ci, SubgroupIntervals) else SubgroupIntervals()
+    recalls = [_with_ci(entry.recall_of(c), ci.recall_of(c)) for c in recall_classes]
     recalls = [r if r.known else Metric(None, missing="no images") for r in recalls]
-    return SubgroupRow(str(entry.get("group", "?")), count_of(entry.get("n")),
-                       _with_ci(entry.get("accuracy"), ci.get("accuracy")),
-                       _with_ci(entry.get("macro_f1"), ci.get("macro_f1")), recalls,
-                       [str(g) for g in entry.get("pooled") or []])
+    return SubgroupRow(str(entry.group), count_of(entry.n), _with_ci(entry.accuracy, ci.accuracy),
+                       _with_ci(entry.macro_f1, ci.macro_f1), recalls, [str(g) for g in entry.pooled or []])
 
 
 def _interval_text(low: float | None, high: float | None, confidence: float) -> str:
@@ -75,26 +73,26 @@ def _interval_text(low: float | None, high: float | None, confidence: float) -> 
     return f"{confidence * 100:.0f} % CI {low:.3f} to {high:.3f}"
 
 
-def _side(side: dict) -> str:
-    f1 = _num(side.get("macro_f1"))
-    return f"{side.get('group')} ({'n/a' if f1 is None else f'{f1:.3f}'}, {side.get('n')} images)"
+def _side(side: SubgroupSide) -> str:
+    f1 = _num(side.macro_f1)
+    return f"{side.group} ({'n/a' if f1 is None else f'{f1:.3f}'}, {side.n} images)"
 
 
-def gap_sentence(label: str, gap: dict | None, confidence: float) -> str:
+def gap_sentence(label: str, gap: SubgroupGapEntry | LargestGap | None, confidence: float) -> str:
     """The gap of one attribute in words: which two groups, by how much, with its interval and what
     the interval says (excludes 0: a real difference; includes 0: they may perform alike)."""
-    gap = gap if isinstance(gap, dict) else {}
-    value = _num(gap.get("gap"))
+    gap = gap if isinstance(gap, (SubgroupGapEntry, LargestGap)) else SubgroupGapEntry()
+    value = _num(gap.gap)
     if value is None:
-        return f"{label}: no gap measured ({gap.get('note') or 'no subgroup results'})."
-    low, high = _num(gap.get("ci_low")), _num(gap.get("ci_high"))
-    sentence = (f"{label}: macro-F1 is {value:.3f} higher for {_side(gap.get('higher') or {})} than for "
-                f"{_side(gap.get('lower') or {})}; {_interval_text(low, high, confidence)}.")
+        return f"{label}: no gap measured ({gap.note or 'no subgroup results'})."
+    low, high = _num(gap.ci_low), _num(gap.ci_high)
+    sentence = (f"{label}: macro-F1 is {value:.3f} higher for {_side(gap.higher or SubgroupSide.from_json({}))} "
+                f"than for {_side(gap.lower or SubgroupSide.from_json({}))}; {_interval_text(low, high, confidence)}.")
     if low is not None and high is not None:
         sentence += (" The interval excludes 0: the groups differ beyond what resampling explains." if low > 0 else
                      " The interval includes 0: the groups may perform alike.")
-    if gap.get("note"):
-        sentence += f" Note: {gap['note']}."
+    if gap.note:
+        sentence += f" Note: {gap.note}."
     return sentence
 
 
@@ -110,19 +108,19 @@ def _pooled_note(label: str, rows: list[SubgroupRow], min_n: int | None) -> str 
     return note
 
 
-def subgroup_view(backbone: dict) -> SubgroupView | None:
+def subgroup_view(backbone: BackboneResult | dict) -> SubgroupView | None:
     """The view of one backbone's subgroup results; None when the run measured none."""
-    groups, gap = backbone.get("subgroups"), backbone.get("subgroup_gap")
+    backbone = as_backbone_result(backbone)
+    groups = backbone.subgroups
     if not isinstance(groups, dict) or not groups:
         return None
-    gap = gap if isinstance(gap, dict) else {}
-    confidence = _num(gap.get("confidence")) or 0.95
-    min_n = count_of(gap.get("min_n"))
+    gap = backbone.subgroup_gap if isinstance(backbone.subgroup_gap, SubgroupGap) else SubgroupGap()
+    confidence = _num(gap.confidence) or 0.95
+    min_n = count_of(gap.min_n)
     recall_classes: list[str] = []
     for entries in groups.values():
         for entry in entries or []:
-            recall_classes += [str(c) for c in (entry.get("recall") or {}) if str(c) not in recall_classes]
-    gap_of = gap.get("attributes") or {}
+            recall_classes += [str(c) for c in entry.recall if str(c) not in recall_classes]
     tables, unavailable = [], []
     for attribute, entries in groups.items():
         label = attribute_label(attribute)
@@ -130,15 +128,15 @@ def subgroup_view(backbone: dict) -> SubgroupView | None:
             unavailable.append(label.lower())
             continue
         rows = [_row(e, recall_classes) for e in entries]
-        tables.append(SubgroupTable(attribute, label, rows, gap_sentence(label, gap_of.get(attribute), confidence),
+        tables.append(SubgroupTable(attribute, label, rows, gap_sentence(label, gap.of_attribute(attribute), confidence),
                                     _pooled_note(label, rows, min_n)))
     note = (f"Not available: no test image records its {', '.join(unavailable)} (plain images carry no such "
             "header), so those attributes are not split." if unavailable else None)
-    largest = gap.get("largest")
+    largest = gap.largest
     largest_sentence = None
-    if isinstance(largest, dict) and _num(largest.get("gap")) is not None:
+    if isinstance(largest, LargestGap) and _num(largest.gap) is not None:
         largest_sentence = "Largest gap between subgroups, by " + gap_sentence(
-            attribute_label(str(largest.get("attribute"))).lower(), largest, confidence)
+            attribute_label(str(largest.attribute)).lower(), largest, confidence)
     return SubgroupView(recall_classes, tables, note, largest_sentence, confidence, min_n)
 
 

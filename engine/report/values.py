@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from engine.results import number as _num
+from engine.results import (BackboneResult, ClassMetrics, Estimate, Metrics, Record, SkippedImage, WeightsInfo,
+                            as_backbone_result, number as _num)
 
 #: At most this many file names are listed in the provenance / integrity tables (the rest counted).
 MAX_LISTED = 20
@@ -55,13 +56,11 @@ def as_metric(value: Any, digits: int = 3) -> Metric:
     return Metric(_num(value), digits=digits)
 
 
-def interval_metric(block: dict | None, digits: int = 3) -> Metric | None:
-    """``{"value","low","high"}`` or engine.evaluation.uncertainty's ``{"value","ci_low","ci_high"}``."""
-    if not isinstance(block, dict):
+def interval_metric(block: Estimate | None, digits: int = 3) -> Metric | None:
+    """A bootstrap estimate (engine.evaluation.uncertainty's ``value``, ``ci_low``, ``ci_high``) as a Metric."""
+    if not isinstance(block, Estimate):
         return None
-    low = block.get("ci_low", block.get("low"))
-    high = block.get("ci_high", block.get("high"))
-    return Metric(_num(block.get("value")), _num(low), _num(high), digits)
+    return Metric(_num(block.value), _num(block.lower), _num(block.upper), digits)
 
 
 #: Display of a per-class metric that is undefined (docs/metrics.md): no true image of the class in
@@ -70,31 +69,49 @@ NO_IMAGES = "no test images"
 NEVER_PREDICTED = "never predicted"
 
 
-def class_metric(entry: Any, key: str, digits: int = 3, no_images: str = NO_IMAGES) -> Metric:
+def class_metric(entry: ClassMetrics | dict | None, key: str, digits: int = 3, no_images: str = NO_IMAGES) -> Metric:
     """A per-class metric of engine.evaluation.metrics' ``per_class`` entry, saying why it is undefined.
 
     Support 0 means no image of the class: its recall and F1 are undefined, also in results.json
     written before they were null (which stored 0.0 for them).
     """
-    if not isinstance(entry, dict):
+    if isinstance(entry, dict):
+        entry = ClassMetrics.from_json(entry)
+    if not isinstance(entry, ClassMetrics):
         return as_metric(None, digits)
-    if key in ("recall", "f1") and count_of(entry.get("support")) == 0:
+    if key in ("recall", "f1") and count_of(entry.support) == 0:
         return Metric(None, digits=digits, missing=no_images)
-    if key == "precision" and key in entry and _num(entry[key]) is None:
+    if key == "precision" and entry.never_predicted():
         return Metric(None, digits=digits, missing=NEVER_PREDICTED)
-    return as_metric(entry.get(key), digits)
+    value = {"precision": entry.precision, "recall": entry.recall, "f1": entry.f1, "support": entry.support}[key]
+    return as_metric(value, digits)
+
+
+def _as_metrics(block: Any) -> Metrics | None:
+    """A metrics block as ``Metrics``: the typed block, or a dict or another record with the same
+    keys (an external evaluation's backbone entry holds ``per_class`` and ``classes_in_macro`` too)."""
+    if isinstance(block, Metrics):
+        return block
+    if isinstance(block, Record):
+        return Metrics.from_json(block.to_json())
+    if isinstance(block, dict):
+        return Metrics.from_json(block)
+    return None
 
 
 def macro_classes(block: Any, class_names: Sequence[str]) -> list[str]:
     """The classes a metrics block's macro averages cover: ``classes_in_macro``, or for results
     that lack it the classes with images (support > 0; unknown support counts as present)."""
-    if not isinstance(block, dict):
+    metrics = _as_metrics(block)
+    if metrics is None:
         return list(class_names)
-    stored = block.get("classes_in_macro")
-    if isinstance(stored, list):
-        return [str(c) for c in stored]
-    per_class = block.get("per_class") or {}
-    return [c for c in class_names if count_of((per_class.get(c) or {}).get("support")) != 0]
+    if isinstance(metrics.classes_in_macro, list):
+        return [str(c) for c in metrics.classes_in_macro]
+    return [c for c in class_names if count_of(_support(metrics.of_class(c))) != 0]
+
+
+def _support(entry: ClassMetrics | None) -> int | None:
+    return None if entry is None else entry.support
 
 
 def macro_note(block: Any, class_names: Sequence[str], where: str = "this subset") -> str | None:
@@ -134,18 +151,18 @@ def percent_text(fraction: float | None) -> str:
     return "n/a" if fraction is None else f"{fraction * 100:.1f} %"
 
 
-def backbone_display(backbone: dict) -> str:
-    return backbone.get("display_name") or backbone.get("name") or "unnamed backbone"
+def backbone_display(backbone: BackboneResult | dict) -> str:
+    return as_backbone_result(backbone).label or "unnamed backbone"
 
 
 def anchor_id(name: str) -> str:
     return "bb-" + "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in name)
 
 
-def weights_text(backbone: dict) -> str:
-    weights = backbone.get("weights") or {}
-    used = weights.get("used")
-    requested = weights.get("requested")
+def weights_text(backbone: BackboneResult | dict) -> str:
+    backbone = as_backbone_result(backbone)
+    weights = backbone.weights if isinstance(backbone.weights, WeightsInfo) else WeightsInfo()
+    used, requested = weights.used, weights.requested
     if used == "imagenet":
         text = "ImageNet"
     elif used == "random":
@@ -153,19 +170,17 @@ def weights_text(backbone: dict) -> str:
         if requested == "imagenet":
             text += " (ImageNet requested but unavailable)"
     elif used == "file":
-        text = "from file " + (backbone.get("file") or "").rsplit("/", 1)[-1]
+        text = "from file " + (backbone.file or "").rsplit("/", 1)[-1]
     else:
         text = used or "not recorded"
     return text
 
 
-def input_size_text(backbone: dict) -> str:
-    size = backbone.get("input_size")
-    if isinstance(size, (list, tuple)) and len(size) == 2:
-        return f"{size[0]}×{size[1]}"
-    if isinstance(size, int):
-        return f"{size}×{size}"
-    return "n/a"
+def input_size_text(backbone: BackboneResult | dict) -> str:
+    backbone = as_backbone_result(backbone)
+    if not backbone.input_size_known:
+        return "n/a"
+    return f"{backbone.input_size}×{backbone.input_size}"
 
 
 def listed_items(items: Any, render) -> tuple[list[str], int]:
@@ -174,8 +189,10 @@ def listed_items(items: Any, render) -> tuple[list[str], int]:
     return [render(x) for x in items[:MAX_LISTED]], max(0, len(items) - MAX_LISTED)
 
 
-def unreadable_text(entry: Any) -> str:
+def unreadable_text(entry: SkippedImage | dict | str) -> str:
     """'path: reason' of a file the integrity audit or data discovery could not use."""
     if isinstance(entry, dict):
-        return f"{entry.get('path', '?')}: {entry.get('reason', 'unreadable')}"
+        entry = SkippedImage.from_json(entry)
+    if isinstance(entry, SkippedImage):
+        return f"{'?' if entry.path is None else entry.path}: {'unreadable' if entry.reason is None else entry.reason}"
     return str(entry)

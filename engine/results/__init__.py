@@ -6,8 +6,9 @@ wrote and writes itself back unchanged, so the report and nightly read attribute
 chains. docs/results-schema.md documents the keys.
 """
 
-from engine.results.backbone import (GALLERY_METHOD_NAMES, METHOD_LABELS, OPTIONAL_BLOCKS, BackboneResult, Imported,
-                                     Parameters, TrainingStage, WeightsInfo)
+from engine.results.backbone import (GALLERY_METHOD_NAMES, METHOD_LABELS, OPTIONAL_BLOCKS, BackboneResult, Epoch, Imported,
+                                     Parameters, TrainingStage, WeightsInfo, as_backbone_result,
+                                     gallery_method_name, method_label)
 from engine.results.explain import (CascadeStep, Explanation, Faithfulness, Figure, GalleryItem, Gradcam,
                                     Localisation, PointingGame, Randomisation)
 from engine.results.integrity import (CrossSplitPair, DataInfo, DuplicateGroup, ExamplePair, FileRef, Integrity,

@@ -18,6 +18,17 @@ METHOD_LABELS = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "layercam": "
 #: occlusion sensitivity rather than Grad-CAM).
 GALLERY_METHOD_NAMES = {**METHOD_LABELS, "occlusion": "Occlusion sensitivity"}
 
+
+def method_label(method: object) -> str:
+    """How the report names an ``explanations[].method``; an unknown one by itself."""
+    return METHOD_LABELS.get(str(method), str(method))
+
+
+def gallery_method_name(method: str | None) -> str:
+    """How captions name a gallery's ``gradcam.method``; a gallery that names none is Grad-CAM."""
+    return GALLERY_METHOD_NAMES.get(method or "gradcam", str(method))
+
+
 #: BackboneResult blocks that results.json holds only when a stage measured them.
 OPTIONAL_BLOCKS = ("leakage_free", "calibration", "uncertainty", "gradcam", "explanations", "subgroups",
                    "subgroup_gap")
@@ -45,6 +56,18 @@ class TrainingStage(Record):
     best_epoch: int | None = None
     stopped_early: bool | None = None
     time_s: float | None = None
+
+
+@record
+class Epoch(Record):
+    """One row of ``history`` (engine.training.train): a training epoch's losses and accuracies."""
+
+    stage: str | None = "head"
+    epoch: int | None = None
+    loss: float | None = None
+    accuracy: float | None = None
+    val_loss: float | None = None
+    val_accuracy: float | None = None
 
 
 @record
@@ -107,9 +130,31 @@ class BackboneResult(Record):
     def label(self) -> str:
         return self.display_name or self.name
 
+    def epochs(self) -> list[Epoch]:
+        """``history`` typed. The training stage appends plain rows to ``history``, so it stays a list of dicts."""
+        return [Epoch.from_json(row) for row in self.history if isinstance(row, dict)]
+
     @property
     def ok(self) -> bool:
         return self.status == "ok"
+
+    # The stages write ``timings`` as a plain dict; these name the three the report reads.
+    @property
+    def train_s(self) -> float | None:
+        return self.timings.get("train_s")
+
+    @property
+    def evaluate_s(self) -> float | None:
+        return self.timings.get("evaluate_s")
+
+    @property
+    def total_s(self) -> float | None:
+        return self.timings.get("total_s")
+
+    @property
+    def input_size_known(self) -> bool:
+        """Whether results.json recorded the input size (``input_size`` reads as 0 where it did not)."""
+        return "input_size" not in self._absent and isinstance(self.input_size, int)
 
     @classmethod
     def from_json(cls, data: dict) -> "BackboneResult":
@@ -127,3 +172,8 @@ class BackboneResult(Record):
     #: the names the training and evaluation stages use
     to_dict = to_json
     from_dict = from_json
+
+
+def as_backbone_result(backbone: "BackboneResult | dict[str, Any]") -> BackboneResult:
+    """A reader's backbone as the typed entry: a ``backbones[]`` dict of results.json or the entry itself."""
+    return backbone if isinstance(backbone, BackboneResult) else BackboneResult.from_json(backbone)

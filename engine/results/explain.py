@@ -18,7 +18,11 @@ class GalleryItem(Record):
     top20_area_fraction: float | None = None
     peak_in_box: bool | None = None
     box_area_fraction: float | None = None
+    #: {"original" | "heatmap" | "overlay": path relative to the run directory}
     files: dict[str, str] = items(dict)
+
+    def file(self, kind: str) -> str | None:
+        return self.files.get(kind) if isinstance(self.files, dict) else None
 
 
 @record
@@ -65,6 +69,11 @@ class Localisation(Record):
     energy_ci: list[float | None] | None = None
     beats_chance: dict[str, bool] | None = None
 
+    @property
+    def rate_beats_chance(self) -> bool | None:
+        """The explain stage's verdict on the hit rate against chance; None where it made none."""
+        return self.beats_chance.get("rate") if isinstance(self.beats_chance, dict) else None
+
 
 @record
 class CascadeStep(Record):
@@ -86,6 +95,15 @@ class Randomisation(Record):
     passed: bool | None = None
     threshold: float | None = None
     steps: list[CascadeStep] = items()
+
+    #: the threshold of engine.explain.randomisation, assumed where results.json does not record one
+    DEFAULT_THRESHOLD = 0.5
+
+    @property
+    def pass_threshold(self) -> float | None:
+        if self.threshold is None and "threshold" in self._absent:
+            return self.DEFAULT_THRESHOLD
+        return self.threshold
 
 
 @record
@@ -109,6 +127,10 @@ class Faithfulness(Record):
     steps: int | None = None
     baseline: str | None = None
     n_images: int | None = None
+
+    def beat(self, baseline: str) -> bool:
+        """Whether the map beat ``baseline`` (``random_deletion``, ``centre_insertion``, ...)."""
+        return bool(self.beats.get(baseline)) if isinstance(self.beats, dict) else False
 
 
 @record

@@ -13,11 +13,18 @@ class ClassMetrics(Record):
     f1: float | None = None
     support: int | None = None
 
+    def never_predicted(self) -> bool:
+        """Precision stored as null: the class was never predicted (absent: not recorded)."""
+        return self.precision is None and "precision" not in self._absent
+
 
 @record
 class RocAuc(Record):
     macro: float | None = None
     per_class: dict[str, float | None] = items(dict)
+
+    def of_class(self, cls: str) -> float | None:
+        return self.per_class.get(cls) if isinstance(self.per_class, dict) else None
 
 
 @record
@@ -38,10 +45,10 @@ class Metrics(Record):
     #: leakage-free twin only: the share of the test split it keeps
     fraction_of_test: float | None = optional()
 
-    def class_metrics(self, cls: str) -> ClassMetrics | None:
-        """``per_class[cls]``; None when the class is not listed (or its entry is not an object)."""
-        found = self.per_class.get(cls) if isinstance(self.per_class, dict) else None
-        return found if isinstance(found, ClassMetrics) else None
+    def of_class(self, cls: str) -> ClassMetrics | None:
+        """The ``per_class`` entry of ``cls``; None where the block has none."""
+        entry = self.per_class.get(cls) if isinstance(self.per_class, dict) else None
+        return entry if isinstance(entry, ClassMetrics) else None
 
 
 @record
@@ -76,6 +83,13 @@ class Calibration(Record):
     n_test: int | None = None
     reliability_before: list[ReliabilityBin] = items()
     reliability_after: list[ReliabilityBin] = items()
+    #: why temperature scaling was skipped (too few validation images); absent when it was fitted
+    not_fitted: str | None = optional()
+
+    @property
+    def bins(self) -> int | None:
+        """The number of bins: ``n_bins``, or where results.json lacks it the bins it lists."""
+        return len(self.reliability_before) if "n_bins" in self._absent else self.n_bins
 
 
 @record
@@ -87,6 +101,17 @@ class Estimate(Record):
     ci_high: float | None = None
     support: int | None = None
     n_resamples_defined: int | None = None
+    #: results.json of older auditruns named the bounds ``low``/``high``
+    low: float | None = optional()
+    high: float | None = optional()
+
+    @property
+    def lower(self) -> float | None:
+        return self.ci_low if self.ci_low is not None else self.low
+
+    @property
+    def upper(self) -> float | None:
+        return self.ci_high if self.ci_high is not None else self.high
 
 
 @record
@@ -102,12 +127,27 @@ class Bootstrap(Record):
     accuracy: Estimate | None = None
     macro_f1: Estimate | None = None
     per_class_recall: dict[str, Estimate] = items(dict)
+    #: the per-class recall intervals as older auditruns named them
+    recall: dict[str, Estimate] | None = optional()
+
+    def recall_interval(self, cls: str) -> Estimate | None:
+        """The recall interval of ``cls``, under either name results.json has used for them."""
+        return (self.per_class_recall or self.recall or {}).get(cls)
 
 
 @record
 class Uncertainty(Record):
+    """``{"test": Bootstrap, "leakage_free": Bootstrap}``; results.json of older auditruns held the
+    test split's bootstrap block itself here, not nested (see ``blocks``)."""
+
     test: Bootstrap | None = None
     leakage_free: Bootstrap | None = None
+
+    def blocks(self) -> tuple[Bootstrap | None, Bootstrap | None]:
+        """(test, leakage_free) bootstrap blocks, whether nested or in the older flat shape."""
+        if "accuracy" in self.extra or "macro_f1" in self.extra:
+            return Bootstrap.from_json(self.to_json()), None
+        return self.test, self.leakage_free
 
 
 @record
@@ -123,6 +163,9 @@ class SubgroupIntervals(Record):
     macro_f1: Interval | None = None
     recall: dict[str, Interval] = items(dict)
 
+    def recall_of(self, cls: str) -> Interval | None:
+        return self.recall.get(cls) if isinstance(self.recall, dict) else None
+
 
 @record
 class Subgroup(Record):
@@ -133,6 +176,10 @@ class Subgroup(Record):
     recall: dict[str, float | None] = items(dict)
     ci: SubgroupIntervals | None = None
     pooled: list[str] | None = None
+
+    def recall_of(self, cls: str) -> float | None:
+        """The group's recall of ``cls``; None where it has no image of the class."""
+        return self.recall.get(cls) if isinstance(self.recall, dict) else None
 
 
 @record
@@ -181,4 +228,7 @@ class SubgroupGap(Record):
     attributes: dict[str, SubgroupGapEntry] = items(dict)
     largest: LargestGap | None = None
     unavailable: list[str] = items()
+
+    def of_attribute(self, attribute: str) -> SubgroupGapEntry | None:
+        return self.attributes.get(attribute) if isinstance(self.attributes, dict) else None
 
