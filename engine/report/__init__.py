@@ -104,7 +104,7 @@ def make_environment(run_dir: Path, templates_dir: Path | None = None) -> jinja2
 
 def _attach_figures(report: Report, results: RunResults, run_dir: Path) -> None:
     class_names = report.class_names
-    by_name = {b.name: b.to_json() for b in results.backbones}  # typed after merge
+    by_name = {b.name: b for b in results.backbones}
     for section in report.backbones:
         backbone = by_name[section.name]
         section.curves = figures.training_curves(backbone, run_dir)

@@ -41,11 +41,11 @@ def external_views(results: RunResults, class_names: Sequence[str]) -> list[Exte
         rows = []
         for b in entry.backbones or []:
             per_class = b.per_class or {}
-            recall = ", ".join(f"{c} {class_metric(per_class[c].to_json(), 'recall', 2, 'no images').text}"
-                               for c in class_names if c in per_class)  # typed after merge
+            recall = ", ".join(f"{c} {class_metric(per_class[c], 'recall', 2, 'no images').text}"
+                               for c in class_names if c in per_class)
             rows.append(ExternalRow(results.label_of(b.name) or str(b.name), count_of(b.n_images),
                                     as_metric(b.accuracy), as_metric(b.balanced_accuracy),
                                     as_metric(b.macro_f1), _pointing(b.pointing_game), recall or "n/a",
-                                    macro_note(b.to_json(), class_names, "this data")))  # typed after merge
+                                    macro_note(b, class_names, "this data")))
         views.append(ExternalView(str(entry.data or "external data"), rows))
     return views

@@ -12,7 +12,7 @@ from engine.integrity.audit import LEAKAGE_WARN_FRACTION
 from engine.nightly.history import leakage_counts
 from engine.report.values import ImageRef, count_of, listed_items, percent_text, unreadable_text
 from engine.results import (ExamplePair, FileRef, Integrity, LabelConflict, RunResults, Shift, ShiftClass,
-                            SkippedImage, WithinSplit)
+                            WithinSplit)
 from engine.results import number as _num
 
 
@@ -208,8 +208,7 @@ def integrity_view(results: RunResults, class_names: Sequence[str]) -> Integrity
     lf_counts = integrity.leakage_free_test_counts or {}
     lf_rows = [(c, count_of(test_counts.get(c)), count_of(lf_counts.get(c))) for c in class_names] if lf_counts else []
     conflicts, conflicts_more = listed_items(integrity.label_conflicts, _conflict_text)
-    unreadable, unreadable_more = listed_items([u.to_json() if isinstance(u, SkippedImage) else u
-                                                for u in integrity.unreadable], unreadable_text)  # typed after merge
+    unreadable, unreadable_more = listed_items(integrity.unreadable, unreadable_text)
     pairs = [_duplicate_pair(pair) for pair in integrity.example_pairs or [] if isinstance(pair, ExamplePair)]
     return IntegrityView(shown, leaked, n_test, fraction, leakage_warning(leaked, n_test), lf_rows,
                          conflicts, conflicts_more, unreadable, unreadable_more, pairs,

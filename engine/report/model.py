@@ -122,7 +122,7 @@ def build_report(results: RunResults | dict, *, manifest_text: str | None = None
         warnings=_warnings(results, rows, failed, integrity, gates),
         summary=rows,
         failed=failed,
-        backbones=[backbone_section(b.to_json(), class_names) for b in finished],  # typed after merge
+        backbones=[backbone_section(b, class_names) for b in finished],
         integrity=integrity,
         comparisons=comparison_rows(results),
         gates=gates,
@@ -130,5 +130,5 @@ def build_report(results: RunResults | dict, *, manifest_text: str | None = None
         external=external_views(results, class_names),
         ethics=ethics_view(backbones, class_names),
         provenance=provenance_view(results, manifest_text, class_names),
-        explanation_notes=[s for s in (near_chance_sentence(b.to_json()) for b in finished) if s],  # typed after merge
+        explanation_notes=[s for s in (near_chance_sentence(b) for b in finished) if s],
     )

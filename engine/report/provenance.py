@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from engine.report.values import as_metric, count_of, format_duration, listed_items, unreadable_text
-from engine.results import DataInfo, Environment, RunResults, SkippedImage, TrainingSetup
+from engine.results import DataInfo, Environment, RunResults, TrainingSetup
 
 
 @dataclass(frozen=True)
@@ -109,8 +109,7 @@ def provenance_view(results: RunResults, manifest_text: str | None, class_names:
     experiment, env = results.experiment, results.environment
     data = results.data or DataInfo()
     splits, count_rows, totals = _image_counts(data, class_names)
-    skipped, skipped_more = listed_items([s.to_json() if isinstance(s, SkippedImage) else s
-                                          for s in data.skipped], unreadable_text)  # typed after merge
+    skipped, skipped_more = listed_items(data.skipped, unreadable_text)
     return Provenance(
         manifest_file=str(experiment.manifest_file or "manifest.toml"),
         manifest_text=manifest_text,

@@ -4,12 +4,12 @@ the sentence naming the best backbone, and the warning when the run did not reac
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Sequence
 
 from engine.report.explanations import summary_cell
 from engine.report.values import (Metric, as_metric, class_metric, format_duration, input_size_text,
                                   macro_note, weights_text)
-from engine.results import BackboneResult, Metrics, Record, RunInfo, RunResults, ValidationMetrics
+from engine.results import BackboneResult, Metrics, RunInfo, RunResults, ValidationMetrics
 from engine.results import number as _num
 
 
@@ -67,10 +67,6 @@ def best_label(selected_by: str | None) -> str:
     return f"best ({basis})"
 
 
-def _as_json(entry: Any) -> Any:
-    return entry.to_json() if isinstance(entry, Record) else entry
-
-
 def _macro_f1(block: Metrics | None) -> float | None:
     return _num(block.macro_f1) if isinstance(block, Metrics) else None
 
@@ -90,8 +86,6 @@ def summary_row(backbone: BackboneResult, class_names: Sequence[str], best_name:
             baseline_note = (f"{word} of {abs(diff):.3f} test macro-F1 against the frozen baseline {parent.label}"
                              if diff else f"same test macro-F1 as the frozen baseline {parent.label}")
     validation = backbone.validation
-    as_dict = backbone.to_json()  # typed after merge
-    test_dict, free_dict = test.to_json(), free.to_json() if free else None  # typed after merge
     return SummaryRow(
         name=backbone.name,
         display_name=backbone.label,
@@ -104,14 +98,14 @@ def summary_row(backbone: BackboneResult, class_names: Sequence[str], best_name:
         accuracy_lf=as_metric(free.accuracy) if free else None,
         macro_f1=as_metric(test.macro_f1),
         macro_f1_lf=as_metric(free.macro_f1) if free else None,
-        per_class_f1=[class_metric(_as_json(test.per_class.get(c)), "f1") for c in class_names],  # typed after merge
-        weights=weights_text(as_dict),  # typed after merge
-        input_size=input_size_text(as_dict),  # typed after merge
+        per_class_f1=[class_metric(test.of_class(c), "f1") for c in class_names],
+        weights=weights_text(backbone),
+        input_size=input_size_text(backbone),
         training_time=format_duration(_training_seconds(backbone)) if ok else "n/a",
         baseline_note=baseline_note,
-        macro_note=macro_note(test_dict, class_names, "the test split") if ok else None,  # typed after merge
-        macro_note_lf=macro_note(free_dict, class_names) if free else None,  # typed after merge
-        explanation=summary_cell(as_dict) if ok else None,  # typed after merge
+        macro_note=macro_note(test, class_names, "the test split") if ok else None,
+        macro_note_lf=macro_note(free, class_names) if free else None,
+        explanation=summary_cell(backbone) if ok else None,
     )
 
 
