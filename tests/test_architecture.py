@@ -292,3 +292,42 @@ def test_the_cycle_and_private_name_checks_can_fail(tmp_path):
     (pkg / "data" / "b.py").write_text("def late():\n    from engine.data.a import _hidden\n    return _hidden\n")
     assert find_cycle(module_graph(pkg)) == ["engine.data.a", "engine.data.b", "engine.data.a"]
     assert private_cross_imports(pkg) == ["engine/data/b.py:2: from engine.data.a import _hidden"]
+
+
+# ------------------------------------------------------------------------------ workflows (issue 27)
+
+#: Libraries of stage logic (metrics, arrays, image files, rendering, models): a workflow calls
+#: the stages that use them and imports none itself.
+STAGE_LIBRARIES = ("numpy", "sklearn", "scipy", "pandas", "PIL", "jinja2", "weasyprint", "matplotlib", "seaborn",
+                   "pydicom", "nibabel", "onnxruntime") + HEAVY
+
+
+def workflow_problems(root: Path = ENGINE) -> list[str]:
+    """Why the workflows are not "stages called in order": a stage's inner module imported instead
+    of its package's public names, or a library of stage logic imported."""
+    problems = []
+    for path in sorted((root / "workflows").glob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for target in sorted(_imported(ast.walk(tree), module_name(path, root), path.name == "__init__.py",
+                                       members=False)):
+            parts = target.split(".")
+            if parts[0] == "engine" and len(parts) > 2 and parts[1] in STAGES:
+                problems.append(f"{path.name} imports {target}: call the stage through engine.{parts[1]}")
+            if parts[0] in STAGE_LIBRARIES:
+                problems.append(f"{path.name} imports {target}: stage logic belongs in a stage")
+    return problems
+
+
+def test_the_run_workflow_is_short_and_only_calls_stages():
+    lines = len((ENGINE / "workflows" / "run.py").read_text(encoding="utf-8").splitlines())
+    assert lines <= 300, f"engine/workflows/run.py has {lines} lines; the workflow only orders stages"
+    assert workflow_problems() == []
+
+
+def test_the_workflow_rule_catches_an_inner_module_and_a_stage_library(tmp_path):
+    (tmp_path / "engine" / "workflows").mkdir(parents=True)
+    (tmp_path / "engine" / "workflows" / "run.py").write_text(
+        "import numpy as np\n\ndef f():\n    from engine.training.train import predict\n    from engine import data\n")
+    assert workflow_problems(tmp_path / "engine") == [
+        "run.py imports engine.training.train: call the stage through engine.training",
+        "run.py imports numpy: stage logic belongs in a stage"]

@@ -31,6 +31,8 @@ from engine.atomic import write_bytes, write_text
 from engine.errors import InputError
 from engine.report import figures
 from engine.report.model import Report, TrendView, build_report
+# the integrity stage's pair thumbnails: the report's figures, drawn when the run audits its data
+from engine.report.thumbnails import add_pair_thumbnails  # noqa: F401 - public name of the stage
 from engine.results import RunResults, as_run_results, read_results
 
 log = logging.getLogger(__name__)

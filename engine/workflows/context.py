@@ -10,8 +10,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
-
 from engine.manifest import Manifest
 from engine.results import BackboneResult, Environment, Experiment, RunInfo, RunResults
 
@@ -85,11 +83,9 @@ class RunContext:
     def class_names(self) -> list[str]:
         return self.dataset.class_names
 
-    def leakage_free_mask(self) -> np.ndarray | None:
+    def leakage_free_mask(self):
         """(n_test,) bool, True for test images with no copy in training; None without an integrity audit."""
-        if self.results.integrity is None:
-            return None
-        return np.array([r.key not in self.leaked_test for r in self.dataset.test])
+        return self.data.leakage_free_mask() if self.data is not None else None
 
     def finished(self) -> list[BackboneResult]:
         return [b for b in self.backbones if b.status == "ok"]

@@ -214,7 +214,7 @@ def _record_setup(ctx: RunContext, setup) -> None:
 
 
 def _record_audit(ctx: RunContext, audited) -> None:
-    from engine.report.thumbnails import add_pair_thumbnails
+    from engine.report import add_pair_thumbnails
 
     ctx.results.integrity = Integrity.from_json(audited.integrity)
     add_pair_thumbnails(ctx.results, ctx.run_dir, data_root=audited.root, windowing=audited.windowing,
@@ -265,21 +265,17 @@ def _finished_in(done: dict, source_dir: Path, name: str) -> bool:
 
 def _reusable_entries(ctx: RunContext, exp_dir: Path, manifest_sha: str) -> tuple[dict, Path]:
     """Finished entries of the newest run with the same manifest, data and code (reuse = "if-unchanged")."""
-    from engine.nightly.reuse import finished_entries, reusable_run
-
-    run_id = reusable_run(exp_dir, ctx.results, manifest_sha)
+    run_id = nightly.reusable_run(exp_dir, ctx.results, manifest_sha)
     if run_id is None:
         ctx.echo("reuse: no earlier run with unchanged manifest, data and code; training")
         return {}, ctx.run_dir
     ctx.results.run.reused_from = run_id
     ctx.echo(f"reuse: manifest, data and code unchanged since run {run_id}; reusing its models")
-    return finished_entries(exp_dir / run_id), exp_dir / run_id
+    return nightly.finished_entries(exp_dir / run_id), exp_dir / run_id
 
 
 def _adopt(ctx: RunContext, entry: dict, source_dir: Path) -> None:
     """Take a finished entry (and its files) from an interrupted or reused run."""
-    from engine.nightly.reuse import adopt_entry
-
-    res = BackboneResult.from_dict(adopt_entry(entry, source_dir, ctx.run_dir))
+    res = BackboneResult.from_json(nightly.adopt_entry(entry, source_dir, ctx.run_dir))
     ctx.backbones.append(res)
     ctx.outputs[res.name] = evaluation.read_outputs(ctx.run_dir, res.artifacts, res.input_size, ctx.class_names)
