@@ -203,18 +203,15 @@ class SubgroupGapEntry(Record):
 
 
 @record
-class LargestGap(Record):
+class LargestGap(SubgroupGapEntry):
     """The attribute with the largest gap, and that attribute's entry."""
 
     attribute: str | None = None
-    gap: float | None = None
-    ci_low: float | None = None
-    ci_high: float | None = None
-    n_resamples_defined: int | None = None
-    higher: SubgroupSide | None = None
-    lower: SubgroupSide | None = None
-    groups_compared: list[str] | None = None
-    note: str | None = None
+
+    def to_json(self) -> dict:
+        out = super().to_json()
+        # the stage writes {"attribute": ..., **entry}: the attribute leads
+        return {"attribute": out.pop("attribute"), **out} if "attribute" in out else out
 
 
 @record
