@@ -372,14 +372,27 @@ def _popcount_u64(x: np.ndarray) -> np.ndarray:
     return table[x.view(np.uint8)].reshape(*x.shape, 8).sum(axis=-1, dtype=np.uint8)
 
 
+#: Below this many hash comparisons (n x m) the all-pairs XOR is faster than building the index.
+ALL_PAIRS_LIMIT = 4_000_000
+#: The narrowest chunk ("auto") indexes: 256-bit hashes up to a threshold of 15 bits.
+MIN_CHUNK_BITS = 16
+
+
 def hamming_pairs(
     a: np.ndarray,
     b: np.ndarray | None = None,
     *,
     max_distance: int,
     max_block_elements: int = 1 << 22,
+    method: str = "auto",
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """All pairs of packed bit hashes within ``max_distance`` bits.
+
+    ``method``: ``"all-pairs"`` (XOR every pair, O(n*m)), ``"pigeonhole"`` (a multi-index over
+    ``max_distance + 1`` or more bit chunks: two hashes within ``max_distance`` bits agree exactly
+    on at least one chunk, so only hashes sharing a chunk are compared; near-linear on spread-out
+    hashes) or ``"auto"`` (the index above ``ALL_PAIRS_LIMIT`` comparisons while its chunks are at
+    least ``MIN_CHUNK_BITS`` wide, all-pairs otherwise). Every method returns the same pairs.
 
     Parameters
     ----------
@@ -408,8 +421,17 @@ def hamming_pairs(
         raise ValueError(f"hash widths differ: {a.shape[1]} vs {b.shape[1]} words")
     if max_distance < 0:
         raise ValueError("max_distance must be >= 0")
+    if method not in ("auto", "all-pairs", "pigeonhole"):
+        raise ValueError(f"method must be 'auto', 'all-pairs' or 'pigeonhole', got {method!r}")
     n, w = a.shape
     m = b.shape[0]
+    # Chunks narrower than MIN_CHUNK_BITS match by chance so often that the index compares
+    # nearly every pair anyway (a threshold above 15 of 256 bits): all-pairs is then faster.
+    indexable = 64 * w // (max_distance + 1) >= MIN_CHUNK_BITS
+    # t + 1 chunks need t + 1 bits: a threshold of every bit or more leaves nothing to index
+    possible = max_distance < 64 * w
+    if possible and (method == "pigeonhole" or (method == "auto" and n * m > ALL_PAIRS_LIMIT and indexable)):
+        return _pigeonhole_pairs(a, None if self_join else b, max_distance)
     block = max(1, max_block_elements // max(1, m * w))
     found_i, found_j, found_d = [], [], []
     for start in range(0, n, block):
@@ -439,3 +461,76 @@ def hamming_pairs(
         np.concatenate(found_j).astype(np.int64),
         np.concatenate(found_d).astype(np.uint16),
     )
+
+
+def _chunk_keys(words: np.ndarray, bounds: list[tuple[int, int]], rows: int = 65536) -> np.ndarray:
+    """(n, k) uint64: bits ``[lo, hi)`` of each hash as one integer per chunk (each chunk <= 64 bits)."""
+    n = words.shape[0]
+    keys = np.empty((n, len(bounds)), dtype=np.uint64)
+    for start in range(0, n, rows):
+        bits = np.unpackbits(words[start:start + rows].view(np.uint8), axis=1, bitorder="little")
+        for c, (lo, hi) in enumerate(bounds):
+            packed = np.packbits(bits[:, lo:hi], axis=1, bitorder="little")
+            padded = np.zeros((packed.shape[0], 8), dtype=np.uint8)
+            padded[:, :packed.shape[1]] = packed
+            keys[start:start + rows, c] = padded.view(np.uint64)[:, 0]
+    return keys
+
+
+def _group_pairs(order: np.ndarray, sorted_keys: np.ndarray, side: np.ndarray | None):
+    """Index pairs of the elements ``order`` lists that share a key (runs of ``sorted_keys``).
+
+    ``side`` None: pairs within one set (first < second position); else only pairs whose first
+    element is from set 0 and second from set 1 (``side`` per sorted position)."""
+    boundary = np.flatnonzero(sorted_keys[1:] != sorted_keys[:-1]) + 1
+    starts = np.concatenate(([0], boundary))
+    ends = np.concatenate((boundary, [len(sorted_keys)]))
+    big = ends - starts > 1
+    starts, ends = starts[big], ends[big]
+    if not len(starts):
+        empty = np.empty(0, dtype=np.int64)
+        return empty, empty
+    # each position p of a run pairs with the positions after it in the run
+    sizes = ends - starts
+    pos = np.repeat(starts, sizes) + (np.arange(sizes.sum()) - np.repeat(np.cumsum(sizes) - sizes, sizes))
+    run_end = np.repeat(ends, sizes)
+    after = run_end - pos - 1
+    first = np.repeat(pos, after)
+    offsets = np.arange(after.sum()) - np.repeat(np.cumsum(after) - after, after)
+    second = first + 1 + offsets
+    if side is not None:
+        keep = side[first] != side[second]
+        first, second = first[keep], second[keep]
+        swap = side[first] == 1
+        first[swap], second[swap] = second[swap], first[swap]
+    return order[first], order[second]
+
+
+def _pigeonhole_pairs(a: np.ndarray, b: np.ndarray | None, max_distance: int):
+    """hamming_pairs through a chunk multi-index (Norouzi et al. 2012, multi-index hashing)."""
+    self_join = b is None
+    words = a if self_join else np.concatenate([a, b])
+    n_bits = words.shape[1] * 64
+    k = min(n_bits, max(max_distance + 1, -(-n_bits // 64)))
+    edges = [round(i * n_bits / k) for i in range(k + 1)]
+    keys = _chunk_keys(words, list(zip(edges[:-1], edges[1:])))
+    side = None if self_join else np.concatenate([np.zeros(len(a), np.int8), np.ones(len(b), np.int8)])
+    n_b = len(b) if b is not None else len(a)
+    codes = []
+    for c in range(k):
+        order = np.argsort(keys[:, c], kind="stable")
+        i, j = _group_pairs(order, keys[order, c], side[order] if side is not None else None)
+        if self_join:
+            i, j = np.minimum(i, j), np.maximum(i, j)
+        else:
+            j = j - len(a)
+        codes.append(i * n_b + j)
+    code = np.unique(np.concatenate(codes)) if codes else np.empty(0, dtype=np.int64)
+    i, j = code // n_b, code % n_b
+    other = a if self_join else b
+    dist = np.empty(len(i), dtype=np.uint16)
+    for start in range(0, len(i), 1 << 20):
+        sl = slice(start, start + (1 << 20))
+        dist[sl] = _popcount_u64(a[i[sl]] ^ other[j[sl]]).sum(axis=-1, dtype=np.uint16)
+    hit = dist <= max_distance
+    return i[hit].astype(np.int64), j[hit].astype(np.int64), dist[hit]
