@@ -78,8 +78,32 @@ def explain(m: Manifest, data, entries: list, outputs: dict[str, dict], run_dir:
                                 run_dir, echo)
 
 
-def _explain_backbone(m: Manifest, data, res, out: dict, layer: str | None, run_dir: Path, echo: Echo) -> Explained:
+def _gallery(m: Manifest, data, res, out: dict, run_dir: Path, *, model, layer: str | None, heatmaps=None,
+             method: str = "gradcam", echo: Echo | None = None) -> dict:
+    """One model's ``gradcam`` block: its test gallery and pointing game, and the game on boxed
+    validation images. ``model`` None with ``heatmaps``: an imported model explained through its adapter."""
     from engine.explain.gallery import explain_backbone, pointing_game_on
+
+    ds, cache, g, seed = data.dataset, data.cache, m.gradcam, m.experiment.seed
+    size = res.input_size
+    block = explain_backbone(
+        model, cache.load(ds.test, size, "test"), ds.labels("test"), out["test_probs"],
+        [record_label(r) for r in ds.test], ds.class_names, run_dir / "gradcam" / slug(res.name),
+        g.images_per_class, seed, layer=layer, data_root=ds.root, run_dir=run_dir,
+        pointing_max_images=g.max_pointing_images, box_paths=box_paths(ds.test),
+        names=[display_path(r, ds.root) for r in ds.test], heatmaps=heatmaps, method=method, echo=echo)
+    # Boxed validation images score the explanation without the test split, so Grad-CAM
+    # settings (layer, input size) can be tuned on them.
+    val_game = pointing_game_on(
+        model, cache.load(ds.val, size, "validation"), ds.labels("val"),
+        [record_label(r) for r in ds.val], ds.class_names, seed, layer=block["layer"],
+        max_images=g.max_pointing_images, box_paths=box_paths(ds.val), heatmaps=heatmaps) if ds.val else None
+    if val_game is not None:
+        block["pointing_game_validation"] = val_game
+    return block
+
+
+def _explain_backbone(m: Manifest, data, res, out: dict, layer: str | None, run_dir: Path, echo: Echo) -> Explained:
     from engine.training import load_saved_model
 
     ds, cache, g, seed = data.dataset, data.cache, m.gradcam, m.experiment.seed
@@ -87,21 +111,7 @@ def _explain_backbone(m: Manifest, data, res, out: dict, layer: str | None, run_
     with Timer(echo, f"Grad-CAM {res.name}"):
         try:
             model = load_saved_model(run_dir / res.artifacts["model"])
-            size = res.input_size
-            done.gradcam = explain_backbone(
-                model, cache.load(ds.test, size, "test"), ds.labels("test"), out["test_probs"],
-                [record_label(r) for r in ds.test], ds.class_names, run_dir / "gradcam" / slug(res.name),
-                g.images_per_class, seed, layer=g.layer or layer, data_root=ds.root, run_dir=run_dir,
-                pointing_max_images=g.max_pointing_images, box_paths=box_paths(ds.test),
-                names=[display_path(r, ds.root) for r in ds.test], echo=echo)
-            # Boxed validation images score the explanation without the test split, so Grad-CAM
-            # settings (layer, input size) can be tuned on them.
-            val_game = pointing_game_on(
-                model, cache.load(ds.val, size, "validation"), ds.labels("val"),
-                [record_label(r) for r in ds.val], ds.class_names, seed, layer=done.gradcam["layer"],
-                max_images=g.max_pointing_images, box_paths=box_paths(ds.val)) if ds.val else None
-            if val_game is not None:
-                done.gradcam["pointing_game_validation"] = val_game
+            done.gradcam = _gallery(m, data, res, out, run_dir, model=model, layer=g.layer or layer, echo=echo)
         except Exception as exc:  # noqa: BLE001 - one failed explanation must not lose the report
             message = failure_message(exc, f"gradcam-{res.name}", run_dir, data.redact)
             done.gradcam = {"error": message}
@@ -120,26 +130,13 @@ def _explain_imported(m: Manifest, data, res, model, out: dict, run_dir: Path, e
     convolutional layer, occlusion sensitivity through its predict function otherwise
     (engine.explain.agnostic); the method is recorded in the block and named in every caption."""
     from engine.explain.agnostic import heatmaps_for
-    from engine.explain.gallery import explain_backbone, pointing_game_on
 
-    ds, cache, g, seed = data.dataset, data.cache, m.gradcam, m.experiment.seed
     heatmaps, method, layer = heatmaps_for(model)
     done = Explained(res.name)
     with Timer(echo, f"explanations ({method}) {res.name}"):
         try:
-            size = res.input_size
-            done.gradcam = explain_backbone(
-                None, cache.load(ds.test, size, "test"), ds.labels("test"), out["test_probs"],
-                [record_label(r) for r in ds.test], ds.class_names, run_dir / "gradcam" / slug(res.name),
-                g.images_per_class, seed, layer=layer, data_root=ds.root, run_dir=run_dir,
-                pointing_max_images=g.max_pointing_images, box_paths=box_paths(ds.test),
-                names=[display_path(r, ds.root) for r in ds.test], heatmaps=heatmaps, method=method)
-            val_game = pointing_game_on(
-                None, cache.load(ds.val, size, "validation"), ds.labels("val"),
-                [record_label(r) for r in ds.val], ds.class_names, seed,
-                max_images=g.max_pointing_images, box_paths=box_paths(ds.val), heatmaps=heatmaps) if ds.val else None
-            if val_game is not None:
-                done.gradcam["pointing_game_validation"] = val_game
+            done.gradcam = _gallery(m, data, res, out, run_dir, model=None, layer=layer, heatmaps=heatmaps,
+                                    method=method)
             done.method = method
         except Exception as exc:  # noqa: BLE001 - one failed explanation must not lose the report
             message = failure_message(exc, f"explain-{res.name}", run_dir, data.redact)
