@@ -54,7 +54,7 @@ def run_status_warning(run: RunInfo) -> str | None:
 
 
 def _training_seconds(backbone: BackboneResult) -> float | None:
-    train_s = _num(backbone.timings.get("train_s")) if isinstance(backbone.timings, dict) else None
+    train_s = _num(backbone.train_s)
     if train_s is not None:
         return train_s
     times = [_num(s.time_s) for s in backbone.stages]

@@ -138,18 +138,22 @@ class BackboneResult(Record):
     def ok(self) -> bool:
         return self.status == "ok"
 
-    # The stages write ``timings`` as a plain dict; these name the three the report reads.
+    # The stages write ``timings`` as a plain dict; these name the three the report reads (None
+    # where a hand-made document has no timings object).
+    def _seconds(self, key: str) -> float | None:
+        return self.timings.get(key) if isinstance(self.timings, dict) else None
+
     @property
     def train_s(self) -> float | None:
-        return self.timings.get("train_s")
+        return self._seconds("train_s")
 
     @property
     def evaluate_s(self) -> float | None:
-        return self.timings.get("evaluate_s")
+        return self._seconds("evaluate_s")
 
     @property
     def total_s(self) -> float | None:
-        return self.timings.get("total_s")
+        return self._seconds("total_s")
 
     @property
     def input_size_known(self) -> bool:
