@@ -94,6 +94,9 @@ class DataConfig:
     #: Delete cached image arrays no run has used for this many days (0 keeps them forever).
     #: A nightly audit would otherwise leave one array per dataset version and input size.
     cache_max_age_days: int = 30
+    #: Bytes of decoded images a run holds in RAM (engine.data.ImageCache); a split that would take
+    #: it over is decoded to disk a chunk at a time and read in batches. The log says which went.
+    image_memory_bytes: int = 2 * 1024**3
     synthetic: SyntheticConfig | None = None
     #: How DICOM frames and NIfTI slices become 8-bit grey (engine.data.readers.Windowing): "auto"
     #: the stored window (VOI LUT, WindowCenter/Width, NIfTI cal_min/cal_max) else the percentile
@@ -307,6 +310,14 @@ class SubgroupsConfig:
 
 
 @dataclass
+class ComputeConfig:
+    """Where the data-parallel stages run (engine.compute): "local" (this machine's cores) or a Dask
+    scheduler address such as "tcp://host:8786" (``auditrun[dask]``; ``--scheduler`` overrides)."""
+
+    scheduler: str = "local"
+
+
+@dataclass
 class Manifest:
     experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -319,6 +330,7 @@ class Manifest:
     report: ReportConfig = field(default_factory=ReportConfig)
     gates: GatesConfig = field(default_factory=lambda: _stage_types()["GatesConfig"]())  # engine.nightly.gates
     subgroups: SubgroupsConfig = field(default_factory=SubgroupsConfig)
+    compute: ComputeConfig = field(default_factory=ComputeConfig)
     #: Where the manifest was read from (not a TOML key).
     path: Path | None = None
     text: str = ""
@@ -511,7 +523,11 @@ def _check_numbers(m: Manifest) -> None:
     # sklearn's random_state and numpy's legacy seeding (keras.utils.set_random_seed) take 32 bits.
     need(0 <= m.experiment.seed < 2**32, "experiment.seed", f"must be in [0, {2**32 - 1}]")
     need(m.data.cache_max_age_days >= 0, "data.cache_max_age_days", "must be >= 0")
+    need(m.data.image_memory_bytes >= 0, "data.image_memory_bytes", "must be >= 0 (0 reads every split from disk)")
     windowing_options(m.data)  # InputError naming data.windowing / data.window_percentiles
+    from engine.compute import check_address
+
+    check_address(m.compute.scheduler)  # InputError naming compute.scheduler
     slice_selection(m.data)  # InputError naming data.slices
 
 

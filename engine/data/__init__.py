@@ -30,6 +30,8 @@ _EXPORTS = {
     "SliceSelection": "readers",
     "Windowing": "readers",
     "ImageCache": "discovery",
+    "DiskImages": "image_store",
+    "as_images": "image_store",
     "ImageRecord": "records",
     "Pseudonymizer": "identity",
     "class_coverage_warnings": "discovery",

@@ -454,80 +454,193 @@ def _cache_key(records: Sequence[ImageRecord], size: int, windowing: Windowing |
     return h.hexdigest()[:24]
 
 
+#: Default of ``[data] image_memory_bytes``: decoded images a run holds in RAM; the rest are read
+#: from disk in batches (engine.data.image_store).
+DEFAULT_IMAGE_MEMORY = 2 * 1024**3
+#: Images decoded (and written) per step when a split goes to disk: 512 at 224 px are 77 MB.
+DISK_CHUNK = 512
+
+
 class ImageCache:
     """Decode each image once per (file, frame, size, windowing): in memory for the run, on disk
     across runs.
 
     Backbones with the same input size share arrays; epochs never re-decode. ``windowing`` (the
     manifest's ``data.windowing``) decodes DICOM and NIfTI frames and is part of every key.
+
+    ``memory_bytes`` (``data.image_memory_bytes``) caps the decoded images held in RAM. A split that
+    would take the total over it is decoded a chunk at a time into a ``.npy`` file (the on-disk
+    cache when there is one, else a temporary folder under ``spill_dir`` that goes with the cache
+    object) and returned as an ``image_store.DiskImages``, which stages read a batch at a time.
     """
 
     #: Every on-disk array (and an interrupted write's leftover) matches this; retention prunes by it.
     FILE_GLOB = "images-*.npy"
 
     def __init__(self, cache_dir: Path | None = None, progress: Callable[[str], None] | None = None,
-                 windowing: Windowing | None = None, workers: int | None = None):
+                 windowing: Windowing | None = None, workers: int | None = None,
+                 memory_bytes: int = DEFAULT_IMAGE_MEMORY, spill_dir: Path | None = None):
         self.cache_dir = cache_dir
         self.workers = workers  # decoding threads; None: one per core this process may use
         self.windowing = windowing
+        self.memory_bytes = memory_bytes
+        self.spill_dir = spill_dir
         self._mem: dict[tuple[str, int], np.ndarray] = {}
+        self._held = 0
+        self._spill = None  # TemporaryDirectory, made on the first split that spills with no cache_dir
         self._progress = progress or (lambda msg: None)
 
-    def load(self, records: Sequence[ImageRecord], size: int, name: str = "") -> np.ndarray:
-        """Returns (n, size, size, 3) uint8 for ``records``, in order."""
+    @property
+    def held_bytes(self) -> int:
+        """Bytes of decoded images this cache holds in RAM."""
+        return self._held
+
+    def load(self, records: Sequence[ImageRecord], size: int, name: str = ""):
+        """(n, size, size, 3) uint8 for ``records``, in order: an ndarray, or a DiskImages when the
+        split would take the images held in RAM over ``memory_bytes``."""
+        from engine.data.image_store import DiskImages
+
         key = _cache_key(records, size, self.windowing)
         if (key, size) in self._mem:
             return self._mem[(key, size)]
+        shape = (len(records), size, size, 3)
+        nbytes = int(np.prod(shape, dtype=np.int64))
+        on_disk = self._held + nbytes > self.memory_bytes
         arr = None
         file = self.cache_dir / self.FILE_GLOB.replace("*", key) if self.cache_dir else None
         if file is not None and file.is_file():
             try:
-                arr = np.load(file, mmap_mode=None, allow_pickle=False)
-                if arr.shape != (len(records), size, size, 3):
+                arr = DiskImages(file, shape) if on_disk else np.load(file, mmap_mode=None, allow_pickle=False)
+                if arr.shape != shape:
                     arr = None
                 else:
                     os.utime(file)  # "last used", which cache retention (prune_cache) goes by
             except (OSError, ValueError):
                 arr = None
-        if arr is None:
+            if arr is not None and on_disk:
+                self._progress(f"{len(records)} {name} images at {size}px read from disk in batches: "
+                               f"{_gib(nbytes)} would take the images held in memory over "
+                               f"data.image_memory_bytes = {_gib(self.memory_bytes)}")
+        if arr is None and on_disk:
+            arr = self._decode_to_disk(records, size, name, file, shape)
+        elif arr is None:
             arr = self._decode(records, size)
             self._progress(f"decoded {len(records)} {name} images at {size}px")
             if file is not None:
-                from engine.atomic import writing
-
-                tmp = file.with_suffix(f".tmp{os.getpid()}.npy")
-                with writing(file):
-                    try:
-                        file.parent.mkdir(parents=True, exist_ok=True)
-                        np.save(tmp, arr)
-                        os.replace(tmp, file)
-                    except BaseException:
-                        tmp.unlink(missing_ok=True)  # a half-written array must not fill the disk
-                        raise
+                self._save(file, lambda f: f.write(memoryview(np.ascontiguousarray(arr)).cast("B")), shape)
+        if not on_disk:
+            self._held += nbytes
         self._mem[(key, size)] = arr
         return arr
 
+    def _decode_to_disk(self, records: Sequence[ImageRecord], size: int, name: str, file: Path | None,
+                        shape: tuple[int, ...]):
+        from engine.data.image_store import DiskImages
+        from engine.progress import Progress
+
+        if file is None:
+            if self._spill is None:
+                import tempfile
+
+                base = self.spill_dir
+                if base is not None:
+                    base.mkdir(parents=True, exist_ok=True)
+                self._spill = tempfile.TemporaryDirectory(prefix="decoded-", dir=base)
+            file = Path(self._spill.name) / f"images-{_cache_key(records, size, self.windowing)}.npy"
+        chunks = [records[i:i + DISK_CHUNK] for i in range(0, len(records), DISK_CHUNK)]
+
+        def fill(f) -> None:
+            with Progress.for_echo(self._progress, f"decoding {name} images at {size}px to disk",
+                                   len(records)) as line:
+                for arr in self._decode_chunks(chunks, size, line.update):
+                    f.write(memoryview(np.ascontiguousarray(arr)).cast("B"))
+
+        self._save(file, fill, shape)
+        self._progress(f"decoded {len(records)} {name} images at {size}px to disk ({_gib(np.prod(shape))}, "
+                       f"over data.image_memory_bytes = {_gib(self.memory_bytes)} with {_gib(self._held)} "
+                       f"held): {file.name}, read in batches")
+        return DiskImages(file, shape)
+
+    def _decode_chunks(self, chunks: list, size: int, progress: Callable[[int], None]):
+        """Each chunk's decoded array, in order: on the Dask cluster's workers when the run has one
+        (engine.compute), else on this process's threads."""
+        from engine import compute
+
+        cluster = compute.current()
+        if cluster is not None:
+            yield from compute.map_ordered(decode_records, chunks, cluster=cluster, progress=progress,
+                                           size=size, windowing=self.windowing, workers=1)
+            return
+        done = 0
+        for chunk in chunks:
+            arr = decode_records(chunk, size, self.windowing, self.workers)
+            done += len(arr)
+            progress(done)
+            yield arr
+
+    def _save(self, file: Path, fill, shape: tuple[int, ...]) -> None:
+        from engine.atomic import writing
+        from engine.data.image_store import write_npy
+
+        tmp = file.with_suffix(f".tmp{os.getpid()}.npy")
+        with writing(file):
+            try:
+                file.parent.mkdir(parents=True, exist_ok=True)
+                write_npy(tmp, shape, np.uint8, fill)
+                os.replace(tmp, file)
+            except BaseException:
+                tmp.unlink(missing_ok=True)  # a half-written array must not fill the disk
+                raise
+
+    def close(self) -> None:
+        """Drop the arrays and delete a temporary spill folder (the on-disk cache stays)."""
+        self._mem.clear()
+        self._held = 0
+        if self._spill is not None:
+            self._spill.cleanup()
+            self._spill = None
+
     def _decode(self, records: Sequence[ImageRecord], size: int) -> np.ndarray:
-        """Decode on every core: PIL and pydicom release the GIL while they decode and resize
-        (1.65x on 2 cores for the 3,264 JPEGs here). The first failing record, in order, raises."""
-        from concurrent.futures import ThreadPoolExecutor
+        from engine import compute
 
+        if compute.current() is None:
+            return decode_records(records, size, self.windowing, self.workers)
         arr = np.empty((len(records), size, size, 3), dtype=np.uint8)
-
-        def put(i: int) -> None:
-            arr[i] = decode_image(records[i].path, size, records[i].frame, self.windowing)
-
-        workers = min(self.workers or len(os.sched_getaffinity(0)), len(records)) or 1
-        # Held around the pool: each decode's own strict_decoding then saves and restores False, so
-        # threads finishing in any order cannot switch truncated-file padding back on for another.
-        with strict_decoding():
-            if workers == 1:
-                for i in range(len(records)):
-                    put(i)
-            else:
-                with ThreadPoolExecutor(max_workers=workers) as pool:
-                    list(pool.map(put, range(len(records))))
+        at = 0
+        chunks = [records[i:i + DISK_CHUNK] for i in range(0, len(records), DISK_CHUNK)]
+        for part in self._decode_chunks(chunks, size, lambda _n: None):
+            arr[at:at + len(part)] = part
+            at += len(part)
         return arr
+
+
+def _gib(n) -> str:
+    return f"{int(n) / 1024**3:.2f} GiB"
+
+
+def decode_records(records: Sequence[ImageRecord], size: int, windowing: Windowing | None = None,
+                   workers: int | None = None) -> np.ndarray:
+    """(n, size, size, 3) uint8 of ``records``, decoded on every core: PIL and pydicom release the
+    GIL while they decode and resize (1.65x on 2 cores for the 3,264 JPEGs here). The first failing
+    record, in order, raises. A plain function of its arguments, so a Dask worker can run it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    arr = np.empty((len(records), size, size, 3), dtype=np.uint8)
+
+    def put(i: int) -> None:
+        arr[i] = decode_image(records[i].path, size, records[i].frame, windowing)
+
+    workers = min(workers or len(os.sched_getaffinity(0)), len(records)) or 1
+    # Held around the pool: each decode's own strict_decoding then saves and restores False, so
+    # threads finishing in any order cannot switch truncated-file padding back on for another.
+    with strict_decoding():
+        if workers == 1:
+            for i in range(len(records)):
+                put(i)
+        else:
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                list(pool.map(put, range(len(records))))
+    return arr
 
 
 def too_small_reason(width: int, height: int, min_size: int) -> str | None:

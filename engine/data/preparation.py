@@ -125,7 +125,8 @@ def prepare(m: Manifest, output_root: Path, run_dir: Path, echo: Echo, timings: 
                                                          (integrity or {}).get("leakage_free_test_counts"))
     for w in block["warnings"]:
         echo(f"warning: {w}")
-    cache = data_mod.ImageCache(output_root / ".cache" if m.data.cache else None, progress=echo, windowing=windowing)
+    cache = data_mod.ImageCache(output_root / ".cache" if m.data.cache else None, progress=echo, windowing=windowing,
+                                memory_bytes=m.data.image_memory_bytes, spill_dir=output_root / ".cache")
     counts = dataset.counts()
     echo("data: " + ", ".join(f"{s} {sum(c.values())}" for s, c in counts.items()) + f" images ({layout} layout)")
     return PreparedData(dataset, cache, block, integrity, leaked, redact, echo)

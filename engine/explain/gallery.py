@@ -14,6 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
+from engine.data import as_images
 from engine.errors import InputError
 from engine.explain import gradcam
 from engine.manifest import POINTING_MAX_IMAGES
@@ -227,7 +228,7 @@ def explain_backbone(model, images: np.ndarray, y_true, probs: np.ndarray, paths
     """
     out_dir = Path(out_dir)
     run_dir = Path(run_dir) if run_dir is not None else out_dir
-    images = np.asarray(images)
+    images = as_images(images)  # a split on disk stays there: only the gallery's rows are read
     probs = np.asarray(probs, dtype=np.float64)
     y_true = _class_indices(y_true, class_names, "Grad-CAM y_true")
     y_pred = probs.argmax(axis=1)
@@ -324,7 +325,7 @@ def pointing_game_on(model, images: np.ndarray, y_true, paths: Sequence[str], cl
     boxed = boxed_sample(boxes, seed, max_images)
     if not boxed:
         return None
-    images = np.asarray(images)
+    images = as_images(images)
     heat = heatmaps(images[boxed], y_true[boxed]) if heatmaps is not None else \
         gradcam.gradcam_heatmaps(model, images[boxed], y_true[boxed], layer=layer, batch_size=batch_size)
     return _game({i: gradcam.heatmap_stats(hm, boxes[i]) for i, hm in zip(boxed, heat)}, y_true, class_names)

@@ -15,6 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
+from engine.data import as_images
 from engine.explain import gradcam
 from engine.paths import relative_to_root
 from engine.results import METHOD_LABELS
@@ -92,7 +93,7 @@ def explain_reliability(model, images: np.ndarray, y_true: Sequence[int], box_pa
     idx = check_sample(boxes, seed, n_images)
     if not idx:
         return []
-    x = np.asarray(images, dtype=np.float32)[idx]
+    x = np.asarray(as_images(images)[idx], dtype=np.float32)  # only the sampled rows (a split may be on disk)
     cls = np.asarray(y_true, dtype=np.int64)[idx]
     sub_boxes = [boxes[i] for i in idx]
     sizes = [original_size(box_paths[i]) if boxes[i] else None for i in idx]

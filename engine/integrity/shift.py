@@ -149,8 +149,14 @@ def measure_shift(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, v
     return ShiftResult(per_class, int(seed))
 
 
+#: Images described per step: a split on disk is read this many rows at a time.
+DESCRIBE_BATCH = 256
+
+
 def _descriptors(images: np.ndarray) -> np.ndarray:
-    """``image_descriptors``, with no rows for an empty split (a class may lack any image there)."""
+    """``image_descriptors`` a block of rows at a time (each row's descriptor depends on that row
+    only), with no rows for an empty split (a class may lack any image there)."""
     if len(images) == 0:
         return np.empty((0, HIST_BINS + GRID * GRID), dtype=np.float32)
-    return image_descriptors(images)
+    return np.concatenate([image_descriptors(images[i:i + DESCRIBE_BATCH])
+                           for i in range(0, len(images), DESCRIBE_BATCH)])

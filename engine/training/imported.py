@@ -217,10 +217,14 @@ class ImportedModel:
         x = self.scaling.apply(images)
         return np.ascontiguousarray(x.transpose(0, 3, 1, 2)) if self.layout == "nchw" else x
 
-    def raw_outputs(self, images: np.ndarray) -> np.ndarray:
-        """(n, width) the model's own outputs, in its own class order."""
-        outs = [self.runner.run(self.model_input(images[s:s + self.batch_size]))
-                for s in range(0, len(images), self.batch_size)]
+    def raw_outputs(self, images: np.ndarray, flip: bool = False) -> np.ndarray:
+        """(n, width) the model's own outputs, in its own class order; ``flip``: of the mirrored
+        images (mirrored a batch at a time: a split may be on disk)."""
+        def batch(s: int) -> np.ndarray:
+            b = np.asarray(images[s:s + self.batch_size])
+            return b[:, :, ::-1] if flip else b
+
+        outs = [self.runner.run(self.model_input(batch(s))) for s in range(0, len(images), self.batch_size)]
         out = np.concatenate(outs) if outs else np.zeros((0, len(self.columns)), np.float32)
         return out.reshape(len(out), -1).astype(np.float64)
 
@@ -229,11 +233,11 @@ class ImportedModel:
         backbones get with ``evaluation.tta_flip``)."""
         p = self._proba(images)
         if tta_flip:
-            p = (p + self._proba(np.asarray(images)[:, :, ::-1])) / 2
+            p = (p + self._proba(images, flip=True)) / 2
         return p
 
-    def _proba(self, images: np.ndarray) -> np.ndarray:
-        out = self.raw_outputs(images)
+    def _proba(self, images: np.ndarray, flip: bool = False) -> np.ndarray:
+        out = self.raw_outputs(images, flip)
         if out.shape[1] != len(self.columns):
             raise InputError(f"model {self.name!r} outputs {out.shape[1]} scores per image, but class_order "
                              f"names {len(self.columns)} classes")

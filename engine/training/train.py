@@ -22,6 +22,7 @@ from typing import Callable
 import numpy as np
 
 from engine import interrupts
+from engine.data import DiskImages, as_images
 
 
 @dataclass
@@ -93,10 +94,13 @@ def augmentation_layers(cfg, seed: int):
 def _dataset(x: np.ndarray, y: np.ndarray, batch: int, *, shuffle: bool, seed: int, augment=None):
     import tensorflow as tf
 
-    ds = tf.data.Dataset.from_tensor_slices((x, y))
-    if shuffle:
-        ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch)
+    if isinstance(x, DiskImages):
+        ds = _disk_batches(x, y, batch, shuffle=shuffle, seed=seed)
+    else:
+        ds = tf.data.Dataset.from_tensor_slices((x, y))
+        if shuffle:
+            ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+        ds = ds.batch(batch)
     if augment is not None:
         # Sequential on purpose: parallel calls draw from the layers' shared random state in
         # whatever order threads run, so one seed would not give one result. prefetch still
@@ -105,6 +109,30 @@ def _dataset(x: np.ndarray, y: np.ndarray, batch: int, *, shuffle: bool, seed: i
     else:
         ds = ds.map(lambda a, b: (tf.cast(a, "float32"), b))
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def _disk_batches(x: DiskImages, y: np.ndarray, batch: int, *, shuffle: bool, seed: int):
+    """Batches of images read from disk as they are needed. The shuffle runs over the indices with
+    the same seed and buffer, so it draws the same order the in-memory dataset draws over the
+    images (tf's shuffle never looks at the elements): one seed, one result, in RAM or on disk."""
+    import tensorflow as tf
+
+    labels = np.asarray(y)
+    ds = tf.data.Dataset.range(len(x))
+    if shuffle:
+        ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+
+    def read(idx):
+        i = idx.astype(np.int64)
+        return x[i], labels[i]
+
+    def rows(idx):
+        images, labels_ = tf.numpy_function(read, [idx], [tf.uint8, tf.as_dtype(labels.dtype)])
+        images.set_shape((None, *x.shape[1:]))
+        labels_.set_shape((None, *labels.shape[1:]))
+        return images, labels_
+
+    return ds.batch(batch).map(rows)
 
 
 class _BestWeights:
@@ -381,7 +409,7 @@ def _predict(model, x, batch_size, tta_flip=False, *, echo, label):
     # predictions cannot change what the head trains on
     from engine.progress import Progress
 
-    x = np.asarray(x)
+    x = as_images(x)  # a split on disk is read a batch at a time
     if len(x) == 0:
         return np.zeros((0, *model.output_shape[1:]), "float32")
     from engine.training.activations import compiled
