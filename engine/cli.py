@@ -152,8 +152,11 @@ def main():
               help="Continue an interrupted run directory; finished backbones are not retrained.")
 @click.option("--junit", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write the gate results as JUnit XML to this file.")
+@click.option("--scheduler", metavar="ADDRESS",
+              help="Dask scheduler (tcp://host:8786) for the data-parallel stages; overrides [compute] scheduler "
+                   "(\"local\": this machine).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress on stderr.")
-def run_cmd(manifest: Path, output_dir, run_id, resume, junit, quiet):
+def run_cmd(manifest: Path, output_dir, run_id, resume, junit, scheduler, quiet):
     """Run the audit described by MANIFEST; print the run directory last."""
     from engine import manifest as manifest_mod
     from engine import interrupts
@@ -167,6 +170,7 @@ def run_cmd(manifest: Path, output_dir, run_id, resume, junit, quiet):
     if junit is not None:
         _check_writable_file(junit, "--junit")  # before an hour of training, not after
     m = manifest_mod.load(manifest)
+    _use_scheduler(m, scheduler)
     click.get_current_context().meta["auditrun.output"] = output_dir or m.experiment.output_dir
     # SIGTERM and SIGINT mark the run interrupted and release the lock on the way out; the
     # default SIGTERM would kill the process with the run left "running" and the lock held.
@@ -195,6 +199,14 @@ def run_cmd(manifest: Path, output_dir, run_id, resume, junit, quiet):
         sys.exit(1)
     if junit_error:
         sys.exit(2)
+
+
+def _use_scheduler(m, scheduler: str | None) -> None:
+    """``--scheduler`` over the manifest's ``[compute] scheduler`` (InputError for a bad address)."""
+    from engine.compute import check_address
+
+    if scheduler is not None:
+        m.compute.scheduler = check_address(scheduler, "--scheduler")
 
 
 def _check_writable_file(path: Path, option: str) -> None:
@@ -229,8 +241,11 @@ def _manifest_records(manifest: Path, output_dir: Path | None, m=None):
 @click.argument("manifest", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--output-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Where the fingerprint cache lives (default: the manifest's experiment.output_dir).")
+@click.option("--scheduler", metavar="ADDRESS",
+              help="Dask scheduler (tcp://host:8786) for the data-parallel stages; overrides [compute] scheduler "
+                   "(\"local\": this machine).")
 @click.option("--quiet", "-q", is_flag=True, help="No summary on stderr.")
-def check_data_cmd(manifest: Path, output_dir, quiet):
+def check_data_cmd(manifest: Path, output_dir, scheduler, quiet):
     """Audit the data of MANIFEST only: duplicates, leakage, label conflicts, unreadable files.
 
     Prints {"integrity": {...}} as JSON on stdout and a short summary on stderr. No model is
@@ -238,12 +253,16 @@ def check_data_cmd(manifest: Path, output_dir, quiet):
     """
     from engine.integrity import audit as integrity
     from engine import manifest as manifest_mod
+    from engine import compute
     from engine.atomic import dumps_json
 
-    m, root, records, redact = _manifest_records(manifest, output_dir)
+    m = manifest_mod.load(manifest)
+    _use_scheduler(m, scheduler)
+    m, root, records, redact = _manifest_records(manifest, output_dir, m)
     try:
-        report = integrity.audit(records, manifest_mod.integrity_options(m.integrity), cache_dir=root / ".cache",
-                                 class_names=m.data.classes, windowing=manifest_mod.windowing_options(m.data))
+        with compute.using(m.compute.scheduler, _Echo(quiet)):
+            report = integrity.audit(records, manifest_mod.integrity_options(m.integrity), cache_dir=root / ".cache",
+                                     class_names=m.data.classes, windowing=manifest_mod.windowing_options(m.data))
     except InputError as exc:  # fail_on_unreadable names the files: by reference when patients are in them
         raise InputError(redact(str(exc))) from None
     if not quiet:
@@ -302,8 +321,11 @@ def locate_cmd(manifest: Path, references, output_dir):
 @click.option("--data", "data", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Labelled folder: one sub-folder per class (run's class aliases apply), any image size.")
 @click.option("--backbone", help="Evaluate only this backbone of the run (default: every finished one).")
+@click.option("--scheduler", metavar="ADDRESS",
+              help="Dask scheduler (tcp://host:8786) for the data-parallel stages; overrides [compute] scheduler "
+                   "(\"local\": this machine).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress on stderr.")
-def evaluate_cmd(run_dir: Path, data: Path, backbone, quiet):
+def evaluate_cmd(run_dir: Path, data: Path, backbone, scheduler, quiet):
     """External validation: run RUN_DIR's saved models on another labelled folder.
 
     Prints {"backbones": [{name, accuracy, balanced_accuracy, macro_f1, per_class,
@@ -322,7 +344,8 @@ def evaluate_cmd(run_dir: Path, data: Path, backbone, quiet):
 
     with scratch_folder(run_dir):  # Keras unpacks each saved model in the temp folder
         report = evaluate_external(run_dir, data, backbone, echo=_Echo(quiet),
-                                   warn=lambda msg: click.echo(f"auditrun: warning: {msg}", err=True))
+                                   warn=lambda msg: click.echo(f"auditrun: warning: {msg}", err=True),
+                                   scheduler=scheduler)
     click.echo(dumps_json({"backbones": report["backbones"], "data": report["data"], "counts": report["counts"],
                            "skipped": report["skipped"]}), nl=False)
 

@@ -12,6 +12,9 @@ from engine import lazy_exports
 #: Public name -> the module of this stage that defines it (imported on first use).
 _EXPORTS = {
     "ExternalImages": "external",
+    "ModelRef": "distributed",
+    "model_ref": "distributed",
+    "predict_on": "distributed",
     "read_run_results": "external",
     "finished_backbones": "external",
     "with_references": "external",

@@ -135,15 +135,23 @@ class ExternalImages:
     boxes: list
     boxed: list[int]
     windowing: object = None
-    _decoded: dict[int, np.ndarray] = field(default_factory=dict)
+    #: Where a folder too large for data.image_memory_bytes is decoded to (a temporary folder
+    #: inside it, deleted by ``close``); None: the system's temp folder.
+    spill_dir: Path | None = None
+    _cache: object = None
 
-    def pixels(self, size: int) -> np.ndarray:
-        from engine.data.discovery import decode_image
+    def pixels(self, size: int):
+        """The images at ``size`` (an ndarray, or engine.data.DiskImages above the memory budget),
+        decoded once per size, on the Dask cluster's workers when the command has one."""
+        from engine.data import ImageCache
 
-        if size not in self._decoded:
-            self._decoded[size] = np.stack([decode_image(r.path, size, r.frame, self.windowing)
-                                            for r in self.records])
-        return self._decoded[size]
+        if self._cache is None:
+            self._cache = ImageCache(None, windowing=self.windowing, spill_dir=self.spill_dir)
+        return self._cache.load(self.records, size, "external")
+
+    def close(self) -> None:
+        if self._cache is not None:
+            self._cache.close()
 
 
 def folder_key(data: Path) -> str:

@@ -12,6 +12,7 @@ from engine import lazy_exports
 #: Public name -> the module of this stage that defines it (imported on first use).
 _EXPORTS = {
     "heatmaps_for": "agnostic",
+    "heatmaps_on": "distributed",
     "Explained": "stage",
     "explain": "stage",
     "check_explanations": "stage",

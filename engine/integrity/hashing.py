@@ -301,9 +301,67 @@ class _FileHashes:
         return known
 
 
+def _entry_of(item: tuple[Path, int], hashes: _FileHashes, window: str):
+    """(cache entry key, kind, bytes or None, sha256, size) of one item, or UnreadableImage."""
+    path, frame = item
+    kind = reader_kind(path)
+    if kind is None:
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            return UnreadableImage(f"cannot read file: {exc.strerror or exc}")
+        if not data:
+            return UnreadableImage("zero-byte file")
+        sha, n_bytes = file_sha256(data), len(data)
+    else:
+        known = hashes.get(path)
+        if isinstance(known, UnreadableImage):
+            return known
+        data, (sha, n_bytes) = None, known
+    # DICOM and NIfTI bytes are read by another reader (windowed, one frame of several): their
+    # entries get their own key, so the same bytes under a .png name and under a .dcm name are
+    # never confused, and another windowing or frame is decoded afresh.
+    return (f"{kind}:{sha}:{frame}:{window}" if kind else sha), kind, data, sha, n_bytes
+
+
+def _compute(item: tuple[Path, int], kind, data, sha: str, n_bytes: int, hash_size: int,
+             windowing) -> ImageFingerprint | UnreadableImage:
+    try:
+        if kind:
+            return fingerprint_frame(item[0], item[1], n_bytes, hash_size, sha256=sha, windowing=windowing)
+        return fingerprint_bytes(data, hash_size, sha256=sha)
+    except UnreadableImage as exc:
+        return exc
+
+
+def fingerprint_chunk(items: list[tuple[Path, int]], hash_size: int, windowing=None,
+                      known: frozenset | set = frozenset()) -> list[tuple[str | None, object]]:
+    """One Dask task of ``fingerprint_files``: per item ``(entry, fingerprint)``, or ``(entry, None)``
+    where ``entry`` is in ``known`` (the client's cache has it), or ``(None, UnreadableImage)``.
+    A plain function of its arguments: a worker reads the files from the same paths."""
+    from engine.data.discovery import windowing_key
+
+    hashes, window, out = _FileHashes(), windowing_key(windowing), []
+    with strict_decoding():
+        for item in items:
+            e = _entry_of(item, hashes, window)
+            if isinstance(e, UnreadableImage):
+                out.append((None, e))
+            elif e[0] in known:
+                out.append((e[0], None))
+            else:
+                out.append((e[0], _compute(item, *e[1:], hash_size, windowing)))
+    return out
+
+
+#: Items per Dask task: large enough that a task's overhead (~1 ms) is small beside its decoding.
+CHUNK_ITEMS = 256
+
+
 def _fingerprint_files(items: list[tuple[Path, int]], hash_size: int, *, cache, progress, workers, windowing):
     from concurrent.futures import ThreadPoolExecutor
 
+    from engine import compute
     from engine.data.discovery import windowing_key
 
     total = len(items)
@@ -311,41 +369,22 @@ def _fingerprint_files(items: list[tuple[Path, int]], hash_size: int, *, cache, 
     window = windowing_key(windowing)
 
     def one(item: tuple[Path, int]) -> ImageFingerprint | UnreadableImage:
-        path, frame = item
-        kind = reader_kind(path)
-        if kind is None:
-            try:
-                data = path.read_bytes()
-            except OSError as exc:
-                return UnreadableImage(f"cannot read file: {exc.strerror or exc}")
-            if not data:
-                return UnreadableImage("zero-byte file")
-            sha, n_bytes = file_sha256(data), len(data)
-        else:
-            known = hashes.get(path)
-            if isinstance(known, UnreadableImage):
-                return known
-            sha, n_bytes = known
-        # DICOM and NIfTI bytes are read by another reader (windowed, one frame of several): their
-        # entries get their own key, so the same bytes under a .png name and under a .dcm name are
-        # never confused, and another windowing or frame is decoded afresh.
-        entry = f"{kind}:{sha}:{frame}:{window}" if kind else sha
+        e = _entry_of(item, hashes, window)
+        if isinstance(e, UnreadableImage):
+            return e
+        entry = e[0]
         if cache is not None:
             cached = cache.get(entry)
             if cached is not None:
                 return cached
-        try:
-            if kind:
-                result: ImageFingerprint | UnreadableImage = fingerprint_frame(
-                    path, frame, n_bytes, hash_size, sha256=sha, windowing=windowing)
-            else:
-                result = fingerprint_bytes(data, hash_size, sha256=sha)
-        except UnreadableImage as exc:
-            result = exc
+        result = _compute(item, *e[1:], hash_size, windowing)
         if cache is not None:
             cache.put(entry, result)
         return result
 
+    cluster = compute.current()
+    if cluster is not None:
+        return _fingerprint_on(cluster, items, hash_size, cache, progress, windowing, one)
     n_workers = workers if workers is not None else min(4, os.cpu_count() or 1)
     out: list[ImageFingerprint | UnreadableImage] = []
     if n_workers <= 1:
@@ -359,6 +398,29 @@ def _fingerprint_files(items: list[tuple[Path, int]], hash_size: int, *, cache, 
             out.append(result)
             if progress is not None:
                 progress(k, total)
+    return out
+
+
+def _fingerprint_on(cluster, items, hash_size: int, cache, progress, windowing, one):
+    """``_fingerprint_files`` on a Dask cluster: chunks fingerprinted by the workers, which skip the
+    entries the client's cache already holds (its keys go to every worker once); the client
+    keeps the cache and the order."""
+    from engine import compute
+
+    known = frozenset(cache.entries) if cache is not None else frozenset()
+    chunks = [items[i:i + CHUNK_ITEMS] for i in range(0, len(items), CHUNK_ITEMS)]
+    out: list[ImageFingerprint | UnreadableImage] = []
+    tick = (lambda n: progress(n, len(items))) if progress is not None else None
+    results = compute.map_ordered(fingerprint_chunk, chunks, cluster=cluster, progress=tick,
+                                  hash_size=hash_size, windowing=windowing, known=known)
+    for chunk, answers in zip(chunks, results):
+        for item, (entry, result) in zip(chunk, answers):
+            if entry is not None and result is None:
+                result = cache.get(entry) or one(item)  # a hand-edited entry is recomputed here
+            elif entry is not None and cache is not None:
+                cache.misses += 1  # counted as the local path's cache.get counts it
+                cache.put(entry, result)
+            out.append(result)
     return out
 
 

@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
-from engine import evaluation, explain
+from engine import compute, evaluation, explain
 from engine.errors import InputError
 from engine.manifest import POINTING_MAX_IMAGES, Manifest, folder_aliases, run_settings, slice_selection, \
     windowing_options
@@ -28,11 +28,14 @@ Echo = Callable[[str], None]
 
 def evaluate_external(run_dir: Path, data: Path, backbone: str | None = None, *,
                       echo: Echo | None = None, seed: int | None = None,
-                      max_pointing: int = POINTING_MAX_IMAGES, warn: Echo | None = None) -> dict:
+                      max_pointing: int = POINTING_MAX_IMAGES, warn: Echo | None = None,
+                      scheduler: str | None = None) -> dict:
     """Score the run's models on ``data``; store and return ``{"data", "backbones": [...]}``.
 
     Unreadable images and images below the run's ``integrity.min_image_size`` are skipped, each
     passed to ``warn`` (default: ``echo``) and listed under ``"skipped"``; the rest are evaluated.
+    ``scheduler``: a Dask scheduler address for the predictions and Grad-CAM maps (default: the
+    run's ``[compute] scheduler``; "local": this process).
     """
     run_dir, data = Path(run_dir), Path(data)
     # Before TensorFlow loads: a broken results.json should cost the user no import time.
@@ -44,16 +47,21 @@ def evaluate_external(run_dir: Path, data: Path, backbone: str | None = None, *,
     seed = results["experiment"]["seed"] if seed is None else seed
     entries = evaluation.finished_backbones(results, backbone)
     m = run_settings(run_dir)  # the run's own settings: aliases, image size, TTA, windowing, checks
+    address = compute.check_address(scheduler, "--scheduler") if scheduler is not None else m.compute.scheduler
     windowing = windowing_options(m.data)
     records, y = evaluation.discover_folder(data, class_names, folder_aliases(class_names, m.data.aliases),
                                           slice_selection(m.data))
     records = evaluation.with_references(records, data, run_dir, results["experiment"]["name"], warn)
     records, y, skipped = evaluation.usable_images(data, records, y, m.integrity.min_image_size, warn, windowing)
+    out_dir = run_dir / "external" / evaluation.folder_key(data)
     images = evaluation.ExternalImages(records, y, class_names,
                                      *evaluation.pointing_sample(records, y, class_names, seed, max_pointing),
-                                     windowing=windowing)
-    out_dir = run_dir / "external" / evaluation.folder_key(data)
-    out = [_evaluate_backbone(run_dir, e, images, echo, m, seed, out_dir) for e in entries]
+                                     windowing=windowing, spill_dir=run_dir / "external")
+    try:
+        with compute.using(address, echo):
+            out = [_evaluate_backbone(run_dir, e, images, echo, m, seed, out_dir) for e in entries]
+    finally:
+        images.close()
     counts = {c: int((y == i).sum()) for i, c in enumerate(class_names)}
     report = {"data": str(data.resolve()), "evaluated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "counts": counts, "skipped": skipped, "n_boxed_images": len(images.boxed), "backbones": out}
@@ -81,14 +89,21 @@ def _evaluate_backbone(run_dir: Path, e: dict, images, echo: Echo, m: Manifest, 
     t0 = time.perf_counter()
     imported = e.get("source") == "imported"
     model = _load_model(run_dir, e, images.class_names)
-    x = images.pixels(e["input_size"][0])
-    probs = evaluation.predict_probs(model, x, tta_flip=m.evaluation.tta_flip, echo=echo,
-                                     label=f"{e['name']}: predictions")
+    size, cluster = e["input_size"][0], compute.current()
+    ref = evaluation.model_ref(run_dir, e, images.class_names) if cluster is not None else None
+    if cluster is not None:  # the workers decode and predict their chunks; nothing is shipped but names
+        probs = evaluation.predict_on(cluster, ref, images.records, size, images.windowing, m.evaluation.tta_flip,
+                                      echo=echo, label=f"{e['name']}: predictions")
+    else:
+        probs = evaluation.predict_probs(model, images.pixels(size), tta_flip=m.evaluation.tta_flip, echo=echo,
+                                         label=f"{e['name']}: predictions")
     block, scores = evaluation.metrics_block(e, images, probs)
     if images.boxed:
+        x = images.pixels(size)
         # the layer the run's own Grad-CAM used (a manifest may name one), else the automatic one
         layer = (e.get("gradcam") or {}).get("layer")
-        heatmaps = _imported_heatmaps(model) if imported else None
+        heatmaps = explain.heatmaps_on(cluster, ref, layer) if cluster is not None else \
+            _imported_heatmaps(model) if imported else None
         block["pointing_game"] = explain.boxed_pointing_game(model, x, images.y, images.boxes, images.boxed,
                                                              layer=layer, heatmaps=heatmaps)
         if not imported and m.gradcam.enabled and m.gradcam.check_images > 0:

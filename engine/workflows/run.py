@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 from engine import data as data_stage
-from engine import evaluation, explain, integrity, interrupts, nightly, training
+from engine import compute, evaluation, explain, integrity, interrupts, nightly, training
 from engine.atomic import scratch_folder, write_text
 from engine.errors import InputError, RunInterrupted, StorageError
 from engine.manifest import Manifest, data_root_source, synthetic_root
@@ -54,7 +54,7 @@ def run_audit(m: Manifest, *, output_dir: Path | None = None, run_id: str | None
         if run_id is not None:
             safe_name(run_id, "--run-id")
     exp_dir.mkdir(parents=True, exist_ok=True)
-    with nightly.experiment_lock(exp_dir, experiment=m.experiment.name):
+    with nightly.experiment_lock(exp_dir, experiment=m.experiment.name), compute.using(m.compute.scheduler, echo):
         return _run_locked(m, exp_dir, run_id, echo, now, resume)
 
 
@@ -109,7 +109,11 @@ def _run_locked(m: Manifest, exp_dir: Path, run_id, echo: Echo, now, resume) -> 
     try:
         # Keras builds every .keras archive in the temp folder: it must lie inside the output root.
         with scratch_folder(exp_dir):
-            return _run_stages(ctx, exp_dir, manifest_sha, previous)
+            try:
+                return _run_stages(ctx, exp_dir, manifest_sha, previous)
+            finally:
+                if ctx.data is not None:
+                    ctx.data.cache.close()  # decoded splits spilled to a temporary folder go with the run
     except (Exception, KeyboardInterrupt, StorageError, RunInterrupted) as exc:
         raise stopped(ctx, exp_dir, exc)
 
