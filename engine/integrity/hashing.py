@@ -418,8 +418,10 @@ def _fingerprint_on(cluster, items, hash_size: int, cache, progress, windowing, 
             if entry is not None and result is None:
                 result = cache.get(entry) or one(item)  # a hand-edited entry is recomputed here
             elif entry is not None and cache is not None:
-                cache.misses += 1  # counted as the local path's cache.get counts it
-                cache.put(entry, result)
+                # counted as the local path counts them: a second copy of a file in the same
+                # run finds the first one's entry (the workers computed both)
+                if cache.get(entry) is None:
+                    cache.put(entry, result)
             out.append(result)
     return out
 
