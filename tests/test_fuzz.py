@@ -260,8 +260,9 @@ GATES = opt({
 SUBGROUPS = opt({"by": st.lists(st.sampled_from(["site", "scanner", "sex", "age_band"]), unique=True),
                  "age_bands": st.lists(st.integers(0, 150), min_size=2, unique=True).map(sorted),
                  "min_n": st.integers(1, 1000)})
+COMPUTE = opt({"scheduler": st.just("local")})  # an address would wait for a scheduler: test_compute_dask.py
 SECTIONS = {"experiment": EXPERIMENT, "training": TRAINING, "integrity": INTEGRITY, "gradcam": GRADCAM,
-            "evaluation": EVALUATION, "report": REPORT, "gates": GATES, "subgroups": SUBGROUPS}
+            "evaluation": EVALUATION, "report": REPORT, "gates": GATES, "subgroups": SUBGROUPS, "compute": COMPUTE}
 
 
 @st.composite
@@ -562,7 +563,7 @@ FULL = {
                    "keep_last": 3},
     "data": {"root": "@kaggle", "layout": "auto", "train_dir": "Training", "test_dir": "Testing",
              "classes": list(CLASSES), "aliases": {"tumour_g": "glioma"}, "validation_fraction": 0.2,
-             "test_fraction": 0.2, "cache": True, "cache_max_age_days": 30,
+             "test_fraction": 0.2, "cache": True, "cache_max_age_days": 30, "image_memory_bytes": 2**31,
              "synthetic": {"per_class": 2, "size": 32, "seed": 1, "test_fraction": 0.25}},
     "training": {"epochs": 2, "batch_size": 8, "learning_rate": 0.001, "class_weights": "balanced",
                  "early_stopping_patience": 2, "head_units": 16, "dropout": 0.5,
@@ -587,6 +588,7 @@ FULL = {
               "max_leakage_fraction": 0.5, "max_subgroup_gap": 0.2, "warn_only": ["min_recall"],
               "applies_to": "best"},
     "subgroups": {"by": ["site", "age_band"], "age_bands": [0, 40, 60, 200], "min_n": 20},
+    "compute": {"scheduler": "local"},
 }
 
 WRONG_TYPES = [True, "1", [], {}, [{}], datetime.date(2024, 1, 1)]
