@@ -260,9 +260,12 @@ def check_data_cmd(manifest: Path, output_dir, scheduler, quiet):
     _use_scheduler(m, scheduler)
     m, root, records, redact = _manifest_records(manifest, output_dir, m)
     try:
-        with compute.using(m.compute.scheduler, _Echo(quiet)):
+        from engine.progress import counted
+
+        with compute.using(m.compute.scheduler, _Echo(quiet)), counted(_Echo(quiet), "fingerprints") as progress:
             report = integrity.audit(records, manifest_mod.integrity_options(m.integrity), cache_dir=root / ".cache",
-                                     class_names=m.data.classes, windowing=manifest_mod.windowing_options(m.data))
+                                     class_names=m.data.classes, windowing=manifest_mod.windowing_options(m.data),
+                                     progress=progress)
     except InputError as exc:  # fail_on_unreadable names the files: by reference when patients are in them
         raise InputError(redact(str(exc))) from None
     if not quiet:

@@ -94,6 +94,27 @@ class Progress:
 
 
 
+class counted:
+    """``with counted(echo, label) as progress:`` gives a ``progress(done, total)`` callback (the
+    integrity audit's) that drives one Progress line, made at the first call once the total is known."""
+
+    def __init__(self, echo, label: str):
+        self.echo, self.label, self.line = echo, label, None
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.line is None:
+            self.line = Progress.for_echo(self.echo, self.label, total)
+        self.line.update(done)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.line is not None:
+            self.line.close()
+        return False
+
+
 class Timer:
     """Prints one line per finished step with its wall time."""
 

@@ -92,3 +92,22 @@ def test_frozen_head_validation_probabilities_reuse_the_features_and_match_a_ful
     ended = train_head(classifier(dropout=0.0), x_tr, y_tr, x_va, y_va, cfg=cfg, seed=5, train_backbone=True,
                        label="t")
     assert ended.validation_probs() is None  # end to end: no frozen features to reuse
+
+
+def test_counted_drives_one_line_from_a_done_total_callback(monkeypatch):
+    import io
+
+    from engine import progress as pm
+
+    stream = io.StringIO()
+    stream.isatty = lambda: True  # a terminal: every update rewrites the line
+    real = pm.Progress.for_echo.__func__
+    monkeypatch.setattr(pm.Progress, "for_echo",
+                        classmethod(lambda cls, e, label, total, **kw: real(cls, e, label, total, stream=stream)))
+    with pm.counted(type("Echo", (), {"quiet": False})(), "fingerprints") as cb:
+        cb(1, 4)
+        cb(4, 4)
+    assert "fingerprints: 4/4 images" in stream.getvalue() and stream.getvalue().endswith("\r")
+    with pm.counted(type("Echo", (), {"quiet": True})(), "x") as cb:
+        cb(1, 2)
+        assert cb.line.quiet

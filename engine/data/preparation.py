@@ -17,7 +17,7 @@ from engine.data import discovery as data_mod
 from engine.data.fingerprint import dataset_fingerprint
 from engine.errors import InputError
 from engine.manifest import Manifest, integrity_options, windowing_options
-from engine.progress import Timer
+from engine.progress import Timer, counted
 
 Echo = Callable[[str], None]
 
@@ -137,9 +137,9 @@ def _audit(m: Manifest, records: list, output_root: Path, windowing, root: Path,
     sources, the summary line)."""
     from engine.integrity import audit as integrity
 
-    with Timer(echo, "integrity audit", timings, "integrity_s"):
+    with Timer(echo, "integrity audit", timings, "integrity_s"), counted(echo, "integrity fingerprints") as progress:
         report = integrity.audit(records, integrity_options(m.integrity), cache_dir=output_root / ".cache",
-                                 class_names=m.data.classes, windowing=windowing)
+                                 class_names=m.data.classes, windowing=windowing, progress=progress)
     block = report.to_dict(root=root)
     summary = integrity.summary_text(report)
     leaked = set(report.excluded_test_paths)  # twins in training, and patients in training
