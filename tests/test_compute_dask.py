@@ -97,6 +97,23 @@ def test_an_audit_reading_its_splits_from_disk_gives_the_in_memory_numbers(runs)
     assert not list((disk.parents[1] / ".cache").rglob("*.npy"))  # data.cache = false: the spill is gone
 
 
+@trains
+def test_an_audit_with_a_scheduler_equals_the_local_audit(assets, runs, cluster):
+    """Decoding and fingerprints on the workers, training here: the same run."""
+    path = _manifest(assets, "scale")
+    result = CliRunner().invoke(main, [str(path), "--output-dir", str(assets / "out-dask"), "--run-id", "r",
+                                       "--scheduler", cluster])
+    assert result.exit_code in (0, 1), result.output
+    assert f"compute: Dask scheduler {cluster}: 2 workers" in result.stderr
+    mem, dask_run = runs["mem"][0], assets / "out-dask" / "scale" / "r"
+    a, b = (json.loads((d / "results.json").read_text()) for d in (mem, dask_run))
+    for block in ("validation", "test", "leakage_free", "history", "gradcam"):
+        assert a["backbones"][0][block] == b["backbones"][0][block], block
+    a["integrity"].pop("timings_s"), b["integrity"].pop("timings_s")
+    assert a["integrity"] == b["integrity"]
+    assert (mem / "predictions" / "tiny.csv").read_bytes() == (dask_run / "predictions" / "tiny.csv").read_bytes()
+
+
 def test_evaluate_on_two_workers_equals_local(assets, runs, cluster):
     run_dir = runs["mem"][0]
     data = assets / "data" / "Testing"
