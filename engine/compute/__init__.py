@@ -126,9 +126,14 @@ def map_ordered(fn: Callable, chunks: Sequence, *, cluster: Cluster, progress: C
             f.cancel()
 
 
+def chunks(items: Sequence, size: int) -> list:
+    """``items`` cut into consecutive slices of ``size`` (the last one shorter): one task each."""
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
 def _large(value) -> bool:
     """Arguments worth sending once to every worker instead of with every task."""
     return isinstance(value, (set, frozenset, dict, list)) and len(value) > 1000
 
 
-__all__ = ["Cluster", "LOCAL", "check_address", "current", "map_ordered", "using"]
+__all__ = ["Cluster", "LOCAL", "check_address", "chunks", "current", "map_ordered", "using"]

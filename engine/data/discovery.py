@@ -547,7 +547,9 @@ class ImageCache:
                     base.mkdir(parents=True, exist_ok=True)
                 self._spill = tempfile.TemporaryDirectory(prefix="decoded-", dir=base)
             file = Path(self._spill.name) / f"images-{_cache_key(records, size, self.windowing)}.npy"
-        chunks = [records[i:i + DISK_CHUNK] for i in range(0, len(records), DISK_CHUNK)]
+        from engine import compute
+
+        chunks = compute.chunks(records, DISK_CHUNK)
 
         def fill(f) -> None:
             with Progress.for_echo(self._progress, f"decoding {name} images at {size}px to disk",
@@ -607,8 +609,7 @@ class ImageCache:
             return decode_records(records, size, self.windowing, self.workers)
         arr = np.empty((len(records), size, size, 3), dtype=np.uint8)
         at = 0
-        chunks = [records[i:i + DISK_CHUNK] for i in range(0, len(records), DISK_CHUNK)]
-        for part in self._decode_chunks(chunks, size, lambda _n: None):
+        for part in self._decode_chunks(compute.chunks(records, DISK_CHUNK), size, lambda _n: None):
             arr[at:at + len(part)] = part
             at += len(part)
         return arr

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterator
+from typing import BinaryIO, Callable
 
 import numpy as np
 
@@ -122,16 +122,6 @@ class DiskImages:
             a, b = int(s[run[0]]), int(s[run[-1]]) + 1
             out[order[run]] = self._rows(a, b)
         return out
-
-
-def is_on_disk(x) -> bool:
-    return isinstance(x, DiskImages)
-
-
-def batches(x, size: int) -> Iterator[np.ndarray]:
-    """``x`` in consecutive blocks of ``size`` rows, each an in-memory array."""
-    for i in range(0, len(x), size):
-        yield np.asarray(x[i:i + size])
 
 
 def write_npy(path: Path, shape: tuple[int, ...], dtype, fill: Callable[[BinaryIO], None]) -> None:

@@ -61,7 +61,7 @@ def predict_on(cluster, ref: ModelRef, records: list, size: int, windowing, tta_
     from engine import compute
     from engine.progress import Progress
 
-    chunks = [records[i:i + CHUNK] for i in range(0, len(records), CHUNK)]
+    chunks = compute.chunks(records, CHUNK)
     with Progress.for_echo(echo, f"{label} on {cluster.address}", len(records)) as line:
         parts = list(compute.map_ordered(predict_chunk, chunks, cluster=cluster, progress=line.update,
                                          ref=ref, size=size, windowing=windowing, tta_flip=tta_flip))

@@ -32,7 +32,7 @@ def heatmaps_on(cluster, ref, layer: str | None) -> Callable[[np.ndarray, np.nda
 
     def heatmaps(images, classes):
         images, classes = np.asarray(images), np.asarray(classes)
-        chunks = [(images[i:i + CHUNK], classes[i:i + CHUNK]) for i in range(0, len(images), CHUNK)]
+        chunks = list(zip(compute.chunks(images, CHUNK), compute.chunks(classes, CHUNK)))
         parts = list(compute.map_ordered(_pair, chunks, cluster=cluster, sizes=[len(c[0]) for c in chunks],
                                          ref=ref, layer=layer))
         return np.concatenate(parts) if parts else np.zeros((0, *images.shape[1:3]), np.float32)

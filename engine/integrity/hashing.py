@@ -408,7 +408,7 @@ def _fingerprint_on(cluster, items, hash_size: int, cache, progress, windowing, 
     from engine import compute
 
     known = frozenset(cache.entries) if cache is not None else frozenset()
-    chunks = [items[i:i + CHUNK_ITEMS] for i in range(0, len(items), CHUNK_ITEMS)]
+    chunks = compute.chunks(items, CHUNK_ITEMS)
     out: list[ImageFingerprint | UnreadableImage] = []
     tick = (lambda n: progress(n, len(items))) if progress is not None else None
     results = compute.map_ordered(fingerprint_chunk, chunks, cluster=cluster, progress=tick,
