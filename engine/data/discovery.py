@@ -535,6 +535,7 @@ class ImageCache:
 
     def _decode_to_disk(self, records: Sequence[ImageRecord], size: int, name: str, file: Path | None,
                         shape: tuple[int, ...]):
+        from engine import compute
         from engine.data.image_store import DiskImages
         from engine.progress import Progress
 
@@ -547,8 +548,6 @@ class ImageCache:
                     base.mkdir(parents=True, exist_ok=True)
                 self._spill = tempfile.TemporaryDirectory(prefix="decoded-", dir=base)
             file = Path(self._spill.name) / f"images-{_cache_key(records, size, self.windowing)}.npy"
-        from engine import compute
-
         chunks = compute.chunks(records, DISK_CHUNK)
 
         def fill(f) -> None:
