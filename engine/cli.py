@@ -125,6 +125,13 @@ class AuditGroup(click.Group):
         formatter.write_usage("auditrun", "MANIFEST [OPTIONS]  |  auditrun COMMAND [ARGS]...")
 
 
+#: ``--scheduler`` of the commands whose data-parallel stages can run on Dask (engine.compute).
+_scheduler_option = click.option(
+    "--scheduler", metavar="ADDRESS",
+    help="Dask scheduler (tcp://host:8786) for the data-parallel stages; overrides [compute] scheduler "
+         "(\"local\": this machine).")
+
+
 @click.group(cls=AuditGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="auditrun", prog_name="auditrun")
 def main():
@@ -152,9 +159,7 @@ def main():
               help="Continue an interrupted run directory; finished backbones are not retrained.")
 @click.option("--junit", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write the gate results as JUnit XML to this file.")
-@click.option("--scheduler", metavar="ADDRESS",
-              help="Dask scheduler (tcp://host:8786) for the data-parallel stages; overrides [compute] scheduler "
-                   "(\"local\": this machine).")
+@_scheduler_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress on stderr.")
 def run_cmd(manifest: Path, output_dir, run_id, resume, junit, scheduler, quiet):
     """Run the audit described by MANIFEST; print the run directory last."""
@@ -241,9 +246,7 @@ def _manifest_records(manifest: Path, output_dir: Path | None, m=None):
 @click.argument("manifest", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--output-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Where the fingerprint cache lives (default: the manifest's experiment.output_dir).")
-@click.option("--scheduler", metavar="ADDRESS",
-              help="Dask scheduler (tcp://host:8786) for the data-parallel stages; overrides [compute] scheduler "
-                   "(\"local\": this machine).")
+@_scheduler_option
 @click.option("--quiet", "-q", is_flag=True, help="No summary on stderr.")
 def check_data_cmd(manifest: Path, output_dir, scheduler, quiet):
     """Audit the data of MANIFEST only: duplicates, leakage, label conflicts, unreadable files.
@@ -324,9 +327,7 @@ def locate_cmd(manifest: Path, references, output_dir):
 @click.option("--data", "data", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Labelled folder: one sub-folder per class (run's class aliases apply), any image size.")
 @click.option("--backbone", help="Evaluate only this backbone of the run (default: every finished one).")
-@click.option("--scheduler", metavar="ADDRESS",
-              help="Dask scheduler (tcp://host:8786) for the data-parallel stages; overrides [compute] scheduler "
-                   "(\"local\": this machine).")
+@_scheduler_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress on stderr.")
 def evaluate_cmd(run_dir: Path, data: Path, backbone, scheduler, quiet):
     """External validation: run RUN_DIR's saved models on another labelled folder.
