@@ -384,8 +384,16 @@ def render_cmd(run_dir: Path, formats):
         formats = _manifest_formats(run_dir)
     from engine.atomic import scratch_folder
 
+    from engine.manifest import run_settings
+
+    try:  # the run's manifest copy fills the reporting checklists ([study], [report] checklists)
+        settings = run_settings(run_dir)
+    except InputError as exc:
+        click.echo(f"warning: {run_dir / 'manifest.toml'}: {exc}; the report shows the checklists results.json "
+                   "holds", err=True)
+        settings = None
     with scratch_folder(run_dir):  # the renderer's temporary files stay inside the run
-        written = render_report(run_dir, tuple(formats))
+        written = render_report(run_dir, tuple(formats), settings=settings)
     for path in written.values():
         click.echo(str(path))
 

@@ -266,6 +266,10 @@ class ReportConfig:
     title: str = ""
     author: str = "auditrun"
     trend_window: int = 10
+    #: reporting checklists filled from the run (CLAIM 2024, TRIPOD+AI); [] writes none
+    checklists: list[Literal["claim-2024", "tripod-ai"]] = field(default_factory=lambda: ["claim-2024"])
+
+
 
 
 # --------------------------------------------------------------------------------------------
@@ -328,6 +332,7 @@ class Manifest:
     gradcam: GradcamConfig = field(default_factory=GradcamConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
+    study: StudyConfig = field(default_factory=lambda: _stage_types()["StudyConfig"]())  # engine.report.study
     gates: GatesConfig = field(default_factory=lambda: _stage_types()["GatesConfig"]())  # engine.nightly.gates
     subgroups: SubgroupsConfig = field(default_factory=SubgroupsConfig)
     compute: ComputeConfig = field(default_factory=ComputeConfig)
@@ -443,8 +448,9 @@ def _stage_types() -> dict[str, type]:
     (engine.nightly.gates). Imported here, not at the top, so the gates may import the manifest's
     names and no cycle forms."""
     from engine.nightly.gates import GatesConfig
+    from engine.report.study import StudyConfig
 
-    return {"GatesConfig": GatesConfig}
+    return {"GatesConfig": GatesConfig, "StudyConfig": StudyConfig}
 
 
 def type_hints(cls: type) -> dict[str, Any]:
@@ -490,6 +496,8 @@ def _check_ranges(m: Manifest, finished_run: bool = False) -> None:
     _check_subgroups(m.subgroups)
     _check_labels(m.data)
     _check_gradcam(m.gradcam)
+    _need(len(set(m.report.checklists)) == len(m.report.checklists), "report.checklists",
+          "must not repeat a checklist")
 
 
 def _check_gradcam(g: GradcamConfig) -> None:

@@ -247,7 +247,10 @@ EVALUATION = opt({"ece_bins": st.integers(1, 50), "temperature_scaling": st.bool
                   "confidence": unit_float(0.5, 0.999), "tta_flip": st.booleans()})
 REPORT = opt({"formats": st.lists(st.sampled_from(["html", "pdf"]), unique=True),
               "title": st.text(max_size=60), "author": st.text(max_size=30),
-              "trend_window": st.integers(1, 100)})
+              "trend_window": st.integers(1, 100),
+              "checklists": st.lists(st.sampled_from(["claim-2024", "tripod-ai"]), unique=True)})
+STUDY = opt({key: st.text(max_size=40) for key in ("objectives", "intended_use", "reference_standard", "annotators",
+                                                   "registration", "funding", "data_availability")})
 GATES = opt({
     "min_accuracy": unit_float(), "min_macro_f1": unit_float(), "max_macro_f1_drop": unit_float(),
     "max_leakage_fraction": unit_float(), "max_subgroup_gap": unit_float(),
@@ -262,7 +265,8 @@ SUBGROUPS = opt({"by": st.lists(st.sampled_from(["site", "scanner", "sex", "age_
                  "min_n": st.integers(1, 1000)})
 COMPUTE = opt({"scheduler": st.just("local")})  # an address would wait for a scheduler: test_compute_dask.py
 SECTIONS = {"experiment": EXPERIMENT, "training": TRAINING, "integrity": INTEGRITY, "gradcam": GRADCAM,
-            "evaluation": EVALUATION, "report": REPORT, "gates": GATES, "subgroups": SUBGROUPS, "compute": COMPUTE}
+            "evaluation": EVALUATION, "report": REPORT, "gates": GATES, "subgroups": SUBGROUPS, "compute": COMPUTE,
+            "study": STUDY}
 
 
 @st.composite
@@ -583,7 +587,14 @@ FULL = {
     "gradcam": {"enabled": True, "images_per_class": 2, "layer": "x", "max_pointing_images": 10},
     "evaluation": {"ece_bins": 15, "temperature_scaling": True, "bootstrap_resamples": 100, "confidence": 0.95,
                    "tta_flip": False},
-    "report": {"formats": ["html"], "title": "t", "author": "a", "trend_window": 5},
+    "report": {"formats": ["html"], "title": "t", "author": "a", "trend_window": 5,
+               "checklists": ["claim-2024", "tripod-ai"]},
+    "study": {key: "stated by the authors" for key in (
+        "objectives", "intended_use", "intended_users", "clinical_setting", "study_design", "data_source",
+        "eligibility", "population", "acquisition", "de_identification", "reference_standard",
+        "reference_standard_rationale", "annotators", "annotation_method", "annotation_disagreements", "sample_size",
+        "health_inequalities", "limitations", "ethics_approval", "registration", "protocol", "funding",
+        "conflicts_of_interest", "patient_involvement", "data_availability", "code_availability")},
     "gates": {"min_accuracy": 0.5, "min_macro_f1": 0.5, "min_recall": {"glioma": 0.8}, "max_macro_f1_drop": 0.1,
               "max_leakage_fraction": 0.5, "max_subgroup_gap": 0.2, "warn_only": ["min_recall"],
               "applies_to": "best"},

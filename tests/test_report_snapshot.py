@@ -223,7 +223,8 @@ def test_every_image_has_alt_text_and_is_embedded(rendered):
     images = [attrs for tag, attrs in rendered["parsed"].tags if tag == "img"]
     # 2 finished backbones x (curves, counts, normalised) + 1 reliability + 1 trend
     # + 2 backbones x 2 Grad-CAM items x 3 images + 1 duplicate pair x 2 images
-    assert len(images) == 2 * 3 + 1 + 1 + 2 * 2 * 3 + 2
+    # + the Model facts page's confusion matrix of the chosen model
+    assert len(images) == 2 * 3 + 1 + 1 + 2 * 2 * 3 + 2 + 1
     for attrs in images:
         assert (attrs.get("alt") or "").strip(), f"img without alt text: {attrs.get('src', '')[:60]}"
         assert attrs["src"].startswith("data:image/"), "images must be embedded, not linked"
@@ -422,7 +423,7 @@ def test_optional_sections_are_skipped_when_absent():
             b.pop(key, None)
     html = html_for(results)
     h2 = [text for level, text in parse(html).headings if level == 2]
-    assert h2 == ["Contents", "Summary of all backbones", "Training curves", "Confusion matrices",
+    assert h2 == ["Contents", "Model facts", "Summary of all backbones", "Training curves", "Confusion matrices",
                   "Per-class metrics", "Ethics and intended use", "Provenance"]
     assert "Warning:" not in html
 

@@ -22,7 +22,7 @@ import tomllib
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable
 
 import jinja2
 from markupsafe import Markup
@@ -33,7 +33,8 @@ from engine.report import figures
 from engine.report.model import Report, TrendView, build_report
 # the integrity stage's pair thumbnails: the report's figures, drawn when the run audits its data
 from engine.report.thumbnails import add_pair_thumbnails  # noqa: F401 - public name of the stage
-from engine.results import RunResults, as_run_results, read_results
+from engine.report.checklists import remove_stale_checklists, write_checklists
+from engine.results import RunResults, as_run_results, read_results, write_results
 
 log = logging.getLogger(__name__)
 
@@ -115,20 +116,26 @@ def _attach_figures(report: Report, results: RunResults, run_dir: Path) -> None:
         section.reliability = figures.reliability_diagram(backbone, run_dir)
         if section.subgroups is not None:
             section.subgroups.forest = figures.subgroup_forest(backbone, run_dir)
+    facts = report.model_facts
+    if facts is not None:
+        section = next((s for s in report.backbones if s.anchor == facts.anchor), None)
+        facts.figure = section.confusion_normalised if section is not None else None
     if isinstance(report.trend, TrendView):
         report.trend.figure = figures.trend_plot(report.trend.series, results.display_names(), run_dir)
 
 
-def prepare_report(run_dir: Path, *, now: datetime | None = None) -> Report:
+def prepare_report(run_dir: Path, *, now: datetime | None = None, settings: Any = None) -> Report:
     """Load ``run_dir/results.json`` and the manifest copy, build the typed report and draw its
-    figures under ``run_dir/figures/`` (the step before any output format)."""
+    figures under ``run_dir/figures/`` (the step before any output format). ``settings``: see
+    render_report."""
     run_dir = Path(run_dir)
     results = as_run_results(load_results(run_dir))
     manifest_text, report_options = _manifest(run_dir, results)
     title, author = report_options.get("title"), report_options.get("author")
     report = build_report(results, manifest_text=manifest_text, now=now,
                           title=title if isinstance(title, str) and title else None,
-                          author=author if isinstance(author, str) and author else None)
+                          author=author if isinstance(author, str) and author else None,
+                          settings=settings)
     _attach_figures(report, results, run_dir)
     return report
 
@@ -150,8 +157,23 @@ def render_pdf(html: str, run_dir: Path) -> bytes:
     return document.write_pdf(pdf_variant="pdf/ua-1", custom_metadata=False)
 
 
+def _store_checklists(report: Report, run_dir: Path) -> None:
+    """results.json's ``checklists`` block, rewritten when the checklists differ from it (they are
+    derived from the rest of the file and the manifest copy, so rendering again refreshes them)."""
+    data = load_results(run_dir)
+    block = [c.to_json() for c in report.checklists]
+    if data.get("checklists") == block or (not block and "checklists" not in data):
+        return
+    if block:
+        data["checklists"] = block
+    else:
+        data.pop("checklists", None)
+    RunResults.checked(data, Path(run_dir) / "results.json")
+    write_results(run_dir, data)
+
+
 def render_report(run_dir: Path, formats: Iterable[str] = FORMATS, *, now: datetime | None = None,
-                  templates_dir: Path | None = None) -> dict[str, Path]:
+                  templates_dir: Path | None = None, settings: Any = None) -> dict[str, Path]:
     """Render ``report.html`` and/or ``report.pdf`` into ``run_dir`` from its ``results.json``.
 
     Args:
@@ -159,8 +181,15 @@ def render_report(run_dir: Path, formats: Iterable[str] = FORMATS, *, now: datet
         formats: any of "html", "pdf".
         now: the "generated at" clock (tests pass a fixed one); default: the current UTC time.
         templates_dir: override of the template folder (default: the repository's ``templates/``).
+        settings: the run's manifest (engine.manifest.Manifest; ``run_settings(run_dir)`` reads the
+            run folder's copy): its ``[study]`` and ``[report] checklists`` fill the reporting
+            checklists anew. Without it the report shows the checklists results.json holds. (The
+            report never reads a manifest itself: the manifest's registries reach TensorFlow.)
 
-    Returns {format: path written}. Figures are (re)drawn under ``run_dir/figures/`` from the
+    Also writes ``checklist-<key>.md`` / ``.csv`` for each ``[report] checklists`` entry (keyed by
+    file name in the returned dict) and refreshes results.json's ``checklists`` block.
+
+    Returns {format or file name: path written}. Figures are (re)drawn under ``run_dir/figures/`` from the
     numbers in results.json; every file is written atomically (tmp file + os.replace).
     """
     run_dir = Path(run_dir)
@@ -168,9 +197,14 @@ def render_report(run_dir: Path, formats: Iterable[str] = FORMATS, *, now: datet
     unknown = [f for f in formats if f not in FORMATS]
     if unknown:
         raise InputError(f"report formats {unknown} are not supported; use {list(FORMATS)}")
-    report = prepare_report(run_dir, now=now)
+    report = prepare_report(run_dir, now=now, settings=settings)
     html = render_html(report, run_dir, templates_dir)
     written: dict[str, Path] = {}
+    if settings is not None:  # filled anew: results.json and the run folder keep what they now say
+        _store_checklists(report, run_dir)
+        remove_stale_checklists(report.checklists, run_dir)
+    for path in write_checklists(report.checklists, run_dir, run_id=report.run_id, experiment=report.experiment):
+        written[path.name] = path
     if "html" in formats:
         written["html"] = write_text(run_dir / "report.html", html)
     if "pdf" in formats:

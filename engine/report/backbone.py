@@ -14,7 +14,7 @@ from engine.results import (BackboneResult, Bootstrap, Calibration, ClassMetrics
                             as_backbone_result, gallery_method_name, number as _num)
 from engine.report.subgroups import SubgroupView, subgroup_view
 from engine.report.values import (ImageRef, Metric, anchor_id, as_metric, backbone_display, class_metric, count_of,
-                                  format_duration, input_size_text, interval_metric, macro_classes, macro_note,
+                                  file_name, format_duration, input_size_text, interval_metric, macro_classes, macro_note,
                                   weights_text)
 
 
@@ -222,7 +222,7 @@ def _facts(backbone: BackboneResult) -> list[tuple[str, str]]:
     params = backbone.parameters
     facts = [
         ("Architecture", str(backbone.architecture or "n/a")
-         + (f" (file {backbone.file})" if backbone.file else "")),
+         + (f" (file {file_name(backbone.file)})" if backbone.file else "")),
         ("Weights", weights_text(backbone) + (f" — {weights.note}" if weights.note else "")),
         ("Input size", input_size_text(backbone)),
         ("Preprocessing", str(backbone.preprocessing or "n/a")),
@@ -387,7 +387,7 @@ def _imported_notes(backbone: BackboneResult) -> list[str]:
     if backbone.source != "imported" or not isinstance(block, Imported):
         return []
     return [f"Imported {'model' if block.format is None else block.format} model "
-            f"{'' if block.file is None else block.file}, not trained by this audit; "
+            f"{'' if block.file is None else file_name(block.file)}, not trained by this audit; "
             f"class order {', '.join(map(str, block.class_order or []))}; "
             f"explained by {backbone.explanation_method or 'n/a'}.",
             "Its training data is unknown: the leakage-free column removes only test images with a copy in this "

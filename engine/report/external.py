@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-from engine.report.values import Metric, as_metric, class_metric, count_of, macro_note
+from engine.report.values import Metric, as_metric, class_metric, count_of, display_path, macro_note
 from engine.results import PointingGame, RunResults
 from engine.results import number as _num
 
@@ -47,5 +47,5 @@ def external_views(results: RunResults, class_names: Sequence[str]) -> list[Exte
                                     as_metric(b.accuracy), as_metric(b.balanced_accuracy),
                                     as_metric(b.macro_f1), _pointing(b.pointing_game), recall or "n/a",
                                     macro_note(b, class_names, "this data")))
-        views.append(ExternalView(str(entry.data or "external data"), rows))
+        views.append(ExternalView(display_path(entry.data) if entry.data else "external data", rows))
     return views

@@ -19,9 +19,12 @@ from datetime import datetime, timezone
 from typing import Any
 
 from engine.report.backbone import BackboneSection, backbone_section
+from engine.report.checklists import Checklist, build_checklists
+from engine.report.study import StudyConfig
 from engine.report.comparisons import ComparisonRow, comparison_rows
 from engine.report.ethics import EthicsView, ethics_view
 from engine.report.external import ExternalView, external_views
+from engine.report.facts import ModelFacts, model_facts
 from engine.report.integrity import IntegrityView, integrity_view
 from engine.report.nightly import GatesView, TrendView, gates_view, trend_view
 from engine.report.provenance import Provenance, provenance_view
@@ -58,6 +61,12 @@ class Report:
     #: first-page sentences where a backbone's explanations localise near chance (unfaithful maps,
     #: or a model that relies on regions outside the tumour)
     explanation_notes: list[str] = field(default_factory=list)
+    #: page 2: the validation-chosen model on one page (engine.report.facts); None when none was chosen
+    model_facts: ModelFacts | None = None
+    #: the reporting checklists of ``[report] checklists`` (engine.report.checklists)
+    checklists: list[Checklist] = field(default_factory=list)
+    #: the report's sections in order: element id -> heading (the contents list and the checklist links)
+    sections: dict[str, str] = field(default_factory=dict)
 
 
 def _warnings(results: RunResults, summary: list[SummaryRow], failed: list[SummaryRow],
@@ -87,10 +96,37 @@ def _utc(now: datetime | None) -> datetime:
     return now.astimezone(timezone.utc)
 
 
+def _sections(results: RunResults, facts: ModelFacts | None, integrity: IntegrityView | None,
+              backbones: list[BackboneSection], comparisons: list, external: list, gates, trend,
+              checklists: bool) -> dict[str, str]:
+    """Element id -> heading of every part this report has, in reading order."""
+    parts = [("model-facts", "Model facts", facts is not None),
+             ("summary", "Summary of all backbones", True),
+             ("integrity", "Data integrity and leakage", integrity is not None),
+             ("curves", "Training curves", True),
+             ("confusion", "Confusion matrices", True),
+             ("per-class", "Per-class metrics", True),
+             ("subgroups", "Performance by subgroup", any(b.subgroups for b in backbones)),
+             ("calibration", "Calibration", any(b.calibration for b in backbones)),
+             ("gradcam", "Grad-CAM explanations", any(b.gradcam for b in backbones)),
+             ("comparisons", "Comparing backbones", bool(comparisons)),
+             ("external", "External validation", bool(external)),
+             ("gates", "Regression gates and trend", bool(gates or trend)),
+             ("ethics", "Ethics and intended use", True),
+             ("checklists", "Reporting checklist", checklists),
+             ("provenance", "Provenance", True)]
+    return {anchor: heading for anchor, heading, present in parts if present}
+
+
 def build_report(results: RunResults | dict, *, manifest_text: str | None = None, now: datetime | None = None,
-                 title: str | None = None, author: str | None = None) -> Report:
+                 title: str | None = None, author: str | None = None, settings: Any = None) -> Report:
     """The typed report for one run's results (the typed tree, or results.json's dict). Figures
-    are attached by the caller."""
+    are attached by the caller.
+
+    ``settings``: the run's manifest (engine.manifest.Manifest; ``run_settings(run_dir)`` reads the
+    run folder's copy) for ``[study]`` and ``[report] checklists``: the checklists are filled anew.
+    Without it the report shows the checklists results.json holds, as they were filled.
+    """
     if isinstance(results, dict) and not isinstance(results.get("backbones"), list):
         raise ValueError("results has no 'backbones' list")
     results = as_run_results(results)
@@ -107,6 +143,24 @@ def build_report(results: RunResults | dict, *, manifest_text: str | None = None
     gates = gates_view(results)
     name = experiment.name or "unnamed experiment"
     finished = results.finished()
+    study = settings.study if settings is not None else StudyConfig()
+    sections = [backbone_section(b, class_names) for b in finished]
+    comparisons = comparison_rows(results)
+    external = external_views(results, class_names)
+    ethics = ethics_view(backbones, class_names)
+    trend = trend_view(results)
+    notes = [s for s in (near_chance_sentence(b) for b in finished) if s]
+    facts = model_facts(results, sections, ethics.rows, integrity, external, explanation_notes=notes,
+                        intended_use=study.intended_use, intended_users=study.intended_users,
+                        clinical_setting=study.clinical_setting)
+    wanted = settings.report.checklists if settings is not None else [c.key for c in results.checklists or []]
+    anchors = _sections(results, facts, integrity, sections, comparisons, external, gates, trend, bool(wanted))
+    checklists = (build_checklists(results, settings, anchors) if settings is not None
+                  else [Checklist.from_result(c, anchors) for c in results.checklists or []])
+    if facts is not None and checklists:
+        facts.other.append(("Reporting", "; ".join(
+            f"{c.title}: {c.answered_from_run} of {len(c.items)} items answered or drafted from the run"
+            for c in checklists) + " (“Reporting checklist”)"))
     return Report(
         title=title or f"Audit report: {name}",
         author=author or "auditrun",
@@ -122,13 +176,16 @@ def build_report(results: RunResults | dict, *, manifest_text: str | None = None
         warnings=_warnings(results, rows, failed, integrity, gates),
         summary=rows,
         failed=failed,
-        backbones=[backbone_section(b, class_names) for b in finished],
+        backbones=sections,
         integrity=integrity,
-        comparisons=comparison_rows(results),
+        comparisons=comparisons,
         gates=gates,
-        trend=trend_view(results),
-        external=external_views(results, class_names),
-        ethics=ethics_view(backbones, class_names),
+        trend=trend,
+        external=external,
+        ethics=ethics,
         provenance=provenance_view(results, manifest_text, class_names),
-        explanation_notes=[s for s in (near_chance_sentence(b) for b in finished) if s],
+        explanation_notes=notes,
+        model_facts=facts,
+        checklists=checklists,
+        sections=anchors,
     )

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from engine.report.values import as_metric, count_of, format_duration, listed_items, unreadable_text
+from engine.report.values import as_metric, count_of, display_path, format_duration, listed_items, unreadable_text
 from engine.results import DataInfo, Environment, RunResults, TrainingSetup
 
 
@@ -84,7 +84,8 @@ def _training_rows(training: TrainingSetup | None) -> list[tuple[str, str]]:
 
 def _data_rows(data: DataInfo) -> list[tuple[str, str]]:
     rows = [
-        ("Data root", str(data.root if data.root is not None else "n/a")),
+        # by name: the machine's absolute path says nothing to a reader (docs/report.md)
+        ("Data", display_path(data.root) if data.root is not None else "n/a"),
         ("Layout", str(data.layout if data.layout is not None else "n/a")),
         ("Validation fraction", as_metric(data.validation_fraction, 2).text),
     ]

@@ -155,6 +155,25 @@ def backbone_display(backbone: BackboneResult | dict) -> str:
     return as_backbone_result(backbone).label or "unnamed backbone"
 
 
+def display_path(path: Any) -> str:
+    """How the report names a folder or file given by an absolute path: by its name. A machine's own
+    paths (``/home/alice/...``) tell a reader nothing and may say who ran the audit; a relative path
+    (already relative to the data root or the run folder) is kept."""
+    if path is None:
+        return "n/a"
+    text = str(path).rstrip("/\\")
+    if text.startswith(("/", "\\")) or (len(text) > 2 and text[1] == ":" and text[2] in "/\\"):
+        name = text.replace("\\", "/").rsplit("/", 1)[-1]
+        return name or text
+    return text
+
+
+def file_name(path: Any) -> str:
+    """A model or weights file by its name alone: where it lay on the machine that ran the audit
+    is provenance, not something a reader can open."""
+    return str(path).replace("\\", "/").rstrip("/").rsplit("/", 1)[-1] if path else "n/a"
+
+
 def anchor_id(name: str) -> str:
     return "bb-" + "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in name)
 
@@ -170,7 +189,7 @@ def weights_text(backbone: BackboneResult | dict) -> str:
         if requested == "imagenet":
             text += " (ImageNet requested but unavailable)"
     elif used == "file":
-        text = "from file " + (backbone.file or "").rsplit("/", 1)[-1]
+        text = "from file " + file_name(backbone.file or "")
     else:
         text = used or "not recorded"
     return text

@@ -72,6 +72,29 @@ class BestBackbone(Record):
 
 
 @record
+class ChecklistEntry(Record):
+    """One item of a reporting checklist (engine.report.checklists): the guideline's number, its
+    status (from-run | drafted | author-input | not-applicable), the answer, the report section."""
+
+    item: str = ""
+    part: str | None = None
+    topic: str | None = None
+    status: str = ""
+    answer: str = ""
+    section: str | None = None
+    source: str | None = None
+
+
+@record
+class ChecklistBlock(Record):
+    key: str = ""
+    title: str | None = None
+    citation: str | None = None
+    counts: dict[str, int] = items(dict)
+    items: list[ChecklistEntry] = items()
+
+
+@record
 class RunResults(Record):
     """results.json, typed. ``from_json`` reads a checked document; ``to_json`` is its one serializer."""
 
@@ -89,6 +112,8 @@ class RunResults(Record):
     gates: Gates | None = optional()
     trend: Trend | None = optional()
     external: list[External] | None = optional()
+    #: the reporting checklists the report filled from this run ([report] checklists)
+    checklists: list[ChecklistBlock] | None = optional()
 
     @classmethod
     def read(cls, run_dir: Path) -> "RunResults":

@@ -10,6 +10,7 @@ from engine import nightly
 from engine.errors import InputError, RunInterrupted, StorageError, os_error_message
 from engine.failures import save_traceback
 from engine.progress import Timer
+from engine.results import RunResults
 from engine.workflows.context import TRACEBACK_FILE, RunContext, resume_command
 
 
@@ -44,7 +45,10 @@ def render_stage(ctx: RunContext) -> None:
     from engine.report import render_report
 
     with Timer(ctx.echo, "report", ctx.results.timings, "report_s"):
-        written = render_report(ctx.run_dir, formats, now=ctx.now())  # the run's clock dates the report
+        # the run's clock dates the report; its manifest fills the reporting checklists
+        written = render_report(ctx.run_dir, formats, now=ctx.now(), settings=ctx.manifest)
+    # the renderer filled results.json's checklists block: keep it in the tree a later save writes
+    ctx.results.put("checklists", RunResults.read(ctx.run_dir).to_json().get("checklists"))
     for fmt, path in written.items():
         ctx.echo(f"report: {path}")
 
