@@ -368,3 +368,41 @@ def test_checklists_match_snapshot(smoke_run):
     render_report(smoke_run, formats=("html",), now=NOW, settings=settings)
     for key in ("claim-2024", "tripod-ai"):
         check_snapshot(f"checklist-{key}.md", (smoke_run / f"checklist-{key}.md").read_text(encoding="utf-8"))
+
+
+# ------------------------------------------------------------------------------------------------
+# Runs that lack a block: a run that failed in data discovery has no `data`, one with every backbone
+# failed has no chosen model. Each must still get every item, never an internal error.
+
+_OPTIONAL = ("data", "integrity", "best_backbone", "no_backbones", "comparisons", "uncertainty", "calibration",
+             "leakage_free", "gradcam", "explanations", "failed_backbones", "everything")
+
+
+@pytest.mark.parametrize("missing", _OPTIONAL)
+def test_every_item_is_answered_when_a_block_is_missing(missing):
+    results = load_results(SMOKE)
+    per_backbone = {"uncertainty", "calibration", "leakage_free", "gradcam", "explanations"}
+    if missing in per_backbone:
+        for b in results["backbones"]:
+            b.pop(missing, None)
+    elif missing == "failed_backbones":
+        for b in results["backbones"]:
+            b.update(status="failed", error="boom", test=None)
+        results["best_backbone"] = None
+    elif missing in ("no_backbones", "everything"):
+        results["backbones"], results["best_backbone"] = [], None
+        if missing == "everything":
+            for key in ("data", "integrity", "comparisons", "comparisons_leakage_free"):
+                results.pop(key, None)
+    elif missing == "best_backbone":
+        results["best_backbone"] = None
+    else:
+        results.pop(missing, None)
+    settings = manifest.Manifest()
+    settings.report.checklists = ["claim-2024", "tripod-ai"]
+    report = build_report(results, now=NOW, settings=settings)
+    assert [len(c.items) for c in report.checklists] == [44, 27]
+    for checklist in report.checklists:
+        for item in checklist.items:
+            assert item.answer.strip() and item.status in STATUSES
+            assert item.section is None or item.section in report.sections

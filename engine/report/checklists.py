@@ -322,7 +322,7 @@ def _goal(run: _Run) -> Answer:
 def _sources(run: _Run) -> Answer:
     data = run.results.data
     measured = (f"Images read from {run.data_name} (layout “{data.layout if data else 'n/a'}”, dataset "
-                f"fingerprint {(data.fingerprint or 'not recorded')[:16]}…): {run.split_text()}.")
+                f"fingerprint {((data.fingerprint if data else None) or 'not recorded')[:16]}…): {run.split_text()}.")
     return _study(run, "data_source", measured=measured, section=run.at("provenance"),
                   fallback=Answer(DRAFTED, _join(measured, "Where and when the images were acquired: [study] "
                                                            "data_source."), run.at("provenance"), "results.json data"))
