@@ -731,11 +731,14 @@ def _protocol(run: _Run) -> Answer:
                   fallback=Answer(FROM_RUN, measured, run.at("provenance"), "results.json experiment"))
 
 
-def _availability(run: _Run) -> Answer:
+def _software_line(run: _Run) -> str:
     env = run.results.environment
-    measured = (f"Software: auditrun {env.auditrun or 'n/a'}" + (f", commit {env.git_commit[:12]}" if env.git_commit else "")
-                + "; trained models saved in the run folder's models/.")
-    return _studies(run, (("code_availability", "Code"), ("data_availability", "Data")), measured=measured,
+    return (f"Software: auditrun {env.auditrun or 'n/a'}" + (f", commit {env.git_commit[:12]}" if env.git_commit else "")
+            + "; trained models saved in the run folder's models/.")
+
+
+def _availability(run: _Run) -> Answer:
+    return _studies(run, (("code_availability", "Code"), ("data_availability", "Data")), measured=_software_line(run),
                     section=run.at("provenance"), drafted_if_some=True)
 
 
@@ -852,7 +855,7 @@ def _open_science(run: _Run) -> Answer:
     return _studies(run, (("funding", "Funding"), ("conflicts_of_interest", "Conflicts of interest"),
                           ("protocol", "Protocol"), ("registration", "Registration"),
                           ("data_availability", "Data"), ("code_availability", "Code")),
-                    measured=_availability(run).text.split(" Code:")[0].split(" Author input")[0],
+                    measured=_software_line(run),
                     section=run.at("provenance"), drafted_if_some=False)
 
 
