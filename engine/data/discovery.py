@@ -71,13 +71,16 @@ def _image_files(folder: Path) -> list[Path]:
     auditrun's own output (an experiment or run folder, ``paths.is_output_folder``) are never
     entered: a report's figures copied there must not become training images. Links to folders
     below the top are not followed."""
+    from engine.data.annotations import is_annotation_file
     from engine.paths import is_output_folder
 
     found = []
     for here, dirs, files in os.walk(folder):
         base = Path(here)
         dirs[:] = [d for d in dirs if not d.startswith(".") and not is_output_folder(base / d)]
-        found += [p for p in (base / f for f in files) if p.is_file() and is_image_file(p)]
+        # tumour outlines lie beside the images (engine.data.annotations): they are never images
+        found += [p for p in (base / f for f in files)
+                  if p.is_file() and is_image_file(p) and not is_annotation_file(p)]
     return sorted(found)
 
 

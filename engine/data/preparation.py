@@ -39,6 +39,8 @@ class PreparedData:
     redact: Callable[[str], str] = _unchanged
     #: The echo every later line goes through: redacting when the data holds patient ids.
     echo: Echo | None = None
+    #: Tumour outlines per split ("test", "val"): one engine.data.annotations.Outline or None per record.
+    outlines: dict[str, list] = field(default_factory=dict)
 
     @property
     def warnings(self) -> list[str]:
@@ -123,13 +125,38 @@ def prepare(m: Manifest, output_root: Path, run_dir: Path, echo: Echo, timings: 
     }
     block["warnings"] = data_mod.class_coverage_warnings(dataset.class_names, dataset.counts(),
                                                          (integrity or {}).get("leakage_free_test_counts"))
+    outlines, block["annotations"] = _annotations(dataset, root)
+    block["warnings"] += [f"annotation {p['path']}" + (f": line {p['line']}" if p["line"] else "") + f": {p['reason']}; "
+                          "that image's localisation is not scored" for p in block["annotations"]["problems"]]
     for w in block["warnings"]:
         echo(f"warning: {w}")
     cache = data_mod.ImageCache(output_root / ".cache" if m.data.cache else None, progress=echo, windowing=windowing,
                                 memory_bytes=m.data.image_memory_bytes, spill_dir=output_root / ".cache")
     counts = dataset.counts()
     echo("data: " + ", ".join(f"{s} {sum(c.values())}" for s, c in counts.items()) + f" images ({layout} layout)")
-    return PreparedData(dataset, cache, block, integrity, leaked, redact, echo)
+    return PreparedData(dataset, cache, block, integrity, leaked, redact, echo, outlines)
+
+
+def _annotations(dataset: data_mod.Dataset, root: Path) -> tuple[dict[str, list], dict]:
+    """The tumour outlines of the test and validation images (engine.data.annotations) and the data
+    block's ``annotations``: per split the images annotated and by which kind, and every annotation
+    that could not be read (file, line, reason)."""
+    from engine.data.annotations import read_annotations
+
+    def shown(r):
+        return data_mod.display_path(r, root)
+
+    found = {split: read_annotations(getattr(dataset, split), root, shown) for split in ("test", "val")}
+    block = {name: {"annotated": sum(o is not None for o in a.outlines), "kinds": a.kinds}
+             for name, a in (("test", found["test"]), ("validation", found["val"]))}
+    seen, problems = set(), []
+    for a in found.values():  # boxes.csv's own problems are listed once, not once per split
+        for p in a.problems:
+            if (p["path"], p["line"], p["reason"]) not in seen:
+                seen.add((p["path"], p["line"], p["reason"]))
+                problems.append(p)
+    block["problems"] = problems
+    return {split: a.outlines for split, a in found.items()}, block
 
 
 def _audit(m: Manifest, records: list, output_root: Path, windowing, root: Path, echo: Echo, timings: dict):

@@ -64,6 +64,12 @@ def frames(path: Path, slices: SliceSelection) -> list[int]:
         return chosen
 
 
+def volume_shape(path: Path) -> tuple[int, int, int]:
+    """The volume's stored (x, y, z) shape (header only): a label volume must match its image's."""
+    with reading(path, "NIfTI"):
+        return _shape3(_load(path)[1])
+
+
 def canonical_slice(path: Path, index: int) -> np.ndarray:
     """Canonical (RAS+) axial slice ``index`` as a float (x, y) array, header scaling applied."""
     with reading(path, "NIfTI"):
