@@ -327,16 +327,23 @@ def locate_cmd(manifest: Path, references, output_dir):
 @click.option("--data", "data", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Labelled folder: one sub-folder per class (run's class aliases apply), any image size.")
 @click.option("--backbone", help="Evaluate only this backbone of the run (default: every finished one).")
+@click.option("--localisation-images", "localisation_images", type=click.IntRange(min=1), metavar="N",
+              help="Score localisation on at most N annotated images per model and method, a seeded sample "
+                   "(default: the run's [gradcam] localisation_images, 500).")
 @_scheduler_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress on stderr.")
-def evaluate_cmd(run_dir: Path, data: Path, backbone, scheduler, quiet):
+def evaluate_cmd(run_dir: Path, data: Path, backbone, localisation_images, scheduler, quiet):
     """External validation: run RUN_DIR's saved models on another labelled folder.
 
     Prints {"backbones": [{name, accuracy, balanced_accuracy, macro_f1, per_class,
-    confusion_matrix, n_images[, pointing_game]}], "skipped": [{path, reason}]} as JSON on stdout
-    and stores it under RUN_DIR/external/, so `auditrun render RUN_DIR` adds an "External
-    validation" section. Unreadable images and images below the run's integrity.min_image_size
-    are skipped, listed and warned about on stderr; the rest are evaluated.
+    confusion_matrix, n_images[, localisation, explanations]}], "annotations": {annotated, kinds,
+    problems}, "skipped": [{path, reason}]} as JSON on stdout and stores it under
+    RUN_DIR/external/, so `auditrun render RUN_DIR` adds an "External validation" section.
+    Tumour outlines beside the images (YOLO boxes or polygons in <image>.txt, <image>_mask.png or
+    masks/<image>.png, NIfTI label volumes, boxes.csv) give each model one localisation block per
+    explanation method: pointing games, energy, coverage and IoU with their intervals and chance
+    values. Unreadable images and images below the run's integrity.min_image_size are skipped,
+    and unreadable annotations listed, each warned about on stderr; the rest are evaluated.
     """
     from engine.atomic import dumps_json
     from engine.workflows.evaluate import evaluate_external
@@ -349,9 +356,9 @@ def evaluate_cmd(run_dir: Path, data: Path, backbone, scheduler, quiet):
     with scratch_folder(run_dir):  # Keras unpacks each saved model in the temp folder
         report = evaluate_external(run_dir, data, backbone, echo=_Echo(quiet),
                                    warn=lambda msg: click.echo(f"auditrun: warning: {msg}", err=True),
-                                   scheduler=scheduler)
+                                   scheduler=scheduler, localisation_images=localisation_images)
     click.echo(dumps_json({"backbones": report["backbones"], "data": report["data"], "counts": report["counts"],
-                           "skipped": report["skipped"]}), nl=False)
+                           "annotations": report["annotations"], "skipped": report["skipped"]}), nl=False)
 
 
 @main.command("history")

@@ -224,6 +224,8 @@ class IntegritySection:
 #: Cap on boxed tumour images scored for the pointing game (a seeded sample beyond it): the one
 #: default of the run's explain stage and of ``auditrun evaluate``.
 POINTING_MAX_IMAGES = 200
+#: Cap on annotated tumour images scored for localisation (engine.explain.localise), per model and method.
+LOCALISATION_IMAGES = 500
 
 
 @dataclass
@@ -231,8 +233,15 @@ class GradcamConfig:
     enabled: bool = True
     images_per_class: int = 2
     layer: str | None = None
-    #: Cap on test tumour images scored for the pointing game (seeded sample beyond it).
+    #: Cap on annotated validation images scored for the validation pointing game (seeded sample beyond it).
     max_pointing_images: int = POINTING_MAX_IMAGES
+    #: Cap on annotated tumour images scored for localisation per model and method, on the test
+    #: split and in ``auditrun evaluate`` (a seeded sample beyond it, stated in the output).
+    localisation_images: int = LOCALISATION_IMAGES
+    #: Localisation's coverage: share of the outline among the map's top this-many percent pixels.
+    coverage_top_percent: float = 20.0
+    #: Localisation's IoU: the map thresholded at this fraction of its maximum (the overlays' dashed contour).
+    iou_threshold: float = 0.5
     #: Explanation method(s) whose maps get the three checks of docs/explanations.md: a name
     #: registered in engine.explain.methods.METHODS or a list of them (the first is the primary one the gates read).
     method: str | list[str] = "gradcam"
@@ -510,6 +519,9 @@ def _check_gradcam(g: GradcamConfig) -> None:
     _need(len(set(methods)) == len(methods), "gradcam.method", "must not repeat a method")
     _need(g.tolerance_px >= 0, "gradcam.tolerance_px", "must be >= 0")
     _need(g.check_images >= 0, "gradcam.check_images", "must be >= 0")
+    _need(g.localisation_images >= 1, "gradcam.localisation_images", "must be >= 1")
+    _need(0 < g.coverage_top_percent <= 100, "gradcam.coverage_top_percent", "must be in (0, 100]")
+    _need(0 < g.iou_threshold < 1, "gradcam.iou_threshold", "must be in (0, 1)")
     _need(g.cascade_steps >= 1, "gradcam.cascade_steps", "must be at least 1")
     _need(g.faithfulness_steps >= 2, "gradcam.faithfulness_steps", "must be at least 2")
 

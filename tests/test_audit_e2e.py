@@ -180,12 +180,12 @@ def test_report_is_accessible_and_complete(smoke_run):
     assert len(parser.alts) >= 4 and all(a.strip() for a in parser.alts)
     results = json.loads((run / "results.json").read_text())
     ok = next(b for b in results["backbones"] if b["status"] == "ok")
-    assert ok["gradcam"]["items"] and ok["gradcam"]["pointing_game"]["total"] > 0
+    assert ok["gradcam"]["items"] and ok["localisation"][0]["total"] > 0 and "pointing_game" not in ok["gradcam"]
     # the validation split is scored too (every tumour image of the phantoms has a box)
     val_game = ok["gradcam"]["pointing_game_validation"]
     val_counts = results["data"]["counts"]["val"]
     assert val_game["total"] == sum(n for c, n in val_counts.items() if c != "no_tumor")
-    assert f"validation split&#39;s boxed images: {val_game['hits']} of {val_game['total']}" in html
+    assert f"inside the outline on {val_game['hits']} of {val_game['total']}" in html
     for item in ok["gradcam"]["items"]:
         assert all((run / f).is_file() for f in item["files"].values())
     assert "Grad-CAM" in html and ok["display_name"] in html
@@ -251,7 +251,9 @@ def test_evaluate_external_folder_with_boxes(smoke_run, tmp_path):
     assert b["n_images"] == 16 and len(b["confusion_matrix"]) == 4
     assert sum(map(sum, b["confusion_matrix"])) == 16
     assert {"accuracy", "balanced_accuracy", "macro_f1", "per_class"} <= set(b)
-    assert b["pointing_game"]["total"] == 12  # every tumour image has a box; no_tumor has none
+    # every tumour image has a box; no_tumor has none: one localisation per method, no second pointing game
+    assert [loc["total"] for loc in b["localisation"]] == [12] and "pointing_game" not in b
+    assert out["annotations"]["annotated"] == 12 and out["annotations"]["problems"] == []
     stored = json.loads((run / "results.json").read_text())["external"]
     assert stored[-1]["backbones"][0]["accuracy"] == b["accuracy"]
     assert CliRunner().invoke(main, ["render", str(run), "--format", "html"]).exit_code == 0

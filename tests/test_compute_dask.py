@@ -122,7 +122,7 @@ def test_evaluate_on_two_workers_equals_local(assets, runs, cluster):
     assert local.exit_code == 0 and remote.exit_code == 0, remote.output
     a, b = json.loads(local.stdout), json.loads(remote.stdout)
     assert a["backbones"] == b["backbones"]
-    assert a["backbones"][0]["n_images"] > 0 and a["backbones"][0]["pointing_game"]["total"] > 0
+    assert a["backbones"][0]["n_images"] > 0 and a["backbones"][0]["localisation"][0]["total"] > 0
 
 
 def test_an_unreachable_or_malformed_scheduler_is_an_input_error(assets):

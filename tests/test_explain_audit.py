@@ -24,7 +24,7 @@ from engine.cli import main  # noqa: E402
 from engine.explain.reliability import check_sample, explain_reliability  # noqa: E402
 from engine.nightly.gates import GatesConfig, evaluate_gates  # noqa: E402
 
-CHECK_KEYS = {"method", "pointing_game", "randomisation", "faithfulness"}
+CHECK_KEYS = {"method", "randomisation", "faithfulness"}
 
 
 def _schema_validator(definition: str):
@@ -36,20 +36,6 @@ def _schema_validator(definition: str):
     return Draft202012Validator({"$ref": f"#/$defs/{definition}", "$defs": schema["$defs"]})
 
 
-def _box_files(tmp: Path, boxes) -> list[str | None]:
-    """PNG-less stand-ins: box files beside fake image paths (original size unreadable -> map pixels)."""
-    paths = []
-    for i, b in enumerate(boxes):
-        image = tmp / f"img{i}.png"
-        if b is None or len(b) == 0:
-            paths.append(None)
-            continue
-        rows = [b] if np.ndim(b) == 1 else b
-        image.with_suffix(".txt").write_text("".join(f"0 {' '.join(map(str, r))}\n" for r in rows))
-        paths.append(str(image))
-    return paths
-
-
 # ------------------------------------------------------------------------------ the explain stage's block
 
 @pytest.fixture(scope="module")
@@ -57,7 +43,7 @@ def _box_files(tmp: Path, boxes) -> list[str | None]:
 def checked(trained, blobs, tmp_path_factory):
     images, y, boxes = blobs
     tmp = tmp_path_factory.mktemp("reliability")
-    blocks = explain_reliability(trained, images, y, _box_files(tmp, boxes), ["gradcam", edge_explainer], seed=5,
+    blocks = explain_reliability(trained, images, y, boxes, ["gradcam", edge_explainer], seed=5,
                                  out_dir=tmp / "gradcam" / "toy", run_dir=tmp, n_images=12, cascade_steps=4,
                                  faithfulness_steps=4, cascade_draws=3)
     return tmp, blocks
@@ -71,13 +57,13 @@ def test_every_method_gets_the_three_checks_and_a_cascade_figure(checked):
         validate.validate(block)
         json.dumps(block, allow_nan=False)
         assert CHECK_KEYS <= set(block) and block["n_images"] == 12
-        assert block["pointing_game"]["total"] == 12 and block["pointing_game"]["tolerance_px"] == 15.0
+        assert "pointing_game" not in block  # scored once per method, by engine.explain.localise
         fig = block["figure"]
         assert (run_dir / fig["path"]).stat().st_size > 1000 and fig["path"].startswith("gradcam/toy/")
         # the caption carries the verdict's numbers
         assert f"{block['randomisation']['spearman_median']:.2f}" in fig["caption"] and fig["alt"]
     real, blind = blocks
-    assert real["randomisation"]["passed"] is True and real["pointing_game"]["rate"] >= 0.75
+    assert real["randomisation"]["passed"] is True
     assert blind["randomisation"]["passed"] is False and blind["randomisation"]["spearman_median"] > 0.9
 
 
@@ -87,7 +73,7 @@ def test_without_boxes_randomisation_and_faithfulness_still_run(trained, blobs, 
                                  run_dir=tmp_path, n_images=4, cascade_steps=2, faithfulness_steps=3)
     (block,) = blocks
     _schema_validator("explanation").validate(block)
-    assert block["pointing_game"] is None and block["n_images"] == 4
+    assert "pointing_game" not in block and block["n_images"] == 4
     assert "passed" in block["randomisation"] and block["faithfulness"]["deletion_auc"] is not None
 
 
@@ -116,10 +102,12 @@ def test_check_sample_takes_boxed_images_first_then_tops_up_seeded():
 
 # ------------------------------------------------------------------------------ gates
 
-def _results(explanations: list[dict] | None) -> dict:
+def _results(explanations: list[dict] | None, localisation: list[dict] | None = None) -> dict:
     entry = {"name": "toy", "status": "ok", "test": {"accuracy": 1.0, "macro_f1": 1.0}}
     if explanations is not None:
         entry["explanations"] = explanations
+    if localisation is not None:
+        entry["localisation"] = localisation
     return {"backbones": [entry], "best_backbone": {"name": "toy"}}
 
 
@@ -128,13 +116,19 @@ def test_explanation_sanity_fails_a_model_blind_explainer_and_passes_a_real_one(
     config = GatesConfig(explanation_sanity=True, min_pointing_game=0.5, all_backbones_finished=False)
     sanity, = [g for g in evaluate_gates(_results([real, blind]), config, None) if g.name == "explanation_sanity"]
     assert sanity.status == "FAIL" and sanity.value == 0.5 and "edge_explainer" in sanity.message
-    gates = {g.name: g for g in evaluate_gates(_results([real]), config, None)}
+    located = [{"method": "gradcam", "rate": 0.9, "hits": 9, "total": 10, "chance_rate": 0.1},
+               {"method": "edge_explainer", "rate": 0.1, "hits": 1, "total": 10}]
+    gates = {g.name: g for g in evaluate_gates(_results([real], located), config, None)}
     assert gates["explanation_sanity"].status == "PASS"
-    assert gates["min_pointing_game"].status == "PASS" and gates["min_pointing_game"].value == real[
-        "pointing_game"]["rate"]
-    low = dict(real, pointing_game=dict(real["pointing_game"], rate=0.2, hits=1, total=5))
-    gate, = evaluate_gates(_results([low]), GatesConfig(min_pointing_game=0.5, all_backbones_finished=False), None)
+    # the gate reads the primary method's localisation block: the model's one pointing game
+    assert gates["min_pointing_game"].status == "PASS" and gates["min_pointing_game"].value == 0.9
+    low = [dict(located[0], rate=0.2, hits=1, total=5)]
+    gate, = evaluate_gates(_results([real], low), GatesConfig(min_pointing_game=0.5, all_backbones_finished=False),
+                           None)
     assert gate.status == "FAIL" and gate.value == 0.2 and "1 of 5" in gate.message
+    old = dict(real, pointing_game={"rate": 0.2, "hits": 1, "total": 5})  # a run before issue 30
+    gate, = evaluate_gates(_results([old]), GatesConfig(min_pointing_game=0.5, all_backbones_finished=False), None)
+    assert gate.status == "FAIL" and gate.value == 0.2
 
 
 def test_pointing_game_gate_warns_without_boxes_and_fails_without_checks():
@@ -220,8 +214,15 @@ def test_audit_results_validate_and_the_report_shows_every_check(audit):
     results = read_results(run_dir)  # schema-checked
     html = (run_dir / "report.html").read_text()
     assert "Explanation reliability" in html
+    located = results["backbones"][0]["localisation"]
+    assert [b["method"] for b in located] == ["gradcam", "gradcam++"]
+    for block in located:  # every boxed tumour test image, once per method
+        assert block["total"] == block["n_annotated"] == sum(results["data"]["counts"]["test"][c]
+                                                             for c in ("glioma", "meningioma", "pituitary"))
+        assert (run_dir / block["figure"]["path"]).is_file() and block["figure"]["alt"]
+    assert html.count("Localisation on the tumour outlines") == 1 and html.count('class="data localisation"') == 2
     for block in results["backbones"][0]["explanations"]:
-        assert CHECK_KEYS <= set(block) and block["pointing_game"]["total"] >= 1
+        assert CHECK_KEYS <= set(block) and "pointing_game" not in block
         assert (run_dir / block["figure"]["path"]).is_file()
         assert block["figure"]["caption"].replace("’", "'") in html.replace("&#39;", "'").replace("’", "'")
     for label in ("Grad-CAM", "Grad-CAM++"):
@@ -238,8 +239,11 @@ def test_evaluate_adds_the_explanation_blocks(audit):
     blocks = report["backbones"][0]["explanations"]
     assert [b["method"] for b in blocks] == ["gradcam", "gradcam++"]
     for block in blocks:
-        assert CHECK_KEYS <= set(block) and block["pointing_game"]["total"] >= 1
+        assert CHECK_KEYS <= set(block) and "pointing_game" not in block
         assert (run_dir / block["figure"]["path"]).is_file() and block["figure"]["path"].startswith("external/")
+    located = report["backbones"][0]["localisation"]  # exactly one pointing game per model and method
+    assert "pointing_game" not in report["backbones"][0] and [b["method"] for b in located] == ["gradcam", "gradcam++"]
+    assert all(b["total"] >= 1 and b["rate"] is not None and b["iou"] is not None for b in located)
     from engine.results import read_results
 
     assert read_results(run_dir)["external"][0]["backbones"][0]["explanations"] == blocks

@@ -295,12 +295,11 @@ def test_explain_backbone_block(trained, test_set, tmp_path):
     probs = trained.predict(images.astype("float32"), verbose=0)
     run_dir = tmp_path / "run"
     block = gallery.explain_backbone(trained, images, y, probs, paths, CLASSES, run_dir / "gradcam" / "tiny",
-                                     n_per_class=1, seed=3, data_root=tmp_path / "data", run_dir=run_dir)
+                                     n_per_class=1, seed=3, data_root=tmp_path / "data", run_dir=run_dir,
+                                     outlines=boxes)
     json.dumps(block, allow_nan=False)
     assert block["layer"] == "bb_relu" and block["images_per_class"] == 1
-    game = block["pointing_game"]
-    assert game["total"] == sum(b is not None for b in boxes) and game["rate"] >= 0.8
-    assert game["per_class"] == {"blob": {k: game[k] for k in ("hits", "total", "rate")}}
+    assert "pointing_game" not in block  # localisation is scored once per method, by engine.explain.localise
     items = block["items"]
     assert [it["true_class"] for it in items if it["correct"]] == CLASSES
     for it in items:
@@ -313,26 +312,28 @@ def test_explain_backbone_block(trained, test_set, tmp_path):
     again = gallery.explain_backbone(trained, images, y, probs, paths, CLASSES, tmp_path / "again",
                                      n_per_class=1, seed=3, data_root=tmp_path / "data")
     assert [it["image"] for it in again["items"]] == [it["image"] for it in items]
-    capped = gallery.explain_backbone(trained, images, y, probs, paths, CLASSES, tmp_path / "capped",
-                                      n_per_class=0, seed=3, pointing_max_images=5)
-    assert capped["items"] == [] and capped["pointing_game"]["total"] == 5
+    assert all(it["peak_in_box"] is None for it in again["items"])  # no outlines given: none drawn or scored
 
 
-def test_pointing_game_on_matches_the_gallery_block_and_names_no_box(trained, test_set, tmp_path):
+def test_pointing_game_on_is_the_localisation_blocks_strict_game(trained, test_set, tmp_path):
+    from engine.explain.localise import localise
+
     images, y, boxes = test_set
-    paths = _write_box_files(tmp_path, boxes)
-    probs = trained.predict(images.astype("float32"), verbose=0)
-    block = gallery.explain_backbone(trained, images, y, probs, paths, CLASSES, tmp_path / "g", n_per_class=0, seed=3)
-    alone = gallery.pointing_game_on(trained, images, [CLASSES[i] for i in y], paths, CLASSES, seed=3)
-    assert alone == block["pointing_game"] and alone["rate"] >= 0.8
+    paths = [str(tmp_path / f"img{i:03d}.png") for i in range(len(images))]
+    alone = gallery.pointing_game_on(trained, images, [CLASSES[i] for i in y], paths, CLASSES, seed=3,
+                                     outlines=boxes)
+    located = localise(trained, images, y, boxes, ["gradcam"], 3, tmp_path / "loc", tmp_path, class_names=CLASSES,
+                       names=paths, max_images=200, n_boot=50)[0]
+    # one computation: the validation game and the localisation block agree image for image
+    assert (alone["hits"], alone["total"]) == (located["hits"], located["total"]) and alone["rate"] >= 0.8
+    assert alone["chance_rate"] == pytest.approx(located["chance_rate"])
     with pytest.raises(InputError, match="'bb_conv3' does not exist"):  # the layer really is passed on
-        gallery.pointing_game_on(trained, images, y, paths, CLASSES, seed=3, layer="bb_conv3")
-    capped = gallery.pointing_game_on(trained, images, y, paths, CLASSES, seed=3, max_images=4)
+        gallery.pointing_game_on(trained, images, y, paths, CLASSES, seed=3, layer="bb_conv3", outlines=boxes)
+    capped = gallery.pointing_game_on(trained, images, y, paths, CLASSES, seed=3, max_images=4, outlines=boxes)
     assert capped["total"] == 4 and capped["per_class"]["blob"]["total"] == 4
-    unboxed = [str(tmp_path / "none" / f"{i}.png") for i in range(len(images))]
-    assert gallery.pointing_game_on(trained, images, y, unboxed, CLASSES, seed=3) is None
+    assert gallery.pointing_game_on(trained, images, y, paths, CLASSES, seed=3) is None  # no outlines
     with pytest.raises(ValueError, match="same length"):
-        gallery.pointing_game_on(trained, images[:3], y, paths, CLASSES, seed=3)
+        gallery.pointing_game_on(trained, images[:3], y, paths[:3], CLASSES, seed=3, outlines=boxes)
 
 
 # ---------------------------------------------------------------- the real Lite0 backbone file

@@ -18,7 +18,7 @@ _EXPORTS = {
     "read_run_results": "external",
     "finished_backbones": "external",
     "with_references": "external",
-    "pointing_sample": "external",
+    "external_annotations": "external",
     "folder_key": "external",
     "metrics_block": "external",
     "store_report": "external",

@@ -3,9 +3,10 @@
 
 The folder holds one sub-folder per class (same aliases as the run's manifest), images of any
 size; DICOM files and NIfTI volumes give one image per frame or selected slice, decoded with the
-run's ``data.windowing``, ``data.window_percentiles`` and ``data.slices``. Where YOLO box files (``<image>.txt``: ``class x_center y_center width height``, normalised)
-lie beside tumour images, each backbone also gets the Grad-CAM pointing game on them and the
-explanation checks of the run's ``[gradcam] method`` list (``explanations``, docs/explanations.md).
+run's ``data.windowing``, ``data.window_percentiles`` and ``data.slices``. Where tumour outlines lie
+beside the images (engine.data.annotations: YOLO boxes or polygons, masks, NIfTI label volumes,
+``boxes.csv``), each backbone also gets localisation per ``[gradcam] method`` on every annotated
+image and the explanation checks (``localisation``, ``explanations``, docs/explanations.md).
 """
 
 from __future__ import annotations
@@ -108,32 +109,32 @@ def finished_backbones(results: dict, backbone: str | None) -> list[dict]:
     return entries
 
 
-def pointing_sample(records: list, y: np.ndarray, class_names: list[str], seed: int,
-                     max_pointing: int) -> tuple[list, list[int]]:
-    """(YOLO boxes per image, the indexes of the tumour images with boxes that play the pointing
-    game: at most ``max_pointing``, drawn with ``seed``). A frame of a multi-image file has none:
-    one box file beside it cannot say which frame it boxes."""
-    from engine.explain.gradcam import read_yolo_boxes
+def external_annotations(records: list, folder: Path, warn: Callable[[str], None]):
+    """The tumour outlines of the folder's images (engine.data.annotations: YOLO boxes or polygons,
+    mask images, NIfTI label volumes, ``boxes.csv``), each unreadable annotation warned about and
+    listed; returns (outlines, the report's ``annotations`` block)."""
+    from engine.data import display_path
+    from engine.data.annotations import read_annotations
 
-    from engine.explain.gallery import boxed_sample
-
-    boxes = [[] if r.frame_name else read_yolo_boxes(r.path) for r in records]
-    no_tumor = class_names.index("no_tumor") if "no_tumor" in class_names else -1
-    # The run's own sample rule (engine.explain.gallery), over the tumour images with a box.
-    tumour_boxes = [b if y[i] != no_tumor else [] for i, b in enumerate(boxes)]
-    return boxes, boxed_sample(tumour_boxes, seed, max_pointing)
+    found = read_annotations(records, folder, lambda r: display_path(r, folder))
+    for p in found.problems:
+        warn(f"annotation {p['path']}" + (f": line {p['line']}" if p["line"] else "") + f": {p['reason']}; "
+             "that image's localisation is not scored")
+    return found.outlines, {"annotated": sum(o is not None for o in found.outlines), "kinds": found.kinds,
+                            "problems": found.problems}
 
 
 @dataclass
 class ExternalImages:
-    """The usable images of the external folder (records), their labels and boxes; pixels decoded
-    once per size, DICOM and NIfTI frames with the run's ``windowing``."""
+    """The usable images of the external folder (records), their labels, names and tumour outlines;
+    pixels decoded once per size, DICOM and NIfTI frames with the run's ``windowing``."""
 
     records: list
     y: np.ndarray
     class_names: list[str]
-    boxes: list
-    boxed: list[int]
+    #: per record its engine.data.annotations.Outline or None, and how blocks name it
+    outlines: list
+    names: list[str]
     windowing: object = None
     #: Where a folder too large for data.image_memory_bytes is decoded to (a temporary folder
     #: inside it, deleted by ``close``); None: the system's temp folder.

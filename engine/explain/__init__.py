@@ -1,10 +1,11 @@
 """Explanation stage: where a model looked.
 
-Takes a saved model, test (and validation) images and their tumour boxes. Gives Grad-CAM heatmaps,
-the gallery PNGs with their numbers, and the pointing game; and, for a choice of methods (Grad-CAM,
-Grad-CAM++, Score-CAM, occlusion), the checks of docs/explanations.md: localisation (strict,
-tolerant and energy pointing games), model-parameter randomisation and deletion/insertion
-faithfulness (``explanation_checks``).
+Takes a saved model, test (and validation) images and their tumour outlines (engine.data.annotations:
+boxes, polygons, masks). Gives Grad-CAM heatmaps and the gallery PNGs with their numbers; and, for a
+choice of methods (Grad-CAM, Grad-CAM++, LayerCAM, Score-CAM, occlusion), localisation on every
+annotated image (``localise``: strict and tolerant pointing games, energy, coverage, IoU) and the
+checks of docs/explanations.md: model-parameter randomisation and deletion/insertion faithfulness
+(``explanation_checks``).
 """
 
 from engine import lazy_exports
@@ -16,8 +17,9 @@ _EXPORTS = {
     "Explained": "stage",
     "explain": "stage",
     "check_explanations": "stage",
-    "boxed_pointing_game": "stage",
-    "box_paths": "stage",
+    "localisation_blocks": "stage",
+    "localise": "localise",
+    "original_sizes": "stage",
     "candidate_layers": "gradcam",
     "cascade_groups": "randomisation",
     "cascade_panels": "figures",

@@ -54,11 +54,12 @@ def baseline_images(images: np.ndarray, kind: str = "mean") -> np.ndarray:
     raise InputError(f"faithfulness baseline {kind!r} unknown; choose one of {', '.join(BASELINES)}")
 
 
-def random_maps(n: int, shape: tuple[int, int], seed: int, grid: int = RANDOM_GRID) -> np.ndarray:
-    """(n, H, W) smooth random maps in [0, 1] (see the module docstring)."""
+def random_maps(n: int, shape: tuple[int, int], seed: int | Sequence[int], grid: int = RANDOM_GRID) -> np.ndarray:
+    """(n, H, W) smooth random maps in [0, 1] (see the module docstring); ``seed`` an int or a
+    sequence of ints (one stream per image, as engine.explain.localisation draws them)."""
     from scipy.ndimage import zoom
 
-    coarse = np.random.default_rng([int(seed), 11]).random((n, grid, grid))
+    coarse = np.random.default_rng([*(int(s) for s in np.atleast_1d(seed)), 11]).random((n, grid, grid))
     h, w = shape
     return np.stack([zoom(c, (h / grid, w / grid), order=1, grid_mode=True, mode="nearest")[:h, :w]
                      for c in coarse]).astype(np.float32)

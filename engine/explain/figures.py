@@ -61,3 +61,39 @@ def randomisation_cascade_figure(image: np.ndarray, maps: np.ndarray, labels: Se
     alt = (f"{method} map of one image for the trained model and after cascading weight randomisation "
            f"({len(steps) - 1} steps). Similarity to the trained map: {changes}.")
     return {"steps": steps, "alt": alt}
+
+
+#: Okabe-Ito orange, as the gallery's box outline: visible on viridis and on greyscale.
+OUTLINE_COLOUR = "#E69F00"
+
+
+def localisation_figure(images: Sequence[np.ndarray], maps: Sequence[np.ndarray], masks: Sequence[np.ndarray],
+                        titles: Sequence[str], rows: Sequence[str], path: Path | str, per_row: int,
+                        method: str = "Grad-CAM") -> None:
+    """Write the best/worst localised images to ``path``: one row per entry of ``rows`` ("best",
+    "worst"), ``per_row`` panels each. A panel is the greyscale image under the translucent viridis
+    map, the tumour outline drawn solid orange, and a white "+" on the map's peak."""
+    side = 1.7
+    n_rows = len(rows)
+    width = side * per_row + 0.4
+    fig = new_figure(width, (side + 0.4) * n_rows)
+    for k, (image, heat, mask, title) in enumerate(zip(images, maps, masks, titles)):
+        row, col = divmod(k, per_row)
+        height = 1.0 / n_rows
+        ax = fig.add_axes(((0.4 + col * side) / width, 1 - (row + 1) * height + 0.02, 0.96 * side / width,
+                           height * 0.8))
+        ax.imshow(as_grey(image), cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+        ax.imshow(heat, cmap="viridis", vmin=0.0, vmax=1.0, alpha=0.45, interpolation="bilinear")
+        if mask.any() and not mask.all():
+            ax.contour(mask.astype(np.float32), levels=[0.5], colors=OUTLINE_COLOUR, linewidths=1.4)
+        if heat.max() > 0:
+            r, c = np.unravel_index(int(np.argmax(heat)), heat.shape)
+            ax.plot([c], [r], marker="+", color="white", markersize=8, markeredgewidth=1.4)
+        h, w = heat.shape
+        ax.set_xlim(-0.5, w - 0.5)
+        ax.set_ylim(h - 0.5, -0.5)
+        ax.set_title(title, fontsize=6.5)
+        ax.set_axis_off()
+    for row, name in enumerate(rows):
+        fig.text(0.01, 1 - (row + 0.5) / n_rows, name, rotation=90, va="center", fontsize=8)
+    save_figure(fig, Path(path))

@@ -16,6 +16,7 @@ import numpy as np
 
 from engine.data import as_images
 from engine.errors import InputError
+from engine.data.annotations import as_outline
 from engine.explain import gradcam
 from engine.manifest import POINTING_MAX_IMAGES
 from engine.paths import relative_to_root
@@ -115,22 +116,33 @@ def as_grey(image: np.ndarray) -> np.ndarray:
     return image
 
 
-def _draw_boxes(ax, boxes, shape) -> None:
+def _draw_outline(ax, outline, shape) -> None:
+    """The tumour outline, dashed orange: a box as its rectangle, a polygon or mask as the contour
+    of the pixels it covers at the map's size."""
     from matplotlib.patches import Rectangle
 
+    outline = as_outline(outline)
+    if outline is None:
+        return
     h, w = shape
-    for xc, yc, bw, bh in boxes or []:
-        ax.add_patch(Rectangle(((xc - bw / 2) * w - 0.5, (yc - bh / 2) * h - 0.5), bw * w, bh * h,
-                               fill=False, edgecolor=BOX_COLOUR, linewidth=1.5, linestyle=(0, (4, 2))))
+    if outline.kind == "box":
+        for xc, yc, bw, bh in outline.boxes:
+            ax.add_patch(Rectangle(((xc - bw / 2) * w - 0.5, (yc - bh / 2) * h - 0.5), bw * w, bh * h,
+                                   fill=False, edgecolor=BOX_COLOUR, linewidth=1.5, linestyle=(0, (4, 2))))
+        return
+    mask = outline.mask(shape)
+    if not mask.all():
+        ax.contour(mask.astype(np.float32), levels=[0.5], colors=BOX_COLOUR, linewidths=1.5, linestyles="dashed")
 
 
 def render_gallery_images(image_uint8: np.ndarray, heatmap: np.ndarray, out_dir: Path | str, stem: str,
-                          boxes: Sequence[gradcam.Box] | None = None, label: str = "Grad-CAM") -> dict[str, str]:
+                          boxes=None, label: str = "Grad-CAM") -> dict[str, str]:
     """Write ``<stem>_original.png``, ``<stem>_heatmap.png`` and ``<stem>_overlay.png``.
 
     original: the model input as shown to the network; heatmap: viridis, 0..1, with a colour bar;
     overlay: greyscale image under a translucent viridis map with white contours at 0.5 (dashed)
-    and 0.8 (solid) of the maximum, plus the tumour box (dashed orange) and a white "+" on the peak.
+    and 0.8 (solid) of the maximum, plus the tumour outline ``boxes`` (an
+    engine.data.annotations.Outline or YOLO boxes; dashed orange) and a white "+" on the peak.
     Files are written atomically. Returns file names relative to ``out_dir`` keyed
     "original" / "heatmap" / "overlay".
     """
@@ -169,7 +181,7 @@ def render_gallery_images(image_uint8: np.ndarray, heatmap: np.ndarray, out_dir:
     if heatmap.max() > 0 and heatmap.min() < max(CONTOUR_LEVELS):
         ax.contour(heatmap, levels=list(CONTOUR_LEVELS), colors="white", linewidths=1.0,
                    linestyles=list(CONTOUR_STYLES))
-    _draw_boxes(ax, boxes, (h, w))
+    _draw_outline(ax, boxes, (h, w))
     if heatmap.max() > 0:
         r, c = np.unravel_index(int(np.argmax(heatmap)), heatmap.shape)
         ax.plot([c], [r], marker="+", color="white", markersize=9, markeredgewidth=1.5)
@@ -184,36 +196,35 @@ def _safe(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-") or "x"
 
 
-def _boxes(paths: Sequence[str], box_paths: Sequence[str | None] | None) -> list:
-    if box_paths is not None and len(box_paths) != len(paths):
-        raise ValueError("box_paths and paths must have the same length")
-    return [gradcam.read_yolo_boxes(p) if p else [] for p in (paths if box_paths is None else box_paths)]
+def _outlines(paths: Sequence[str], outlines: Sequence | None) -> list:
+    if outlines is None:
+        return [None] * len(paths)
+    if len(outlines) != len(paths):
+        raise ValueError("outlines and paths must have the same length")
+    return [as_outline(o) for o in outlines]
 
 
 def explain_backbone(model, images: np.ndarray, y_true, probs: np.ndarray, paths: Sequence[str],
                      class_names: Sequence[str], out_dir: Path | str, n_per_class: int, seed: int,
                      layer: str | None = None, data_root: Path | str | None = None,
                      run_dir: Path | str | None = None, batch_size: int = 16,
-                     pointing_max_images: int = POINTING_MAX_IMAGES,
-                     box_paths: Sequence[str | None] | None = None, names: Sequence[str] | None = None,
+                     outlines: Sequence | None = None, names: Sequence[str] | None = None,
                      heatmaps=None, method: str = "gradcam", echo=None) -> dict:
-    """Grad-CAM gallery and pointing game for one trained backbone; returns its ``gradcam`` block.
+    """Grad-CAM gallery of one trained backbone; returns its ``gradcam`` block.
 
     Args:
         model: the trained classifier (saved-model structure).
         images: (n, H, W, 3) uint8 test images at the model input size, RGB 0..255.
         y_true: (n,) true class indices (or names); probs: (n, k) predicted probabilities.
         paths: (n,) image file paths (a frame of a multi-image file as ``record_label`` shows it:
-            ``x.nii.gz [slice 3]``); YOLO boxes are read from ``<image>.txt`` beside each.
-        box_paths: (n,) the image files whose ``.txt`` boxes apply (None: no boxes for that image);
-            default ``paths``.
+            ``x.nii.gz [slice 3]``).
+        outlines: (n,) each image's tumour outline (engine.data.annotations.Outline, or None), drawn
+            on its overlay; default none.
         out_dir: folder for the PNGs (e.g. ``<run>/gradcam/<backbone name>``).
         n_per_class, seed: gallery size and the experiment seed (see ``select_gallery``).
         layer: Grad-CAM target layer (None: automatic).
         data_root: image paths in the block are relative to it when given.
         run_dir: file paths in the block are relative to it (default ``out_dir``).
-        pointing_max_images: the pointing game scores every boxed test image, or a seeded sample
-            of this many.
         names: (n,) how the block names each image (``identity.display_path``: a neutral reference
             when the data holds patient ids); default: its path relative to ``data_root``.
         heatmaps, method: another explanation than Grad-CAM on ``model`` (an imported model's,
@@ -221,10 +232,8 @@ def explain_backbone(model, images: np.ndarray, y_true, probs: np.ndarray, paths
             and its name, recorded as the block's ``method`` (``layer`` is then the given one or None).
         echo: the run's echo, for Grad-CAM's progress line (none when None or quiet).
 
-    Gallery maps explain the PREDICTED class (why the model said what it said); pointing-game maps
-    explain the TRUE class, as in Zhang et al. 2016. ``pointing_game`` holds hits / total / rate,
-    ``chance_rate`` (mean box area: a random peak's hit rate), ``explained_class`` = "true" and
-    ``per_class`` {class: {hits, total, rate}} over the classes that have boxes.
+    Gallery maps explain the PREDICTED class (why the model said what it said); localisation
+    (engine.explain.localise, every annotated image) explains the TRUE class.
     """
     out_dir = Path(out_dir)
     run_dir = Path(run_dir) if run_dir is not None else out_dir
@@ -238,17 +247,14 @@ def explain_backbone(model, images: np.ndarray, y_true, probs: np.ndarray, paths
     target = gradcam.find_target_layer(model, layer) if heatmaps is None else layer
 
     gallery = select_gallery(y_true, y_pred, paths, class_names, n_per_class, seed)
-    boxes = _boxes(paths, box_paths)
-    boxed = boxed_sample(boxes, seed, pointing_max_images)
+    boxes = _outlines(paths, outlines)
 
-    # One Grad-CAM pass over the unique (image, class) pairs both uses need.
-    jobs = sorted({(i, int(y_pred[i])) for i in gallery} | {(i, int(y_true[i])) for i in boxed})
-    keep = {(i, int(y_pred[i])) for i in gallery}
+    jobs = sorted({(i, int(y_pred[i])) for i in gallery})
     explain = heatmaps or (lambda x, cls: gradcam.gradcam_heatmaps(model, x, cls, layer=target,
                                                                    batch_size=batch_size, echo=echo))
     heat = explain(images[[i for i, _ in jobs]], np.array([c for _, c in jobs])) if jobs else []
     stats = {key: gradcam.heatmap_stats(hm, boxes[key[0]]) for key, hm in zip(jobs, heat)}
-    maps = {key: hm for key, hm in zip(jobs, heat) if key in keep}
+    maps = dict(zip(jobs, heat))
 
     items = []
     for rank, i in enumerate(gallery):
@@ -275,8 +281,7 @@ def explain_backbone(model, images: np.ndarray, y_true, probs: np.ndarray, paths
             "files": {kind: relative_to_root(out_dir / name, run_dir) for kind, name in files.items()},
         })
 
-    game = _game({i: stats[(i, int(y_true[i]))] for i in boxed}, y_true, class_names)
-    block = {"layer": target, "images_per_class": int(n_per_class), "items": items, "pointing_game": game}
+    block = {"layer": target, "images_per_class": int(n_per_class), "items": items}
     if heatmaps is not None:
         block["method"] = method
     return block
@@ -284,7 +289,7 @@ def explain_backbone(model, images: np.ndarray, y_true, probs: np.ndarray, paths
 
 def boxed_sample(boxes: Sequence[list], seed: int, max_images: int) -> list[int]:
     """Indices of the images with a box; a seeded sample of ``max_images`` when there are more."""
-    boxed = [i for i in range(len(boxes)) if boxes[i]]
+    boxed = [i for i in range(len(boxes)) if boxes[i] is not None and (not isinstance(boxes[i], list) or boxes[i])]
     if len(boxed) > max_images:
         rng = np.random.default_rng([int(seed), 7])
         boxed = sorted(rng.choice(boxed, size=max_images, replace=False).tolist())
@@ -304,24 +309,22 @@ def _game(stats_by_index: dict[int, dict], y_true: np.ndarray, class_names: Sequ
 
 def pointing_game_on(model, images: np.ndarray, y_true, paths: Sequence[str], class_names: Sequence[str],
                      seed: int, layer: str | None = None, batch_size: int = 16,
-                     max_images: int = POINTING_MAX_IMAGES,
-                     box_paths: Sequence[str | None] | None = None, heatmaps=None) -> dict | None:
+                     max_images: int = POINTING_MAX_IMAGES, outlines: Sequence | None = None,
+                     heatmaps=None) -> dict | None:
     """The pointing game alone (no gallery) on any labelled image set, e.g. the validation split.
 
     Args:
         images: (n, H, W, 3) RGB 0..255 at the model input size; y_true: (n,) class indices or
-            names; paths: (n,) image files, boxes read from ``<image>.txt`` beside each (or beside
-            ``box_paths[i]``, None for no boxes, as in ``explain_backbone``).
+            names; paths: (n,) image files; outlines: (n,) their tumour outlines (None: none).
 
-    Returns the same block as ``explain_backbone``'s ``pointing_game`` (hits, total, rate,
-    chance_rate, explained_class, per_class), or None when no image has a box. Scoring the
-    validation split lets Grad-CAM settings (target layer, input size) be chosen without
-    looking at the test split.
+    Returns the strict pointing game (hits, total, rate, chance_rate, explained_class "true",
+    per_class), or None when no image has an outline. Scoring the validation split lets Grad-CAM
+    settings (target layer, input size) be chosen without looking at the test split.
     """
     y_true = _class_indices(y_true, class_names, "pointing game y_true")
     if not len(images) == len(y_true) == len(paths):
         raise ValueError("images, y_true and paths must have the same length")
-    boxes = _boxes(paths, box_paths)
+    boxes = _outlines(paths, outlines)
     boxed = boxed_sample(boxes, seed, max_images)
     if not boxed:
         return None

@@ -28,6 +28,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from engine.errors import AuditrunError, InputError
+from engine.data.annotations import as_outline
 
 #: A YOLO box: (x_center, y_center, width, height), normalised to 0..1.
 Box = tuple[float, float, float, float]
@@ -456,17 +457,18 @@ def heatmap_stats(heatmap: np.ndarray, boxes: Box | Sequence[Box] | None = None)
 
     Args:
         heatmap: (h, w) map in [0, 1] (from ``gradcam_heatmaps``).
-        boxes: one YOLO box (xc, yc, w, h normalised) or a list of them; None or [] for no box.
+        boxes: the tumour outline (engine.data.annotations.Outline), one YOLO box (xc, yc, w, h
+            normalised) or a list of them; None or [] for none.
 
     Returns a dict:
         ``peak``: [y, x] of the maximum pixel's centre, normalised 0..1 (None for an empty map);
         ``top20_area_fraction``: fraction of the image's pixels whose value is >= 0.8 x the map's
         maximum, i.e. the area of the top 20 % of the value range (small = focused; None for an
         empty map);
-        ``peak_in_box``: True/False when boxes are given (peak inside ANY box; an empty map points
-        nowhere and counts as a miss), None without boxes;
-        ``box_area_fraction``: fraction of pixels inside any box (the chance hit rate of a random
-        peak), None without boxes.
+        ``peak_in_box``: True/False when an outline is given (peak inside it; an empty map points
+        nowhere and counts as a miss), None without;
+        ``box_area_fraction``: fraction of pixels inside the outline (the chance hit rate of a
+        random peak), None without.
     """
     heatmap = np.nan_to_num(np.asarray(heatmap, dtype=np.float32), nan=0.0)
     if heatmap.ndim != 2:
@@ -479,9 +481,9 @@ def heatmap_stats(heatmap: np.ndarray, boxes: Box | Sequence[Box] | None = None)
         r, c = np.unravel_index(int(np.argmax(heatmap)), heatmap.shape)
         stats["peak"] = [float((r + 0.5) / h), float((c + 0.5) / w)]
         stats["top20_area_fraction"] = float(np.mean(heatmap >= TOP_FRACTION_LEVEL * top))
-    box_list = as_boxes(boxes)
-    if box_list:
-        mask = box_mask((h, w), box_list)
+    outline = as_outline(boxes)
+    if outline is not None:
+        mask = outline.mask((h, w))
         stats["box_area_fraction"] = float(mask.mean())
         stats["peak_in_box"] = False if empty else bool(mask[r, c])
     return stats

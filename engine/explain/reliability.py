@@ -1,8 +1,9 @@
 """The explanation checks of one trained backbone, as the audit runs them (issue 18).
 
-``explain_reliability`` picks the test images (boxed ones first), reads their original sizes for
-the tolerant pointing game, runs ``checks.explanation_checks`` once per ``[gradcam] method`` and
-draws each method's randomisation-cascade figure. It returns the ``explanations`` list of the
+``explain_reliability`` picks the test images (annotated ones first), runs the randomisation and
+faithfulness checks of ``checks.explanation_checks`` once per ``[gradcam] method`` on them and
+draws each method's randomisation-cascade figure. Localisation is not scored on this small sample:
+engine.explain.localise scores it once per method on every annotated image. It returns the ``explanations`` list of the
 backbone's results.json entry: one ``ExplanationChecks.to_json()`` block per method, plus
 ``figure`` ({path, alt, caption}: the cascade PNG). A method that fails gets
 ``{"method", "error"}`` and the others still run. See docs/explanations.md.
@@ -16,7 +17,6 @@ from typing import Sequence
 import numpy as np
 
 from engine.data import as_images
-from engine.explain import gradcam
 from engine.paths import relative_to_root
 from engine.results import METHOD_LABELS
 
@@ -70,18 +70,18 @@ def _figure(result, image: np.ndarray, method: str, path: Path, run_dir: Path, n
     return {"path": relative_to_root(path, run_dir), "alt": drawn["alt"], "caption": caption}
 
 
-def explain_reliability(model, images: np.ndarray, y_true: Sequence[int], box_paths: Sequence[str | None],
+def explain_reliability(model, images: np.ndarray, y_true: Sequence[int], outlines: Sequence,
                         methods: Sequence[str], seed: int, out_dir: Path | str, run_dir: Path | str, *,
                         layer: str | None = None, n_images: int = DEFAULT_CHECK_IMAGES,
-                        tolerance_px: float = 15.0, cascade_steps: int = 4, faithfulness_steps: int = 8,
+                        cascade_steps: int = 4, faithfulness_steps: int = 8,
                         cascade_draws: int = 1, echo=None) -> list[dict]:
     """The ``explanations`` block of one backbone: the three checks per method.
 
     Args:
         images: (n, H, W, 3) test images at the model input size, RGB 0..255.
         y_true: (n,) true class indices (the class explained, as in the pointing game).
-        box_paths: (n,) image files whose ``<image>.txt`` YOLO boxes apply (None: no boxes); also
-            where the original size is read for the tolerance.
+        outlines: (n,) each image's tumour outline or None: annotated images are checked first
+            (their localisation is scored once, over all of them, by engine.explain.localise).
         methods: explanation methods, primary first (a name, or an explainer callable as
             ``checks.explanation_checks`` takes it); out_dir: where the cascade PNGs go.
     """
@@ -89,25 +89,23 @@ def explain_reliability(model, images: np.ndarray, y_true: Sequence[int], box_pa
     from engine.explain.methods import uses_target_layer
 
     out_dir, run_dir = Path(out_dir), Path(run_dir)
-    boxes = [gradcam.read_yolo_boxes(p) if p else [] for p in box_paths]
+    boxes = [[] if o is None else [o] for o in outlines]
     idx = check_sample(boxes, seed, n_images)
     if not idx:
         return []
     x = np.asarray(as_images(images)[idx], dtype=np.float32)  # only the sampled rows (a split may be on disk)
     cls = np.asarray(y_true, dtype=np.int64)[idx]
-    sub_boxes = [boxes[i] for i in idx]
-    sizes = [original_size(box_paths[i]) if boxes[i] else None for i in idx]
+    none = [None] * len(idx)  # localisation is not scored here: engine.explain.localise scores every image
     out = []
     for method in methods:
         name = method if isinstance(method, str) else getattr(method, "__name__", "custom")
         try:
-            result = explanation_checks(model, x, cls, sub_boxes, method, seed, original_sizes=sizes,
-                                        tolerance_px=tolerance_px, layer=layer if uses_target_layer(method) else None,
+            result = explanation_checks(model, x, cls, none, method, seed,
+                                        layer=layer if uses_target_layer(method) else None,
                                         cascade_steps=cascade_steps, cascade_draws=cascade_draws,
                                         faithfulness_steps=faithfulness_steps)
             block = result.to_json()
-            if not any(sub_boxes):
-                block["pointing_game"] = None  # no box: localisation not measured, the rest still is
+            del block["pointing_game"]  # one pointing game per model and method: the localisation block's
             block["figure"] = _figure(result, x[result.randomisation.example_index], METHOD_LABELS.get(name, name),
                                       out_dir / f"randomisation_{_stem(name)}.png", run_dir, len(idx))
         except Exception as exc:  # noqa: BLE001 - one method's failure must not lose the others

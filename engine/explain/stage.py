@@ -1,6 +1,6 @@
-"""The explanation stage: galleries, the pointing game and the explanation checks of each finished
-model, for a run (``explain``) and for ``auditrun evaluate`` (``check_explanations``,
-``boxed_pointing_game``), so both explain a model the same way.
+"""The explanation stage: galleries, localisation on every annotated image and the explanation
+checks of each finished model, for a run (``explain``) and for ``auditrun evaluate``
+(``localisation``, ``check_explanations``), so both explain a model the same way.
 
 ``explain`` yields one ``Explained`` per model as it finishes, so the caller can checkpoint
 between models; a failure is recorded in the block, never raised (a full disk is).
@@ -30,37 +30,46 @@ class Explained:
     name: str
     gradcam: dict | None = None
     explanations: list[dict] | None = None
+    #: one localisation block per method on every annotated test image (engine.explain.localise)
+    localisation: list[dict] | None = None
     #: The method an imported model was explained by (its entry's ``explanation_method``).
     method: str | None = None
     timings: dict = field(default_factory=dict)
 
 
-def box_paths(records) -> list[str | None]:
-    """Where each record's YOLO box file (``<image>.txt``) would lie: none for a frame of a
-    multi-image file, since one box file cannot say which of its frames it boxes."""
-    return [None if r.frame_name else str(r.path) for r in records]
+def original_sizes(records, outlines: Sequence) -> list:
+    """(height, width) of each annotated plain image's file, for the tolerant pointing game's 15
+    original pixels; None for the rest (a DICOM frame or NIfTI slice: the tolerance is then in
+    model-input pixels)."""
+    from engine.explain.reliability import original_size
+
+    return [original_size(r.path) if o is not None and not r.frame_name else None for r, o in zip(records, outlines)]
 
 
-def check_explanations(model, images: np.ndarray, y: np.ndarray, boxes: Sequence[str | None], g: GradcamConfig,
+def localisation_blocks(model, images, y: np.ndarray, outlines: Sequence, g: GradcamConfig, seed: int, out_dir: Path,
+                 run_dir: Path, *, records, class_names: Sequence[str], names: Sequence[str], layer: str | None,
+                 methods: Sequence | None = None, heatmaps: dict | None = None, echo: Echo | None = None) -> list[dict]:
+    """The model's localisation blocks (engine.explain.localise) with the ``[gradcam]`` settings:
+    every annotated tumour image (no_tumor images never are), or a seeded sample of
+    ``localisation_images``; per ``method`` (default the ``[gradcam] method`` list)."""
+    from engine.explain.localise import localise
+
+    skip = list(class_names).index("no_tumor") if "no_tumor" in class_names else None
+    return localise(model, images, y, outlines, list(methods or g.methods), seed, out_dir, run_dir,
+                    class_names=class_names, names=names, original_sizes=original_sizes(records, outlines),
+                    layer=layer, max_images=g.localisation_images, skip_class=skip, tolerance_px=g.tolerance_px,
+                    top_percent=g.coverage_top_percent, iou_threshold=g.iou_threshold, heatmaps=heatmaps, echo=echo)
+
+
+def check_explanations(model, images: np.ndarray, y: np.ndarray, outlines: Sequence, g: GradcamConfig,
                        seed: int, out_dir: Path, run_dir: Path, layer: str | None, echo: Echo) -> list[dict]:
-    """The three checks of docs/explanations.md per ``[gradcam] method`` (engine.explain.reliability)."""
+    """The randomisation and faithfulness checks of docs/explanations.md per ``[gradcam] method``
+    (engine.explain.reliability), on their own ``check_images`` sample."""
     from engine.explain.reliability import explain_reliability
 
-    return explain_reliability(model, images, y, boxes, g.methods, seed, out_dir, run_dir, layer=layer,
-                               n_images=g.check_images, tolerance_px=g.tolerance_px, cascade_steps=g.cascade_steps,
+    return explain_reliability(model, images, y, outlines, g.methods, seed, out_dir, run_dir, layer=layer,
+                               n_images=g.check_images, cascade_steps=g.cascade_steps,
                                faithfulness_steps=g.faithfulness_steps, echo=echo)
-
-
-def boxed_pointing_game(model, images: np.ndarray, y: np.ndarray, boxes: list, boxed: list[int],
-                        layer: str | None = None, heatmaps=None) -> dict:
-    """The pointing game (engine.explain.gradcam.pointing_game) on the images ``boxed`` indexes:
-    Grad-CAM of ``model`` at ``layer``, or ``heatmaps(images, classes)`` (an imported model's)."""
-    from engine.explain.gradcam import gradcam_heatmaps, heatmap_stats, pointing_game
-
-    idx = np.array(boxed)
-    maps = heatmaps(images[idx], y[idx]) if heatmaps is not None else \
-        gradcam_heatmaps(model, images[idx].astype("float32"), y[idx], layer=layer)
-    return pointing_game([heatmap_stats(h, boxes[i]) for h, i in zip(maps, idx)])
 
 
 def explain(m: Manifest, data, entries: list, outputs: dict[str, dict], run_dir: Path,
@@ -80,7 +89,7 @@ def explain(m: Manifest, data, entries: list, outputs: dict[str, dict], run_dir:
 
 def _gallery(m: Manifest, data, res, out: dict, run_dir: Path, *, model, layer: str | None, heatmaps=None,
              method: str = "gradcam", echo: Echo | None = None) -> dict:
-    """One model's ``gradcam`` block: its test gallery and pointing game, and the game on boxed
+    """One model's ``gradcam`` block: its test gallery, and the pointing game on annotated
     validation images. ``model`` None with ``heatmaps``: an imported model explained through its adapter."""
     from engine.explain.gallery import explain_backbone, pointing_game_on
 
@@ -90,14 +99,13 @@ def _gallery(m: Manifest, data, res, out: dict, run_dir: Path, *, model, layer: 
         model, cache.load(ds.test, size, "test"), ds.labels("test"), out["test_probs"],
         [record_label(r) for r in ds.test], ds.class_names, run_dir / "gradcam" / slug(res.name),
         g.images_per_class, seed, layer=layer, data_root=ds.root, run_dir=run_dir,
-        pointing_max_images=g.max_pointing_images, box_paths=box_paths(ds.test),
-        names=[display_path(r, ds.root) for r in ds.test], heatmaps=heatmaps, method=method, echo=echo)
-    # Boxed validation images score the explanation without the test split, so Grad-CAM
+        outlines=data.outlines.get("test"), names=[display_path(r, ds.root) for r in ds.test], heatmaps=heatmaps, method=method, echo=echo)
+    # Annotated validation images score the explanation without the test split, so Grad-CAM
     # settings (layer, input size) can be tuned on them.
     val_game = pointing_game_on(
         model, cache.load(ds.val, size, "validation"), ds.labels("val"),
         [record_label(r) for r in ds.val], ds.class_names, seed, layer=block["layer"],
-        max_images=g.max_pointing_images, box_paths=box_paths(ds.val), heatmaps=heatmaps) if ds.val else None
+        max_images=g.max_pointing_images, outlines=data.outlines.get("val"), heatmaps=heatmaps) if ds.val else None
     if val_game is not None:
         block["pointing_game_validation"] = val_game
     return block
@@ -116,12 +124,21 @@ def _explain_backbone(m: Manifest, data, res, out: dict, layer: str | None, run_
             message = failure_message(exc, f"gradcam-{res.name}", run_dir, data.redact)
             done.gradcam = {"error": message}
             echo(f"error: Grad-CAM for {res.name}: {message}")
-    if g.check_images and "error" not in done.gradcam:
+    if "error" in done.gradcam:
+        return done
+    outlines = data.outlines.get("test") or [None] * len(ds.test)
+    images, out_dir = cache.load(ds.test, res.input_size, "test"), run_dir / "gradcam" / slug(res.name)
+    if any(o is not None for o in outlines):
+        with Timer(echo, f"localisation {res.name} ({', '.join(g.methods)})", done.timings, "localisation_s"):
+            done.localisation = localisation_blocks(
+                model, images, ds.labels("test"), outlines, g, seed, out_dir, run_dir, records=ds.test,
+                class_names=ds.class_names, names=[display_path(r, ds.root) for r in ds.test],
+                layer=done.gradcam.get("layer"), echo=echo)
+    if g.check_images:
         with Timer(echo, f"explanation checks {res.name} ({', '.join(g.methods)})", done.timings,
                    "explanation_checks_s"):
-            done.explanations = check_explanations(
-                model, cache.load(ds.test, res.input_size, "test"), ds.labels("test"), box_paths(ds.test), g, seed,
-                run_dir / "gradcam" / slug(res.name), run_dir, done.gradcam.get("layer"), echo)
+            done.explanations = check_explanations(model, images, ds.labels("test"), outlines, g, seed, out_dir,
+                                                   run_dir, done.gradcam.get("layer"), echo)
     return done
 
 
@@ -138,6 +155,14 @@ def _explain_imported(m: Manifest, data, res, model, out: dict, run_dir: Path, e
             done.gradcam = _gallery(m, data, res, out, run_dir, model=None, layer=layer, heatmaps=heatmaps,
                                     method=method)
             done.method = method
+            outlines = data.outlines.get("test") or []
+            if any(o is not None for o in outlines):
+                ds = data.dataset
+                done.localisation = localisation_blocks(
+                    None, data.cache.load(ds.test, res.input_size, "test"), ds.labels("test"), outlines, m.gradcam,
+                    m.experiment.seed, run_dir / "gradcam" / slug(res.name), run_dir, records=ds.test,
+                    class_names=ds.class_names, names=[display_path(r, ds.root) for r in ds.test], layer=layer,
+                    methods=[method], heatmaps={method: heatmaps})
         except Exception as exc:  # noqa: BLE001 - one failed explanation must not lose the report
             message = failure_message(exc, f"explain-{res.name}", run_dir, data.redact)
             done.gradcam = {"error": message, "method": method}

@@ -515,14 +515,22 @@ def _pointing_game_gate(inp: GateInput, config: GatesConfig) -> GateResult | Non
     if primary.error:
         return _judged(config, name, target.backbone, None, limit, False,
                        f"{who} {primary.method} checks failed ({primary.error}); minimum {limit:.3f}")
-    game = primary.pointing_game if isinstance(primary.pointing_game, Localisation) else Localisation()
+    # the model's one pointing game of this method: its localisation block (the checks' own, in
+    # runs before issue 30)
+    entry = target.entry.localisation if target.entry is not None else None
+    located = [b for b in entry or [] if isinstance(b, Localisation) and b.method == primary.method]
+    game = located[0] if located else \
+        primary.pointing_game if isinstance(primary.pointing_game, Localisation) else Localisation()
+    if game.error:
+        return _judged(config, name, target.backbone, None, limit, False,
+                       f"{who} {primary.method} localisation failed ({game.error}); minimum {limit:.3f}")
     rate = _num(game.rate)
     if rate is None:
         return GateResult(name, target.backbone, "WARN", None, float(limit),
-                          f"{who}: not evaluated (no checked test image has a tumour box); minimum {limit:.3f}")
+                          f"{who}: not evaluated (no test image has a tumour outline); minimum {limit:.3f}")
     chance = _num(game.chance_rate)
     detail = (f"{who} {primary.method} pointing game {rate:.3f} ({game.hits} of {game.total} "
-              f"peaks in the tumour box" + (f"; chance {chance:.3f}" if chance is not None else "") + ")")
+              f"peaks in the tumour outline" + (f"; chance {chance:.3f}" if chance is not None else "") + ")")
     ok = rate + _EPS >= limit
     return _judged(config, name, target.backbone, rate, limit, ok,
                    f"{detail} {'meets' if ok else 'is below'} the minimum {limit:.3f}")

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from engine.report.explanations import ExplanationView, explanation_views, most_faithful
+from engine.report.explanations import ExplanationView, LocalisationView, explanation_views, localisation_views, most_faithful
 from engine.report.figures import FigureRecord
 from engine.results import (BackboneResult, Bootstrap, Calibration, ClassMetrics, Estimate, Gradcam, Imported, Metrics,
                             Parameters, PointingGame, Record, RocAuc, Uncertainty, ValidationMetrics, WeightsInfo,
@@ -101,6 +101,8 @@ class BackboneSection:
     #: explanation reliability per method (engine.report.explanations), shown with the Grad-CAM gallery
     explanations: list[ExplanationView] = field(default_factory=list)
     most_faithful: str | None = None
+    #: localisation on the tumour outlines, one table per method (engine.report.explanations)
+    localisation: list[LocalisationView] = field(default_factory=list)
     #: an imported model's (``[[models]]``) checks that failed, shown first in its section
     warnings: list[str] = field(default_factory=list)
     #: what the reader must know about an imported model (its training data is unknown)
@@ -336,6 +338,10 @@ def _gradcam_gallery(backbone: BackboneResult) -> GradcamGallery | None:
     if pointing and vg.total:
         pointing += (f" On the validation split's boxed images: {vg.hits} of {vg.total} "
                      f"(hit rate {as_metric(vg.rate, 2).text}).")
+    elif vg.total:  # the test split's localisation has its own table; this one is for tuning
+        pointing = (f"On the validation split's annotated tumour images, the heatmap peak fell inside the outline on "
+                    f"{vg.hits} of {vg.total} (hit rate {as_metric(vg.rate, 2).text}): a figure for choosing "
+                    "Grad-CAM settings without the test split.")
     return GradcamGallery(str(block.layer or "n/a"), block.images_per_class, pointing, rate, items, method=method)
 
 
@@ -375,6 +381,7 @@ def backbone_section(backbone: BackboneResult | dict, class_names: Sequence[str]
         subgroups=subgroup_view(backbone),
         explanations=explanation_views(backbone),
         most_faithful=most_faithful(backbone),
+        localisation=localisation_views(backbone),
         warnings=[str(w) for w in (backbone.imported.warnings if backbone.imported else [])],
         notes=_imported_notes(backbone),
     )

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from engine.integrity.audit import LEAKAGE_WARN_FRACTION
-from engine.report.explanations import label as method_label
+from engine.report.explanations import label as method_label, localisation_of
 from engine.report.facts import architecture_name
 from engine.report.study import StudyConfig
 from engine.report.values import count_of, display_path, percent_text
@@ -580,11 +580,12 @@ def _explainability(run: _Run) -> Answer:
         for e in b.explanations or []:
             if e.error:
                 continue
-            game, rand = e.pointing_game, e.randomisation
+            game, rand = localisation_of(b, e.method), e.randomisation
             bits = []
             if game is not None and game.rate is not None:
                 boxes = True
-                bits.append(f"pointing game {_f(game.rate)} (chance {_f(game.chance_rate)})")
+                bits.append(f"pointing game {_f(game.rate)} (chance {_f(game.chance_rate)}, n = {game.total})"
+                            + (f", energy {_f(game.energy)}" if game.energy is not None else ""))
             if rand is not None and rand.passed is not None:
                 bits.append("randomisation " + ("passed" if rand.passed else "failed"))
             if e.faithfulness is not None and e.faithfulness.beats_baselines is not None:
@@ -594,7 +595,7 @@ def _explainability(run: _Run) -> Answer:
                 checks.append(f"{b.label} {method_label(e.method)}: " + ", ".join(bits))
     text = (f"{', '.join(methods)} maps of correct and misclassified test images."
             + (" Checked by weight randomisation, deletion against baselines"
-               + (" and the pointing game on tumour boxes" if boxes else
+               + (" and localisation on the tumour outlines" if boxes else
                   " (the data have no tumour outlines, so localisation was not measured)")
                + ": " + "; ".join(checks) + "." if checks else " The maps were not checked."))
     return Answer(FROM_RUN, text, run.at("gradcam"), "results.json backbones[].gradcam, explanations")

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from engine.report.values import Metric, as_metric, class_metric, count_of, display_path, macro_note
-from engine.results import PointingGame, RunResults
+from engine.results import Localisation, PointingGame, RunResults, method_label
 from engine.results import number as _num
 
 
@@ -29,6 +29,14 @@ class ExternalView:
     rows: list[ExternalRow]
 
 
+def _localised(locs) -> str | None:
+    """Per method: the strict pointing game, energy and IoU with n (the folder's one localisation)."""
+    parts = [f"{method_label(loc.method)}: pointing game {loc.hits} of {loc.total} ({as_metric(loc.rate, 2).text}), "
+             f"energy {as_metric(loc.energy, 2).text}, IoU {as_metric(loc.iou, 2).text}"
+             for loc in locs or [] if isinstance(loc, Localisation) and not loc.error and loc.total]
+    return "; ".join(parts) or None
+
+
 def _pointing(pg: PointingGame | float | None) -> str | None:
     if isinstance(pg, PointingGame):
         return f"{pg.hits} of {pg.total} ({as_metric(pg.rate, 2).text})" if pg.total else None
@@ -45,7 +53,8 @@ def external_views(results: RunResults, class_names: Sequence[str]) -> list[Exte
                                for c in class_names if c in per_class)
             rows.append(ExternalRow(results.label_of(b.name) or str(b.name), count_of(b.n_images),
                                     as_metric(b.accuracy), as_metric(b.balanced_accuracy),
-                                    as_metric(b.macro_f1), _pointing(b.pointing_game), recall or "n/a",
+                                    as_metric(b.macro_f1), _localised(b.localisation) or _pointing(b.pointing_game),
+                                    recall or "n/a",
                                     macro_note(b, class_names, "this data")))
         views.append(ExternalView(display_path(entry.data) if entry.data else "external data", rows))
     return views

@@ -28,9 +28,21 @@ from engine.report.facts import ModelFacts, model_facts
 from engine.report.integrity import IntegrityView, integrity_view
 from engine.report.nightly import GatesView, TrendView, gates_view, trend_view
 from engine.report.provenance import Provenance, provenance_view
-from engine.report.explanations import near_chance_sentence
+from engine.report.explanations import localisation_line
 from engine.report.summary import SummaryRow, best_label, best_sentence, run_status_warning, summary_row
 from engine.results import BestBackbone, RunResults, as_run_results
+
+
+@dataclass(frozen=True)
+class LocalisationLine:
+    """One first-page sentence on localisation; ``verdict`` "tumour", "elsewhere" or "not measured"."""
+
+    text: str
+    verdict: str
+
+    @property
+    def warn(self) -> bool:
+        return self.verdict == "elsewhere"
 
 
 @dataclass
@@ -61,6 +73,8 @@ class Report:
     #: first-page sentences where a backbone's explanations localise near chance (unfaithful maps,
     #: or a model that relies on regions outside the tumour)
     explanation_notes: list[str] = field(default_factory=list)
+    #: the first page's localisation sentence per model (or one for all when none was measured)
+    localisation_lines: list["LocalisationLine"] = field(default_factory=list)
     #: page 2: the validation-chosen model on one page (engine.report.facts); None when none was chosen
     model_facts: ModelFacts | None = None
     #: the reporting checklists of ``[report] checklists`` (engine.report.checklists)
@@ -149,7 +163,11 @@ def build_report(results: RunResults | dict, *, manifest_text: str | None = None
     external = external_views(results, class_names)
     ethics = ethics_view(backbones, class_names)
     trend = trend_view(results)
-    notes = [s for s in (near_chance_sentence(b) for b in finished) if s]
+    lines = [localisation_line(b) for b in finished]
+    notes = [text for verdict, text in lines if verdict == "elsewhere"]
+    if lines and all(verdict == "not measured" for verdict, _ in lines):  # one line, not one per model
+        lines = [("not measured", "Localisation not measured: no test image has a tumour outline, so the report "
+                                  "cannot say whether the maps look at the tumour.")]
     facts = model_facts(results, sections, ethics.rows, integrity, external, explanation_notes=notes,
                         intended_use=study.intended_use, intended_users=study.intended_users,
                         clinical_setting=study.clinical_setting)
@@ -185,6 +203,7 @@ def build_report(results: RunResults | dict, *, manifest_text: str | None = None
         ethics=ethics,
         provenance=provenance_view(results, manifest_text, class_names),
         explanation_notes=notes,
+        localisation_lines=[LocalisationLine(text, verdict) for verdict, text in lines],
         model_facts=facts,
         checklists=checklists,
         sections=anchors,

@@ -10,7 +10,7 @@ from engine.results.backbone import (GALLERY_METHOD_NAMES, METHOD_LABELS, OPTION
                                      Parameters, TrainingStage, WeightsInfo, as_backbone_result,
                                      gallery_method_name, method_label)
 from engine.results.explain import (CascadeStep, Explanation, Faithfulness, Figure, GalleryItem, Gradcam,
-                                    Localisation, PointingGame, Randomisation)
+                                    Localisation, LocalisationExample, PointingGame, Randomisation)
 from engine.results.integrity import (CrossSplitPair, DataInfo, DuplicateGroup, ExamplePair, FileRef, Integrity,
                                       LabelConflict, NeighbouringSlices, Shift, ShiftClass, SkippedImage,
                                       WithinSplit)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine.results.explain import Explanation, Gradcam
+from engine.results.explain import Explanation, Gradcam, Localisation
 from engine.results.metrics import Calibration, Metrics, Subgroup, SubgroupGap, Uncertainty, ValidationMetrics
 from engine.results.record import Record, items, optional, record
 
@@ -30,8 +30,8 @@ def gallery_method_name(method: str | None) -> str:
 
 
 #: BackboneResult blocks that results.json holds only when a stage measured them.
-OPTIONAL_BLOCKS = ("leakage_free", "calibration", "uncertainty", "gradcam", "explanations", "subgroups",
-                   "subgroup_gap")
+OPTIONAL_BLOCKS = ("leakage_free", "calibration", "uncertainty", "gradcam", "explanations", "localisation",
+                   "subgroups", "subgroup_gap")
 
 
 @record(kw_only=False)
@@ -118,6 +118,8 @@ class BackboneResult(Record):
     uncertainty: Uncertainty | None = optional()
     gradcam: Gradcam | None = optional()
     explanations: list[Explanation] | None = optional()
+    #: localisation on every annotated test image, one block per [gradcam] method (engine.explain.localise)
+    localisation: list[Localisation] | None = optional()
     #: {attribute: [one row per group]}
     subgroups: dict[str, list[Subgroup]] | None = optional()
     subgroup_gap: SubgroupGap | None = optional()

@@ -3,7 +3,7 @@ explanation checks per method (``explanations``, docs/explanations.md)."""
 
 from __future__ import annotations
 
-from engine.results.record import Record, items, record
+from engine.results.record import Record, items, keyed, record
 
 
 @record
@@ -52,9 +52,46 @@ class Gradcam(Record):
 
 
 @record
-class Localisation(Record):
-    """The strict and tolerant pointing games and the energy share (engine.explain.localisation)."""
+class LocalisationExample(Record):
+    image: str | None = None
+    cls: str | None = keyed("class")
+    rank: str | None = None
+    hit: bool | None = None
+    tolerant_hit: bool | None = None
+    energy: float | None = None
+    coverage: float | None = None
+    iou: float | None = None
 
+
+@record
+class Localisation(Record):
+    """Localisation against the tumour outlines (engine.explain.localisation.summarise): strict and
+    tolerant pointing games, energy, coverage and IoU with intervals and chance values. A backbone's
+    ``localisation`` entries add the method, the sample and the best/worst figure
+    (engine.explain.localise); runs before issue 30 carried the first scores only, in
+    ``explanations[].pointing_game``."""
+
+    method: str | None = None
+    error: str | None = None
+    layer: str | None = None
+    explained_class: str | None = None
+    n_annotated: int | None = None
+    n_images: int | None = None
+    sample_limit: int | None = None
+    sampled: bool | None = None
+    annotation_kinds: dict[str, int] = items(dict)
+    coverage_top_percent: float | None = None
+    iou_threshold: float | None = None
+    coverage: float | None = None
+    iou: float | None = None
+    coverage_ci: list[float | None] | None = None
+    iou_ci: list[float | None] | None = None
+    chance: dict[str, dict[str, float | None]] = items(dict)
+    beats_centre: dict[str, bool] | None = None
+    per_class: dict[str, dict] = items(dict)
+    examples: list[LocalisationExample] = items()
+    figure: "Figure | None" = None
+    seconds: dict[str, float | None] = items(dict)
     rate: float | None = None
     hits: int | None = None
     total: int | None = None

@@ -26,6 +26,9 @@ class DataInfo(Record):
     validation_grouped_by_patient: bool | None = None
     skipped: list[SkippedImage] = items()
     warnings: list[str] = items()
+    #: tumour outlines found beside the images (engine.data.annotations): {"test": {"annotated",
+    #: "kinds"}, "validation": {...}, "problems": [{"path", "line", "reason"}]}
+    annotations: dict | None = None
 
     def split_counts(self, split: str) -> dict[str, int]:
         """``counts[split]`` (class -> images); {} when the split is not counted."""

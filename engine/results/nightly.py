@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from engine.results.explain import Explanation, PointingGame
+from engine.results.explain import Explanation, Localisation, PointingGame
 from engine.results.metrics import ClassMetrics
 from engine.results.record import Record, items, optional, record
 
@@ -139,6 +139,8 @@ class ExternalBackbone(Record):
     confusion_matrix: list[list[int]] = items()
     #: older runs stored the bare hit rate
     pointing_game: PointingGame | float | None = None
+    #: one block per method over the folder's annotated images (engine.explain.localise)
+    localisation: list[Localisation] = items()
     explanations: list[Explanation] = items()
 
 

@@ -4,10 +4,11 @@ explanation checks) with the run's own settings (its manifest copy, engine.manif
 
 The folder holds one sub-folder per class (same aliases as the run's manifest), images of any
 size; DICOM files and NIfTI volumes give one image per frame or selected slice, decoded with the
-run's ``data.windowing``, ``data.window_percentiles`` and ``data.slices``. Where YOLO box files
-(``<image>.txt``: ``class x_center y_center width height``, normalised) lie beside tumour images,
-each backbone also gets the Grad-CAM pointing game on them and the explanation checks of the
-run's ``[gradcam] method`` list (``explanations``, docs/explanations.md).
+run's ``data.windowing``, ``data.window_percentiles`` and ``data.slices``. Where tumour outlines lie
+beside the images (YOLO boxes or polygons in ``<image>.txt``, mask images, NIfTI label volumes,
+``boxes.csv``: engine.data.annotations), each backbone also gets, per ``[gradcam] method``, one
+localisation block over every annotated tumour image (``localisation``: the pointing games, energy,
+coverage and IoU) and the explanation checks (``explanations``, docs/explanations.md).
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ from typing import Callable
 
 from engine import compute, evaluation, explain
 from engine.errors import InputError
-from engine.manifest import POINTING_MAX_IMAGES, Manifest, folder_aliases, run_settings, slice_selection, \
-    windowing_options
+from engine.data import display_path
+from engine.manifest import Manifest, folder_aliases, run_settings, slice_selection, windowing_options
 from engine.paths import check_output_root
 
 Echo = Callable[[str], None]
@@ -28,14 +29,15 @@ Echo = Callable[[str], None]
 
 def evaluate_external(run_dir: Path, data: Path, backbone: str | None = None, *,
                       echo: Echo | None = None, seed: int | None = None,
-                      max_pointing: int = POINTING_MAX_IMAGES, warn: Echo | None = None,
+                      localisation_images: int | None = None, warn: Echo | None = None,
                       scheduler: str | None = None) -> dict:
     """Score the run's models on ``data``; store and return ``{"data", "backbones": [...]}``.
 
     Unreadable images and images below the run's ``integrity.min_image_size`` are skipped, each
     passed to ``warn`` (default: ``echo``) and listed under ``"skipped"``; the rest are evaluated.
     ``scheduler``: a Dask scheduler address for the predictions and Grad-CAM maps (default: the
-    run's ``[compute] scheduler``; "local": this process).
+    run's ``[compute] scheduler``; "local": this process). ``localisation_images``: the cap on
+    annotated images scored per model and method (default: the run's ``[gradcam] localisation_images``).
     """
     run_dir, data = Path(run_dir), Path(data)
     # Before TensorFlow loads: a broken results.json should cost the user no import time.
@@ -47,6 +49,8 @@ def evaluate_external(run_dir: Path, data: Path, backbone: str | None = None, *,
     seed = results["experiment"]["seed"] if seed is None else seed
     entries = evaluation.finished_backbones(results, backbone)
     m = run_settings(run_dir)  # the run's own settings: aliases, image size, TTA, windowing, checks
+    if localisation_images is not None:
+        m.gradcam.localisation_images = localisation_images
     address = compute.check_address(scheduler, "--scheduler") if scheduler is not None else m.compute.scheduler
     windowing = windowing_options(m.data)
     records, y = evaluation.discover_folder(data, class_names, folder_aliases(class_names, m.data.aliases),
@@ -54,9 +58,9 @@ def evaluate_external(run_dir: Path, data: Path, backbone: str | None = None, *,
     records = evaluation.with_references(records, data, run_dir, results["experiment"]["name"], warn)
     records, y, skipped = evaluation.usable_images(data, records, y, m.integrity.min_image_size, warn, windowing)
     out_dir = run_dir / "external" / evaluation.folder_key(data)
-    images = evaluation.ExternalImages(records, y, class_names,
-                                     *evaluation.pointing_sample(records, y, class_names, seed, max_pointing),
-                                     windowing=windowing, spill_dir=run_dir / "external")
+    outlines, annotations = evaluation.external_annotations(records, data, warn)
+    images = evaluation.ExternalImages(records, y, class_names, outlines, [display_path(r, data) for r in records],
+                                       windowing=windowing, spill_dir=run_dir / "external")
     try:
         with compute.using(address, echo):
             out = [_evaluate_backbone(run_dir, e, images, echo, m, seed, out_dir) for e in entries]
@@ -64,7 +68,7 @@ def evaluate_external(run_dir: Path, data: Path, backbone: str | None = None, *,
         images.close()
     counts = {c: int((y == i).sum()) for i, c in enumerate(class_names)}
     report = {"data": str(data.resolve()), "evaluated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-              "counts": counts, "skipped": skipped, "n_boxed_images": len(images.boxed), "backbones": out}
+              "counts": counts, "skipped": skipped, "annotations": annotations, "backbones": out}
     evaluation.store_report(run_dir, data, results, report)
     return report
 
@@ -83,9 +87,9 @@ def _load_model(run_dir: Path, e: dict, class_names: list[str]):
 
 
 def _evaluate_backbone(run_dir: Path, e: dict, images, echo: Echo, m: Manifest, seed: int, out_dir: Path) -> dict:
-    """One backbone's block: its metrics on the images and, where there are boxes, its pointing
-    game (and, for the run's own models, the explanation checks). Predicts as the run did: with
-    flip test-time augmentation when its manifest asked for it."""
+    """One backbone's block: its metrics on the images and, where there are outlines, its
+    localisation per method (and, for the run's own models, the explanation checks). Predicts as
+    the run did: with flip test-time augmentation when its manifest asked for it."""
     t0 = time.perf_counter()
     imported = e.get("source") == "imported"
     model = _load_model(run_dir, e, images.class_names)
@@ -98,14 +102,25 @@ def _evaluate_backbone(run_dir: Path, e: dict, images, echo: Echo, m: Manifest, 
         probs = evaluation.predict_probs(model, images.pixels(size), tta_flip=m.evaluation.tta_flip, echo=echo,
                                          label=f"{e['name']}: predictions")
     block, scores = evaluation.metrics_block(e, images, probs)
-    if images.boxed:
+    if any(o is not None for o in images.outlines):
         x = images.pixels(size)
         # the layer the run's own Grad-CAM used (a manifest may name one), else the automatic one
         layer = (e.get("gradcam") or {}).get("layer")
-        heatmaps = explain.heatmaps_on(cluster, ref, layer) if cluster is not None else \
-            _imported_heatmaps(model) if imported else None
-        block["pointing_game"] = explain.boxed_pointing_game(model, x, images.y, images.boxes, images.boxed,
-                                                             layer=layer, heatmaps=heatmaps)
+        methods, heatmaps = m.gradcam.methods, {}
+        if imported:
+            heatmaps, method, layer = explain.heatmaps_for(model)
+            methods, heatmaps = [method], {method: heatmaps}
+        elif cluster is not None:  # Grad-CAM on the workers; other methods here
+            heatmaps = {"gradcam": explain.heatmaps_on(cluster, ref, layer)}
+        block["localisation"] = explain.localisation_blocks(
+            None if imported else model, x, images.y, images.outlines, m.gradcam, seed, out_dir / e["name"], run_dir,
+            records=images.records, class_names=images.class_names, names=images.names, layer=layer, methods=methods,
+            heatmaps=heatmaps, echo=echo)
+        for loc in block["localisation"]:
+            if "error" not in loc:
+                echo(f"{e['name']}: {loc['method']} localisation on {loc['n_images']} images: pointing game "
+                     f"{loc['rate']:.3f} (tolerant {loc['tolerant_rate']:.3f}), energy {loc['energy']:.3f}, "
+                     f"coverage {loc['coverage']:.3f}, IoU {loc['iou']:.3f} ({loc['seconds']['maps_and_scores']:.1f}s)")
         if not imported and m.gradcam.enabled and m.gradcam.check_images > 0:
             block["explanations"] = _explanations(model, e, x, images, run_dir, m, seed, out_dir, layer, echo)
     echo(f"{e['name']}: accuracy {scores['accuracy']:.3f}, balanced accuracy {scores['balanced_accuracy']:.3f}, "
@@ -113,18 +128,12 @@ def _evaluate_backbone(run_dir: Path, e: dict, images, echo: Echo, m: Manifest, 
     return block
 
 
-def _imported_heatmaps(model):
-    return explain.heatmaps_for(model)[0]
-
-
 def _explanations(model, e: dict, x, images, run_dir: Path, m: Manifest, seed: int, out_dir: Path,
                   layer: str | None, echo: Echo) -> list[dict]:
-    """The run's explanation checks on the external tumour images with boxes (and, to make up the
-    number, other external images), as the run's explain stage runs them."""
-    boxed = set(images.boxed)
-    box_paths = [str(r.path) if i in boxed else None for i, r in enumerate(images.records)]
+    """The run's randomisation and faithfulness checks on the external images (annotated ones
+    first), as the run's explain stage runs them."""
     t0 = time.perf_counter()
-    out = explain.check_explanations(model, x, images.y, box_paths, m.gradcam, seed, out_dir / e["name"], run_dir,
-                                     layer, echo)
+    out = explain.check_explanations(model, x, images.y, images.outlines, m.gradcam, seed, out_dir / e["name"],
+                                     run_dir, layer, echo)
     echo(f"{e['name']}: explanation checks ({', '.join(m.gradcam.methods)}) in {time.perf_counter() - t0:.1f}s")
     return out

@@ -255,6 +255,8 @@ def _record_explained(res: BackboneResult, done) -> None:
     res.put("gradcam", done.gradcam)
     if done.explanations is not None:
         res.put("explanations", done.explanations)
+    if done.localisation is not None:
+        res.put("localisation", done.localisation)
     res.timings.update(done.timings)
     if done.method is not None:
         res.explanation_method = done.method
