@@ -68,8 +68,7 @@ OUTLINE_COLOUR = "#E69F00"
 
 
 def localisation_figure(images: Sequence[np.ndarray], maps: Sequence[np.ndarray], masks: Sequence[np.ndarray],
-                        titles: Sequence[str], rows: Sequence[str], path: Path | str, per_row: int,
-                        method: str = "Grad-CAM") -> None:
+                        titles: Sequence[str], rows: Sequence[str], path: Path | str, per_row: int) -> None:
     """Write the best/worst localised images to ``path``: one row per entry of ``rows`` ("best",
     "worst"), ``per_row`` panels each. A panel is the greyscale image under the translucent viridis
     map, the tumour outline drawn solid orange, and a white "+" on the map's peak."""

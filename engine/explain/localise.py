@@ -18,6 +18,7 @@ import numpy as np
 
 from engine.data import as_images
 from engine.explain.localisation import IOU_THRESHOLD, TOLERANCE_PX, TOP_PERCENT, score_maps, summarise
+from engine.explain.reliability import _stem
 from engine.paths import relative_to_root
 from engine.results import METHOD_LABELS
 
@@ -58,10 +59,6 @@ def _layer(model, method, layer: str | None) -> str | None:
     return find_target_layer(model, layer)
 
 
-def _stem(method: str) -> str:
-    return "".join(c if c.isalnum() or c in "_-" else "p" if c == "+" else "-" for c in method)
-
-
 def _examples(rows: list[dict]) -> list[tuple[str, dict]]:
     """The best and worst localised rows by energy (ties: IoU, then the image's index)."""
     ranked = sorted(rows, key=lambda r: (-r["energy"], -r["iou"], r["index"]))
@@ -71,7 +68,7 @@ def _examples(rows: list[dict]) -> list[tuple[str, dict]]:
     return [("best", r) for r in best] + [("worst", r) for r in worst]
 
 
-def _figure(explain, images, y, outlines, chosen, names, class_names, label: str, path: Path,
+def _figure(explain, images, y, outlines, chosen, class_names, label: str, path: Path,
             run_dir: Path, block: dict) -> dict:
     from engine.explain.figures import localisation_figure
 
@@ -81,8 +78,7 @@ def _figure(explain, images, y, outlines, chosen, names, class_names, label: str
     titles = [f"{class_names[int(y[r['index']])]}: energy {r['energy']:.2f}, IoU {r['iou']:.2f}" for _, r in chosen]
     rows = ["best"] + (["worst"] if any(rank == "worst" for rank, _ in chosen) else [])
     per_row = max(1, sum(rank == "best" for rank, _ in chosen))
-    localisation_figure(x, maps, [outlines[i].mask(m.shape) for i, m in zip(idx, maps)], titles, rows, path, per_row,
-                        label)
+    localisation_figure(x, maps, [outlines[i].mask(m.shape) for i, m in zip(idx, maps)], titles, rows, path, per_row)
 
     def listed(rank):
         return "; ".join(f"{class_names[int(y[r['index']])]} (energy {r['energy']:.2f}, IoU {r['iou']:.2f}, peak "
@@ -164,7 +160,7 @@ def localise(model, images, y: np.ndarray, outlines: Sequence, methods: Sequence
                                   **{k: r[k] for k in ("hit", "tolerant_hit", "energy", "coverage", "iou")}}
                                  for rank, r in chosen]
             t1 = time.perf_counter()
-            block["figure"] = _figure(explain, images, y, outlines, chosen, names, class_names, label,
+            block["figure"] = _figure(explain, images, y, outlines, chosen, class_names, label,
                                       out_dir / f"localisation_{_stem(name)}.png", run_dir, block)
             seconds["figure"] = time.perf_counter() - t1
             block["seconds"] = {k: round(v, 3) for k, v in seconds.items()}
