@@ -236,17 +236,19 @@ def test_heatmap_stats_peak_area_and_boxes():
     assert gradcam.pointing_game([]) == {"hits": 0, "total": 0, "rate": None, "chance_rate": None}
 
 
-def test_read_yolo_boxes(tmp_path):
-    img = tmp_path / "a.jpg"
-    assert gradcam.read_yolo_boxes(img) == []
-    img.with_suffix(".txt").write_text("0 0.5 0.25 0.2 0.1\n\n3 0.1 0.9 0.05 0.05\n")
-    assert gradcam.read_yolo_boxes(img) == [(0.5, 0.25, 0.2, 0.1), (0.1, 0.9, 0.05, 0.05)]
-    img.with_suffix(".txt").write_text("")
-    assert gradcam.read_yolo_boxes(img) == []
+def test_yolo_box_files(tmp_path):
+    from engine.data.annotations import AnnotationError, parse_yolo
+
+    txt = tmp_path / "a.txt"
+    txt.write_text("0 0.5 0.25 0.2 0.1\n\n3 0.1 0.9 0.05 0.05\n")  # blank lines skipped, class ignored
+    assert parse_yolo(txt).boxes == ((0.5, 0.25, 0.2, 0.1), (0.1, 0.9, 0.05, 0.05))
+    txt.write_text("")
+    assert parse_yolo(txt) is None
     for bad in ("0 0.5 0.5 0.2\n", "0 0.5 0.5 1.5 0.2\n", "0 x 0.5 0.2 0.2\n", "0 0.5 0.5 0 0.2\n"):
-        img.with_suffix(".txt").write_text("0 0.5 0.5 0.2 0.2\n" + bad)
-        with pytest.raises(InputError, match=r"a\.txt: line 2"):
-            gradcam.read_yolo_boxes(img)
+        txt.write_text("0 0.5 0.5 0.2 0.2\n" + bad)
+        with pytest.raises(AnnotationError) as caught:
+            parse_yolo(txt)
+        assert caught.value.line == 2 and caught.value.path == txt
 
 
 # ---------------------------------------------------------------- gallery

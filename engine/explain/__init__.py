@@ -38,7 +38,6 @@ _EXPORTS = {
     "pointing_game_on": "gallery",
     "randomisation_cascade_figure": "figures",
     "randomisation_test": "randomisation",
-    "read_yolo_boxes": "gradcam",
     "register_method": "methods",
     "render_gallery_images": "gallery",
     "select_gallery": "gallery",

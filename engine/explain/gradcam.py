@@ -22,7 +22,6 @@ from __future__ import annotations
 import weakref
 
 import difflib
-from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -403,54 +402,6 @@ def gradcam_heatmaps(model, images: np.ndarray, class_index: Sequence[int], laye
 # --------------------------------------------------------------------------------------------
 # Statistics and the pointing game
 # --------------------------------------------------------------------------------------------
-
-def read_yolo_boxes(image_path: Path | str) -> list[Box]:
-    """Boxes from ``<image stem>.txt`` beside the image (YOLO: ``class xc yc w h`` per line, 0..1).
-
-    The class field is ignored; blank lines are skipped; no file means no boxes ([]).
-    A malformed line raises InputError naming the file and line.
-    """
-    txt = Path(image_path).with_suffix(".txt")
-    if not txt.is_file():
-        return []
-    boxes: list[Box] = []
-    for lineno, line in enumerate(txt.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
-        fields = line.split()
-        if not fields:
-            continue
-        try:
-            if len(fields) != 5:
-                raise ValueError(f"expected 5 fields, found {len(fields)}")
-            xc, yc, w, h = (float(f) for f in fields[1:])
-            if not all(np.isfinite(v) and 0.0 <= v <= 1.0 for v in (xc, yc, w, h)) or w <= 0 or h <= 0:
-                raise ValueError("coordinates must be normalised to 0..1 with positive width and height")
-        except ValueError as exc:
-            raise InputError(f"{txt}: line {lineno}: not a YOLO box "
-                             f"('class x_center y_center width height'): {exc}") from None
-        boxes.append((xc, yc, w, h))
-    return boxes
-
-
-def as_boxes(boxes) -> list[Box]:
-    if boxes is None:
-        return []
-    if len(boxes) == 4 and all(np.isscalar(v) for v in boxes):
-        return [tuple(float(v) for v in boxes)]
-    return [tuple(float(v) for v in b) for b in boxes]
-
-
-def box_mask(shape: tuple[int, int], boxes: list[Box]) -> np.ndarray:
-    """Pixels whose centre lies inside any box (edges inclusive)."""
-    h, w = shape
-    ys = (np.arange(h) + 0.5) / h
-    xs = (np.arange(w) + 0.5) / w
-    mask = np.zeros((h, w), dtype=bool)
-    for xc, yc, bw, bh in boxes:
-        rows = (ys >= yc - bh / 2) & (ys <= yc + bh / 2)
-        cols = (xs >= xc - bw / 2) & (xs <= xc + bw / 2)
-        mask |= rows[:, None] & cols[None, :]
-    return mask
-
 
 def heatmap_stats(heatmap: np.ndarray, boxes: Box | Sequence[Box] | None = None) -> dict:
     """Where a Grad-CAM map points and how concentrated it is.

@@ -17,8 +17,9 @@ from typing import Callable, Sequence
 import numpy as np
 
 from engine.data import as_images
+from engine.errors import InputError
 from engine.explain.localisation import IOU_THRESHOLD, TOLERANCE_PX, TOP_PERCENT, score_maps, summarise
-from engine.explain.reliability import _stem
+from engine.explain.reliability import file_stem
 from engine.paths import relative_to_root
 from engine.results import METHOD_LABELS
 
@@ -161,9 +162,11 @@ def localise(model, images, y: np.ndarray, outlines: Sequence, methods: Sequence
                                  for rank, r in chosen]
             t1 = time.perf_counter()
             block["figure"] = _figure(explain, images, y, outlines, chosen, class_names, label,
-                                      out_dir / f"localisation_{_stem(name)}.png", run_dir, block)
+                                      out_dir / f"localisation_{file_stem(name)}.png", run_dir, block)
             seconds["figure"] = time.perf_counter() - t1
             block["seconds"] = {k: round(v, 3) for k, v in seconds.items()}
+        except InputError:
+            raise  # a setting that cannot work (a layer the model lacks) is the user's to fix: exit 2
         except Exception as exc:  # noqa: BLE001 - one method's failure must not lose the others
             block = {"method": name, "error": f"{type(exc).__name__}: {exc}"}
             if echo:

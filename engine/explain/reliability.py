@@ -107,7 +107,7 @@ def explain_reliability(model, images: np.ndarray, y_true: Sequence[int], outlin
             block = result.to_json()
             del block["pointing_game"]  # one pointing game per model and method: the localisation block's
             block["figure"] = _figure(result, x[result.randomisation.example_index], METHOD_LABELS.get(name, name),
-                                      out_dir / f"randomisation_{_stem(name)}.png", run_dir, len(idx))
+                                      out_dir / f"randomisation_{file_stem(name)}.png", run_dir, len(idx))
         except Exception as exc:  # noqa: BLE001 - one method's failure must not lose the others
             block = {"method": name, "error": f"{type(exc).__name__}: {exc}"}
             if echo:
@@ -116,6 +116,6 @@ def explain_reliability(model, images: np.ndarray, y_true: Sequence[int], outlin
     return out
 
 
-def _stem(method: str) -> str:
+def file_stem(method: str) -> str:
     """A file-name stem for a method name ("gradcam++" -> "gradcampp")."""
     return "".join(c if c.isalnum() or c in "_-" else "p" if c == "+" else "-" for c in method)
