@@ -142,9 +142,10 @@ def _annotations(dataset: data_mod.Dataset, root: Path) -> tuple[dict[str, list]
     block's ``annotations``: per split the images annotated and by which kind, and every annotation
     that could not be read (file, line, reason)."""
     from engine.data.annotations import read_annotations
+    from engine.data.identity import display_path
 
     def shown(r):
-        return data_mod.display_path(r, root)
+        return display_path(r, root)
 
     found = {split: read_annotations(getattr(dataset, split), root, shown) for split in ("test", "val")}
     block = {name: {"annotated": sum(o is not None for o in a.outlines), "kinds": a.kinds}
