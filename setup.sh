@@ -25,5 +25,5 @@ fi
 PYTHON=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e ".[test,dask]"
+.venv/bin/python -m pip install -q -e ".[test,dask,mlflow]"
 echo "setup: done; run .venv/bin/auditrun --help" >&2

@@ -125,6 +125,24 @@ class AuditGroup(click.Group):
         formatter.write_usage("auditrun", "MANIFEST [OPTIONS]  |  auditrun COMMAND [ARGS]...")
 
 
+def _warn(msg: str) -> None:
+    """A warning the user sees even with --quiet."""
+    click.echo(f"auditrun: warning: {msg}", err=True)
+
+
+def _tracking_uri(ctx, param, value):
+    if value is not None and not value.strip():
+        raise click.BadParameter("must be a tracking URI (http://host:5000, databricks, file:/path)")
+    return value
+
+
+#: ``--tracking-uri`` of the commands that log to MLflow (engine.tracking).
+_tracking_option = click.option(
+    "--tracking-uri", "tracking_uri", metavar="URI", callback=_tracking_uri,
+    help="Log to this MLflow tracking server or store (http://host:5000, databricks, file:/path); overrides "
+         "[tracking] mlflow. Needs auditrun[mlflow].")
+
+
 #: ``--scheduler`` of the commands whose data-parallel stages can run on Dask (engine.compute).
 _scheduler_option = click.option(
     "--scheduler", metavar="ADDRESS",
@@ -160,8 +178,9 @@ def main():
 @click.option("--junit", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write the gate results as JUnit XML to this file.")
 @_scheduler_option
+@_tracking_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress on stderr.")
-def run_cmd(manifest: Path, output_dir, run_id, resume, junit, scheduler, quiet):
+def run_cmd(manifest: Path, output_dir, run_id, resume, junit, scheduler, tracking_uri, quiet):
     """Run the audit described by MANIFEST; print the run directory last."""
     from engine import manifest as manifest_mod
     from engine import interrupts
@@ -176,11 +195,13 @@ def run_cmd(manifest: Path, output_dir, run_id, resume, junit, scheduler, quiet)
         _check_writable_file(junit, "--junit")  # before an hour of training, not after
     m = manifest_mod.load(manifest)
     _use_scheduler(m, scheduler)
+    if tracking_uri is not None:
+        m.tracking.mlflow = tracking_uri
     click.get_current_context().meta["auditrun.output"] = output_dir or m.experiment.output_dir
     # SIGTERM and SIGINT mark the run interrupted and release the lock on the way out; the
     # default SIGTERM would kill the process with the run left "running" and the lock held.
     with interrupts.installed():
-        outcome = run_audit(m, output_dir=output_dir, run_id=run_id, echo=echo, resume=resume)
+        outcome = run_audit(m, output_dir=output_dir, run_id=run_id, echo=echo, resume=resume, warn=_warn)
     if outcome.already_finished:
         click.echo(str(outcome.run_dir))
         return
@@ -331,14 +352,16 @@ def locate_cmd(manifest: Path, references, output_dir):
               help="Score localisation on at most N annotated images per model and method, a seeded sample "
                    "(default: the run's [gradcam] localisation_images, 500).")
 @_scheduler_option
+@_tracking_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress on stderr.")
-def evaluate_cmd(run_dir: Path, data: Path, backbone, localisation_images, scheduler, quiet):
+def evaluate_cmd(run_dir: Path, data: Path, backbone, localisation_images, scheduler, tracking_uri, quiet):
     """External validation: run RUN_DIR's saved models on another labelled folder.
 
     Prints {"backbones": [{name, accuracy, balanced_accuracy, macro_f1, per_class,
     confusion_matrix, n_images[, localisation, explanations]}], "annotations": {annotated, kinds,
     problems}, "skipped": [{path, reason}]} as JSON on stdout and stores it under
     RUN_DIR/external/, so `auditrun render RUN_DIR` adds an "External validation" section.
+    A run logged to MLflow ([tracking]) gets the metrics as external_<folder>_<metric> on its runs.
     Tumour outlines beside the images (YOLO boxes or polygons in <image>.txt, <image>_mask.png or
     masks/<image>.png, NIfTI label volumes, boxes.csv) give each model one localisation block per
     explanation method: pointing games, energy, coverage and IoU with their intervals and chance
@@ -354,9 +377,8 @@ def evaluate_cmd(run_dir: Path, data: Path, backbone, localisation_images, sched
     from engine.atomic import scratch_folder
 
     with scratch_folder(run_dir):  # Keras unpacks each saved model in the temp folder
-        report = evaluate_external(run_dir, data, backbone, echo=_Echo(quiet),
-                                   warn=lambda msg: click.echo(f"auditrun: warning: {msg}", err=True),
-                                   scheduler=scheduler, localisation_images=localisation_images)
+        report = evaluate_external(run_dir, data, backbone, echo=_Echo(quiet), warn=_warn, scheduler=scheduler,
+                                   localisation_images=localisation_images, tracking_uri=tracking_uri)
     click.echo(dumps_json({"backbones": report["backbones"], "data": report["data"], "counts": report["counts"],
                            "annotations": report["annotations"], "skipped": report["skipped"]}), nl=False)
 

@@ -331,6 +331,32 @@ class ComputeConfig:
 
 
 @dataclass
+class TrackingConfig:
+    """Where the audit is logged in an experiment tracker (engine.tracking, ``auditrun[mlflow]``).
+
+    ``mlflow``: false (no tracking), true (a local store under the output root,
+    ``sqlite:///<output_root>/mlflow.db``, artefacts beside it) or a tracking URI (``http://host:5000``,
+    ``databricks``, ``file:/path``); ``--tracking-uri`` overrides it."""
+
+    mlflow: bool | str = False
+    #: The MLflow experiment; empty: the manifest's ``experiment.name``.
+    experiment: str = ""
+    #: An unreachable tracker stops the audit (exit 2) before training, instead of one warning.
+    required: bool = False
+    #: Register the best backbone's logged model under this name in the model registry.
+    register_as: str = ""
+    #: Log each trained model with MLflow's Keras flavour (an imported model's file as an artefact).
+    log_models: bool = True
+    #: Retries of a refused or failed call, with exponential back-off, and each request's timeout.
+    retries: int = 3
+    timeout_s: float = 10.0
+
+    @property
+    def enabled(self) -> bool:
+        return self.mlflow is not False
+
+
+@dataclass
 class Manifest:
     experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -345,6 +371,7 @@ class Manifest:
     gates: GatesConfig = field(default_factory=lambda: _stage_types()["GatesConfig"]())  # engine.nightly.gates
     subgroups: SubgroupsConfig = field(default_factory=SubgroupsConfig)
     compute: ComputeConfig = field(default_factory=ComputeConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
     #: Where the manifest was read from (not a TOML key).
     path: Path | None = None
     text: str = ""
@@ -505,6 +532,7 @@ def _check_ranges(m: Manifest, finished_run: bool = False) -> None:
     _check_subgroups(m.subgroups)
     _check_labels(m.data)
     _check_gradcam(m.gradcam)
+    _check_tracking(m.tracking)
     _need(len(set(m.report.checklists)) == len(m.report.checklists), "report.checklists",
           "must not repeat a checklist")
 
@@ -524,6 +552,17 @@ def _check_gradcam(g: GradcamConfig) -> None:
     _need(0 < g.iou_threshold < 1, "gradcam.iou_threshold", "must be in (0, 1)")
     _need(g.cascade_steps >= 1, "gradcam.cascade_steps", "must be at least 1")
     _need(g.faithfulness_steps >= 2, "gradcam.faithfulness_steps", "must be at least 2")
+
+
+def _check_tracking(t: TrackingConfig) -> None:
+    if isinstance(t.mlflow, str):
+        _need(bool(t.mlflow.strip()), "tracking.mlflow", "must be true, false or a tracking URI")
+    _need(0 <= t.retries <= 10, "tracking.retries", "must be between 0 and 10")
+    _need(0 < t.timeout_s <= 600, "tracking.timeout_s", "must be in (0, 600] seconds")
+    _need(not t.required or t.enabled, "tracking.required", "needs tracking.mlflow = true or a tracking URI")
+    _need(not t.register_as or t.enabled, "tracking.register_as", "needs tracking.mlflow = true or a tracking URI")
+    _need(t.register_as == t.register_as.strip() and "\n" not in t.register_as, "tracking.register_as",
+          "must be a model name without surrounding spaces or newlines")
 
 
 def _check_numbers(m: Manifest) -> None:

@@ -23,7 +23,7 @@ from engine.results.nightly import (Comparison, External, ExternalBackbone, Gate
                                     InputsChanged, Trend, TrendBackbone, TrendChange, TrendChanges, TrendPoint,
                                     TrendRun)
 from engine.results.record import Record, optional, record
-from engine.results.run import (BestBackbone, ChecklistBlock, ChecklistEntry, Device, Environment, Experiment, RunInfo, RunResults, TrainingSetup,
+from engine.results.run import (BestBackbone, ChecklistBlock, ChecklistEntry, Device, Environment, Experiment, RunInfo, RunResults, Tracking, TrainingSetup,
                                 as_run_results)
 from engine.results.schema import (MAX_MAGNITUDE, SCHEMA_VERSION, json_path, load_schema, number, number_problem,
                                    read_results, schema_problem, validate_results, write_results)

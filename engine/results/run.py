@@ -95,6 +95,28 @@ class ChecklistBlock(Record):
 
 
 @record
+class Tracking(Record):
+    """Where the audit was logged in an experiment tracker (engine.tracking): the run of the audit and
+    one nested run per model, so ``auditrun evaluate`` and ``--resume`` find them again."""
+
+    tracker: str = "mlflow"
+    #: the tracking URI without credentials; the embedded store is named relative to the output root
+    uri: str | None = None
+    embedded: bool = False
+    experiment: str | None = None
+    experiment_id: str | None = None
+    run_id: str | None = None
+    #: model name (as ``backbones[].name``) -> its nested run's id
+    runs: dict[str, str] = items(dict)
+    #: model name -> the logged model's URI (``models:/...``)
+    models: dict[str, str] = items(dict)
+    registered_as: str | None = optional()
+    #: running (the audit is under way), logged, or failed (a call gave up; ``error`` says which)
+    status: str = "running"
+    error: str | None = optional()
+
+
+@record
 class RunResults(Record):
     """results.json, typed. ``from_json`` reads a checked document; ``to_json`` is its one serializer."""
 
@@ -114,6 +136,8 @@ class RunResults(Record):
     external: list[External] | None = optional()
     #: the reporting checklists the report filled from this run ([report] checklists)
     checklists: list[ChecklistBlock] | None = optional()
+    #: the experiment tracker's runs of this audit ([tracking])
+    tracking: Tracking | None = optional()
 
     @classmethod
     def read(cls, run_dir: Path) -> "RunResults":

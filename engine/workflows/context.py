@@ -59,6 +59,8 @@ class RunContext:
     #: Turns data paths in a message into neutral references when the data holds patient ids
     #: (engine.data.identity.Redactor); every log line, stored error and raised message passes it.
     redact: Callable[[str], str] = _unchanged
+    #: The experiment tracker (engine.tracking.Tracker); None without [tracking].
+    tracker: object | None = None
 
     @property
     def dataset(self):

@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
-from engine import compute, evaluation, explain
+from engine import compute, evaluation, explain, tracking
 from engine.errors import InputError
 from engine.data import display_path
 from engine.manifest import Manifest, folder_aliases, run_settings, slice_selection, windowing_options
@@ -30,7 +30,7 @@ Echo = Callable[[str], None]
 def evaluate_external(run_dir: Path, data: Path, backbone: str | None = None, *,
                       echo: Echo | None = None, seed: int | None = None,
                       localisation_images: int | None = None, warn: Echo | None = None,
-                      scheduler: str | None = None) -> dict:
+                      scheduler: str | None = None, tracking_uri: str | None = None) -> dict:
     """Score the run's models on ``data``; store and return ``{"data", "backbones": [...]}``.
 
     Unreadable images and images below the run's ``integrity.min_image_size`` are skipped, each
@@ -38,6 +38,7 @@ def evaluate_external(run_dir: Path, data: Path, backbone: str | None = None, *,
     ``scheduler``: a Dask scheduler address for the predictions and Grad-CAM maps (default: the
     run's ``[compute] scheduler``; "local": this process). ``localisation_images``: the cap on
     annotated images scored per model and method (default: the run's ``[gradcam] localisation_images``).
+    ``tracking_uri``: log the metrics to the audit's MLflow runs there (default: the run's ``[tracking]``).
     """
     run_dir, data = Path(run_dir), Path(data)
     # Before TensorFlow loads: a broken results.json should cost the user no import time.
@@ -52,6 +53,9 @@ def evaluate_external(run_dir: Path, data: Path, backbone: str | None = None, *,
     if localisation_images is not None:
         m.gradcam.localisation_images = localisation_images
     address = compute.check_address(scheduler, "--scheduler") if scheduler is not None else m.compute.scheduler
+    # before any model is loaded: MLflow missing, or a required tracker down, is exit 2
+    tracker = tracking.open_tracker(m.tracking, run_dir.parent.parent, results["experiment"]["name"], uri=tracking_uri,
+                                    warn=warn)
     windowing = windowing_options(m.data)
     records, y = evaluation.discover_folder(data, class_names, folder_aliases(class_names, m.data.aliases),
                                           slice_selection(m.data))
@@ -70,6 +74,11 @@ def evaluate_external(run_dir: Path, data: Path, backbone: str | None = None, *,
     report = {"data": str(data.resolve()), "evaluated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "counts": counts, "skipped": skipped, "annotations": annotations, "backbones": out}
     evaluation.store_report(run_dir, data, results, report)
+    if tracker is not None:
+        run_id = tracking.log_external(tracker, results, report, data.resolve().name or "data",
+                                       run_dir / "external" / f"{evaluation.folder_key(data)}.json")
+        if run_id is not None:
+            echo(f"tracking: external metrics logged to MLflow run {run_id} at {tracker.target.shown}")
     return report
 
 

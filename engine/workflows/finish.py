@@ -6,7 +6,7 @@ from __future__ import annotations
 import signal
 from pathlib import Path
 
-from engine import nightly
+from engine import nightly, tracking
 from engine.errors import InputError, RunInterrupted, StorageError, os_error_message
 from engine.failures import save_traceback
 from engine.progress import Timer
@@ -35,7 +35,28 @@ def finish_run(ctx: RunContext, exp_dir: Path) -> list:
         if stale:
             ctx.echo(f"retention: removed {len(stale)} cached image arrays unused for "
                      f"{m.data.cache_max_age_days} days")
+    track_stage(ctx)
     return gates
+
+
+def track_stage(ctx: RunContext) -> None:
+    """The audit in the experiment tracker, once its own records (report, history) are written: the
+    tracker never costs them. results.json is saved with the nested runs' ids before it is logged."""
+    tracker, block = ctx.tracker, ctx.results.tracking
+    if tracker is None or block is None:
+        return
+    with Timer(ctx.echo, "tracking", ctx.results.timings, "tracking_s"):
+        ctx.results.tracking = tracking.open_model_runs(tracker, block, ctx.results.to_json())
+        ctx.save()
+        ctx.results.tracking = tracking.logged(tracker, tracking.log_audit(
+            tracker, ctx.results.tracking, ctx.run_dir, ctx.results.to_json(), ctx.manifest))
+        ctx.save()
+        ctx.results.tracking = tracking.close_audit(tracker, ctx.results.tracking, ctx.run_dir, ctx.results.to_json())
+        if ctx.results.tracking.status == "failed":  # results.json says so, though MLflow's copy could not
+            ctx.save()
+    if ctx.results.tracking.status == "logged":
+        ctx.echo(f"tracking: MLflow run {ctx.results.tracking.run_id} in experiment "
+                 f"{ctx.results.tracking.experiment!r} at {ctx.results.tracking.uri}")
 
 
 def render_stage(ctx: RunContext) -> None:
@@ -72,6 +93,8 @@ def record_end(ctx: RunContext, exp_dir: Path, status: str, error: str) -> None:
         nightly.append_record(exp_dir, nightly.record_from_results(ctx.results))
     except (OSError, ValueError, StorageError) as exc:
         ctx.echo(f"warning: could not record the run as {status}: {exc}")
+    if ctx.tracker is not None and ctx.results.tracking is not None:
+        tracking.end_audit(ctx.tracker, ctx.results.tracking, status, error)
 
 
 def stopped(ctx: RunContext, exp_dir: Path, exc: BaseException) -> BaseException:

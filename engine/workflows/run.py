@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 from engine import data as data_stage
-from engine import compute, evaluation, explain, integrity, interrupts, nightly, training
+from engine import compute, evaluation, explain, integrity, interrupts, nightly, tracking, training
 from engine.atomic import scratch_folder, write_text
 from engine.errors import InputError, RunInterrupted, StorageError
 from engine.manifest import Manifest, data_root_source, synthetic_root
@@ -32,9 +32,13 @@ from engine.workflows.context import (FINISHED_STATUSES, Echo, RunContext, RunOu
 
 def run_audit(m: Manifest, *, output_dir: Path | None = None, run_id: str | None = None,
               echo: Echo | None = None, now: Callable[[], datetime] | None = None,
-              resume: Path | None = None) -> RunOutcome:
-    """Run every stage under the experiment's lock. Raises InputError for bad input."""
+              resume: Path | None = None, warn: Echo | None = None) -> RunOutcome:
+    """Run every stage under the experiment's lock. Raises InputError for bad input.
+
+    ``warn``: where a warning goes that the user must see even without progress lines (the tracker's
+    one failure line); default ``echo``."""
     echo = echo or quiet_echo()
+    warn = warn or (lambda msg: echo(f"warning: {msg}"))
     now = now or (lambda: datetime.now(timezone.utc))
     if synthetic_root(m) is not None:  # manifest.load leaves the writing of the phantoms to the run
         data_stage.prepare_data_root(m)
@@ -45,17 +49,20 @@ def run_audit(m: Manifest, *, output_dir: Path | None = None, run_id: str | None
     if m.training.distribute == "multiworker":
         if not training.is_chief():
             return _run_as_worker(m, Path(output_dir) if output_dir else m.experiment.output_dir, run_id, echo, now)
+    output_root = (Path(resume).resolve().parent.parent if resume is not None
+                   else Path(output_dir) if output_dir else m.experiment.output_dir)
+    # MLflow missing, or a required tracker down: exit 2 before the run starts
+    tracker = tracking.open_tracker(m.tracking, output_root, m.experiment.name, warn=warn)
     if resume is not None:
         exp_dir = Path(resume).resolve().parent
     else:
-        output_root = Path(output_dir) if output_dir else m.experiment.output_dir
         output_root.mkdir(parents=True, exist_ok=True)
         exp_dir = child(output_root, m.experiment.name, "experiment.name")
         if run_id is not None:
             safe_name(run_id, "--run-id")
     exp_dir.mkdir(parents=True, exist_ok=True)
     with nightly.experiment_lock(exp_dir, experiment=m.experiment.name), compute.using(m.compute.scheduler, echo):
-        return _run_locked(m, exp_dir, run_id, echo, now, resume)
+        return _run_locked(m, exp_dir, run_id, echo, now, resume, tracker)
 
 
 def _run_as_worker(m: Manifest, output_root: Path, run_id, echo: Echo, now) -> RunOutcome:
@@ -66,7 +73,8 @@ def _run_as_worker(m: Manifest, output_root: Path, run_id, echo: Echo, now) -> R
     import tempfile
     from dataclasses import replace
 
-    m = replace(m, gradcam=replace(m.gradcam, enabled=False), report=replace(m.report, formats=[]))
+    m = replace(m, gradcam=replace(m.gradcam, enabled=False), report=replace(m.report, formats=[]),
+                tracking=replace(m.tracking, mlflow=False, required=False))
     output_root.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".worker-", dir=output_root) as tmp:
         echo("multiworker: non-chief worker; training with the chief, writing nothing that stays")
@@ -76,7 +84,7 @@ def _run_as_worker(m: Manifest, output_root: Path, run_id, echo: Echo, now) -> R
     return RunOutcome(output_root, outcome.status, worker=True)
 
 
-def _run_locked(m: Manifest, exp_dir: Path, run_id, echo: Echo, now, resume) -> RunOutcome:
+def _run_locked(m: Manifest, exp_dir: Path, run_id, echo: Echo, now, resume, tracker=None) -> RunOutcome:
     started = now()
     t_run = time.perf_counter()
     manifest_sha = hashlib.sha256(m.text.encode()).hexdigest()
@@ -101,11 +109,14 @@ def _run_locked(m: Manifest, exp_dir: Path, run_id, echo: Echo, now, resume) -> 
     write_text(run_dir / "manifest.toml", m.text)
     results = new_results(m, run_dir, started, manifest_sha, resume is not None)
     ctx = RunContext(m, run_dir, exp_dir.parent, echo, now, results, clock_start=t_run,
-                     prior_active_s=float((previous or {}).get("run", {}).get("active_s") or 0.0))
+                     prior_active_s=float((previous or {}).get("run", {}).get("active_s") or 0.0), tracker=tracker)
     if previous is not None:
         results.run.active_s_before_resume = ctx.prior_active_s
     ctx.save()
     echo(f"run directory: {run_dir}")
+    if tracker is not None:
+        results.tracking = tracking.start_audit(tracker, results, m, previous)
+        ctx.save()
     try:
         # Keras builds every .keras archive in the temp folder: it must lie inside the output root.
         with scratch_folder(exp_dir):
