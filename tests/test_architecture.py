@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 ENGINE = Path(__file__).resolve().parents[1] / "engine"
-STAGES = ("data", "integrity", "training", "evaluation", "explain", "report", "nightly")
+STAGES = ("data", "integrity", "training", "evaluation", "explain", "report", "nightly", "tracking")
 TOP_LEVEL = {"__init__", "cli", "pipeline", "manifest", "results", "provenance", "atomic", "errors", "paths", "failures",
              "sklearn_warnings", "progress", "interrupts", "registry", "workflows"}
 HEAVY = ("tensorflow", "keras")

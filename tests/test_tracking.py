@@ -372,7 +372,10 @@ def test_an_audit_logged_to_a_server_reads_back_equal_to_results_json(server_aud
     assert "warning" not in result.output
     client = MlflowClient(tracking_uri=server.uri)
     check_logged_audit(client, run_dir, "served", artefacts=("report.html", "report.pdf"))
-    assert json.loads((run_dir / "results.json").read_text())["tracking"]["uri"] == server.uri
+    block = json.loads((run_dir / "results.json").read_text())["tracking"]
+    assert block["uri"] == server.uri
+    # the report names the run, so a reader can open the same numbers in MLflow
+    assert f"MLflow run {block['run_id']} in experiment" in (run_dir / "report.html").read_text()
 
 
 @pytest.fixture(scope="module")
@@ -458,3 +461,98 @@ def test_a_server_stopped_mid_run_costs_one_warning_and_not_the_audit(assets, mo
     results = json.loads((run_dir / "results.json").read_text())
     assert results["run"]["status"] == "ok" and (run_dir / "report.html").is_file()
     assert results["tracking"]["status"] == "failed" and results["tracking"]["run_id"]
+
+
+def _tracker(tmp_path: Path, experiment: str):
+    from engine.tracking import Tracker, target
+
+    warnings = []
+    return Tracker(target(True, tmp_path / "out", experiment), retries=0, warn=warnings.append), warnings
+
+
+def test_a_failed_gate_fails_the_audits_run_and_the_models_run_with_a_tag(tmp_path):
+    from mlflow import MlflowClient
+
+    from engine import tracking
+    from engine.manifest import run_settings
+    from engine.results import RunResults
+
+    run_dir = tmp_path / "out" / "smoke" / "smoke-fixture"
+    shutil.copytree(SMOKE.parent, run_dir)
+    results = RunResults.read(run_dir)
+    doc = results.to_json()
+    name = doc["backbones"][1]["name"]
+    doc["gates"]["gates"].append({"name": "min_macro_f1", "backbone": name, "status": "FAIL", "value": 0.5,
+                                  "threshold": 0.9, "message": "macro-F1 0.5 < 0.9"})
+    doc["gates"]["summary"].update(FAIL=1, status="FAIL")
+    results = RunResults.checked(doc)
+    m = run_settings(run_dir)
+    tracker, warnings = _tracker(tmp_path, "smoke")
+    block = tracking.start_audit(tracker, results, m)
+    block = tracking.open_model_runs(tracker, block, results.to_json())
+    block = tracking.logged(tracker, tracking.log_audit(tracker, block, run_dir, results.to_json(), m))
+    tracking.close_audit(tracker, block, run_dir, results.to_json())
+    assert not warnings and block.status == "logged"
+    client = MlflowClient(tracking_uri=tracker.target.uri)
+    parent = client.get_run(block.run_id)
+    assert parent.info.status == "FAILED" and parent.data.tags["auditrun.gates"] == "FAIL"
+    assert parent.data.tags[f"auditrun.gate.min_macro_f1.{name}"] == "FAIL"
+    failed, passed = client.get_run(block.runs[name]), client.get_run(block.runs[doc["backbones"][0]["name"]])
+    assert failed.info.status == "FAILED" and failed.data.tags["auditrun.gate.min_macro_f1"] == "FAIL"
+    assert passed.info.status == "FINISHED" and "auditrun.gate.min_macro_f1" not in passed.data.tags
+    # every metric, also without a model file to log, from results.json
+    for run, entry in ((failed, doc["backbones"][1]), (passed, doc["backbones"][0])):
+        assert run.data.metrics["test_macro_f1"] == entry["test"]["macro_f1"]
+        assert {a.path for a in client.list_artifacts(run.info.run_id, f"gradcam/{entry['name']}")}
+    assert parent.data.metrics["gates_fail"] == 1.0
+
+
+def test_a_resumed_audit_reopens_its_run_and_an_interrupted_one_is_killed(tmp_path):
+    from mlflow import MlflowClient
+
+    from engine import tracking
+    from engine.manifest import run_settings
+    from engine.results import RunResults
+
+    results = RunResults.read(SMOKE.parent)
+    m = run_settings(SMOKE.parent)
+    tracker, warnings = _tracker(tmp_path, "smoke")
+    block = tracking.start_audit(tracker, results, m)
+    block = tracking.open_model_runs(tracker, block, results.to_json())
+    tracking.end_audit(tracker, block, "interrupted", "stopped by signal 15 (SIGTERM)")
+    client = MlflowClient(tracking_uri=tracker.target.uri)
+    run = client.get_run(block.run_id)
+    assert run.info.status == "KILLED" and run.data.tags["auditrun.status"] == "interrupted"
+    assert "SIGTERM" in run.data.tags["auditrun.error"]
+
+    again, _ = _tracker(tmp_path, "smoke")
+    previous = {"tracking": block.to_json()}
+    resumed = tracking.open_model_runs(again, tracking.start_audit(again, results, m, previous), results.to_json())
+    assert resumed.run_id == block.run_id and resumed.runs == block.runs  # no second run, no second child
+    assert client.get_run(block.run_id).info.status == "RUNNING"
+    assert len(audit_runs(client, "smoke")) == 1 and not warnings
+
+
+# The hospital-data tests' DICOM set (fixtures imported by name) and their search for planted identity.
+from test_hospital_data import assert_no_planted_value, files_under, hospital, hospital_manifest, named  # noqa: E402,F401
+
+
+@pytest.mark.slow
+def test_the_dicom_audits_mlflow_store_holds_no_identifying_value(hospital, named):
+    tmp, truth = hospital
+    out = tmp / "tracked-out"
+    path = hospital_manifest(tmp, out, "named")
+    path.write_text(path.read_text() + "\n[tracking]\nmlflow = true\n")
+    result = invoke("run", path)
+    assert result.exit_code in (0, 1), (result.exit_code, result.output, result.exception)
+    run_dir = Path(result.stdout.strip().splitlines()[-1])
+    assert json.loads((run_dir / "results.json").read_text())["tracking"]["status"] == "logged"
+    # the store: its database (tags, params, metric names, in plain text) and every artefact, the
+    # report's PDF text included
+    store = {k: v for k, v in files_under(out).items() if "mlflow.db" in k or "mlartifacts" in k}
+    assert any(k.endswith("mlflow.db") for k in store) and any(k.endswith(".pdf") for k in store)
+    assert any(k.endswith("tiny.csv") for k in store) and any(k.endswith(".keras") for k in store)
+    patients = (run_dir / "predictions" / "tiny.csv").read_text()
+    assert any(f in store[k].decode(errors="ignore") for k in store if k.endswith("tiny.csv")
+               for f in patients.splitlines()[1:2])  # the store holds the pseudonymised CSV itself
+    assert_no_planted_value({"run output": result.output.encode(), **store}, truth)

@@ -27,6 +27,7 @@ _EXPORTS = {
     "predict_probs": "scores",
     "split_metrics": "scores",
     "save_predictions": "scores",
+    "validation_file": "predictions",
     "outputs_of": "scores",
     "read_outputs": "scores",
     "Statistics": "run_statistics",

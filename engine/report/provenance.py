@@ -61,7 +61,16 @@ def _run_rows(results: RunResults) -> list[tuple[str, str]]:
         ("Wall time", format_duration(run.wall_time_s)),
         ("Seed", str(experiment.seed)),
         ("Results schema version", str(results.schema_version)),
-    ]
+    ] + _tracking_rows(results)
+
+
+def _tracking_rows(results: RunResults) -> list[tuple[str, str]]:
+    """Where the audit is in the experiment tracker, so a reader can open the same numbers there."""
+    t = results.tracking
+    if t is None or not t.run_id:
+        return []
+    where = f"MLflow run {t.run_id} in experiment {t.experiment!r} at {t.uri}"
+    return [("Experiment tracker", where + ("" if t.status != "failed" else f" (logging failed: {t.error})"))]
 
 
 def _environment_rows(env: Environment) -> list[tuple[str, str]]:

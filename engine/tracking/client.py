@@ -76,7 +76,8 @@ def target(setting: bool | str, output_root: Path, experiment: str) -> Target | 
     return Target(uri, shown_uri(uri), False, beside, experiment)
 
 
-def _mlflow():
+def mlflow_module():
+    """``import mlflow``, or an InputError naming the extra that brings it."""
     try:
         import mlflow  # noqa: F401
     except ImportError:
@@ -101,7 +102,7 @@ class Tracker:
 
     def __init__(self, where: Target, *, retries: int = 3, timeout_s: float = 10.0, warn: Echo | None = None,
                  sleep: Callable[[float], None] = time.sleep):
-        mlflow = _mlflow()
+        mlflow = mlflow_module()
         # One retry policy, this one: MLflow's own HTTP retries (7 by default, minutes apart) would
         # multiply it. Its request timeout is the manifest's.
         os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
@@ -202,7 +203,7 @@ class Tracker:
 
     def log_keras_model(self, run_id: str, model, signature, metadata: dict, registered_as: str | None) -> str | None:
         """The model with MLflow's Keras flavour in ``run_id``; its model URI."""
-        mlflow = _mlflow()
+        mlflow = mlflow_module()
 
         def log():
             mlflow.set_tracking_uri(self.target.uri)

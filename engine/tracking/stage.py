@@ -165,7 +165,7 @@ def _model_artefacts(run_dir: Path, entry: Mapping) -> list[Path]:
     out = []
     test_csv = (entry.get("artifacts") or {}).get("predictions")
     if test_csv:
-        from engine.evaluation.predictions import validation_file
+        from engine.evaluation import validation_file
 
         out += [run_dir / test_csv, run_dir / validation_file(test_csv)]
     out.append(run_dir / "gradcam" / str(entry.get("name")))
@@ -220,10 +220,10 @@ def signature(entry: Mapping, n_classes: int):
 def load_model(model_uri: str):
     """A model an audit logged (``runs:/<id>/model`` or ``models:/<name>/<version>``), loaded with
     auditrun's Preprocess layer registered: ``model.predict(pixels)`` gives the audit's probabilities."""
-    from engine.tracking.client import _mlflow
-    from engine.training.backbones import preprocess_class
+    from engine.tracking.client import mlflow_module
+    from engine.training import preprocess_class
 
-    return _mlflow().keras.load_model(model_uri, custom_objects={"auditrun>Preprocess": preprocess_class()})
+    return mlflow_module().keras.load_model(model_uri, custom_objects={"auditrun>Preprocess": preprocess_class()})
 
 
 # ------------------------------------------------------------------------------------------- evaluate

@@ -33,6 +33,7 @@ _EXPORTS = {
     "load_backbone": "backbones",
     "predict": "train",
     "preprocess_layer": "backbones",
+    "preprocess_class": "backbones",
     "set_backbone_trainable": "backbones",
     "train_head": "train",
 }
