@@ -263,7 +263,7 @@ def test_manifest_params_hold_every_setting_with_its_default(assets):
     params = names.manifest_params(m)
     assert params["training.epochs"] == "1" and params["training.batch_size"] == "8"
     assert params["gradcam.enabled"] == "false"
-    assert params["tracking.mlflow"] == "false"
+    assert "tracking.mlflow" not in params and params["tracking.retries"] == "3"  # a URI may hold a password
     assert params["backbones"] == "tiny"
     assert all(len(v) <= names.PARAM_VALUE_LIMIT for v in params.values())
     assert names.model_params(m, "tiny")["backbone.input_size"] == "32"
@@ -556,3 +556,36 @@ def test_the_dicom_audits_mlflow_store_holds_no_identifying_value(hospital, name
     assert any(f in store[k].decode(errors="ignore") for k in store if k.endswith("tiny.csv")
                for f in patients.splitlines()[1:2])  # the store holds the pseudonymised CSV itself
     assert_no_planted_value({"run output": result.output.encode(), **store}, truth)
+
+
+def test_evaluate_finds_the_audits_runs_by_tag_when_results_json_has_no_tracking_block(tmp_path):
+    from mlflow import MlflowClient
+
+    from engine import tracking
+    from engine.manifest import run_settings
+    from engine.results import RunResults
+
+    results = RunResults.read(SMOKE.parent)
+    tracker, warnings = _tracker(tmp_path, "smoke")
+    block = tracking.open_model_runs(tracker, tracking.start_audit(tracker, results, run_settings(SMOKE.parent)),
+                                     results.to_json())
+    doc = results.to_json()  # as a run logged with --tracking-uri only would have it: no block
+    best = doc["best_backbone"]["name"]
+    report = {"backbones": [{"name": b["name"], "accuracy": 0.5 + i / 10, "macro_f1": 0.25 + i / 10, "n_images": 9}
+                            for i, b in enumerate(doc["backbones"])]}
+    file = tmp_path / "ext.json"
+    file.write_text(json.dumps(report))
+    again, _ = _tracker(tmp_path, "smoke")
+    assert tracking.log_external(again, doc, report, "site b", file) == block.run_id
+    client = MlflowClient(tracking_uri=tracker.target.uri)
+    for i, b in enumerate(doc["backbones"]):
+        assert client.get_run(block.runs[b["name"]]).data.metrics["external_site b_macro_f1"] == 0.25 + i / 10
+    i_best = next(i for i, b in enumerate(doc["backbones"]) if b["name"] == best)
+    parent = client.get_run(block.run_id)
+    assert parent.data.metrics["external_site b_accuracy"] == 0.5 + i_best / 10
+    assert [a.path for a in client.list_artifacts(block.run_id, "external")] == ["external/ext.json"]
+    # an audit the tracker never saw: one warning, nothing logged
+    other, seen = _tracker(tmp_path, "smoke")
+    doc["run"]["id"] = "never-logged"
+    assert tracking.log_external(other, doc, report, "site b", file) is None
+    assert len(seen) == 1 and "never-logged" in seen[0] and not warnings

@@ -230,13 +230,15 @@ def _flatten(prefix: str, value: Any, out: dict[str, str]) -> None:
 
 def manifest_params(manifest: Any) -> dict[str, str]:
     """The audit's settings, every key with its value in force (defaults included), as
-    ``section.key`` params. ``[[backbones]]`` and ``[[models]]`` are listed by name here; each
+    ``section.key`` params (``tracking.mlflow`` left out). ``[[backbones]]`` and ``[[models]]`` are listed by name here; each
     model's run carries its own entry's settings (``model_params``)."""
     out: dict[str, str] = {}
     for f in dataclasses.fields(manifest):
         if f.name in ("path", "text", "backbones", "models"):
             continue
         _flatten(f.name, getattr(manifest, f.name), out)
+    # where the audit is logged is the run's place, not a setting; a URI may carry a password
+    out.pop("tracking.mlflow", None)
     out["backbones"] = ", ".join(b.name for b in manifest.backbones)[:PARAM_VALUE_LIMIT]
     out["models"] = ", ".join(mo.name for mo in manifest.models)[:PARAM_VALUE_LIMIT]
     return out

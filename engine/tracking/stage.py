@@ -55,13 +55,14 @@ def start_audit(tracker: Tracker, results: RunResults, manifest, previous: Mappi
     before = (previous or {}).get("tracking") or {}
     run_id = before.get("run_id") if before.get("experiment") == tracker.target.experiment else None
     if run_id is not None:
+        # its params were logged when it started; MLflow refuses to change one (a new --scheduler)
         tracker.reopen(run_id)
     else:
         run_id = tracker.create_run(results.run.id, names.audit_tags(doc))
+        if run_id is not None:
+            tracker.log(run_id, params=names.manifest_params(manifest))
     block = _block(tracker, experiment_id=tracker.experiment_id(), run_id=run_id,
                    runs=dict(before.get("runs") or {}) if run_id == before.get("run_id") else {})
-    if run_id is not None:
-        tracker.log(run_id, params=names.manifest_params(manifest))
     return _with_failure(tracker, block)
 
 

@@ -45,7 +45,7 @@ def track_stage(ctx: RunContext) -> None:
     tracker, block = ctx.tracker, ctx.results.tracking
     if tracker is None or block is None:
         return
-    with Timer(ctx.echo, "tracking", ctx.results.timings, "tracking_s"):
+    with Timer(ctx.echo, "tracking"):  # not in results.json: MLflow holds that file as it was logged
         ctx.results.tracking = tracking.open_model_runs(tracker, block, ctx.results.to_json())
         ctx.save()
         ctx.results.tracking = tracking.logged(tracker, tracking.log_audit(
