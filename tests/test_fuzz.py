@@ -600,6 +600,8 @@ FULL = {
               "applies_to": "best"},
     "subgroups": {"by": ["site", "age_band"], "age_bands": [0, 40, 60, 200], "min_n": 20},
     "compute": {"scheduler": "local"},
+    "tracking": {"mlflow": False, "experiment": "fuzz", "required": False, "register_as": "", "log_models": True,
+                 "retries": 3, "timeout_s": 10.0},
 }
 
 WRONG_TYPES = [True, "1", [], {}, [{}], datetime.date(2024, 1, 1)]
