@@ -95,7 +95,7 @@ def log_audit(tracker: Tracker, block: Tracking, run_dir: Path, results: Mapping
             continue
         metrics, steps = names.backbone_metrics(entry, i), names.curves(entry, i)
         index[name] = {k: v[1] for k, v in metrics.items()}
-        index[name].update({k: points[0][2].rsplit("/", 2)[0] + "/*/" + k for k, points in steps.items()})
+        index[name].update({k: names.pointer("backbones", i, "history", "*", k) for k in steps})
         tracker.log(run_id, metrics={k: v[0] for k, v in metrics.items()},
                     steps={k: [(s, v) for s, v, _ in points] for k, points in steps.items()},
                     params=names.model_params(manifest, name, entry.get("fine_tuned_from")),
