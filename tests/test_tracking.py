@@ -211,8 +211,21 @@ def smoke_results() -> dict:
     return json.loads(SMOKE.read_text())
 
 
+def _halved(node):
+    """Every number in ``node`` halved: the smoke run's twin blocks equal its headline ones, and a
+    twin read from the wrong block must show."""
+    if isinstance(node, dict):
+        return {k: _halved(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_halved(v) for v in node]
+    return node / 2 if isinstance(node, float) else node
+
+
 def test_every_backbone_metric_points_at_its_value_in_results_json():
     results = smoke_results()
+    for entry in results["backbones"]:
+        entry["leakage_free"] = _halved(entry["leakage_free"])
+        entry["uncertainty"]["leakage_free"] = _halved(entry["uncertainty"]["leakage_free"])
     for i, entry in enumerate(results["backbones"]):
         metrics = names.backbone_metrics(entry, i)
         assert len(metrics) > 80
